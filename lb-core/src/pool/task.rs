@@ -1,0 +1,664 @@
+//! The pool's background task: discovery, connections, health, outliers, and snapshot publication.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::{BoxStream, FuturesUnordered, SelectAll};
+use futures_util::StreamExt;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{Connect, Connected, EndpointPhase, Entry, HealthCheck, Shared, Snapshot};
+use crate::discover::{BoxDiscover, Diff, EndpointSet};
+use crate::endpoint::{Endpoint, EndpointId, EndpointState};
+use crate::load::Load;
+use crate::metrics as m;
+use crate::policy::{Candidate, Policy};
+use crate::BoxError;
+
+type ConnectResult<C> = (EndpointId, u64, Result<Connected<C>, BoxError>);
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A connection that lived shorter than this before closing counts as a failed attempt, so a server
+/// that accepts and immediately closes is retried with backoff rather than in a tight loop.
+const MIN_HEALTHY_CONNECTION: Duration = Duration::from_secs(1);
+/// Publish at least this often while a burst of events is being applied.
+const MAX_EVENTS_PER_PUBLISH: usize = 256;
+
+enum Phase<C> {
+    Idle,
+    Connecting,
+    Ready(C),
+    Ejected {
+        conn: Option<C>,
+        until: Instant,
+        outlier: bool,
+    },
+    Draining(Option<C>),
+}
+
+impl<C> Phase<C> {
+    fn public(&self) -> EndpointPhase {
+        match self {
+            Phase::Idle => EndpointPhase::Idle,
+            Phase::Connecting => EndpointPhase::Connecting,
+            Phase::Ready(_) => EndpointPhase::Ready,
+            Phase::Ejected { .. } => EndpointPhase::Ejected,
+            Phase::Draining(_) => EndpointPhase::Draining,
+        }
+    }
+}
+
+struct Slot<C> {
+    endpoint: Arc<Endpoint>,
+    load: Arc<Load>,
+    phase: Phase<C>,
+    /// Bumped for every connection attempt; results and signals of older attempts are ignored.
+    generation: u64,
+    connect_failures: u32,
+    connected_at: Option<Instant>,
+    /// The outlier ejection multiplier k.
+    ejections: u32,
+    ejected_this_interval: bool,
+    health: Option<bool>,
+    aborts: Vec<AbortHandle>,
+}
+
+impl<C> Slot<C> {
+    fn abort_watchers(&mut self) {
+        for a in self.aborts.drain(..) {
+            a.abort();
+        }
+    }
+}
+
+struct Drained<C> {
+    load: Arc<Load>,
+    since: Instant,
+    // Held only so the connection outlives the requests still using it.
+    _conn: Option<C>,
+}
+
+pub(crate) struct PoolTask<K: Connect> {
+    shared: Arc<Shared<K::Connection>>,
+    discover: Option<BoxDiscover>,
+    connector: K,
+    policy: Box<dyn Policy>,
+    health: Option<Arc<dyn HealthCheck<K::Connection>>>,
+    shutdown: oneshot::Receiver<()>,
+    set: EndpointSet,
+    slots: BTreeMap<EndpointId, Slot<K::Connection>>,
+    drained: Vec<Drained<K::Connection>>,
+    connecting: FuturesUnordered<BoxFut<ConnectResult<K::Connection>>>,
+    closing: FuturesUnordered<BoxFut<Option<(EndpointId, u64)>>>,
+    health_events: SelectAll<BoxStream<'static, (EndpointId, u64, bool)>>,
+    alarm: Arc<Notify>,
+    version: u64,
+    dirty: bool,
+}
+
+impl<K: Connect> PoolTask<K> {
+    pub(crate) fn new(
+        shared: Arc<Shared<K::Connection>>,
+        discover: BoxDiscover,
+        connector: K,
+        policy: Box<dyn Policy>,
+        health: Option<Arc<dyn HealthCheck<K::Connection>>>,
+        shutdown: oneshot::Receiver<()>,
+    ) -> Self {
+        PoolTask {
+            shared,
+            discover: Some(discover),
+            connector,
+            policy,
+            health,
+            shutdown,
+            set: EndpointSet::new(),
+            slots: BTreeMap::new(),
+            drained: Vec::new(),
+            connecting: FuturesUnordered::new(),
+            closing: FuturesUnordered::new(),
+            health_events: SelectAll::new(),
+            alarm: Arc::new(Notify::new()),
+            version: 0,
+            dirty: false,
+        }
+    }
+
+    fn target(&self) -> &str {
+        &self.shared.config.target
+    }
+
+    pub(crate) async fn run(mut self) {
+        let outlier_interval = self
+            .shared
+            .config
+            .outlier
+            .as_ref()
+            .map(|o| o.interval)
+            .unwrap_or(Duration::from_secs(3600));
+        let mut sweep = tokio::time::interval_at(Instant::now() + outlier_interval, outlier_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = 0usize;
+        loop {
+            let deadline = self.next_deadline();
+            let timer = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)));
+            tokio::pin!(timer);
+            let discover = &mut self.discover;
+            tokio::select! {
+                biased;
+                _ = &mut self.shutdown => {
+                    debug!(target_uri = %self.target(), "pool handles dropped; stopping");
+                    return;
+                }
+                item = next_update(discover) => self.on_discovery(item),
+                Some((id, generation, result)) = self.connecting.next(), if !self.connecting.is_empty() => {
+                    self.on_connect(id, generation, result);
+                }
+                Some(closed) = self.closing.next(), if !self.closing.is_empty() => {
+                    if let Some((id, generation)) = closed {
+                        self.on_closed(id, generation);
+                    }
+                }
+                Some((id, generation, ok)) = self.health_events.next(), if !self.health_events.is_empty() => {
+                    self.on_health(id, generation, ok);
+                }
+                _ = self.alarm.notified() => self.eject_consecutive(),
+                _ = sweep.tick() => self.outlier_sweep(),
+                _ = &mut timer, if deadline.is_some() => self.on_timers(),
+                _ = std::future::ready(()), if self.dirty => {
+                    self.publish();
+                    events = 0;
+                    continue;
+                }
+            }
+            events += 1;
+            if self.dirty && events >= MAX_EVENTS_PER_PUBLISH {
+                self.publish();
+                events = 0;
+            }
+        }
+    }
+
+    // ----- discovery -------------------------------------------------------------------------
+
+    fn on_discovery(&mut self, item: Option<Result<crate::discover::Update, BoxError>>) {
+        match item {
+            Some(Ok(update)) => {
+                let was_initialized = self.set.is_initialized();
+                let diff = self.set.apply(update);
+                m::discovery_update(self.target());
+                if !was_initialized && self.set.is_initialized() {
+                    info!(target_uri = %self.target(), endpoints = self.set.len(), "first full endpoint set");
+                    self.dirty = true;
+                }
+                if !diff.is_empty() {
+                    debug!(
+                        target_uri = %self.target(),
+                        added = diff.added.len(),
+                        changed = diff.changed.len(),
+                        removed = diff.removed.len(),
+                        "discovery update"
+                    );
+                    self.apply_diff(diff);
+                }
+            }
+            Some(Err(error)) => {
+                m::discovery_error(self.target());
+                warn!(target_uri = %self.target(), %error, "discovery error; keeping the last known endpoints");
+            }
+            None => {
+                info!(target_uri = %self.target(), endpoints = self.set.len(), "discovery stream ended; keeping the last known endpoints");
+                self.discover = None;
+            }
+        }
+    }
+
+    fn apply_diff(&mut self, diff: Diff) {
+        self.dirty = true;
+        for id in diff.removed {
+            if let Some(mut slot) = self.slots.remove(&id) {
+                slot.abort_watchers();
+                debug!(target_uri = %self.target(), endpoint = %slot.endpoint.addr(), "endpoint removed");
+                self.retire(slot.load, take_conn(slot.phase));
+            }
+        }
+        for ep in diff.added {
+            let id = ep.id().clone();
+            let terminating = ep.state() == EndpointState::Terminating;
+            let load = self.new_load();
+            self.slots.insert(
+                id.clone(),
+                Slot {
+                    endpoint: Arc::new(ep),
+                    load,
+                    phase: Phase::Idle,
+                    generation: 0,
+                    connect_failures: 0,
+                    connected_at: None,
+                    ejections: 0,
+                    ejected_this_interval: false,
+                    health: None,
+                    aborts: Vec::new(),
+                },
+            );
+            if !terminating {
+                self.start_connect(&id);
+            }
+        }
+        for ep in diff.changed {
+            let id = ep.id().clone();
+            let Some(readdressed) = self.slots.get(&id).map(|s| s.endpoint.addr() != ep.addr()) else {
+                continue;
+            };
+            let fresh_load = readdressed.then(|| self.new_load());
+            let Some(slot) = self.slots.get_mut(&id) else { continue };
+            let terminating = ep.state() == EndpointState::Terminating;
+            slot.endpoint = Arc::new(ep);
+            if let Some(fresh_load) = fresh_load {
+                // A new address is a new backend: the old connection drains, load history restarts.
+                slot.abort_watchers();
+                slot.generation += 1;
+                slot.health = None;
+                slot.connect_failures = 0;
+                let old_load = std::mem::replace(&mut slot.load, fresh_load);
+                let old = std::mem::replace(&mut slot.phase, Phase::Idle);
+                self.retire(old_load, take_conn(old));
+                if !terminating {
+                    self.start_connect(&id);
+                }
+                continue;
+            }
+            let phase = std::mem::replace(&mut slot.phase, Phase::Idle);
+            let mut connect = false;
+            slot.phase = match (terminating, phase) {
+                (true, Phase::Ready(c)) => Phase::Draining(Some(c)),
+                (true, Phase::Ejected { conn, .. }) => Phase::Draining(conn),
+                (true, Phase::Connecting) => {
+                    slot.generation += 1;
+                    Phase::Idle
+                }
+                (true, p) => p,
+                (false, Phase::Draining(Some(c))) => Phase::Ready(c),
+                (false, Phase::Draining(None)) | (false, Phase::Idle) => {
+                    connect = true;
+                    Phase::Idle
+                }
+                (false, p) => p,
+            };
+            if connect {
+                self.start_connect(&id);
+            }
+        }
+    }
+
+    fn new_load(&self) -> Arc<Load> {
+        Arc::new(Load::new(self.shared.config.ewma).with_alarm(self.consecutive_threshold(), Arc::clone(&self.alarm)))
+    }
+
+    fn retire(&mut self, load: Arc<Load>, conn: Option<K::Connection>) {
+        if load.in_flight() > 0 {
+            self.drained.push(Drained {
+                load,
+                since: Instant::now(),
+                _conn: conn,
+            });
+        }
+    }
+
+    fn consecutive_threshold(&self) -> u32 {
+        match &self.shared.config.outlier {
+            Some(o) if o.consecutive_failures > 0 => o.consecutive_failures,
+            _ => u32::MAX,
+        }
+    }
+
+    // ----- connections -----------------------------------------------------------------------
+
+    fn start_connect(&mut self, id: &EndpointId) {
+        let Some(slot) = self.slots.get_mut(id) else { return };
+        slot.abort_watchers();
+        slot.generation += 1;
+        slot.phase = Phase::Connecting;
+        slot.health = None;
+        self.dirty = true;
+        let generation = slot.generation;
+        let fut = self.connector.connect(&slot.endpoint);
+        let timeout = self.shared.config.connect_timeout;
+        let id = id.clone();
+        self.connecting.push(Box::pin(async move {
+            let result = match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(connected)) => Ok(connected),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(format!("connect timed out after {timeout:?}").into()),
+            };
+            (id, generation, result)
+        }));
+    }
+
+    fn on_connect(&mut self, id: EndpointId, generation: u64, result: Result<Connected<K::Connection>, BoxError>) {
+        let target = Arc::clone(&self.shared.config.target);
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        if slot.generation != generation || !matches!(slot.phase, Phase::Connecting) {
+            return;
+        }
+        self.dirty = true;
+        match result {
+            Ok(Connected { connection, closed }) => {
+                debug!(target_uri = %target, endpoint = %slot.endpoint.addr(), "connected");
+                slot.connected_at = Some(Instant::now());
+                let (abort, reg) = AbortHandle::new_pair();
+                slot.aborts.push(abort);
+                let key = (id.clone(), generation);
+                self.closing.push(Box::pin(async move { Abortable::new(closed, reg).await.ok().map(|_| key) }));
+                if let Some(hc) = &self.health {
+                    let (abort, reg) = AbortHandle::new_pair();
+                    slot.aborts.push(abort);
+                    let key = id.clone();
+                    let stream = hc.watch(&slot.endpoint, &connection);
+                    self.health_events
+                        .push(Abortable::new(stream, reg).map(move |ok| (key.clone(), generation, ok)).boxed());
+                }
+                slot.phase = Phase::Ready(connection);
+            }
+            Err(error) => {
+                slot.connect_failures += 1;
+                m::connect_failure(&target);
+                let delay = backoff(
+                    self.shared.config.reconnect_backoff,
+                    self.shared.config.max_reconnect_backoff,
+                    slot.connect_failures,
+                );
+                warn!(
+                    target_uri = %target,
+                    endpoint = %slot.endpoint.addr(),
+                    %error,
+                    attempt = slot.connect_failures,
+                    retry_in = ?delay,
+                    "connect failed"
+                );
+                slot.phase = Phase::Ejected {
+                    conn: None,
+                    until: Instant::now() + delay,
+                    outlier: false,
+                };
+            }
+        }
+    }
+
+    fn on_closed(&mut self, id: EndpointId, generation: u64) {
+        let target = Arc::clone(&self.shared.config.target);
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        if slot.generation != generation {
+            return;
+        }
+        self.dirty = true;
+        let phase = std::mem::replace(&mut slot.phase, Phase::Idle);
+        slot.phase = match phase {
+            Phase::Ready(_) => {
+                let lived = slot.connected_at.map(|t| t.elapsed()).unwrap_or_default();
+                if lived >= MIN_HEALTHY_CONNECTION {
+                    slot.connect_failures = 0;
+                }
+                slot.connect_failures += 1;
+                let delay = if slot.connect_failures == 1 {
+                    Duration::ZERO
+                } else {
+                    backoff(
+                        self.shared.config.reconnect_backoff,
+                        self.shared.config.max_reconnect_backoff,
+                        slot.connect_failures - 1,
+                    )
+                };
+                info!(target_uri = %target, endpoint = %slot.endpoint.addr(), reconnect_in = ?delay, "connection closed");
+                slot.abort_watchers();
+                if delay.is_zero() {
+                    self.start_connect(&id);
+                    return;
+                }
+                Phase::Ejected {
+                    conn: None,
+                    until: Instant::now() + delay,
+                    outlier: false,
+                }
+            }
+            Phase::Ejected { until, outlier, .. } => Phase::Ejected { conn: None, until, outlier },
+            Phase::Draining(_) => Phase::Draining(None),
+            other => other,
+        };
+    }
+
+    fn on_health(&mut self, id: EndpointId, generation: u64, ok: bool) {
+        let target = Arc::clone(&self.shared.config.target);
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        if slot.generation != generation || slot.health == Some(ok) {
+            return;
+        }
+        if ok {
+            info!(target_uri = %target, endpoint = %slot.endpoint.addr(), "health check: serving");
+        } else {
+            warn!(target_uri = %target, endpoint = %slot.endpoint.addr(), "health check: not serving");
+        }
+        slot.health = Some(ok);
+        self.dirty = true;
+    }
+
+    // ----- outliers and timers -----------------------------------------------------------------
+
+    fn eject_consecutive(&mut self) {
+        let Some(cfg) = self.shared.config.outlier.clone() else { return };
+        if cfg.consecutive_failures == 0 {
+            return;
+        }
+        let ids: Vec<EndpointId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s.phase, Phase::Ready(_)) && s.load.consecutive_failures() >= cfg.consecutive_failures)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.eject(&id, "consecutive failures");
+        }
+    }
+
+    fn outlier_sweep(&mut self) {
+        let Some(cfg) = self.shared.config.outlier.clone() else { return };
+        let mut eject = Vec::new();
+        for (id, slot) in self.slots.iter_mut() {
+            let (s, f) = slot.load.take_outcomes();
+            if matches!(slot.phase, Phase::Ready(_)) {
+                if cfg.rate_exceeded(s, f) {
+                    eject.push(id.clone());
+                } else if !slot.ejected_this_interval {
+                    slot.ejections = slot.ejections.saturating_sub(1);
+                }
+            }
+            slot.ejected_this_interval = false;
+        }
+        for id in eject {
+            self.eject(&id, "failure rate");
+        }
+    }
+
+    fn eject(&mut self, id: &EndpointId, reason: &'static str) {
+        let Some(cfg) = self.shared.config.outlier.clone() else { return };
+        let target = Arc::clone(&self.shared.config.target);
+        let in_rotation = self
+            .slots
+            .values()
+            .filter(|s| s.endpoint.state() != EndpointState::Terminating)
+            .count();
+        let ejected = self
+            .slots
+            .values()
+            .filter(|s| matches!(s.phase, Phase::Ejected { outlier: true, .. }))
+            .count();
+        let Some(slot) = self.slots.get_mut(id) else { return };
+        if ejected >= cfg.max_ejected(in_rotation) {
+            slot.load.reset_failures();
+            warn!(target_uri = %target, endpoint = %slot.endpoint.addr(), reason, ejected, "not ejecting: ejection cap reached");
+            return;
+        }
+        let Phase::Ready(conn) = std::mem::replace(&mut slot.phase, Phase::Idle) else {
+            return;
+        };
+        slot.ejections += 1;
+        slot.ejected_this_interval = true;
+        let duration = cfg.ejection_time(slot.ejections);
+        slot.load.reset_failures();
+        m::ejection(&target);
+        warn!(
+            target_uri = %target,
+            endpoint = %slot.endpoint.addr(),
+            reason,
+            ejections = slot.ejections,
+            duration = ?duration,
+            "endpoint ejected"
+        );
+        slot.phase = Phase::Ejected {
+            conn: Some(conn),
+            until: Instant::now() + duration,
+            outlier: true,
+        };
+        self.dirty = true;
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let ejected = self
+            .slots
+            .values()
+            .filter_map(|s| match s.phase {
+                Phase::Ejected { until, .. } => Some(until),
+                _ => None,
+            })
+            .min();
+        let drain = (!self.drained.is_empty()).then(|| Instant::now() + Duration::from_secs(1));
+        match (ejected, drain) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        let target = Arc::clone(&self.shared.config.target);
+        let mut reconnect = Vec::new();
+        for (id, slot) in self.slots.iter_mut() {
+            let Phase::Ejected { until, .. } = slot.phase else { continue };
+            if until > now {
+                continue;
+            }
+            let Phase::Ejected { conn, .. } = std::mem::replace(&mut slot.phase, Phase::Idle) else {
+                continue;
+            };
+            self.dirty = true;
+            match conn {
+                Some(c) => {
+                    info!(target_uri = %target, endpoint = %slot.endpoint.addr(), "ejection ended");
+                    slot.load.reset_failures();
+                    slot.phase = Phase::Ready(c);
+                }
+                None => reconnect.push(id.clone()),
+            }
+        }
+        for id in reconnect {
+            self.start_connect(&id);
+        }
+        let timeout = self.shared.config.drain_timeout;
+        self.drained
+            .retain(|d| d.load.in_flight() > 0 && now.saturating_duration_since(d.since) < timeout);
+    }
+
+    // ----- publication -------------------------------------------------------------------------
+
+    fn publish(&mut self) {
+        self.dirty = false;
+        let has_checker = self.health.is_some();
+        let healthy_slot = |s: &Slot<K::Connection>| {
+            matches!(s.phase, Phase::Ready(_)) && (if has_checker { s.health == Some(true) } else { s.health != Some(false) })
+        };
+        // Kubernetes' fallback: serving-but-terminating endpoints only while no ready one is usable.
+        let ready_usable = self
+            .slots
+            .values()
+            .any(|s| s.endpoint.state() == EndpointState::Ready && healthy_slot(s));
+        let serving_usable = self
+            .slots
+            .values()
+            .any(|s| s.endpoint.state() == EndpointState::Serving && healthy_slot(s));
+        let group = if !ready_usable && serving_usable {
+            EndpointState::Serving
+        } else {
+            EndpointState::Ready
+        };
+        let mut entries = Vec::with_capacity(self.slots.len());
+        let mut candidates = Vec::with_capacity(self.slots.len());
+        let mut healthy = 0;
+        let mut phases = [0usize; 5];
+        for slot in self.slots.values() {
+            phases[slot.phase.public() as usize] += 1;
+            if slot.endpoint.state() != group {
+                continue;
+            }
+            let ok = healthy_slot(slot);
+            healthy += usize::from(ok);
+            let connection = match &slot.phase {
+                Phase::Ready(c) => Some(c.clone()),
+                Phase::Ejected { conn, .. } => conn.clone(),
+                _ => None,
+            };
+            candidates.push(Candidate {
+                endpoint: Arc::clone(&slot.endpoint),
+                load: Arc::clone(&slot.load),
+                healthy: ok,
+            });
+            entries.push(Entry {
+                endpoint: Arc::clone(&slot.endpoint),
+                load: Arc::clone(&slot.load),
+                connection,
+                phase: slot.phase.public(),
+                healthy: ok,
+            });
+        }
+        let picker = self.policy.build(&candidates);
+        self.version += 1;
+        let snapshot = Snapshot {
+            entries,
+            picker,
+            version: self.version,
+            initialized: self.set.is_initialized(),
+            healthy,
+        };
+        debug!(target_uri = %self.target(), version = self.version, healthy, total = self.slots.len(), "published snapshot");
+        m::endpoints(self.target(), &phases, self.drained.len());
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.shared.version.send_replace(self.version);
+    }
+}
+
+async fn next_update(discover: &mut Option<BoxDiscover>) -> Option<Result<crate::discover::Update, BoxError>> {
+    match discover {
+        Some(d) => d.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn take_conn<C>(phase: Phase<C>) -> Option<C> {
+    match phase {
+        Phase::Ready(c) => Some(c),
+        Phase::Ejected { conn, .. } | Phase::Draining(conn) => conn,
+        Phase::Idle | Phase::Connecting => None,
+    }
+}
+
+/// `base × 2^(attempt-1)`, capped, with ±20% jitter so many clients do not reconnect in lockstep.
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
+    let jitter = 0.8 + 0.4 * rand::random::<f64>();
+    exp.mul_f64(jitter).min(max)
+}
