@@ -171,6 +171,6 @@ mod tests {
         let w = fit(vec![1_000_000_007, 2_000_000_014, 1], 1000);
         assert!(w.iter().sum::<u64>() <= 1001, "{w:?}");
         assert_eq!(w[2], 1, "every endpoint keeps a slot");
-        assert_eq!(w[1], 2 * w[0]);
+        assert!(w[1].abs_diff(2 * w[0]) <= 1, "ratio kept within a slot: {w:?}");
     }
 }

@@ -1,0 +1,43 @@
+//! Service discovery and registration for lb.
+//!
+//! - [`Target`]: the one target-URI syntax used everywhere (Rust API, CLI, C ABI, agent config).
+//! - [`Resolver`]: discovery — a stream of [`lb_core::Update`]s, full set first, then changes.
+//! - [`Registrar`]: registration with heartbeats, returning a [`Registration`] that deregisters on
+//!   [`Registration::deregister`] (graceful shutdown) or drop.
+//! - Providers: [`fixed`] (`static:///`) always; etcd, Consul and Kubernetes behind the cargo
+//!   features of the same names (each feature only adds a provider).
+//!
+//! [`resolve`] turns any target URI into a discovery stream.
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod fixed;
+mod registration;
+mod target;
+
+pub use self::error::Error;
+pub use self::registration::{Registrar, Registration};
+pub use self::target::Target;
+
+use lb_core::discover::BoxDiscover;
+
+/// Discovery for one kind of registry.
+pub trait Resolver: Send + Sync + 'static {
+    /// Watches `service` (its meaning is the provider's: an etcd service name, a Consul service, a
+    /// Kubernetes `service.namespace:port`). The stream yields a full set first, then changes; errors
+    /// on it are transient (consumers keep their last-known-good set).
+    fn resolve(&self, service: &str) -> BoxDiscover;
+}
+
+/// Builds a discovery stream for a target URI, with the provider's default options.
+///
+/// Schemes: `static` always; `etcd`, `consul`, `kubernetes` when the crate is built with the feature of
+/// that name. An unknown or disabled scheme is an error naming the feature to enable.
+pub fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
+    match target.scheme() {
+        "static" => Ok(lb_core::discover::fixed(fixed::parse_list(target.path())?)),
+        other => Err(Error::unsupported_scheme(other)),
+    }
+}
