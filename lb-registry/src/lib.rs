@@ -14,6 +14,13 @@
 
 mod error;
 pub mod fixed;
+
+#[cfg(feature = "consul")]
+pub mod consul;
+#[cfg(feature = "etcd")]
+pub mod etcd;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 mod registration;
 mod target;
 
@@ -22,6 +29,7 @@ pub use self::registration::{Registrar, Registration};
 pub use self::target::Target;
 
 use lb_core::discover::BoxDiscover;
+use lb_core::Endpoint;
 
 /// Discovery for one kind of registry.
 pub trait Resolver: Send + Sync + 'static {
@@ -38,6 +46,37 @@ pub trait Resolver: Send + Sync + 'static {
 pub fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
     match target.scheme() {
         "static" => Ok(lb_core::discover::fixed(fixed::parse_list(target.path())?)),
+        #[cfg(feature = "etcd")]
+        "etcd" => etcd::resolve(target),
+        #[cfg(feature = "consul")]
+        "consul" => consul::resolve(target),
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => kubernetes::resolve(target),
         other => Err(Error::unsupported_scheme(other)),
+    }
+}
+
+/// Registers `instance` in the registry a target URI names (`etcd://…/<service>`,
+/// `consul://…/<service>`), with that provider's default options plus those in the URI's query.
+///
+/// `static` and `kubernetes` targets cannot register: a static list is fixed, and Kubernetes lists
+/// pods through its own readiness probes.
+pub async fn register(target: &Target, instance: Endpoint) -> Result<Registration, Error> {
+    match target.scheme() {
+        #[cfg(feature = "etcd")]
+        "etcd" => etcd::register(target, instance).await,
+        #[cfg(feature = "consul")]
+        "consul" => consul::register(target, instance).await,
+        "static" | "kubernetes" => {
+            let _ = instance;
+            Err(Error::invalid_target(format!(
+                "`{}` targets cannot register instances (only etcd and consul can)",
+                target.scheme()
+            )))
+        }
+        other => {
+            let _ = instance;
+            Err(Error::unsupported_scheme(other))
+        }
     }
 }
