@@ -1,0 +1,360 @@
+//! Pool behaviour on a paused clock, with a scripted connector.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::stream;
+use tokio::sync::{mpsc, Notify};
+
+use super::*;
+use crate::discover::{self, Update};
+use crate::endpoint::{EndpointState, Locality};
+use crate::load::Outcome;
+use crate::policy::{RoundRobin, Topology};
+
+/// A connection handle that records which endpoint it belongs to.
+#[derive(Clone, Debug)]
+struct Conn {
+    addr: SocketAddr,
+    _close: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Script {
+    /// Remaining refusals per address (`u32::MAX`: refuse forever).
+    refuse: HashMap<SocketAddr, u32>,
+    connects: HashMap<SocketAddr, u32>,
+    open: HashMap<SocketAddr, Arc<Notify>>,
+}
+
+#[derive(Clone, Default)]
+struct TestConnector(Arc<Mutex<Script>>);
+
+impl TestConnector {
+    fn refuse(&self, addr: SocketAddr, times: u32) {
+        self.0.lock().expect("script lock").refuse.insert(addr, times);
+    }
+
+    fn connects(&self, addr: SocketAddr) -> u32 {
+        self.0.lock().expect("script lock").connects.get(&addr).copied().unwrap_or(0)
+    }
+
+    fn close(&self, addr: SocketAddr) {
+        if let Some(n) = self.0.lock().expect("script lock").open.get(&addr) {
+            n.notify_one();
+        }
+    }
+}
+
+impl Connect for TestConnector {
+    type Connection = Conn;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Connected<Conn>, std::io::Error>>;
+
+    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
+        let addr = endpoint.addr();
+        let mut s = self.0.lock().expect("script lock");
+        *s.connects.entry(addr).or_default() += 1;
+        if let Some(left) = s.refuse.get_mut(&addr) {
+            if *left > 0 {
+                *left = left.saturating_sub(if *left == u32::MAX { 0 } else { 1 });
+                return std::future::ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused")));
+            }
+        }
+        let close = Arc::new(Notify::new());
+        s.open.insert(addr, Arc::clone(&close));
+        let conn = Conn { addr, _close: Arc::clone(&close) };
+        std::future::ready(Ok(Connected::new(conn, async move { close.notified().await })))
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+fn ep(port: u16) -> Endpoint {
+    Endpoint::new(addr(port))
+}
+
+fn config() -> PoolConfig {
+    PoolConfig::new("test")
+}
+
+async fn settle() {
+    // Let the pool task run to quiescence; on a paused clock this does not advance time by itself.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn picks(pool: &Pool<Conn>, n: usize) -> HashMap<u16, usize> {
+    let mut out = HashMap::new();
+    for _ in 0..n {
+        if let Some(p) = pool.pick(&PickContext::default()) {
+            *out.entry(p.connection.addr.port()).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn applies_discovery_with_no_requests_and_reports_ready() {
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), RoundRobin::new(), config());
+    assert!(!pool.is_initialized());
+    assert!(pool.pick(&PickContext::default()).is_none());
+
+    tx.send(Update::Reset(vec![ep(1), ep(2), ep(3)]));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    settle().await;
+    let snap = pool.snapshot();
+    assert!(snap.is_initialized());
+    assert_eq!(snap.healthy(), 3);
+    assert_eq!(picks(&pool, 300).values().copied().collect::<Vec<_>>(), vec![100; 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_keeps_unchanged_connections_and_load() {
+    let (tx, rx) = discover::channel();
+    let conn = TestConnector::default();
+    let pool = Pool::spawn(Box::pin(rx), conn.clone(), RoundRobin::new(), config());
+    tx.send(Update::Reset(vec![ep(1), ep(2)]));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    let held = pool.pick(&PickContext::default()).expect("an endpoint");
+    let held_port = held.connection.addr.port();
+
+    // A relist with one endpoint reweighted, one removed and one added.
+    tx.send(Update::Reset(vec![ep(1).with_weight(7), ep(2), ep(3)]));
+    tx.send(Update::Remove(vec![ep(if held_port == 1 { 2 } else { 1 }).id().clone()]));
+    settle().await;
+    assert_eq!(conn.connects(addr(held_port)), 1, "an unchanged endpoint was not reconnected");
+    assert_eq!(conn.connects(addr(3)), 1);
+    let snap = pool.snapshot();
+    let entry = snap
+        .entries()
+        .iter()
+        .find(|e| e.endpoint.addr().port() == held_port)
+        .expect("still listed");
+    assert_eq!(entry.load.in_flight(), 1, "load history survives the reset");
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_endpoint_is_retried_with_backoff_until_it_accepts() {
+    let (tx, rx) = discover::channel();
+    let conn = TestConnector::default();
+    conn.refuse(addr(2), 3);
+    let pool = Pool::spawn(Box::pin(rx), conn.clone(), RoundRobin::new(), config());
+    tx.send(Update::Reset(vec![ep(1), ep(2)]));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 1, "the refusing endpoint is out of rotation");
+    assert_eq!(picks(&pool, 10).get(&2), None);
+
+    // 100 ms, 200 ms, 400 ms (±20%) of backoff: within a second it is connected.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    settle().await;
+    assert_eq!(conn.connects(addr(2)), 4);
+    assert_eq!(pool.snapshot().healthy(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_connection_is_reopened() {
+    let (tx, rx) = discover::channel();
+    let conn = TestConnector::default();
+    let pool = Pool::spawn(Box::pin(rx), conn.clone(), RoundRobin::new(), config());
+    tx.send(Update::Reset(vec![ep(1)]));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    conn.close(addr(1));
+    settle().await;
+    assert_eq!(conn.connects(addr(1)), 2, "a long-lived connection that closes is reopened at once");
+    assert_eq!(pool.snapshot().healthy(), 1);
+}
+
+fn fail(pool: &Pool<Conn>, port: u16, times: usize) {
+    for _ in 0..times {
+        let snap = pool.snapshot();
+        let e = snap.entries().iter().find(|e| e.endpoint.addr().port() == port).expect("listed");
+        let mut g = e.load.start();
+        g.set_outcome(Outcome::Failure);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_eject_for_a_growing_but_bounded_time() {
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), RoundRobin::new(), config());
+    tx.send(Update::Reset((1..=10).map(ep).collect()));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    settle().await;
+
+    fail(&pool, 4, 5);
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 9, "five failures in a row eject");
+    assert_eq!(picks(&pool, 90).get(&4), None);
+
+    // First ejection: 30 s.
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 9);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 10, "back after the first ejection time");
+
+    // Second ejection in a row: 60 s.
+    fail(&pool, 4, 5);
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 9, "the second ejection lasts longer");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 10, "but not forever");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejection_is_capped() {
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), RoundRobin::new(), config());
+    tx.send(Update::Reset((1..=10).map(ep).collect()));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    for port in 1..=10 {
+        fail(&pool, port, 5);
+        settle().await;
+    }
+    // 10% of 10: one endpoint ejected, however many fail (a client-side fault must not empty the pool).
+    assert_eq!(pool.snapshot().healthy(), 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_rate_ejects_at_the_interval() {
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), RoundRobin::new(), config());
+    tx.send(Update::Reset((1..=10).map(ep).collect()));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    // 90% failures, interleaved with successes so the consecutive detector never fires.
+    for _ in 0..10 {
+        fail(&pool, 7, 4);
+        let snap = pool.snapshot();
+        let e = snap.entries().iter().find(|e| e.endpoint.addr().port() == 7).expect("listed");
+        let mut g = e.load.start();
+        g.set_outcome(Outcome::Success);
+        drop(g);
+        drop(snap);
+        fail(&pool, 7, 5);
+        let snap = pool.snapshot();
+        let e = snap.entries().iter().find(|e| e.endpoint.addr().port() == 7).expect("listed");
+        e.load.reset_failures();
+    }
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 10, "rates are judged at the interval");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn terminating_endpoints_drain_and_serving_ones_are_a_fallback() {
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), RoundRobin::new(), config());
+    tx.send(Update::Reset(vec![ep(1), ep(2)]));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    let in_flight = pool.pick(&PickContext::default()).expect("picked");
+    let port = in_flight.connection.addr.port();
+    let other = if port == 1 { 2 } else { 1 };
+
+    tx.send(Update::Add(vec![ep(port).with_state(EndpointState::Terminating)]));
+    settle().await;
+    assert_eq!(picks(&pool, 20), HashMap::from([(other, 20)]), "no new requests to a terminating endpoint");
+    assert_eq!(in_flight.guard.load().in_flight(), 1, "its in-flight request is untouched");
+
+    // Only serving-but-terminating endpoints left: they take traffic (Kubernetes' fallback).
+    tx.send(Update::Reset(vec![
+        ep(port).with_state(EndpointState::Serving),
+        ep(other).with_state(EndpointState::Terminating),
+    ]));
+    settle().await;
+    assert_eq!(picks(&pool, 20), HashMap::from([(port, 20)]));
+
+    // A ready endpoint appears: the serving one leaves rotation again.
+    tx.send(Update::Add(vec![ep(9)]));
+    settle().await;
+    assert_eq!(picks(&pool, 20), HashMap::from([(9, 20)]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn discovery_errors_and_end_keep_the_last_set() {
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), RoundRobin::new(), config());
+    tx.send(Update::Reset(vec![ep(1), ep(2)]));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    tx.send_error("registry unreachable");
+    drop(tx);
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(pool.snapshot().healthy(), 2);
+}
+
+struct ScriptedHealth(Mutex<HashMap<SocketAddr, mpsc::UnboundedReceiver<bool>>>);
+
+impl HealthCheck<Conn> for ScriptedHealth {
+    fn watch(&self, endpoint: &Endpoint, _: &Conn) -> BoxStream<'static, bool> {
+        match self.0.lock().expect("health lock").remove(&endpoint.addr()) {
+            Some(rx) => Box::pin(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })),
+            None => Box::pin(stream::iter([true])),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_gate_and_eject() {
+    let (tx, rx) = discover::channel();
+    let (htx, hrx) = mpsc::unbounded_channel();
+    let health = Arc::new(ScriptedHealth(Mutex::new(HashMap::from([(addr(2), hrx)]))));
+    let pool = Pool::spawn_with_health(Box::pin(rx), TestConnector::default(), RoundRobin::new(), config(), Some(health));
+    tx.send(Update::Reset(vec![ep(1), ep(2)]));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 1, "not in rotation before its first SERVING");
+    htx.send(true).expect("watch open");
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 2);
+    htx.send(false).expect("watch open");
+    settle().await;
+    assert_eq!(picks(&pool, 10), HashMap::from([(1, 10)]));
+    htx.send(true).expect("watch open");
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn topology_prefers_the_callers_zone_through_the_pool() {
+    let (tx, rx) = discover::channel();
+    let caller = Locality::unknown().with_zone("a");
+    let policy = Topology::new(RoundRobin::new(), caller);
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), policy, config());
+    tx.send(Update::Reset(vec![
+        ep(1).with_locality(Locality::unknown().with_zone("a")),
+        ep(2).with_locality(Locality::unknown().with_zone("b")),
+        ep(3).with_locality(Locality::unknown().with_zone("b")),
+    ]));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    settle().await;
+    assert_eq!(picks(&pool, 50), HashMap::from([(1, 50)]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_task_stops_with_the_last_handle() {
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), RoundRobin::new(), config());
+    let clone = pool.clone();
+    drop(pool);
+    settle().await;
+    assert!(tx.send(Update::Reset(vec![ep(1)])), "still running while a handle lives");
+    drop(clone);
+    settle().await;
+    assert!(!tx.send(Update::Reset(vec![ep(1)])), "the task dropped its discovery stream");
+}

@@ -1,0 +1,82 @@
+//! A pick allocates nothing: counted with a global allocator wrapper.
+//!
+//! This file is its own test binary so the counting allocator (from `allocation-counter`) sees only
+//! this test.
+
+use std::time::Duration;
+
+use lb_core::discover::{self, Update};
+use lb_core::pool::{Connect, Connected, PoolConfig};
+use lb_core::policy::{hash_key, P2c, PickContext, RingHash, RoundRobin, Topology, WeightedRoundRobin};
+use lb_core::{Endpoint, Locality, Outcome, Policy, Pool};
+
+/// Allocations made by `f` on this thread (allocation-counter installs the counting allocator).
+fn allocations_during(f: impl FnOnce()) -> u64 {
+    allocation_counter::measure(f).count_total
+}
+
+#[derive(Clone)]
+struct Nothing;
+
+impl Connect for Nothing {
+    type Connection = ();
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Connected<()>, std::io::Error>>;
+
+    fn connect(&self, _: &Endpoint) -> Self::Future {
+        std::future::ready(Ok(Connected::without_close_signal(())))
+    }
+}
+
+async fn pool_with(policy: impl Policy) -> Pool<()> {
+    let eps = (0..1000u32)
+        .map(|i| {
+            let zone = if i % 3 == 0 { "a" } else { "b" };
+            Endpoint::new(([10, 0, (i >> 8) as u8, i as u8], 80).into())
+                .with_weight(1 + i % 5)
+                .with_locality(Locality::unknown().with_zone(zone))
+        })
+        .collect();
+    let (tx, rx) = discover::channel();
+    tx.send(Update::Reset(eps));
+    let pool = Pool::spawn(Box::pin(rx), Nothing, policy, PoolConfig::new("alloc"));
+    assert!(pool.ready_timeout(Duration::from_secs(5)).await);
+    // Let every endpoint connect.
+    for _ in 0..50 {
+        if pool.snapshot().healthy() == 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.snapshot().healthy(), 1000);
+    pool
+}
+
+#[tokio::test]
+async fn a_pick_allocates_nothing() {
+    let policies: Vec<(&str, Box<dyn Policy>)> = vec![
+        ("round robin", Box::new(RoundRobin::new())),
+        ("weighted round robin", Box::new(WeightedRoundRobin::new())),
+        ("p2c least request", Box::new(P2c::least_request())),
+        ("p2c peak ewma", Box::new(P2c::peak_ewma())),
+        ("ring hash", Box::new(RingHash::new())),
+        ("topology(p2c peak ewma)", Box::new(Topology::new(P2c::peak_ewma(), Locality::unknown().with_zone("a")))),
+    ];
+    assert!(allocations_during(|| drop(Box::new(7u64))) >= 1, "the counting allocator is installed");
+    for (name, policy) in policies {
+        let pool = pool_with(policy).await;
+        let ctx = PickContext::with_hash(hash_key(b"user-7"));
+        // Warm up: the first snapshot load on a thread may set up per-thread state.
+        for _ in 0..10 {
+            drop(pool.pick(&ctx));
+        }
+        let n = allocations_during(|| {
+            for _ in 0..10_000 {
+                let mut picked = pool.pick(&ctx).expect("picked");
+                picked.guard.set_outcome(Outcome::Success);
+                drop(picked);
+            }
+        });
+        assert_eq!(n, 0, "{name}: {n} allocations in 10,000 pick + complete");
+    }
+}

@@ -1,0 +1,164 @@
+//! The balanced service over mock connections (tower-test), on a paused clock.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lb_core::balance::error::Unavailable;
+use lb_core::discover::{self, Update};
+use lb_core::pool::{Connect, Connected, PoolConfig};
+use lb_core::policy::{hash_key, RingHash, RoundRobin};
+use lb_core::{Balance, Endpoint, Pool};
+use tower::{Service, ServiceExt};
+use tower_test::mock::{self, Handle, Mock};
+
+type Req = String;
+type Rsp = SocketAddr;
+
+/// Hands out one mock service per endpoint; the test keeps the handles to answer requests.
+#[derive(Clone, Default)]
+struct MockConnector {
+    mocks: Arc<Mutex<HashMap<SocketAddr, Mock<Req, Rsp>>>>,
+}
+
+impl MockConnector {
+    fn add(&self, addr: SocketAddr) -> Handle<Req, Rsp> {
+        let (mock, mut handle) = mock::pair();
+        handle.allow(u64::MAX);
+        self.mocks.lock().expect("lock").insert(addr, mock);
+        handle
+    }
+}
+
+impl Connect for MockConnector {
+    type Connection = Mock<Req, Rsp>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Connected<Mock<Req, Rsp>>, std::io::Error>>;
+
+    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
+        let mock = self.mocks.lock().expect("lock").get(&endpoint.addr()).cloned();
+        std::future::ready(match mock {
+            Some(m) => Ok(Connected::without_close_signal(m)),
+            None => Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no such backend")),
+        })
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+/// Answers every request a handle receives with the handle's address, until the test ends.
+fn serve(mut handle: Handle<Req, Rsp>, me: SocketAddr) {
+    tokio::spawn(async move {
+        while let Some((_, tx)) = handle.next_request().await {
+            tx.send_response(me);
+        }
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn picks_per_request_over_one_service() {
+    let conn = MockConnector::default();
+    for p in 1..=3 {
+        serve(conn.add(addr(p)), addr(p));
+    }
+    let (tx, rx) = discover::channel();
+    tx.send(Update::Reset((1..=3).map(|p| Endpoint::new(addr(p))).collect()));
+    let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("mock"));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    let mut svc = Balance::new(pool);
+    let mut counts: HashMap<SocketAddr, usize> = HashMap::new();
+    for _ in 0..300 {
+        let rsp = svc.ready().await.expect("always ready").call("hi".to_string()).await.expect("answered");
+        *counts.entry(rsp).or_default() += 1;
+    }
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100, 100, 100]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_endpoint_fails_after_failfast_not_before() {
+    let (_tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), MockConnector::default(), RoundRobin::new(), PoolConfig::new("empty-target"));
+    let mut svc = Balance::new(pool).failfast(Duration::from_secs(2));
+    let started = tokio::time::Instant::now();
+    let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("no endpoint");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_millis(2100), "{waited:?}");
+    let unavailable = err.downcast_ref::<Unavailable>().expect("typed error");
+    assert_eq!(unavailable.target(), "empty-target");
+    assert!(!unavailable.discovery_initialized());
+    assert!(err.to_string().contains("empty-target"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_for_the_first_endpoint() {
+    let conn = MockConnector::default();
+    serve(conn.add(addr(1)), addr(1));
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("late"));
+    let mut svc = Balance::new(pool).failfast(Duration::from_secs(5));
+    let call = tokio::spawn(async move { svc.ready().await.expect("ready").call("hi".to_string()).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tx.send(Update::Reset(vec![Endpoint::new(addr(1))]));
+    let rsp = call.await.expect("joined").expect("served once the endpoint arrived");
+    assert_eq!(rsp, addr(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_fails_before_sending_is_rerouted() {
+    let conn = MockConnector::default();
+    let mut broken = conn.add(addr(1));
+    serve(conn.add(addr(2)), addr(2));
+    let (tx, rx) = discover::channel();
+    tx.send(Update::Reset(vec![Endpoint::new(addr(1)), Endpoint::new(addr(2))]));
+    let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("reroute"));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    let mut svc = Balance::new(pool);
+    for _ in 0..10 {
+        broken.send_error("connection reset");
+        let rsp = svc.ready().await.expect("ready").call("hi".to_string()).await.expect("rerouted, never failed");
+        assert_eq!(rsp, addr(2));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn load_is_counted_while_the_call_is_outstanding() {
+    let conn = MockConnector::default();
+    let mut handle = conn.add(addr(1));
+    let (tx, rx) = discover::channel();
+    tx.send(Update::Reset(vec![Endpoint::new(addr(1))]));
+    let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("load"));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    let mut svc = Balance::new(pool.clone());
+    let call = tokio::spawn(async move { svc.ready().await.expect("ready").call("hi".to_string()).await });
+    let (_, respond) = handle.next_request().await.expect("request arrived");
+    let in_flight = || pool.snapshot().entries()[0].load.in_flight();
+    assert_eq!(in_flight(), 1);
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    respond.send_response(addr(1));
+    call.await.expect("joined").expect("answered");
+    assert_eq!(in_flight(), 0);
+    let rtt = pool.snapshot().entries()[0].load.rtt_estimate();
+    assert!(rtt >= Duration::from_millis(39), "a 40 ms answer raised the estimate: {rtt:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hashing_routes_a_key_to_one_endpoint() {
+    let conn = MockConnector::default();
+    for p in 1..=4 {
+        serve(conn.add(addr(p)), addr(p));
+    }
+    let (tx, rx) = discover::channel();
+    tx.send(Update::Reset((1..=4).map(|p| Endpoint::new(addr(p))).collect()));
+    let pool = Pool::spawn(Box::pin(rx), conn, RingHash::new(), PoolConfig::new("hash"));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    let mut svc = Balance::new(pool).with_key(|req: &Req| Some(hash_key(req.as_bytes())));
+    let mut seen: HashMap<&str, SocketAddr> = HashMap::new();
+    for i in 0..200 {
+        let key = ["alice", "bob", "carol", "dave", "erin"][i % 5];
+        let rsp = svc.ready().await.expect("ready").call(key.to_string()).await.expect("answered");
+        assert_eq!(*seen.entry(key).or_insert(rsp), rsp, "{key} moved");
+    }
+}
