@@ -12,6 +12,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod cache;
 mod error;
 pub mod fixed;
 

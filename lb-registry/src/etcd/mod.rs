@@ -1,0 +1,120 @@
+//! etcd: lease-based registration and list-then-watch discovery (cargo feature `etcd`).
+//!
+//! # Target
+//!
+//! `etcd://host:port[,host:port…]/<service>[?key=value&…]`, with these query parameters:
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `prefix` | `/lb/services` | key prefix; instances live at `<prefix>/<service>/<instance-id>` |
+//! | `ttl` | `10s` | registration lease TTL (`500ms`, `10s`, `5m` or bare seconds); heartbeats every TTL/3 |
+//! | `snapshot` | none | discovery: file holding the last known set, served at start while etcd is down |
+//! | `resync` | `5m` | discovery: full relist this often (`off` disables) |
+//! | `allow_empty` | `false` | discovery: apply updates that remove every instance |
+//!
+//! Credentials and TLS never go in the URI: use [`EtcdBuilder`] (`credentials`, `tls_ca_file`,
+//! `tls_identity_files`, …) or the environment variables in [`env`] (`LB_ETCD_USERNAME`,
+//! `LB_ETCD_PASSWORD`, `LB_ETCD_CA_FILE`, `LB_ETCD_CERT_FILE`, `LB_ETCD_KEY_FILE`,
+//! `LB_ETCD_TLS_DOMAIN`), which URI-only configuration (the CLI, the C ABI, the agent) reads. Setting
+//! a CA enables TLS.
+//!
+//! # Schema
+//!
+//! One key per instance, `<prefix>/<service>/<instance-id>` (e.g. `/lb/services/greeter/10.0.0.7:50051`;
+//! the id is everything after `<service>/` and becomes the endpoint's id), attached to the instance's
+//! lease. The value is a JSON document, version 1:
+//!
+//! ```json
+//! {"v":1,"addr":"10.0.0.7:50051","weight":100,"zone":"eu-west-1a","region":"eu-west-1",
+//!  "node":"node-7","metadata":{"version":"1.4.2"},"state":"ready"}
+//! ```
+//!
+//! | field | required | meaning |
+//! |---|---|---|
+//! | `v` | yes | schema version; only `1` is read, other versions are skipped |
+//! | `addr` | yes | `ip:port` (IPv6 as `[::1]:50051`); no host names: resolving them is not discovery's job |
+//! | `weight` | no (100) | relative weight, `0` = send nothing |
+//! | `zone`, `region`, `node` | no | locality for topology-aware balancing |
+//! | `metadata` | no | string → string map |
+//! | `state` | no (`ready`) | `ready`, `serving` (only used when nothing is ready) or `terminating` (drain) |
+//!
+//! Unknown fields are ignored, so version 1 can grow optional fields. A value larger than 64 KiB
+//! ([`schema::MAX_VALUE_BYTES`]), not JSON, of another version, with an unparseable address or
+//! wrong field types is skipped with a `warn!` and counted in
+//! `lb_registry_invalid_entries_total{registry="etcd",reason}`; the rest of the set is unaffected, and
+//! an invalid value that replaces a valid one leaves the valid one in use.
+//!
+//! # Behaviour
+//!
+//! - Registration ([`EtcdRegistrar`]): see [`registrar`](self) — heartbeats, re-registration with
+//!   backoff after any loss, for as long as the instance runs; lease revoked on deregistration.
+//! - Discovery ([`EtcdResolver`]): paginated prefix get → `Reset`, watch from the next revision,
+//!   resume after reconnects, relist after compaction or data loss, all behind a
+//!   [`Cache`](crate::cache::Cache).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lb_registry::Error> {
+//! use lb_registry::etcd::{EtcdRegistrar, EtcdResolver};
+//! use lb_registry::{Registrar as _, Resolver as _};
+//!
+//! let registrar = EtcdRegistrar::builder(["10.0.0.1:2379"]).ttl(std::time::Duration::from_secs(5)).build_registrar()?;
+//! let reg = registrar.register("greeter", lb_core::Endpoint::new("10.0.0.7:50051".parse().expect("literal"))).await?;
+//!
+//! let resolver = EtcdResolver::builder(["10.0.0.1:2379"]).snapshot("/var/cache/lb/greeter.json").build_resolver()?;
+//! let discover = resolver.resolve("greeter"); // hand to lb_core::Pool::spawn
+//! # let _ = discover;
+//! reg.deregister().await; // on graceful shutdown
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod registrar;
+mod resolver;
+pub mod schema;
+
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::time::Duration;
+
+pub use self::config::{env, EtcdBuilder, DEFAULT_PREFIX};
+pub use self::registrar::EtcdRegistrar;
+pub use self::resolver::{EtcdResolver, INVALID_ENTRIES};
+
+use crate::{Error, Registration, Target};
+
+pub(crate) fn resolve(target: &Target) -> Result<lb_core::discover::BoxDiscover, Error> {
+    let resolver = EtcdBuilder::from_target(target)?.build_resolver()?;
+    Ok(crate::Resolver::resolve(&resolver, target.path()))
+}
+
+pub(crate) async fn register(target: &Target, instance: lb_core::Endpoint) -> Result<Registration, Error> {
+    let registrar = EtcdBuilder::from_target(target)?.build_registrar()?;
+    registrar.register_instance(target.path(), instance).await
+}
+
+/// Exponential backoff with ±20% jitter.
+#[derive(Debug)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new((first, max): (Duration, Duration)) -> Self {
+        Backoff { first, max, next: first }
+    }
+
+    fn next(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // Jitter keeps a fleet that lost etcd together from reconnecting in lockstep. The standard
+        // library's per-process random hasher keys are enough entropy for that.
+        let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let factor = 0.8 + (r % 4001) as f64 / 10_000.0;
+        base.mul_f64(factor)
+    }
+
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}

@@ -1,0 +1,363 @@
+//! Discovery: a paginated prefix get at one revision, then a watch from the next revision.
+//!
+//! This is the list-then-watch pattern of Kubernetes' reflector, on etcd's MVCC revisions:
+//! - the first list yields an [`Update::Reset`]; each watch batch yields `Add`/`Remove`;
+//! - after a broken connection the watch resumes from the last revision delivered, so nothing is
+//!   missed and nothing is relisted — unless that revision was compacted (the watch is cancelled
+//!   with `compact_revision` set) or the store went back in time (etcd restored or restarted with
+//!   empty data: its current revision is below ours), in which case it relists and emits a `Reset`,
+//!   which the pool diffs so unchanged endpoints keep their connections;
+//! - once a watch is (re)established it sends an empty `Add`, telling the [cache](crate::cache)
+//!   that the data is current again.
+//!
+//! A value that does not decode is skipped, logged and counted (see [`super::schema`]); if it
+//! replaces a valid value, the previous value stays in use.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
+use futures_util::Stream;
+use lb_core::discover::BoxDiscover;
+use lb_core::{BoxError, Endpoint, EndpointId, Update};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::config::{Config, SharedConfig};
+use super::{schema, Backoff};
+use crate::cache::{Cache, Cached};
+use crate::Error;
+
+/// Counter: registry values skipped because they did not decode, labels `registry`, `reason`.
+pub const INVALID_ENTRIES: &str = "lb_registry_invalid_entries_total";
+
+// Pages keep each response far below gRPC's 4 MiB default message cap even at the 64 KiB value cap
+// times a few entries; 1,000 small values is ~150 KiB.
+const PAGE: i64 = 1000;
+
+/// Discovery from etcd. Each [`resolve`](crate::Resolver::resolve) call watches one service through a
+/// [`Cache`] (last-known-good set, empty-update protection, periodic resync, optional snapshot).
+#[derive(Clone, Debug)]
+pub struct EtcdResolver {
+    cfg: SharedConfig,
+}
+
+impl EtcdResolver {
+    /// Options for the etcd cluster at `endpoints`.
+    pub fn builder<I, S>(endpoints: I) -> super::EtcdBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        super::EtcdBuilder::new(endpoints)
+    }
+
+    pub(crate) fn from_config(cfg: Config) -> Self {
+        EtcdResolver { cfg: Arc::new(cfg) }
+    }
+
+    /// Like [`Resolver::resolve`](crate::Resolver::resolve), returning the [`Cached`] stream so its
+    /// [`CacheHandle`](crate::cache::CacheHandle) (staleness, snapshot use) can be read.
+    pub fn resolve_cached(&self, service: &str) -> Cached {
+        let cfg = Arc::clone(&self.cfg);
+        let service = service.to_string();
+        let name = format!("etcd://{}/{}", cfg.endpoints.join(","), service);
+        let mut cache = Cache::builder().name(&name).allow_empty(cfg.allow_empty);
+        if let Some(r) = cfg.resync {
+            cache = cache.resync_every(r);
+        }
+        if let Some(s) = &cfg.snapshot {
+            cache = cache.snapshot(s);
+        }
+        cache.wrap_with(move || watch(Arc::clone(&cfg), service.clone()))
+    }
+}
+
+impl crate::Resolver for EtcdResolver {
+    fn resolve(&self, service: &str) -> BoxDiscover {
+        self.resolve_cached(service).boxed()
+    }
+}
+
+/// The uncached list-and-watch stream of one service. Its task stops when the stream is dropped.
+fn watch(cfg: SharedConfig, service: String) -> BoxDiscover {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(cfg, service, tx));
+    Box::pin(TaskStream { rx, task })
+}
+
+struct TaskStream {
+    rx: mpsc::UnboundedReceiver<Result<Update, BoxError>>,
+    task: JoinHandle<()>,
+}
+
+impl Stream for TaskStream {
+    type Item = Result<Update, BoxError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for TaskStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Tx = mpsc::UnboundedSender<Result<Update, BoxError>>;
+
+enum End {
+    /// Relist at once (compaction, or the store went back in time).
+    Relist,
+    /// Reconnect after a backoff.
+    Failed(String, Option<etcd_client::Error>),
+}
+
+impl From<etcd_client::Error> for End {
+    fn from(e: etcd_client::Error) -> Self {
+        End::Failed("etcd request failed".into(), Some(e))
+    }
+}
+
+#[derive(Debug)]
+struct WatchError(String);
+
+impl fmt::Display for WatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WatchError {}
+
+async fn run(cfg: SharedConfig, service: String, tx: Tx) {
+    let prefix = cfg.service_prefix(&service);
+    let mut state = WatchState { last_rev: None };
+    let mut backoff = Backoff::new(cfg.backoff);
+    loop {
+        match session(&cfg, &prefix, &mut state, &tx, &mut backoff).await {
+            End::Relist => state.last_rev = None,
+            End::Failed(what, source) => {
+                let message = match &source {
+                    Some(e) => format!("etcd discovery of `{service}`: {what}: {e}"),
+                    None => format!("etcd discovery of `{service}`: {what}"),
+                };
+                let err: BoxError = Box::new(Error::registry(message.clone(), WatchError(what)));
+                if tx.send(Err(err)).is_err() {
+                    return;
+                }
+                let delay = backoff.next();
+                warn!(service = %service, retry_in_ms = delay.as_millis() as u64, error = %message, "etcd watch failed; keeping the last known endpoints");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+struct WatchState {
+    /// The revision up to which everything under the prefix has been delivered.
+    last_rev: Option<i64>,
+}
+
+async fn session(cfg: &Config, prefix: &str, st: &mut WatchState, tx: &Tx, backoff: &mut Backoff) -> End {
+    let mut client = match cfg.connect().await {
+        Ok(c) => c,
+        Err(e) => return End::Failed("cannot connect".into(), Some(e)),
+    };
+    let t = cfg.request_timeout;
+    if let Some(rev) = st.last_rev {
+        // A cheap read of the current revision tells whether ours still exists in this store.
+        let probe = GetOptions::new().with_prefix().with_count_only();
+        match tokio::time::timeout(t, client.get(prefix, Some(probe))).await {
+            Ok(Ok(r)) => {
+                let now = r.header().map_or(0, |h| h.revision());
+                if now < rev {
+                    warn!(prefix, ours = rev, theirs = now, "etcd's revision went backwards (restored or emptied); relisting");
+                    st.last_rev = None;
+                }
+            }
+            Ok(Err(e)) => return e.into(),
+            Err(_) => return End::Failed("revision probe timed out".into(), None),
+        }
+    }
+    let rev = match st.last_rev {
+        Some(rev) => rev,
+        None => match list(&mut client, prefix, t).await {
+            Ok((endpoints, rev)) => {
+                debug!(prefix, endpoints = endpoints.len(), revision = rev, "listed");
+                if tx.send(Ok(Update::Reset(endpoints))).is_err() {
+                    return End::Failed("consumer gone".into(), None);
+                }
+                st.last_rev = Some(rev);
+                rev
+            }
+            Err(e) => return e,
+        },
+    };
+    let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1).with_progress_notify();
+    let (_watcher, mut stream) = match tokio::time::timeout(t, client.watch(prefix, Some(opts))).await {
+        Ok(Ok(w)) => w.split(),
+        Ok(Err(e)) => return e.into(),
+        Err(_) => return End::Failed("creating the watch timed out".into(), None),
+    };
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return End::Failed("watch stream closed by the server".into(), None),
+            Err(e) => return e.into(),
+        };
+        if resp.compact_revision() > 0 {
+            info!(prefix, from = rev + 1, compacted_to = resp.compact_revision(), "watch revision compacted; relisting");
+            return End::Relist;
+        }
+        if resp.canceled() {
+            return End::Failed(format!("watch cancelled: {}", resp.cancel_reason()), None);
+        }
+        if resp.created() {
+            backoff.reset();
+            // Liveness: the data served is current as of now.
+            let _ = tx.send(Ok(Update::Add(Vec::new())));
+        }
+        if resp.events().is_empty() {
+            // A progress notification: everything up to the header's revision has been sent.
+            if let Some(h) = resp.header() {
+                if !resp.created() {
+                    st.last_rev = Some(st.last_rev.unwrap_or(0).max(h.revision()));
+                }
+            }
+            continue;
+        }
+        let mut batch = Batch::default();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            st.last_rev = Some(st.last_rev.unwrap_or(0).max(kv.mod_revision()));
+            match ev.event_type() {
+                EventType::Put => {
+                    if let Some(ep) = decode_kv(prefix, kv) {
+                        batch.add(ep, tx);
+                    }
+                }
+                EventType::Delete => {
+                    if let Some(id) = key_id(prefix, kv.key()) {
+                        batch.remove(EndpointId::new(id), tx);
+                    }
+                }
+            }
+        }
+        batch.flush(tx);
+    }
+}
+
+/// Coalesces consecutive events of one kind, keeping their order.
+#[derive(Default)]
+struct Batch {
+    adds: Vec<Endpoint>,
+    removes: Vec<EndpointId>,
+}
+
+impl Batch {
+    fn add(&mut self, ep: Endpoint, tx: &Tx) {
+        if !self.removes.is_empty() {
+            let _ = tx.send(Ok(Update::Remove(std::mem::take(&mut self.removes))));
+        }
+        self.adds.push(ep);
+    }
+
+    fn remove(&mut self, id: EndpointId, tx: &Tx) {
+        if !self.adds.is_empty() {
+            let _ = tx.send(Ok(Update::Add(std::mem::take(&mut self.adds))));
+        }
+        self.removes.push(id);
+    }
+
+    fn flush(self, tx: &Tx) {
+        if !self.adds.is_empty() {
+            let _ = tx.send(Ok(Update::Add(self.adds)));
+        }
+        if !self.removes.is_empty() {
+            let _ = tx.send(Ok(Update::Remove(self.removes)));
+        }
+    }
+}
+
+/// Lists every instance at one revision, a page at a time.
+async fn list(client: &mut Client, prefix: &str, t: std::time::Duration) -> Result<(Vec<Endpoint>, i64), End> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut out = Vec::new();
+    let mut from: Vec<u8> = prefix.as_bytes().to_vec();
+    let mut rev = 0;
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if rev > 0 {
+            opts = opts.with_revision(rev);
+        }
+        let resp = match tokio::time::timeout(t, client.get(from.clone(), Some(opts))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(End::Failed("listing timed out".into(), None)),
+        };
+        if rev == 0 {
+            rev = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            if let Some(ep) = decode_kv(prefix, kv) {
+                out.push(ep);
+            }
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((out, rev)),
+        }
+    }
+}
+
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn key_id<'a>(prefix: &str, key: &'a [u8]) -> Option<&'a str> {
+    let rest = key.strip_prefix(prefix.as_bytes())?;
+    std::str::from_utf8(rest).ok()
+}
+
+fn decode_kv(prefix: &str, kv: &KeyValue) -> Option<Endpoint> {
+    let key = String::from_utf8_lossy(kv.key());
+    let result = match key_id(prefix, kv.key()) {
+        Some(id) => schema::decode(id, kv.value()),
+        None => Err(schema::Invalid::BadKey),
+    };
+    match result {
+        Ok(ep) => Some(ep),
+        Err(invalid) => {
+            metrics::counter!(INVALID_ENTRIES, "registry" => "etcd", "reason" => invalid.reason()).increment(1);
+            warn!(key = %key, reason = invalid.reason(), error = %invalid, "skipping an invalid etcd entry");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ranges() {
+        assert_eq!(prefix_end(b"/lb/a/"), b"/lb/a0".to_vec());
+        assert_eq!(prefix_end(&[b'a', 0xff]), b"b".to_vec());
+        assert_eq!(key_id("/p/s/", b"/p/s/i-1"), Some("i-1"));
+        assert_eq!(key_id("/p/s/", b"/p/t/i-1"), None);
+    }
+}

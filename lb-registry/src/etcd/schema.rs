@@ -1,0 +1,200 @@
+//! The value stored under each instance key: a small versioned JSON document.
+//!
+//! Decoding is defensive because anyone with write access to the prefix can put anything there:
+//! a value that is too large, not JSON, of an unknown version or with an unparseable address is
+//! rejected with an [`Invalid`] reason that the resolver logs and counts, and the rest of the set
+//! is untouched.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use lb_core::{Endpoint, EndpointState, Locality};
+use serde::{Deserialize, Serialize};
+
+/// Values larger than this are rejected unread: an instance description is a few hundred bytes,
+/// so anything near this size is a mistake or an attack, and parsing it would cost every client.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// The schema version this crate writes and reads.
+pub const VERSION: u64 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ValueV1 {
+    v: u64,
+    addr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+}
+
+/// Why a stored value was skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// Larger than [`MAX_VALUE_BYTES`].
+    TooLarge(usize),
+    /// Not JSON, or JSON of the wrong shape.
+    Malformed(String),
+    /// A `v` other than [`VERSION`].
+    UnknownVersion(String),
+    /// `addr` is not `ip:port`.
+    BadAddress(String),
+    /// The key has no instance id after the service prefix.
+    BadKey,
+}
+
+impl Invalid {
+    /// A short label for the metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Invalid::TooLarge(_) => "too_large",
+            Invalid::Malformed(_) => "malformed",
+            Invalid::UnknownVersion(_) => "unknown_version",
+            Invalid::BadAddress(_) => "bad_address",
+            Invalid::BadKey => "bad_key",
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Invalid::TooLarge(n) => write!(f, "value of {n} bytes exceeds the {MAX_VALUE_BYTES}-byte cap"),
+            Invalid::Malformed(e) => write!(f, "value is not a valid instance document: {e}"),
+            Invalid::UnknownVersion(v) => write!(f, "unknown schema version {v} (this client reads {VERSION})"),
+            Invalid::BadAddress(a) => write!(f, "address `{a}` is not ip:port"),
+            Invalid::BadKey => f.write_str("key has no instance id after the service prefix"),
+        }
+    }
+}
+
+/// Decodes one value; `id` is the key's last segment.
+pub fn decode(id: &str, value: &[u8]) -> Result<Endpoint, Invalid> {
+    if id.is_empty() {
+        return Err(Invalid::BadKey);
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Invalid::TooLarge(value.len()));
+    }
+    let probe: serde_json::Value = serde_json::from_slice(value).map_err(|e| Invalid::Malformed(e.to_string()))?;
+    match probe.get("v") {
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
+        Some(other) => return Err(Invalid::UnknownVersion(truncate(&other.to_string()))),
+        None => return Err(Invalid::Malformed("missing field `v`".into())),
+    }
+    let doc: ValueV1 = serde_json::from_value(probe).map_err(|e| Invalid::Malformed(e.to_string()))?;
+    let addr: SocketAddr = doc.addr.parse().map_err(|_| Invalid::BadAddress(truncate(&doc.addr)))?;
+    let mut locality = Locality::unknown();
+    if let Some(z) = &doc.zone {
+        locality = locality.with_zone(z);
+    }
+    if let Some(r) = &doc.region {
+        locality = locality.with_region(r);
+    }
+    if let Some(n) = &doc.node {
+        locality = locality.with_node(n);
+    }
+    let state = match doc.state.as_deref() {
+        None | Some("ready") => EndpointState::Ready,
+        Some("serving") => EndpointState::Serving,
+        Some("terminating") => EndpointState::Terminating,
+        Some(other) => return Err(Invalid::Malformed(format!("unknown state `{}`", truncate(other)))),
+    };
+    let mut ep = Endpoint::new(addr)
+        .with_id(id)
+        .with_weight(doc.weight.unwrap_or(Endpoint::DEFAULT_WEIGHT))
+        .with_locality(locality)
+        .with_state(state);
+    for (k, v) in doc.metadata {
+        ep = ep.with_metadata(k, v);
+    }
+    Ok(ep)
+}
+
+/// Encodes an endpoint as a version-1 document.
+pub fn encode(ep: &Endpoint) -> Vec<u8> {
+    let loc = ep.locality();
+    let doc = ValueV1 {
+        v: VERSION,
+        addr: ep.addr().to_string(),
+        weight: Some(ep.weight()),
+        zone: loc.zone.as_deref().map(str::to_string),
+        region: loc.region.as_deref().map(str::to_string),
+        node: loc.node.as_deref().map(str::to_string),
+        metadata: ep.metadata().clone(),
+        state: match ep.state() {
+            EndpointState::Ready => None,
+            EndpointState::Serving => Some("serving".into()),
+            EndpointState::Terminating => Some("terminating".into()),
+        },
+    };
+    serde_json::to_vec(&doc).expect("a struct of strings and integers always serializes")
+}
+
+// Reasons end up in logs; an attacker-sized string must not.
+fn truncate(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let ep = Endpoint::new("10.0.0.1:80".parse().expect("literal"))
+            .with_id("i-1")
+            .with_weight(7)
+            .with_locality(Locality::unknown().with_zone("z").with_region("r").with_node("n"))
+            .with_metadata("version", "2")
+            .with_state(EndpointState::Terminating);
+        let back = decode("i-1", &encode(&ep)).expect("own encoding decodes");
+        assert_eq!(back, ep);
+    }
+
+    #[test]
+    fn minimal_document_gets_defaults() {
+        let ep = decode("x", br#"{"v":1,"addr":"[::1]:9000","future_field":true}"#).expect("valid");
+        assert_eq!(ep.weight(), Endpoint::DEFAULT_WEIGHT);
+        assert_eq!(ep.id().as_str(), "x");
+        assert_eq!(ep.addr().port(), 9000);
+    }
+
+    #[test]
+    fn rejects_bad_values_with_a_reason() {
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"not json", "malformed"),
+            (br#"{"addr":"1.2.3.4:5"}"#, "malformed"),
+            (br#"{"v":2,"addr":"1.2.3.4:5"}"#, "unknown_version"),
+            (br#"{"v":"1","addr":"1.2.3.4:5"}"#, "unknown_version"),
+            (br#"{"v":1,"addr":"localhost:80"}"#, "bad_address"),
+            (br#"{"v":1,"addr":"1.2.3.4:5","weight":-1}"#, "malformed"),
+            (br#"{"v":1,"addr":"1.2.3.4:5","metadata":{"k":1}}"#, "malformed"),
+            (br#"[1,2]"#, "malformed"),
+        ];
+        for (value, reason) in cases {
+            let err = decode("id", value).expect_err(std::str::from_utf8(value).unwrap_or("?"));
+            assert_eq!(err.reason(), reason, "{err}");
+        }
+        let huge = vec![b' '; MAX_VALUE_BYTES + 1];
+        assert_eq!(decode("id", &huge).expect_err("too large").reason(), "too_large");
+        assert_eq!(decode("", br#"{"v":1,"addr":"1.2.3.4:5"}"#).expect_err("no id").reason(), "bad_key");
+    }
+}
