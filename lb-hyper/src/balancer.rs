@@ -1,0 +1,238 @@
+//! The request path shared by [`LbClient`](crate::LbClient) and `lb_tonic::LbChannel`.
+//!
+//! Per request: pick an endpoint from the pool's current snapshot (lock-free; no worker task or
+//! `Buffer` between caller and connection, unlike tower's balancer behind tonic's
+//! `balance_channel`), rewrite the URI to it, send, and wrap the response body so the pick's
+//! [`LoadGuard`](lb_core::LoadGuard) lives until the body ends.
+//!
+//! A request that never reached a backend — the connection was closed, refused, or the endpoint
+//! vanished between the pick and the send — comes back from hyper's `try_send_request` unsent and is
+//! sent to another endpoint, up to `max_reroutes` times; a request that may have reached a backend
+//! is never re-sent here (that takes a user-configured retry policy, see `lb-tonic`). When no endpoint
+//! is usable the request waits for the next pool snapshot, at most the failfast time, then fails
+//! as unavailable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use lb_core::pool::{EndpointPhase, Picked, Pool};
+use lb_core::{BoxError, Endpoint, EndpointId, Outcome, PickContext};
+use tokio::time::Instant;
+
+use crate::body::TrackedBody;
+use crate::classify::Classify;
+use crate::connect::{HttpConnection, Protocol};
+use crate::Error;
+
+/// How many times a pick that returned an excluded or closed endpoint is repeated before waiting
+/// for a new snapshot.
+const PICK_ATTEMPTS: usize = 4;
+
+/// A point-in-time view of one endpoint, for diagnostics and tests.
+#[derive(Clone, Debug)]
+pub struct EndpointStatus {
+    /// The endpoint as discovery reported it.
+    pub endpoint: Arc<Endpoint>,
+    /// Its state-machine phase.
+    pub phase: EndpointPhase,
+    /// Whether new requests may go to it.
+    pub healthy: bool,
+    /// Requests in flight (counted until the end of their response bodies).
+    pub in_flight: u32,
+    /// The PeakEWMA latency estimate.
+    pub rtt: Duration,
+    /// Open transport connections.
+    pub connections: usize,
+}
+
+struct Inner<B> {
+    pool: Pool<HttpConnection<B>>,
+    failfast: Duration,
+    max_reroutes: u8,
+    classify: Classify,
+    protocol: Protocol,
+    scheme: Scheme,
+}
+
+/// Picks an endpoint per request and sends over its connection; see the [module docs](self).
+pub struct Balancer<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for Balancer<B> {
+    fn clone(&self) -> Self {
+        Balancer {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Balancer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer")
+            .field("pool", &self.inner.pool)
+            .field("failfast", &self.inner.failfast)
+            .field("classify", &self.inner.classify)
+            .finish()
+    }
+}
+
+impl<B> Balancer<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Balances over `pool`. `tls` selects the `https` scheme in rewritten URIs.
+    pub fn new(pool: Pool<HttpConnection<B>>, protocol: Protocol, tls: bool, classify: Classify, failfast: Duration) -> Self {
+        Balancer {
+            inner: Arc::new(Inner {
+                pool,
+                failfast,
+                max_reroutes: 3,
+                classify,
+                protocol,
+                scheme: if tls { Scheme::HTTPS } else { Scheme::HTTP },
+            }),
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool<HttpConnection<B>> {
+        &self.inner.pool
+    }
+
+    /// The failfast time.
+    pub fn failfast_time(&self) -> Duration {
+        self.inner.failfast
+    }
+
+    /// Waits until at least one endpoint can take requests, or `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        self.inner.pool.ready_timeout(timeout).await
+    }
+
+    /// Every endpoint the pool knows, with its phase and load.
+    pub fn endpoints(&self) -> Vec<EndpointStatus> {
+        self.inner
+            .pool
+            .snapshot()
+            .entries()
+            .iter()
+            .map(|e| EndpointStatus {
+                endpoint: Arc::clone(&e.endpoint),
+                phase: e.phase,
+                healthy: e.healthy,
+                in_flight: e.load.in_flight(),
+                rtt: e.load.rtt_estimate(),
+                connections: e.connection.as_ref().map(|c| c.connections()).unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Sends `req` to one endpoint; see the [module docs](self).
+    pub async fn send(&self, mut req: Request<B>, ctx: PickContext) -> Result<Response<TrackedBody<Incoming>>, Error> {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        let deadline = started + inner.failfast;
+        // HTTP/1.1 needs a Host header; keep the caller's, else the authority the caller addressed.
+        let mut host_from_endpoint = false;
+        if inner.protocol == Protocol::Http1 && !req.headers().contains_key(http::header::HOST) {
+            match req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                Some(h) => {
+                    req.headers_mut().insert(http::header::HOST, h);
+                }
+                None => host_from_endpoint = true,
+            }
+        }
+        let mut excluded: Option<EndpointId> = None;
+        let mut reroutes = 0u8;
+        loop {
+            let Some(picked) = self.pick(&ctx, &mut excluded, deadline).await else {
+                metrics::counter!(lb_core::metrics::NO_ENDPOINT, "target" => inner.pool.target().to_string()).increment(1);
+                return Err(Error::unavailable(
+                    Arc::clone(inner.pool.target()),
+                    started.elapsed(),
+                    inner.pool.is_initialized(),
+                ));
+            };
+            let Picked {
+                endpoint,
+                connection,
+                mut guard,
+            } = picked;
+            self.rewrite(&mut req, &endpoint, host_from_endpoint)?;
+            match connection.send(req).await {
+                Ok((rsp, slot)) => {
+                    let head = inner.classify.head(rsp.status(), rsp.headers());
+                    let classify = inner.classify.clone();
+                    return Ok(rsp.map(|b| TrackedBody::new(b, guard, slot, classify, head)));
+                }
+                Err(mut e) => {
+                    guard.set_outcome(Outcome::Failure);
+                    drop(guard);
+                    match e.take_request() {
+                        Some(unsent) if reroutes < inner.max_reroutes => {
+                            reroutes += 1;
+                            tracing::debug!(endpoint = %endpoint.addr(), error = %e.error(), "request not sent; re-sending to another endpoint");
+                            excluded = Some(endpoint.id().clone());
+                            req = unsent;
+                        }
+                        Some(_) => return Err(Error::transport(e.into_error(), false)),
+                        None => return Err(Error::transport(e.into_error(), true)),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn pick(
+        &self,
+        ctx: &PickContext,
+        excluded: &mut Option<EndpointId>,
+        deadline: Instant,
+    ) -> Option<Picked<HttpConnection<B>>> {
+        let pool = &self.inner.pool;
+        loop {
+            // Subscribe before looking, so a snapshot published in between is not missed.
+            let mut rx = pool.subscribe();
+            for _ in 0..PICK_ATTEMPTS {
+                let Some(p) = pool.pick(ctx) else { break };
+                if Some(p.endpoint.id()) != excluded.as_ref() && !p.connection.is_closed() {
+                    return Some(p);
+                }
+                // Dropping the guard un-counts the pick without recording an outcome.
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {
+                    // A new snapshot reflects the failure that caused the exclusion (or not yet, in
+                    // which case the closed-connection check above still skips it).
+                    *excluded = None;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn rewrite(&self, req: &mut Request<B>, endpoint: &Endpoint, host_from_endpoint: bool) -> Result<(), Error> {
+        let addr = endpoint.addr();
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .map_err(|e| Error::config(format!("endpoint address `{addr}` is not a URI authority: {e}")))?;
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(self.inner.scheme.clone());
+        parts.authority = Some(authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| Error::config(format!("cannot build request URI: {e}")))?;
+        if host_from_endpoint {
+            if let Ok(h) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, h);
+            }
+        }
+        Ok(())
+    }
+}

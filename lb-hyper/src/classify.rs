@@ -1,0 +1,134 @@
+//! Deciding from a response whether the endpoint failed, for outlier detection and PeakEWMA.
+//!
+//! The outcome must describe the *endpoint*, not the request: a gRPC `NOT_FOUND` or an HTTP 404 is a
+//! healthy backend giving a correct answer, and counting it as a failure would eject backends for
+//! their callers' mistakes. So only server-side faults count:
+//!
+//! - plain HTTP: status 5xx (what Envoy's outlier detection counts as `5xx`);
+//! - gRPC: `grpc-status` (in trailers, or in headers for a trailers-only response) `UNKNOWN` (2),
+//!   `INTERNAL` (13), `UNAVAILABLE` (14) or `DATA_LOSS` (15) — the codes a gRPC server library emits
+//!   for its own crashes, overload or broken transport. `DEADLINE_EXCEEDED` is not counted: it
+//!   measures the caller's budget, and slowness is already priced in by PeakEWMA; counting it would
+//!   eject every backend at once under a tight client deadline. A gRPC stream that ends without any
+//!   `grpc-status`, or a body that fails mid-stream, is a failure.
+//!
+//! A response the caller drops before its end counts neither way (gRPC) or by its status (HTTP).
+
+use http::{HeaderMap, StatusCode};
+use lb_core::Outcome;
+
+/// Classifies responses; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub enum Classify {
+    /// Plain HTTP: 5xx is a failure.
+    Http,
+    /// gRPC: these `grpc-status` codes are failures.
+    Grpc {
+        /// The failing codes.
+        failure_codes: &'static [i32],
+    },
+}
+
+/// The gRPC codes [`Classify::grpc`] counts as endpoint failures.
+pub const GRPC_FAILURE_CODES: &[i32] = &[2, 13, 14, 15];
+
+impl Classify {
+    /// The plain-HTTP classifier.
+    pub fn http() -> Self {
+        Classify::Http
+    }
+
+    /// The gRPC classifier with [`GRPC_FAILURE_CODES`].
+    pub fn grpc() -> Self {
+        Classify::Grpc {
+            failure_codes: GRPC_FAILURE_CODES,
+        }
+    }
+
+    /// The outcome known from the response head, and whether it is final.
+    pub(crate) fn head(&self, status: StatusCode, headers: &HeaderMap) -> (Outcome, bool) {
+        match self {
+            Classify::Http => (
+                if status.is_server_error() { Outcome::Failure } else { Outcome::Success },
+                true,
+            ),
+            Classify::Grpc { .. } => {
+                if !status.is_success() {
+                    // Not a gRPC answer at all (a proxy's 502, a 503 from a draining server).
+                    return (
+                        if status.is_server_error() || status == StatusCode::BAD_GATEWAY { Outcome::Failure } else { Outcome::Success },
+                        true,
+                    );
+                }
+                match grpc_status(headers) {
+                    // Trailers-only response: the status is in the headers.
+                    Some(code) => (self.code(code), true),
+                    None => (Outcome::Cancelled, false),
+                }
+            }
+        }
+    }
+
+    /// The outcome from trailers (gRPC), or `None` when the trailers say nothing.
+    pub(crate) fn trailers(&self, trailers: &HeaderMap) -> Option<Outcome> {
+        match self {
+            Classify::Http => None,
+            Classify::Grpc { .. } => grpc_status(trailers).map(|c| self.code(c)),
+        }
+    }
+
+    /// The outcome of a stream that ended with no outcome from head or trailers.
+    pub(crate) fn end_without_status(&self) -> Outcome {
+        match self {
+            Classify::Http => Outcome::Success,
+            Classify::Grpc { .. } => Outcome::Failure,
+        }
+    }
+
+    fn code(&self, code: i32) -> Outcome {
+        match self {
+            Classify::Grpc { failure_codes } if failure_codes.contains(&code) => Outcome::Failure,
+            _ => Outcome::Success,
+        }
+    }
+}
+
+/// The `grpc-status` code in `headers`; an unparsable value reads as `UNKNOWN`.
+pub fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+    let v = headers.get("grpc-status")?;
+    Some(v.to_str().ok().and_then(|s| s.trim().parse().ok()).unwrap_or(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trailers(code: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-status", code.parse().expect("valid header value"));
+        h
+    }
+
+    #[test]
+    fn grpc_codes() {
+        let c = Classify::grpc();
+        assert_eq!(c.trailers(&trailers("0")), Some(Outcome::Success));
+        assert_eq!(c.trailers(&trailers("5")), Some(Outcome::Success), "NOT_FOUND is the caller's problem");
+        assert_eq!(c.trailers(&trailers("3")), Some(Outcome::Success), "INVALID_ARGUMENT too");
+        assert_eq!(c.trailers(&trailers("4")), Some(Outcome::Success), "DEADLINE_EXCEEDED is the caller's budget");
+        for code in ["2", "13", "14", "15", "garbage"] {
+            assert_eq!(c.trailers(&trailers(code)), Some(Outcome::Failure), "code {code}");
+        }
+        assert_eq!(c.trailers(&HeaderMap::new()), None);
+        assert_eq!(c.head(StatusCode::OK, &trailers("14")), (Outcome::Failure, true), "trailers-only");
+        assert_eq!(c.head(StatusCode::OK, &HeaderMap::new()).1, false);
+        assert_eq!(c.end_without_status(), Outcome::Failure);
+    }
+
+    #[test]
+    fn http_codes() {
+        let c = Classify::http();
+        assert_eq!(c.head(StatusCode::NOT_FOUND, &HeaderMap::new()), (Outcome::Success, true));
+        assert_eq!(c.head(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()), (Outcome::Failure, true));
+    }
+}

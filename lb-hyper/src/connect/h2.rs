@@ -1,0 +1,154 @@
+//! One endpoint's HTTP/2 connections: a primary one plus extras opened under stream pressure.
+//!
+//! HTTP/2 multiplexes every request over one connection, but a server caps the streams a connection
+//! may carry at once (`SETTINGS_MAX_CONCURRENT_STREAMS`); h2 queues streams above the cap on the
+//! client side, where they wait invisibly. hyper does not expose the peer's setting (h2's
+//! `SendRequest::current_max_send_streams` is hidden behind hyper's dispatcher), so the limit is a
+//! configured number: when every open connection carries that many streams, one more connection is
+//! opened in the background (the request at hand is not delayed; it goes on the least-loaded one).
+//! The default, 100, is the smallest limit RFC 9113 §6.5.2 recommends servers to allow, so by
+//! default no request waits in h2's hidden queue behind a conforming server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+
+use super::dial::Dialer;
+use super::{SendError, StreamSlot};
+use lb_core::BoxError;
+
+pub(crate) struct Sub<B> {
+    send: SendRequest<B>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+pub(crate) struct H2Pool<B> {
+    addr: SocketAddr,
+    subs: ArcSwap<Vec<Arc<Sub<B>>>>,
+    opening: AtomicBool,
+    dialer: Dialer,
+    max_streams: usize,
+    max_connections: usize,
+}
+
+struct Decrement(Arc<AtomicUsize>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<B> H2Pool<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn new(
+        addr: SocketAddr,
+        primary: SendRequest<B>,
+        dialer: Dialer,
+        max_streams: usize,
+        max_connections: usize,
+    ) -> Self {
+        let sub = Arc::new(Sub {
+            send: primary,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        });
+        H2Pool {
+            addr,
+            subs: ArcSwap::from_pointee(vec![sub]),
+            opening: AtomicBool::new(false),
+            dialer,
+            max_streams: max_streams.max(1),
+            max_connections: max_connections.max(1),
+        }
+    }
+
+    /// Open connections (the primary included).
+    pub(crate) fn connections(&self) -> usize {
+        self.subs.load().iter().filter(|s| !s.send.is_closed()).count()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.subs.load().iter().all(|s| s.send.is_closed())
+    }
+
+    pub(crate) async fn send(self: &Arc<Self>, req: Request<B>) -> Result<(Response<Incoming>, StreamSlot), SendError<B>> {
+        let sub = {
+            let subs = self.subs.load();
+            let best = subs
+                .iter()
+                .filter(|s| !s.send.is_closed())
+                .min_by_key(|s| s.in_flight.load(Ordering::Relaxed));
+            match best {
+                Some(s) => Arc::clone(s),
+                None => return Err(SendError::unsent(req, "connection closed")),
+            }
+        };
+        let now = sub.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let slot = Decrement(Arc::clone(&sub.in_flight));
+        if now >= self.max_streams {
+            self.grow();
+        }
+        let mut send = sub.send.clone();
+        match send.try_send_request(req).await {
+            Ok(rsp) => Ok((rsp, StreamSlot::new(slot))),
+            Err(mut e) => match e.take_message() {
+                Some(req) => Err(SendError::unsent(req, e.into_error())),
+                None => Err(SendError::sent(e.into_error())),
+            },
+        }
+    }
+
+    /// Opens one more connection in the background unless one is already being opened or the cap
+    /// is reached.
+    fn grow(self: &Arc<Self>) {
+        if self.connections() >= self.max_connections {
+            return;
+        }
+        if self.opening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let dialer = self.dialer.clone();
+        let addr = self.addr;
+        tokio::spawn(async move {
+            let result = dialer.h2::<B>(addr).await;
+            let Some(pool) = weak.upgrade() else { return };
+            pool.opening.store(false, Ordering::Release);
+            match result {
+                Ok((send, driver)) => {
+                    let sub = Arc::new(Sub {
+                        send,
+                        in_flight: Arc::new(AtomicUsize::new(0)),
+                    });
+                    let added = Arc::downgrade(&sub);
+                    pool.subs.rcu(|subs| {
+                        let mut next: Vec<_> = subs.iter().filter(|s| !s.send.is_closed()).cloned().collect();
+                        next.push(Arc::clone(&sub));
+                        next
+                    });
+                    tracing::debug!(endpoint = %addr, connections = pool.connections(), "opened an extra http/2 connection");
+                    drop(pool);
+                    tokio::spawn(async move {
+                        driver.await;
+                        // Forget the closed extra so it is not scanned on every request.
+                        if let (Some(pool), Some(sub)) = (weak.upgrade(), added.upgrade()) {
+                            pool.subs.rcu(|subs| subs.iter().filter(|s| !Arc::ptr_eq(s, &sub)).cloned().collect::<Vec<_>>());
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::debug!(endpoint = %addr, %error, "extra http/2 connection failed");
+                }
+            }
+        });
+    }
+}

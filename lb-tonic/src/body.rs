@@ -1,0 +1,57 @@
+//! The response body of [`LbChannel`](crate::LbChannel).
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use lb_hyper::TrackedBody;
+use pin_project_lite::pin_project;
+use tonic::Status;
+
+pin_project! {
+    /// A gRPC response body: counts its request as in flight until its end (see
+    /// [`lb_hyper::TrackedBody`]) and reports transport failures as `tonic::Status`
+    /// (`UNAVAILABLE`, or `CANCELLED` for a stream reset with `CANCEL`), as gRPC specifies.
+    #[derive(Debug)]
+    pub struct ResponseBody {
+        #[pin]
+        inner: TrackedBody<Incoming>,
+    }
+}
+
+impl ResponseBody {
+    pub(crate) fn new(inner: TrackedBody<Incoming>) -> Self {
+        ResponseBody { inner }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(self.project().inner.poll_frame(cx));
+        Poll::Ready(frame.map(|f| f.map_err(status_from_hyper)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn status_from_hyper(e: hyper::Error) -> Status {
+    let cancelled = e.is_canceled();
+    let mut status = if cancelled {
+        Status::cancelled(format!("stream cancelled: {e}"))
+    } else {
+        Status::unavailable(format!("connection failed mid-stream: {e}"))
+    };
+    status.set_source(std::sync::Arc::new(e));
+    status
+}

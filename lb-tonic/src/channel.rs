@@ -1,0 +1,331 @@
+//! `LbChannel` and its builder.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use lb_core::discover::BoxDiscover;
+use lb_core::pool::{HealthCheck, OutlierConfig};
+use lb_core::{Locality, PickContext, Policy};
+use lb_hyper::{Balancer, Classify, ConnectorParts, EndpointStatus, HttpConnection, Protocol};
+use tonic::body::Body;
+
+use crate::body::ResponseBody;
+use crate::health::GrpcHealthCheck;
+use crate::retry::{buffer_ready, Buffered, RetryPolicy};
+use crate::Error;
+
+/// Builds an [`LbChannel`]; start with [`LbChannel::builder`].
+pub struct Builder {
+    policy: Option<Box<dyn Policy>>,
+    locality: Option<Locality>,
+    failfast: Duration,
+    connect_timeout: Duration,
+    request_timeout: Option<Duration>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    tls_server_name: Option<String>,
+    health: Option<GrpcHealthCheck>,
+    retry: Option<RetryPolicy>,
+    outlier: Option<OutlierConfig>,
+    max_streams: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("policy", &self.policy)
+            .field("locality", &self.locality)
+            .field("failfast", &self.failfast)
+            .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls.is_some())
+            .field("health", &self.health)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl Builder {
+    fn new() -> Self {
+        Builder {
+            policy: None,
+            locality: None,
+            failfast: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: None,
+            tls: None,
+            tls_server_name: None,
+            health: None,
+            retry: None,
+            outlier: Some(OutlierConfig::default()),
+            max_streams: None,
+            max_connections: None,
+        }
+    }
+
+    /// The balancing policy (default `lb_core::policy::P2c::peak_ewma()`).
+    pub fn policy(mut self, policy: impl Policy) -> Self {
+        self.policy = Some(Box::new(policy));
+        self
+    }
+
+    /// The caller's locality: the policy is wrapped in `lb_core::policy::Topology`, which prefers
+    /// endpoints on the same node, then zone, then region, spilling over as Envoy does.
+    pub fn locality(mut self, locality: Locality) -> Self {
+        self.locality = Some(locality);
+        self
+    }
+
+    /// How long a call waits for a usable endpoint before failing with `UNAVAILABLE` (default 3 s).
+    pub fn failfast(mut self, failfast: Duration) -> Self {
+        self.failfast = failfast;
+        self
+    }
+
+    /// Gives up on a connection attempt after this long (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Fails a call whose response headers have not arrived after this long with
+    /// `DEADLINE_EXCEEDED` (default none; gRPC deadlines set per call still apply).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Connects with TLS (ALPN `h2` is set when the configuration lists no protocol).
+    pub fn tls(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls = Some(Arc::new(config));
+        self
+    }
+
+    /// The name endpoint certificates must carry (default: the endpoint's IP address).
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls_server_name = Some(name.into());
+        self
+    }
+
+    /// Active health checking with `grpc.health.v1.Health/Watch` for the whole server (`""`).
+    pub fn health_check(mut self, on: bool) -> Self {
+        self.health = on.then(|| GrpcHealthCheck::new(""));
+        self
+    }
+
+    /// Active health checking with a configured checker (e.g. for one named service).
+    pub fn health_check_with(mut self, check: GrpcHealthCheck) -> Self {
+        self.health = Some(check);
+        self
+    }
+
+    /// Re-sends calls that reached a backend under `policy` (see [`RetryPolicy`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Passive outlier detection (default on with `OutlierConfig::default()`); `None` disables it.
+    pub fn outlier_detection(mut self, config: Option<OutlierConfig>) -> Self {
+        self.outlier = config;
+        self
+    }
+
+    /// Streams per HTTP/2 connection before another connection to the same endpoint is opened
+    /// (default 100; see `lb_hyper::HttpConnector::max_streams_per_connection`).
+    pub fn max_streams_per_connection(mut self, n: usize) -> Self {
+        self.max_streams = Some(n);
+        self
+    }
+
+    /// Most HTTP/2 connections per endpoint (default 4).
+    pub fn max_connections_per_endpoint(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// Builds a channel for a target URI (`static:///127.0.0.1:50051,127.0.0.1:50052`, and
+    /// `etcd://`, `consul://`, `kubernetes:///` with the cargo features of those names).
+    /// Must be called inside a Tokio runtime.
+    pub fn build_from_target(self, target: &str) -> Result<LbChannel, Error> {
+        let parsed = lb_registry::Target::parse(target).map_err(|e| Error::invalid_target(target, e))?;
+        let discover = lb_registry::resolve(&parsed).map_err(|e| Error::invalid_target(target, e))?;
+        self.build(discover, target)
+    }
+
+    /// Builds a channel over any discovery stream; `name` labels logs, metrics and errors.
+    /// Must be called inside a Tokio runtime.
+    pub fn build(self, discover: BoxDiscover, name: &str) -> Result<LbChannel, Error> {
+        let parts = ConnectorParts {
+            protocol: Protocol::Http2,
+            tls: self.tls.clone(),
+            tls_server_name: self.tls_server_name.clone(),
+            max_streams: self.max_streams,
+            max_connections: self.max_connections,
+        };
+        let connector = parts.connector::<Body>().map_err(Error::from_hyper)?;
+        let health: Option<Arc<dyn HealthCheck<HttpConnection<Body>>>> = match self.health {
+            Some(h) => Some(Arc::new(h)),
+            None => None,
+        };
+        let pool = lb_hyper::spawn_pool(
+            discover,
+            name,
+            connector,
+            self.policy,
+            self.locality,
+            self.connect_timeout,
+            self.outlier,
+            health,
+        );
+        let balancer = Balancer::new(pool, Protocol::Http2, self.tls.is_some(), Classify::grpc(), self.failfast);
+        Ok(LbChannel {
+            inner: Arc::new(Inner {
+                balancer,
+                request_timeout: self.request_timeout,
+                retry: self.retry,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    balancer: Balancer<Body>,
+    request_timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
+}
+
+/// A tonic channel that picks an endpoint for every call; see the [crate docs](crate).
+#[derive(Clone)]
+pub struct LbChannel {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LbChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LbChannel")
+            .field("balancer", &self.inner.balancer)
+            .field("retry", &self.inner.retry)
+            .finish()
+    }
+}
+
+impl LbChannel {
+    /// Starts building a channel.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// A channel with the defaults for a target URI (P2C PeakEWMA, 3 s failfast).
+    pub fn from_target(target: &str) -> Result<LbChannel, Error> {
+        Builder::new().build_from_target(target)
+    }
+
+    /// Waits until at least one endpoint can take calls, or `timeout`; returns whether one can.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        self.inner.balancer.ready(timeout).await
+    }
+
+    /// The endpoints and their state (phase, health, in-flight calls, latency estimate).
+    pub fn endpoints(&self) -> Vec<EndpointStatus> {
+        self.inner.balancer.endpoints()
+    }
+
+    /// The target name (the URI given to the builder).
+    pub fn target(&self) -> &str {
+        self.inner.balancer.pool().target()
+    }
+
+    async fn call_once(&self, req: http::Request<Body>) -> Result<http::Response<ResponseBody>, Error> {
+        let fut = self.inner.balancer.send(req, PickContext::default());
+        let rsp = match self.inner.request_timeout {
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => r,
+                Err(_) => return Err(Error::timeout(t)),
+            },
+            None => fut.await,
+        };
+        rsp.map(|r| r.map(ResponseBody::new)).map_err(Error::from_hyper)
+    }
+
+    async fn call_with_retry(self, req: http::Request<Body>) -> Result<http::Response<ResponseBody>, Error> {
+        let Some(policy) = self.inner.retry.clone() else {
+            return self.call_once(req).await;
+        };
+        let (parts, body) = req.into_parts();
+        let bytes = match buffer_ready(body, policy.max_buffer_bytes()) {
+            Buffered::Complete(bytes) => bytes,
+            Buffered::Partial(body) => return self.call_once(http::Request::from_parts(parts, body)).await,
+        };
+        let mut attempt = 1;
+        loop {
+            let req = rebuild(&parts, &bytes);
+            let result = self.call_once(req).await;
+            if attempt >= policy.max_attempts() {
+                return result;
+            }
+            let retry = match &result {
+                // A trailers-only answer carries its status in the headers: nothing is committed yet.
+                Ok(rsp) => lb_hyper::classify::grpc_status(rsp.headers())
+                    .is_some_and(|c| policy.retries_code(tonic::Code::from_i32(c))),
+                // Waiting longer for an endpoint than failfast already did would not help.
+                Err(e) => !e.is_unavailable() && policy.retries_code(e.code()),
+            };
+            if !retry {
+                return result;
+            }
+            tracing::debug!(target_uri = %self.target(), attempt, "retrying call");
+            drop(result);
+            tokio::time::sleep(policy.delay(attempt)).await;
+            attempt += 1;
+        }
+    }
+}
+
+fn rebuild(parts: &http::request::Parts, bytes: &bytes::Bytes) -> http::Request<Body> {
+    let mut req = http::Request::new(Body::new(http_body_util::Full::new(bytes.clone())));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    // Extensions are not `Clone`; tonic puts none on client requests that the transport needs.
+    req
+}
+
+impl tower_service::Service<http::Request<Body>> for LbChannel {
+    type Response = http::Response<ResponseBody>;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // The endpoint is chosen per call; waiting for one is bounded by the failfast time.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> ResponseFuture {
+        ResponseFuture {
+            inner: Box::pin(self.clone().call_with_retry(req)),
+        }
+    }
+}
+
+/// The future of an [`LbChannel`] call.
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<http::Response<ResponseBody>, Error>> + Send>>,
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<ResponseBody>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}

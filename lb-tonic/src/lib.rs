@@ -1,0 +1,48 @@
+//! `LbChannel`: a drop-in tonic channel that balances every gRPC call over a target's endpoints.
+//!
+//! gRPC runs on HTTP/2, which multiplexes all of a client's calls over one long-lived connection, so
+//! a connection balancer (kube-proxy, an L4 load balancer) pins each client to one backend forever.
+//! `LbChannel` picks a backend *per call* instead, over one (or, under stream pressure, a few)
+//! HTTP/2 connections per backend:
+//!
+//! - discovery from a target URI (`static:///`, and `etcd://`, `consul://`, `kubernetes:///` with
+//!   the cargo features of those names) or any stream of `lb_core::Update`s;
+//! - picks from the pool's lock-free snapshot on the caller's task — no `Buffer` worker that every
+//!   call must pass through (tonic's `balance_channel` has one, which caps throughput, tonic #607);
+//! - P2C PeakEWMA by default, with the load of a call counted until the *end of its response
+//!   stream*, so long server streams count as load for as long as they run;
+//! - no endpoint → `UNAVAILABLE` naming the target after the failfast time, never a hang;
+//! - calls that never reached a backend are re-sent elsewhere; calls that did are re-sent only under
+//!   a [`RetryPolicy`];
+//! - optional `grpc.health.v1` health checking ([`GrpcHealthCheck`]) and passive outlier detection.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use lb_tonic::LbChannel;
+//!
+//! let channel = LbChannel::builder()
+//!     .failfast(Duration::from_secs(1))
+//!     .health_check(true)
+//!     .build_from_target("static:///127.0.0.1:50051,127.0.0.1:50052")?;
+//! // Use it wherever a tonic Channel goes: `GreeterClient::new(channel.clone())`.
+//! let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+//! let _ = health.check(tonic_health::pb::HealthCheckRequest::default()).await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod body;
+mod channel;
+mod error;
+mod health;
+mod retry;
+
+pub use self::body::ResponseBody;
+pub use self::channel::{Builder, LbChannel, ResponseFuture};
+pub use self::error::Error;
+pub use self::health::GrpcHealthCheck;
+pub use self::retry::RetryPolicy;
+pub use lb_hyper::{Classify, EndpointStatus};

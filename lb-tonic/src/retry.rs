@@ -1,0 +1,160 @@
+//! Re-sending requests that reached a backend, under a policy the user configures.
+//!
+//! Requests that never reached a backend are re-sent elsewhere without any policy (see
+//! [`lb_hyper::balancer`]). A request that did reach one is re-sent only when a [`RetryPolicy`] is set,
+//! and only while that is safe, following gRPC's retry design (gRFC A6):
+//!
+//! - the request body must be complete and buffered: its frames are read as far as they are
+//!   *already available*, up to [`RetryPolicy::max_buffer`] bytes. A unary call's single message is
+//!   available at once; a client stream that is still producing is never waited for (that could
+//!   deadlock a bidirectional call) and is simply not retried;
+//! - the attempt must have failed before the response was committed: a trailers-only response whose
+//!   `grpc-status` is in [`RetryPolicy::codes`], or a broken connection when `UNAVAILABLE` is listed.
+//!   Once response headers with a body arrive, the call is committed and never retried.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::Body as _;
+use tonic::body::Body;
+use tonic::Code;
+
+/// When and how often to re-send a request that reached a backend; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    codes: Vec<Code>,
+    max_buffer: usize,
+    backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// At most `max_attempts` attempts in all (the first included), on `UNAVAILABLE` only, buffering
+    /// request bodies up to 64 KiB, 10 ms apart (doubling).
+    pub fn new(max_attempts: u32) -> Self {
+        RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            codes: vec![Code::Unavailable],
+            max_buffer: 64 * 1024,
+            backoff: Duration::from_millis(10),
+        }
+    }
+
+    /// The gRPC codes that make an attempt retryable.
+    pub fn codes(mut self, codes: impl IntoIterator<Item = Code>) -> Self {
+        self.codes = codes.into_iter().collect();
+        self
+    }
+
+    /// The largest request body kept for re-sending.
+    pub fn max_buffer(mut self, bytes: usize) -> Self {
+        self.max_buffer = bytes;
+        self
+    }
+
+    /// The delay before the first re-send; it doubles per attempt.
+    pub fn backoff(mut self, delay: Duration) -> Self {
+        self.backoff = delay;
+        self
+    }
+
+    pub(crate) fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    pub(crate) fn retries_code(&self, code: Code) -> bool {
+        self.codes.contains(&code)
+    }
+
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        self.backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(10))
+    }
+
+    pub(crate) fn max_buffer_bytes(&self) -> usize {
+        self.max_buffer
+    }
+}
+
+/// A request body either fully buffered (re-sendable) or passed through as is.
+pub(crate) enum Buffered {
+    Complete(Bytes),
+    Partial(Body),
+}
+
+/// Reads the frames of `body` that are available without waiting, up to `limit` bytes.
+pub(crate) fn buffer_ready(mut body: Body, limit: usize) -> Buffered {
+    let mut buf = BytesMut::new();
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if buf.len() > limit {
+            return Buffered::Partial(prepend(buf.freeze(), body));
+        }
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(None) => return Buffered::Complete(buf.freeze()),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => buf.extend_from_slice(&data),
+                // Request trailers are not part of gRPC; a body with them is not retried.
+                Err(frame) => {
+                    let rest = prepend_frame(buf.freeze(), frame, body);
+                    return Buffered::Partial(rest);
+                }
+            },
+            Poll::Ready(Some(Err(status))) => {
+                return Buffered::Partial(Body::new(futures_body(vec![], Some(status), None)));
+            }
+            Poll::Pending => return Buffered::Partial(prepend(buf.freeze(), body)),
+        }
+    }
+}
+
+fn prepend(head: Bytes, rest: Body) -> Body {
+    if head.is_empty() {
+        return rest;
+    }
+    Body::new(futures_body(vec![http_body::Frame::data(head)], None, Some(rest)))
+}
+
+fn prepend_frame(head: Bytes, frame: http_body::Frame<Bytes>, rest: Body) -> Body {
+    let mut frames = Vec::new();
+    if !head.is_empty() {
+        frames.push(http_body::Frame::data(head));
+    }
+    frames.push(frame);
+    Body::new(futures_body(frames, None, Some(rest)))
+}
+
+/// Some frames, then an error or the rest of a body.
+fn futures_body(frames: Vec<http_body::Frame<Bytes>>, error: Option<tonic::Status>, rest: Option<Body>) -> Chain {
+    Chain {
+        frames: frames.into(),
+        error,
+        rest,
+    }
+}
+
+struct Chain {
+    frames: std::collections::VecDeque<http_body::Frame<Bytes>>,
+    error: Option<tonic::Status>,
+    rest: Option<Body>,
+}
+
+impl http_body::Body for Chain {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        if let Some(f) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        if let Some(e) = self.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
