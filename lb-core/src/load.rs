@@ -119,6 +119,7 @@ impl Load {
             load: Arc::clone(self),
             start: Instant::now(),
             outcome: Outcome::Cancelled,
+            latency: None,
         }
     }
 
@@ -219,6 +220,7 @@ pub struct LoadGuard {
     load: Arc<Load>,
     start: Instant,
     outcome: Outcome,
+    latency: Option<Duration>,
 }
 
 impl fmt::Debug for LoadGuard {
@@ -234,6 +236,14 @@ impl LoadGuard {
     /// Sets how the request ended (the last call wins).
     pub fn set_outcome(&mut self, outcome: Outcome) {
         self.outcome = outcome;
+    }
+
+    /// Records `latency` instead of the time since the pick when the guard drops.
+    ///
+    /// For callers that time the request themselves, e.g. through the C ABI, where the report may
+    /// arrive well after the response (the caller's own measurement is the truer one).
+    pub fn set_latency(&mut self, latency: Duration) {
+        self.latency = Some(latency);
     }
 
     /// The outcome recorded so far.
@@ -255,7 +265,8 @@ impl LoadGuard {
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.load.record(self.start.elapsed(), self.outcome);
+        let latency = self.latency.unwrap_or_else(|| self.start.elapsed());
+        self.load.record(latency, self.outcome);
     }
 }
 
@@ -302,6 +313,17 @@ mod tests {
         assert!(load.rtt_estimate() >= Duration::from_millis(29), "a 0 ms failure kept the estimate");
         assert_eq!(load.consecutive_failures(), 1);
         assert_eq!(load.take_outcomes(), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn explicit_latency_replaces_elapsed_time() {
+        let load = Arc::new(Load::default());
+        let mut g = load.start();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        g.set_outcome(Outcome::Success);
+        g.set_latency(Duration::from_millis(400));
+        drop(g);
+        assert_eq!(load.rtt_estimate(), Duration::from_millis(400), "the caller's latency is the sample");
     }
 
     #[tokio::test(start_paused = true)]
