@@ -173,12 +173,15 @@ impl Load {
         rtt * (-elapsed / self.decay_ns).exp()
     }
 
-    fn record(&self, latency: Duration, outcome: Outcome) {
+    fn record(&self, latency: Duration, outcome: Outcome, now: Instant) {
         match outcome {
             Outcome::Cancelled => return,
             Outcome::Success => {
                 self.successes.fetch_add(1, Ordering::Relaxed);
-                self.consecutive_failures.store(0, Ordering::Relaxed);
+                // Skip the store (and the cache-line write) in the common all-is-well case.
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                }
             }
             Outcome::Failure => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
@@ -190,8 +193,12 @@ impl Load {
                 }
             }
         }
-        let now_ns = self.now_ns();
-        let current = self.decayed_rtt_ns(now_ns);
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let raw = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
+        let elapsed = now_ns.saturating_sub(self.rtt_at.load(Ordering::Relaxed)) as f64;
+        // One exponential serves both the decay to now and the recency weight of the new sample.
+        let decay = (-elapsed / self.decay_ns).exp();
+        let current = raw * decay;
         let mut sample = latency.as_nanos() as f64;
         if outcome == Outcome::Failure {
             sample = sample.max(current);
@@ -199,9 +206,6 @@ impl Load {
         let next = if sample > current {
             sample
         } else {
-            let elapsed = now_ns.saturating_sub(self.rtt_at.load(Ordering::Relaxed)) as f64;
-            let decay = (-elapsed / self.decay_ns).exp();
-            // `current` is already decayed; blend toward the sample with the recency weight.
             current * decay + sample * (1.0 - decay)
         };
         // Two relaxed stores: a reader racing with them may see a new value with an old timestamp,
@@ -265,8 +269,12 @@ impl LoadGuard {
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let latency = self.latency.unwrap_or_else(|| self.start.elapsed());
-        self.load.record(latency, self.outcome);
+        if self.outcome == Outcome::Cancelled {
+            return;
+        }
+        let now = Instant::now();
+        let latency = self.latency.unwrap_or_else(|| now.saturating_duration_since(self.start));
+        self.load.record(latency, self.outcome, now);
     }
 }
 

@@ -1,29 +1,44 @@
 //! A lock-free random source shared by every caller of one picker.
 //!
-//! SplitMix64 (Steele, Lea, Flood 2014) advanced with one `fetch_add`: each draw claims a distinct
-//! point of the sequence, so concurrent pickers never take a lock and never see the same number.
-//! Seeded from OS entropy by default; [`SharedRng::from_seed`] makes tests deterministic
-//! (tower's `from_rng` convention).
+//! By default each thread draws from its own SplitMix64 state (seeded from OS entropy on first use):
+//! no lock, and no cache line shared between threads picking at once. [`SharedRng::from_seed`] makes
+//! a picker deterministic instead (tower's `from_rng` convention): one SplitMix64 sequence (Steele,
+//! Lea, Flood 2014) advanced with one `fetch_add`, so concurrent draws still never take a lock.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 #[derive(Debug)]
-pub(crate) struct SharedRng(AtomicU64);
+pub(crate) enum SharedRng {
+    PerThread,
+    Seeded(AtomicU64),
+}
+
+thread_local! {
+    static STATE: Cell<u64> = Cell::new(rand::random());
+}
 
 impl SharedRng {
     pub(crate) fn new() -> Self {
-        SharedRng::from_seed(rand::random())
+        SharedRng::PerThread
     }
 
     pub(crate) fn from_seed(seed: u64) -> Self {
-        SharedRng(AtomicU64::new(seed))
+        SharedRng::Seeded(AtomicU64::new(seed))
     }
 
     #[inline]
     pub(crate) fn next_u64(&self) -> u64 {
-        let z = self.0.fetch_add(GAMMA, Ordering::Relaxed).wrapping_add(GAMMA);
+        let z = match self {
+            SharedRng::PerThread => STATE.with(|s| {
+                let z = s.get().wrapping_add(GAMMA);
+                s.set(z);
+                z
+            }),
+            SharedRng::Seeded(state) => state.fetch_add(GAMMA, Ordering::Relaxed).wrapping_add(GAMMA),
+        };
         mix(z)
     }
 
