@@ -1,0 +1,152 @@
+//! `greeter-server`: the canonical gRPC hello-world Greeter, naming its address in every reply.
+//!
+//! ```text
+//! greeter-server --addr 127.0.0.1:0 [--zone Z] [--region R] [--node N] [--delay-ms D]
+//!                [--register TARGET --ttl-secs S]
+//! ```
+//!
+//! The first line on stdout is the bound `ip:port` (so scripts and tests can start it on port 0);
+//! logs go to stderr. It serves `grpc.health.v1`. With `--register` it registers itself in the
+//! registry TARGET names (`etcd://…/greeter`, `consul://…/greeter`) with its locality, keeps the
+//! registration alive, and on Ctrl-C or SIGTERM reports NOT_SERVING, deregisters, then drains.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use lb_core::{Endpoint, Locality};
+use lb_examples::server::Backend;
+use lb_registry::Target;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Parser)]
+#[command(name = "greeter-server", about = "The gRPC hello-world Greeter, naming its address in every reply")]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: SocketAddr,
+    /// This instance's zone (topology.kubernetes.io/zone), advertised when registering.
+    #[arg(long)]
+    zone: Option<String>,
+    /// This instance's region (topology.kubernetes.io/region), advertised when registering.
+    #[arg(long)]
+    region: Option<String>,
+    /// This instance's node (kubernetes.io/hostname), advertised when registering.
+    #[arg(long)]
+    node: Option<String>,
+    /// Artificial delay before every reply, in milliseconds (to play a slow backend).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Register in this registry, e.g. etcd://127.0.0.1:2379/greeter or consul://127.0.0.1:8500/greeter.
+    #[arg(long, value_name = "TARGET")]
+    register: Option<String>,
+    /// Registration TTL in seconds (the etcd lease / Consul TTL check), with --register.
+    #[arg(long, requires = "register")]
+    ttl_secs: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    // Parse the target before binding, so a typo fails fast without a half-started server.
+    let target = args
+        .register
+        .as_deref()
+        .map(|t| registration_target(t, args.ttl_secs))
+        .transpose()?;
+
+    let backend = Backend::bind(args.addr, Duration::from_millis(args.delay_ms))
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let addr = backend.addr();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{addr}")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, delay_ms = args.delay_ms, "greeter serving");
+
+    let mut locality = Locality::unknown();
+    if let Some(z) = &args.zone {
+        locality = locality.with_zone(z);
+    }
+    if let Some(r) = &args.region {
+        locality = locality.with_region(r);
+    }
+    if let Some(n) = &args.node {
+        locality = locality.with_node(n);
+    }
+
+    let registration = match &target {
+        Some(target) => {
+            let instance = Endpoint::new(addr).with_locality(locality);
+            let registration = lb_registry::register(target, instance)
+                .await
+                .with_context(|| format!("cannot register {addr} in {target}"))?;
+            tracing::info!(%target, instance = registration.description(), "registered");
+            Some(registration)
+        }
+        None => None,
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    // Order matters: stop advertising first so clients route new requests elsewhere, then drain.
+    backend.set_not_serving().await;
+    if let Some(registration) = registration {
+        registration.deregister().await;
+        tracing::info!("deregistered");
+    }
+    // Idle HTTP/2 clients may keep their connections open after GOAWAY; do not wait on them forever.
+    match tokio::time::timeout(DRAIN_TIMEOUT, backend.shutdown()).await {
+        Ok(result) => result.context("server error")?,
+        Err(_) => tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout; exiting"),
+    }
+    Ok(())
+}
+
+/// The registration target, with `--ttl-secs` added as the `ttl` query parameter the registry
+/// providers read (a `ttl` already in the URI wins).
+fn registration_target(target: &str, ttl_secs: Option<u64>) -> anyhow::Result<Target> {
+    let parsed = Target::parse(target).with_context(|| format!("invalid --register target `{target}`"))?;
+    match ttl_secs {
+        Some(ttl) if parsed.param("ttl").is_none() => {
+            let sep = if target.contains('?') { '&' } else { '?' };
+            Ok(Target::parse(&format!("{target}{sep}ttl={ttl}"))?)
+        }
+        _ => Ok(parsed),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

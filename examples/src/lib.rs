@@ -1,0 +1,27 @@
+//! Runnable examples of lb, built around the canonical gRPC hello-world service.
+//!
+//! The binaries (`greeter-server`, `greeter-client`, `quickstart`) share this small library:
+//!
+//! - [`pb`]: the `helloworld` messages, client and server, generated at build time from
+//!   `proto/helloworld.proto` with `protox` + `tonic-prost-build`, so no system `protoc` is needed;
+//! - [`server`]: a greeter that names its own address in every reply and serves `grpc.health.v1`;
+//! - [`load`]: a bounded closed-loop load generator and its JSON [`load::Report`];
+//! - [`l4`]: an in-process TCP proxy that balances *connections* round robin, as kube-proxy does —
+//!   the baseline that shows why gRPC needs per-request balancing;
+//! - [`policy`]: the `--policy` names of the command-line tools;
+//!
+//! Everything here is example code: it favours being easy to read over being general.
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod l4;
+pub mod load;
+pub mod policy;
+pub mod server;
+
+/// The generated `helloworld` protobuf messages, `GreeterClient` and `GreeterServer`.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("helloworld");
+}

@@ -1,0 +1,110 @@
+//! The `--policy` names of the command-line tools, mapped to `lb_core` policies.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use lb_core::policy::{P2c, RingHash, RoundRobin, Topology, WeightedRoundRobin};
+use lb_core::{Locality, Policy};
+
+/// A policy name as the command line spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyName {
+    /// `rr`: round robin.
+    RoundRobin,
+    /// `wrr`: smooth weighted round robin.
+    WeightedRoundRobin,
+    /// `p2c`: power of two choices, least request.
+    P2cLeastRequest,
+    /// `p2c-ewma`: power of two choices, PeakEWMA.
+    P2cPeakEwma,
+    /// `hash`: consistent hashing (ring hash).
+    RingHash,
+}
+
+impl PolicyName {
+    /// Every name, in the order the help text lists them.
+    pub const ALL: [PolicyName; 5] = [
+        PolicyName::RoundRobin,
+        PolicyName::WeightedRoundRobin,
+        PolicyName::P2cLeastRequest,
+        PolicyName::P2cPeakEwma,
+        PolicyName::RingHash,
+    ];
+
+    /// The command-line spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyName::RoundRobin => "rr",
+            PolicyName::WeightedRoundRobin => "wrr",
+            PolicyName::P2cLeastRequest => "p2c",
+            PolicyName::P2cPeakEwma => "p2c-ewma",
+            PolicyName::RingHash => "hash",
+        }
+    }
+
+    /// The policy, wrapped in [`Topology`] when the caller's locality is known (any of node,
+    /// zone or region set), so that `--zone` alone turns on same-zone preference.
+    pub fn build(self, caller: &Locality) -> Arc<dyn Policy> {
+        let known = caller.node.is_some() || caller.zone.is_some() || caller.region.is_some();
+        match self {
+            PolicyName::RoundRobin => wrap(RoundRobin::new(), caller, known),
+            PolicyName::WeightedRoundRobin => wrap(WeightedRoundRobin::new(), caller, known),
+            PolicyName::P2cLeastRequest => wrap(P2c::least_request(), caller, known),
+            PolicyName::P2cPeakEwma => wrap(P2c::peak_ewma(), caller, known),
+            PolicyName::RingHash => wrap(RingHash::new(), caller, known),
+        }
+    }
+}
+
+fn wrap<P: Policy>(inner: P, caller: &Locality, topology: bool) -> Arc<dyn Policy> {
+    if topology {
+        Arc::new(Topology::new(inner, caller.clone()))
+    } else {
+        Arc::new(inner)
+    }
+}
+
+impl fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown policy name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownPolicy(String);
+
+impl fmt::Display for UnknownPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = PolicyName::ALL.iter().map(|p| p.as_str()).collect();
+        write!(f, "unknown policy `{}` (expected one of: {})", self.0, names.join(", "))
+    }
+}
+
+impl std::error::Error for UnknownPolicy {}
+
+impl FromStr for PolicyName {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, UnknownPolicy> {
+        PolicyName::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPolicy(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_ones_are_listed() {
+        for p in PolicyName::ALL {
+            assert_eq!(p.as_str().parse::<PolicyName>(), Ok(p));
+        }
+        let err = "random".parse::<PolicyName>().expect_err("not a policy");
+        assert!(err.to_string().contains("p2c-ewma"), "{err}");
+    }
+}

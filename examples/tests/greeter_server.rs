@@ -1,0 +1,99 @@
+//! `greeter-server` as a user runs it: prints its address, answers naming it, serves
+//! `grpc.health.v1`, exits cleanly on SIGTERM, and rejects a target it cannot register in.
+
+mod support;
+
+use std::process::Command;
+
+use lb_examples::pb::greeter_client::GreeterClient;
+use lb_examples::pb::HelloRequest;
+use lb_examples::server::backend_of;
+use support::Server;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+#[tokio::test]
+async fn prints_its_address_answers_naming_it_and_serves_health() {
+    let server = Server::start(&["--zone", "a"]);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("connect to the printed address");
+
+    let reply = GreeterClient::new(channel.clone())
+        .say_hello(HelloRequest { name: "world".into() })
+        .await
+        .expect("SayHello succeeds")
+        .into_inner();
+    assert!(reply.message.starts_with("Hello world"), "{}", reply.message);
+    assert_eq!(backend_of(&reply.message), Some(server.addr.to_string().as_str()));
+
+    let mut health = HealthClient::new(channel);
+    for service in ["", "helloworld.Greeter"] {
+        let status = health
+            .check(HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap_or_else(|e| panic!("health check of {service:?}: {e}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest { service: "no.such.Service".into() })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    // SIGTERM with a client still connected: the server drains (bounded) and exits 0.
+    let started = std::time::Instant::now();
+    assert!(server.terminate(), "greeter-server exits 0 on SIGTERM");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    drop(health);
+}
+
+// Multi-threaded so the dropped client's connection task runs while the test blocks on the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn exits_promptly_on_sigterm_once_clients_are_gone() {
+    let server = Server::start(&[]);
+    let mut client = GreeterClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+    client.say_hello(HelloRequest { name: "bye".into() }).await.expect("SayHello succeeds");
+    drop(client);
+    let started = std::time::Instant::now();
+
+    assert!(server.terminate(), "greeter-server exits 0 on SIGTERM");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn slow_server_delays_its_replies() {
+    let server = Server::start(&["--delay-ms", "150"]);
+    let mut client = GreeterClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+    let started = std::time::Instant::now();
+    client.say_hello(HelloRequest { name: "slow".into() }).await.expect("SayHello succeeds");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150), "{:?}", started.elapsed());
+}
+
+#[test]
+fn a_static_target_cannot_register_and_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_greeter-server"))
+        .args(["--addr", "127.0.0.1:0", "--register", "static:///127.0.0.1:1", "--ttl-secs", "5"])
+        .output()
+        .expect("greeter-server runs");
+    assert!(!out.status.success(), "registration in a static list must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot register"), "{stderr}");
+    assert!(stderr.contains("only etcd and consul"), "{stderr}");
+}
+
+#[test]
+fn a_malformed_target_fails_before_binding() {
+    let out = Command::new(env!("CARGO_BIN_EXE_greeter-server"))
+        .args(["--addr", "127.0.0.1:0", "--register", "no-scheme"])
+        .output()
+        .expect("greeter-server runs");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "no address printed for a server that never started");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --register target"));
+}
