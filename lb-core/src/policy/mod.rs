@@ -34,7 +34,7 @@ mod weighted;
 pub use self::hash::{hash_key, RingHash};
 pub use self::p2c::{Cost, P2c};
 pub use self::round_robin::RoundRobin;
-pub use self::topology::{Level, Topology};
+pub use self::topology::{Level, Topology, TopologyKeyError};
 pub use self::weighted::WeightedRoundRobin;
 
 /// What a policy sees of one endpoint when it builds a picker.

@@ -68,6 +68,36 @@ impl Level {
     }
 }
 
+/// A `topologyKeys` list that [`Topology::from_topology_keys`] cannot accept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopologyKeyError {
+    key: String,
+    why: &'static str,
+}
+
+impl TopologyKeyError {
+    fn new(key: &str, why: &'static str) -> Self {
+        TopologyKeyError { key: key.to_string(), why }
+    }
+
+    /// The offending key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl std::fmt::Display for TopologyKeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "topology key `{}` {} (expected kubernetes.io/hostname, topology.kubernetes.io/zone, topology.kubernetes.io/region, or a final \"*\")",
+            self.key, self.why
+        )
+    }
+}
+
+impl std::error::Error for TopologyKeyError {}
+
 /// The topology-aware wrapper policy.
 #[derive(Clone, Debug)]
 pub struct Topology<P> {
@@ -109,6 +139,51 @@ impl<P: Policy> Topology<P> {
         }
         self.levels = Arc::from(v);
         self
+    }
+
+    /// Configures the policy from a Kubernetes Service `topologyKeys` list (the alpha field removed
+    /// in Kubernetes 1.22), with its semantics: traffic goes to the first key's tier that has a
+    /// healthy endpoint, then the next key's, and so on; a list without `"*"` never goes past its
+    /// last key, so `["kubernetes.io/hostname"]` alone is strict node-local and fails rather than
+    /// leave the node. An empty list means no preference (`["*"]`), as an unset field did.
+    ///
+    /// Kubernetes moved a tier's traffic only when it had no endpoint left, so the overprovisioning
+    /// factor is infinite and there is no panic threshold; chain
+    /// [`with_overprovisioning`](Self::with_overprovisioning) and
+    /// [`with_panic_threshold`](Self::with_panic_threshold) for Envoy's gradual spill instead.
+    ///
+    /// Keys are those of [`Level::from_topology_key`]. As the API server did, this rejects unknown
+    /// keys, duplicates, and `"*"` anywhere but last.
+    ///
+    /// ```
+    /// use lb_core::policy::{RoundRobin, Topology};
+    /// use lb_core::Locality;
+    ///
+    /// let caller = Locality::unknown().with_node("n1").with_zone("eu-west-1a");
+    /// let keys = ["kubernetes.io/hostname", "topology.kubernetes.io/zone", "*"];
+    /// let policy = Topology::from_topology_keys(RoundRobin::new(), caller, &keys).expect("valid keys");
+    /// # let _ = policy;
+    /// ```
+    pub fn from_topology_keys<K: AsRef<str>>(inner: P, caller: Locality, keys: &[K]) -> Result<Self, TopologyKeyError> {
+        let mut levels = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            let key = key.as_ref();
+            let level = Level::from_topology_key(key).ok_or_else(|| TopologyKeyError::new(key, "is not a known topology key"))?;
+            if levels.contains(&level) {
+                return Err(TopologyKeyError::new(key, "is listed twice"));
+            }
+            if level == Level::Any && i + 1 != keys.len() {
+                return Err(TopologyKeyError::new(key, "must be the last key"));
+            }
+            levels.push(level);
+        }
+        if levels.is_empty() {
+            levels.push(Level::Any);
+        }
+        Ok(Topology::new(inner, caller)
+            .with_levels(levels)
+            .with_overprovisioning(f64::INFINITY)
+            .with_panic_threshold(0.0))
     }
 
     /// Strict mode: only endpoints sharing `level` with the caller are ever used.
@@ -180,6 +255,11 @@ impl<P: Policy> Policy for Topology<P> {
                     return 0.0;
                 }
                 let h = ids.iter().filter(|&&i| candidates[i as usize].healthy).count();
+                if h == 0 {
+                    // Not `factor × 0`: with an infinite factor that is NaN, and `NaN.min(1.0)`
+                    // is 1.0 — a tier with no healthy endpoint would take all the traffic.
+                    return 0.0;
+                }
                 (self.overprovisioning * h as f64 / ids.len() as f64).min(1.0)
             })
             .collect();
@@ -322,6 +402,47 @@ mod tests {
         let p = Topology::new(RoundRobin::new(), caller()).build(&c);
         let n = counts(&*p, 6, 100, &PickContext::default());
         assert_eq!((n[0], n[5]), (50, 50), "{n:?}");
+    }
+
+    #[test]
+    fn topology_keys_lists() {
+        let keys = ["kubernetes.io/hostname", "topology.kubernetes.io/zone", "*"];
+        let mut c = fleet();
+        // The node-local endpoint down: everything goes to the zone (no gradual spill), then to the
+        // rest when the whole zone is down.
+        c[0].healthy = false;
+        let p = Topology::from_topology_keys(RoundRobin::new(), caller(), &keys).expect("valid").build(&c);
+        let n = counts(&*p, 6, 100, &PickContext::default());
+        assert_eq!(n[1] + n[2], 100, "{n:?}");
+        c[1].healthy = false;
+        c[2].healthy = false;
+        let p = Topology::from_topology_keys(RoundRobin::new(), caller(), &keys).expect("valid").build(&c);
+        let n = counts(&*p, 6, 300, &PickContext::default());
+        assert_eq!(n[3] + n[4] + n[5], 300, "{n:?}");
+
+        let strict = Topology::from_topology_keys(RoundRobin::new(), caller(), &["kubernetes.io/hostname"]).expect("valid");
+        assert_eq!(strict.build(&c).pick(&PickContext::default()), None);
+
+        let none: [&str; 0] = [];
+        let any = Topology::from_topology_keys(RoundRobin::new(), caller(), &none).expect("valid");
+        assert_eq!(any.levels(), &[Level::Any]);
+
+        for bad in [&["*", "kubernetes.io/hostname"][..], &["zone", "zone"], &["rack"]] {
+            let err = Topology::from_topology_keys(RoundRobin::new(), caller(), bad).expect_err("invalid");
+            assert!(bad.contains(&err.key()), "{err}");
+        }
+    }
+
+    #[test]
+    fn infinite_overprovisioning_skips_a_dead_tier() {
+        let mut c = fleet();
+        c[0].healthy = false;
+        let p = Topology::new(RoundRobin::new(), caller())
+            .with_overprovisioning(f64::INFINITY)
+            .with_panic_threshold(0.0)
+            .build(&c);
+        let n = counts(&*p, 6, 100, &PickContext::default());
+        assert_eq!(n[1] + n[2], 100, "{n:?}");
     }
 
     #[test]
