@@ -1,0 +1,222 @@
+//! The discovery stream: `kube-runtime`'s watcher events → diffed [`Update`]s.
+//!
+//! The watcher reports a (re)list as `Init`, `InitApply`…, `InitDone` — after the first list and
+//! after every `410 Gone` or other restart — and watch events in between as `Apply` / `Delete`.
+//! A relist is buffered and swapped in whole at `InitDone` (the `reflector` store's contract), so a
+//! relist that fails half-way changes nothing, and it is emitted as one `Reset` that the pool diffs.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt as _;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt as _;
+use kube::{Api, ResourceExt as _};
+use lb_core::discover::BoxDiscover;
+use lb_core::{BoxError, Endpoint, EndpointId, Update};
+use tracing::{debug, info, warn};
+
+use super::slices::{self, Skipped};
+use super::{Inner, ServiceRef};
+
+/// Counter: registry entries skipped as malformed, labels `registry`, `reason`.
+pub(crate) const SKIPPED_ENTRIES: &str = "lb_registry_skipped_entries_total";
+
+type Events = BoxStream<'static, Result<Event<EndpointSlice>, watcher::Error>>;
+
+pub(super) fn discover(inner: Arc<Inner>, svc: ServiceRef) -> BoxDiscover {
+    let state = Watch {
+        inner,
+        svc,
+        events: None,
+        client_failures: 0,
+        slices: BTreeMap::new(),
+        relist: None,
+        current: None,
+        pending: VecDeque::new(),
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut w| async move {
+        let item = w.next_item().await;
+        Some((item, w))
+    }))
+}
+
+struct Watch {
+    inner: Arc<Inner>,
+    svc: ServiceRef,
+    events: Option<Events>,
+    client_failures: u32,
+    /// The slices of the last complete view, by name.
+    slices: BTreeMap<String, EndpointSlice>,
+    /// A relist in progress.
+    relist: Option<BTreeMap<String, EndpointSlice>>,
+    /// What consumers were last told; `None` until the first complete list.
+    current: Option<BTreeMap<EndpointId, Endpoint>>,
+    pending: VecDeque<Update>,
+}
+
+impl Watch {
+    async fn next_item(&mut self) -> Result<Update, BoxError> {
+        loop {
+            if let Some(u) = self.pending.pop_front() {
+                return Ok(u);
+            }
+            if self.events.is_none() {
+                let events = self.connect().await?;
+                self.events = Some(events);
+            }
+            let Some(events) = self.events.as_mut() else { continue };
+            match events.next().await {
+                Some(Ok(event)) => self.on_event(event),
+                Some(Err(error)) => {
+                    // The watcher recovers by itself (re-watch, or relist after 410) after its
+                    // backoff; until a relist completes the last set stands.
+                    warn!(service = %self.svc.name, %error, "kubernetes watch error; keeping the last known endpoints");
+                    return Err(Box::new(error));
+                }
+                None => {
+                    // Only a backoff that gives up ends the watcher; start a fresh one.
+                    self.events = None;
+                }
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<Events, BoxError> {
+        if self.client_failures > 0 {
+            let shift = self.client_failures.min(5);
+            tokio::time::sleep(Duration::from_secs(1 << shift).min(Duration::from_secs(30))).await;
+        }
+        let client = match &self.inner.client {
+            Some(c) => c.clone(),
+            None => match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(error) => {
+                    self.client_failures += 1;
+                    warn!(service = %self.svc.name, %error, "no kubernetes client (neither KUBECONFIG nor in-cluster config works)");
+                    return Err(Box::new(error));
+                }
+            },
+        };
+        self.client_failures = 0;
+        let namespace = self.svc.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+        info!(service = %self.svc.name, %namespace, "watching endpointslices");
+        let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
+        let config = watcher::Config::default().labels(&format!("kubernetes.io/service-name={}", self.svc.name));
+        let stream = watcher::watcher(api, config);
+        Ok(match self.inner.backoff {
+            Some((initial, max)) => stream.backoff(Exponential::new(initial, max)).boxed(),
+            None => stream.default_backoff().boxed(),
+        })
+    }
+
+    fn on_event(&mut self, event: Event<EndpointSlice>) {
+        match event {
+            Event::Init => {
+                debug!(service = %self.svc.name, "endpointslice list started");
+                self.relist = Some(BTreeMap::new());
+            }
+            Event::InitApply(slice) => {
+                self.check(&slice);
+                self.relist.get_or_insert_with(BTreeMap::new).insert(slice.name_any(), slice);
+            }
+            Event::InitDone => {
+                self.slices = self.relist.take().unwrap_or_default();
+                let endpoints = self.merged();
+                info!(service = %self.svc.name, slices = self.slices.len(), endpoints = endpoints.len(), "endpointslices listed");
+                self.pending.push_back(Update::Reset(endpoints.values().cloned().collect()));
+                self.current = Some(endpoints);
+            }
+            Event::Apply(slice) => {
+                self.check(&slice);
+                self.slices.insert(slice.name_any(), slice);
+                self.changed();
+            }
+            Event::Delete(slice) => {
+                self.slices.remove(&slice.name_any());
+                self.changed();
+            }
+        }
+    }
+
+    fn merged(&self) -> BTreeMap<EndpointId, Endpoint> {
+        slices::merge(self.slices.values(), &self.svc.port, &self.inner.opts)
+            .into_iter()
+            .map(|e| (e.id().clone(), e))
+            .collect()
+    }
+
+    fn changed(&mut self) {
+        let next = self.merged();
+        // Before the first complete list there is nothing to diff against; `InitDone` emits.
+        let Some(current) = self.current.as_ref() else { return };
+        let added: Vec<Endpoint> = next
+            .iter()
+            .filter(|(id, ep)| current.get(*id) != Some(*ep))
+            .map(|(_, ep)| ep.clone())
+            .collect();
+        let removed: Vec<EndpointId> = current.keys().filter(|id| !next.contains_key(*id)).cloned().collect();
+        debug!(service = %self.svc.name, added = added.len(), removed = removed.len(), "endpointslice change");
+        // Additions first, so a replacement never leaves a moment with fewer endpoints.
+        if !added.is_empty() {
+            self.pending.push_back(Update::Add(added));
+        }
+        if !removed.is_empty() {
+            self.pending.push_back(Update::Remove(removed));
+        }
+        self.current = Some(next);
+    }
+
+    /// Logs and counts what a slice contributes nothing for (once per slice version).
+    fn check(&self, slice: &EndpointSlice) {
+        let Skipped { bad_address, no_port } = slices::skipped(slice, &self.svc.port);
+        if bad_address > 0 {
+            warn!(
+                service = %self.svc.name,
+                slice = %slice.name_any(),
+                address_type = %slice.address_type,
+                skipped = bad_address,
+                "endpoints without a usable IP address skipped"
+            );
+            metrics::counter!(SKIPPED_ENTRIES, "registry" => "kubernetes", "reason" => "address").increment(bad_address as u64);
+        }
+        if no_port > 0 {
+            warn!(service = %self.svc.name, slice = %slice.name_any(), port = ?self.svc.port, "endpointslice lacks the requested port; skipped");
+            metrics::counter!(SKIPPED_ENTRIES, "registry" => "kubernetes", "reason" => "port").increment(no_port as u64);
+        }
+    }
+}
+
+/// Exponential backoff without jitter, for [`super::KubernetesResolverBuilder::watch_backoff`].
+#[derive(Debug)]
+struct Exponential {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Exponential {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Exponential { initial, max, next: initial }
+    }
+}
+
+impl Iterator for Exponential {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        Some(d)
+    }
+}
+
+impl Backoff for Exponential {
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
