@@ -4,8 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use lb_core::policy::{P2c, RingHash, RoundRobin, Topology, WeightedRoundRobin};
-use lb_core::{Locality, Policy};
+use lb_core::policy::{P2c, RingHash, RoundRobin, WeightedRoundRobin};
+use lb_core::Policy;
 
 /// A policy name as the command line spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,25 +43,16 @@ impl PolicyName {
         }
     }
 
-    /// The policy, wrapped in [`Topology`] when the caller's locality is known (any of node,
-    /// zone or region set), so that `--zone` alone turns on same-zone preference.
-    pub fn build(self, caller: &Locality) -> Arc<dyn Policy> {
-        let known = caller.node.is_some() || caller.zone.is_some() || caller.region.is_some();
+    /// The policy. Topology preference is not added here: `LbChannel::builder().locality(..)`
+    /// wraps whatever policy it gets in [`lb_core::policy::Topology`] for the caller's locality.
+    pub fn build(self) -> Arc<dyn Policy> {
         match self {
-            PolicyName::RoundRobin => wrap(RoundRobin::new(), caller, known),
-            PolicyName::WeightedRoundRobin => wrap(WeightedRoundRobin::new(), caller, known),
-            PolicyName::P2cLeastRequest => wrap(P2c::least_request(), caller, known),
-            PolicyName::P2cPeakEwma => wrap(P2c::peak_ewma(), caller, known),
-            PolicyName::RingHash => wrap(RingHash::new(), caller, known),
+            PolicyName::RoundRobin => Arc::new(RoundRobin::new()),
+            PolicyName::WeightedRoundRobin => Arc::new(WeightedRoundRobin::new()),
+            PolicyName::P2cLeastRequest => Arc::new(P2c::least_request()),
+            PolicyName::P2cPeakEwma => Arc::new(P2c::peak_ewma()),
+            PolicyName::RingHash => Arc::new(RingHash::new()),
         }
-    }
-}
-
-fn wrap<P: Policy>(inner: P, caller: &Locality, topology: bool) -> Arc<dyn Policy> {
-    if topology {
-        Arc::new(Topology::new(inner, caller.clone()))
-    } else {
-        Arc::new(inner)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Shared fixtures: run the example binaries as child processes and clean them up.
 
-#![allow(dead_code)] // each test file uses a different subset
+#![allow(dead_code, unreachable_pub)] // each test file uses a different subset
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -60,4 +60,13 @@ impl Drop for Server {
 pub fn static_target(servers: &[&Server]) -> String {
     let list: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
     format!("static:///{}", list.join(","))
+}
+
+/// Runs `greeter-client` to completion and returns its output.
+pub fn run_client(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("greeter-client runs")
 }

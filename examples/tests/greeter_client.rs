@@ -1,0 +1,94 @@
+//! `greeter-client` against three real `greeter-server` processes through a `static:///` target:
+//! the JSON line's shape, an even split under round robin, and a slow server shunned by P2C
+//! PeakEWMA.
+
+mod support;
+
+use lb_examples::load::Report;
+use support::{run_client, static_target, Server};
+
+/// Runs the client and parses its last stdout line, checking it is the only JSON on stdout.
+fn report(args: &[&str]) -> Report {
+    let out = run_client(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "greeter-client failed: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout is exactly one JSON line (logs go to stderr): {stdout:?}");
+    let value: serde_json::Value = serde_json::from_str(lines[0]).expect("the line is JSON");
+    let keys: Vec<&str> = value.as_object().expect("a JSON object").keys().map(String::as_str).collect();
+    for key in ["requests", "ok", "errors", "per_backend", "p50_ms", "p99_ms"] {
+        assert!(keys.contains(&key), "missing {key} in {stdout}");
+    }
+    serde_json::from_value(value).expect("the documented report shape")
+}
+
+#[test]
+fn round_robin_splits_evenly_over_three_servers() {
+    let servers = [Server::start(&[]), Server::start(&[]), Server::start(&[])];
+    let target = static_target(&servers.iter().collect::<Vec<_>>());
+    let r = report(&["--target", &target, "--requests", "900", "--concurrency", "8", "--policy", "rr"]);
+
+    assert_eq!((r.requests, r.ok, r.errors), (900, 900, 0), "{r:?}");
+    assert_eq!(r.per_backend.len(), 3, "every server answered: {r:?}");
+    for s in &servers {
+        let share = r.share(&s.addr.to_string());
+        assert!((share - 1.0 / 3.0).abs() <= 0.05, "{} got {share:.3} of calls: {r:?}", s.addr);
+    }
+    assert!(r.p50_ms > 0.0 && r.p50_ms <= r.p99_ms, "{r:?}");
+}
+
+#[test]
+fn peak_ewma_sends_little_to_a_slow_server() {
+    let fast = [Server::start(&[]), Server::start(&[])];
+    let slow = Server::start(&["--delay-ms", "40"]);
+    let target = static_target(&[&fast[0], &fast[1], &slow]);
+    let r = report(&["--target", &target, "--requests", "1000", "--concurrency", "8", "--policy", "p2c-ewma"]);
+
+    assert_eq!((r.ok, r.errors), (1000, 0), "{r:?}");
+    let slow_share = r.share(&slow.addr.to_string());
+    assert!(slow_share <= 0.10, "the slow server got {slow_share:.3} of calls: {r:?}");
+    for s in &fast {
+        assert!(r.share(&s.addr.to_string()) >= 0.3, "{} is underused: {r:?}", s.addr);
+    }
+}
+
+#[test]
+fn duration_budget_and_topology_preference() {
+    let a = Server::start(&["--zone", "a"]);
+    let b = Server::start(&["--zone", "b"]);
+    // Zones travel in the static list's attributes, as a registry would carry them.
+    let target = format!("static:///{};zone=a,{};zone=b", a.addr, b.addr);
+    let r = report(&[
+        "--target", &target, "--duration-secs", "0.5", "--concurrency", "4", "--policy", "rr", "--zone", "a",
+    ]);
+    assert!(r.requests > 0 && r.errors == 0, "{r:?}");
+    assert_eq!(r.share(&a.addr.to_string()), 1.0, "all calls stay in the caller's zone: {r:?}");
+}
+
+#[test]
+fn bad_arguments_fail_clearly_without_a_report() {
+    let out = run_client(&["--target", "static:///127.0.0.1:1", "--requests", "1", "--policy", "random"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("p2c-ewma"), "lists the valid policies");
+
+    let out = run_client(&["--target", "nonsense", "--requests", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
+}
+
+#[test]
+fn no_reachable_server_reports_errors_and_fails() {
+    // A port nobody listens on: every call fails with UNAVAILABLE after the failfast time.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = listener.local_addr().expect("addr");
+    drop(listener);
+    let out = run_client(&[
+        "--target", &format!("static:///{dead}"), "--requests", "3", "--concurrency", "1", "--failfast-ms", "300",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Report = serde_json::from_slice(&out.stdout).expect("still one JSON line");
+    assert_eq!((r.requests, r.ok, r.errors), (3, 0, 3), "{r:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unavailable"), "{}", String::from_utf8_lossy(&out.stderr));
+}
