@@ -1,0 +1,87 @@
+//! Distribution over real tonic backends on loopback: round robin is even, P2C PeakEWMA avoids a
+//! slow backend, and everything goes through one channel.
+
+mod support;
+
+use std::time::Duration;
+
+use lb_core::policy::{P2c, RoundRobin};
+use lb_tonic::LbChannel;
+use support::{backends, load, static_target, wait_healthy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_is_even_within_five_percent() {
+    let bs = backends(&[0, 0, 0, 0]).await;
+    let channel = LbChannel::builder()
+        .policy(RoundRobin::new())
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    wait_healthy(&channel, 4, Duration::from_secs(5)).await;
+
+    let total = 2000;
+    let (per, errors) = load(&channel, total, 16).await;
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    assert_eq!(per.len(), 4, "every backend served: {per:?}");
+    let mean = total as f64 / 4.0;
+    for (backend, n) in &per {
+        let dev = (*n as f64 - mean).abs() / mean;
+        assert!(dev <= 0.05, "{backend} got {n} of {total} ({:.1}% off the mean): {per:?}", dev * 100.0);
+    }
+    // The backends' own counts agree with the replies.
+    for b in &bs {
+        assert_eq!(b.served(), per[&b.addr.to_string()]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_starves_a_slow_backend() {
+    // Three fast backends and one that takes 40 ms per call.
+    let bs = backends(&[0, 0, 0, 40]).await;
+    let slow = bs[3].addr.to_string();
+    let channel = LbChannel::builder()
+        .policy(P2c::peak_ewma())
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    wait_healthy(&channel, 4, Duration::from_secs(5)).await;
+
+    let total = 2000;
+    let (per, errors) = load(&channel, total, 16).await;
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    let got = per.get(&slow).copied().unwrap_or(0);
+    assert!(got > 0, "the slow backend is still probed: {per:?}");
+    assert!(
+        (got as f64) <= 0.10 * total as f64,
+        "slow backend got {got} of {total} (> 10%): {per:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_http2_connection_per_backend_carries_many_calls() {
+    let bs = backends(&[0, 0]).await;
+    let channel = LbChannel::builder()
+        .policy(RoundRobin::new())
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    wait_healthy(&channel, 2, Duration::from_secs(5)).await;
+    let (_, errors) = load(&channel, 400, 8).await;
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    for e in channel.endpoints() {
+        assert_eq!(e.connections, 1, "8 callers stay far below the stream limit: {e:?}");
+        assert_eq!(e.in_flight, 0, "every call finished: {e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_connections_open_under_stream_pressure() {
+    let bs = backends(&[20]).await;
+    let channel = LbChannel::builder()
+        .max_streams_per_connection(4)
+        .max_connections_per_endpoint(3)
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    wait_healthy(&channel, 1, Duration::from_secs(5)).await;
+    let (_, errors) = load(&channel, 300, 16).await;
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    let e = &channel.endpoints()[0];
+    assert_eq!(e.connections, 3, "16 callers over a 4-stream limit open the 3 allowed connections: {e:?}");
+}

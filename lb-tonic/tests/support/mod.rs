@@ -1,0 +1,204 @@
+//! Shared fixtures: real tonic servers on 127.0.0.1 that can be slowed, failed, marked not serving,
+//! and killed (every connection dropped at once, as when a process dies).
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+pub mod lbtest {
+    include!("lbtest.rs");
+}
+
+use lbtest::echo_server::{Echo, EchoServer};
+use lbtest::{EchoReply, EchoRequest};
+
+#[derive(Clone)]
+struct EchoSvc {
+    addr: SocketAddr,
+    delay: Duration,
+    served: Arc<AtomicUsize>,
+}
+
+type ReplyStream = Pin<Box<dyn futures_util::Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for EchoSvc {
+    async fn unary(&self, req: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let req = req.into_inner();
+        let delay = self.delay + Duration::from_millis(req.delay_ms);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+        if req.fail_code != 0 {
+            return Err(Status::new(tonic::Code::from_i32(req.fail_code), format!("failed by request at {}", self.addr)));
+        }
+        Ok(Response::new(EchoReply {
+            backend: self.addr.to_string(),
+            message: req.message,
+        }))
+    }
+
+    type ServerStreamStream = ReplyStream;
+
+    async fn server_stream(&self, req: Request<EchoRequest>) -> Result<Response<ReplyStream>, Status> {
+        let req = req.into_inner();
+        self.served.fetch_add(1, Ordering::Relaxed);
+        let addr = self.addr.to_string();
+        let delay = Duration::from_millis(req.delay_ms);
+        let stream = futures_util::stream::unfold(0u32, move |i| {
+            let addr = addr.clone();
+            let count = req.count;
+            async move {
+                if i >= count {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(delay).await;
+                }
+                Some((Ok(EchoReply { backend: addr, message: i.to_string() }), i + 1))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// A running tonic backend.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub served: Arc<AtomicUsize>,
+    health: HealthReporter,
+    tasks: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl Backend {
+    /// Starts a backend that answers after `delay`.
+    pub async fn start(delay: Duration) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("bound socket has an address");
+        let served = Arc::new(AtomicUsize::new(0));
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        let echo = EchoServer::new(EchoSvc {
+            addr,
+            delay,
+            served: served.clone(),
+        });
+        let routes = tonic::service::Routes::new(echo).add_service(health_svc);
+        let tasks = Arc::new(Mutex::new(JoinSet::new()));
+        let conns = tasks.clone();
+        tasks.lock().expect("not poisoned").spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                let svc = TowerToHyperService::new(routes.clone());
+                conns.lock().expect("not poisoned").spawn(async move {
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.http2_only().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            served,
+            health,
+            tasks,
+        }
+    }
+
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Drops the listener and every connection at once.
+    pub fn kill(&self) {
+        self.tasks.lock().expect("not poisoned").abort_all();
+    }
+
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.health.set_service_status("", status).await;
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn backends(delays: &[u64]) -> Vec<Backend> {
+    let mut out = Vec::new();
+    for d in delays {
+        out.push(Backend::start(Duration::from_millis(*d)).await);
+    }
+    out
+}
+
+pub fn static_target(backends: &[Backend]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    format!("static:///{}", list.join(","))
+}
+
+/// Waits until `n` endpoints of the channel are healthy.
+pub async fn wait_healthy(channel: &lb_tonic::LbChannel, n: usize, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let healthy = channel.endpoints().iter().filter(|e| e.healthy).count();
+        if healthy == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{healthy} of {n} endpoints healthy after {timeout:?}: {:?}",
+            channel.endpoints()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends `total` unary calls from `concurrency` callers; returns replies per backend and errors.
+pub async fn load(
+    channel: &lb_tonic::LbChannel,
+    total: usize,
+    concurrency: usize,
+) -> (BTreeMap<String, usize>, Vec<Status>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..concurrency {
+        let mut client = lbtest::echo_client::EchoClient::new(channel.clone());
+        let next = next.clone();
+        set.spawn(async move {
+            let mut per: BTreeMap<String, usize> = BTreeMap::new();
+            let mut errors = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                match client.unary(EchoRequest::default()).await {
+                    Ok(r) => *per.entry(r.into_inner().backend).or_default() += 1,
+                    Err(s) => errors.push(s),
+                }
+            }
+            (per, errors)
+        });
+    }
+    let mut per = BTreeMap::new();
+    let mut errors = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (p, e) = r.expect("load task does not panic");
+        for (k, v) in p {
+            *per.entry(k).or_default() += v;
+        }
+        errors.extend(e);
+    }
+    (per, errors)
+}
