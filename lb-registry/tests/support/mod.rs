@@ -1,0 +1,396 @@
+//! Shared fixtures for the etcd integration tests: a real `etcd` on free loopback ports, a TCP proxy
+//! that can cut connections, echo backends, a TCP connector for `lb_core::Pool`, and polling helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use lb_core::discover::BoxDiscover;
+use lb_core::pool::Connected;
+use lb_core::{Connect, Endpoint, EndpointSet};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// A directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("lb-{tag}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback port (bound then released; etcd binds it a moment later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// A real single-member etcd on free loopback ports with its own data dir.
+#[derive(Debug)]
+pub struct Etcd {
+    dir: TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it serves requests.
+    pub async fn start() -> Etcd {
+        let mut etcd = Etcd {
+            dir: TempDir::new("etcd"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+        };
+        etcd.spawn().await;
+        etcd
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "etcd already running");
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("open etcd log");
+        let mut cmd = Command::new(std::env::var("LB_TEST_ETCD_BIN").unwrap_or_else(|_| "etcd".into()));
+        cmd.arg("--name=lbtest")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=lbtest={peer}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log);
+        if cfg!(target_arch = "aarch64") {
+            cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
+        }
+        let child = cmd
+            .spawn()
+            .expect("start etcd (Debian package etcd-server; scripts/test-all.sh installs it)");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("etcd exited at start ({status}); log:\n{}", self.log_tail());
+                }
+            }
+            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(2), self.client()).await {
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), c.get("/probe", None)).await {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "etcd not ready within 30 s; log:\n{}", self.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// `127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.client_port).into()
+    }
+
+    pub async fn client(&self) -> Result<etcd_client::Client, etcd_client::Error> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        etcd_client::Client::connect([self.endpoint()], Some(opts)).await
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again with the same data dir and ports.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Starts again on the same ports with an empty data dir (a lost disk, a fresh member).
+    pub async fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.data_dir());
+        self.spawn().await;
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP proxy in front of an address whose connections can be cut and refused on demand, to
+/// break a client's connection to etcd while etcd itself keeps running.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let open = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (o, c) = (Arc::clone(&open), Arc::clone(&conns));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut up) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                c.lock().expect("proxy lock").push(h);
+            }
+        });
+        Proxy { addr, open, conns, accept }
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for h in self.conns.lock().expect("proxy lock").drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn resume(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// A TCP echo server on an ephemeral loopback port.
+#[derive(Debug)]
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub served: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Echo {
+    pub async fn start() -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let addr = listener.local_addr().expect("echo address");
+        let served = Arc::new(AtomicUsize::new(0));
+        let s = Arc::clone(&served);
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = sock.read(&mut buf).await {
+                        if n == 0 || sock.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        s.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Echo { addr, served, task }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One request to an echo backend: connect, send, read the echo.
+pub async fn echo_request(addr: SocketAddr) -> std::io::Result<()> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"ping").await?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await?;
+        if &buf != b"ping" {
+            return Err(std::io::Error::other("bad echo"));
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .map_err(|_| std::io::Error::other("echo timed out"))?
+}
+
+/// A connector whose "connection" is the address, after a real TCP connect proves it reachable.
+/// Counts connects per address, so tests can see that unchanged endpoints keep their connection.
+#[derive(Clone, Debug, Default)]
+pub struct TcpConnector {
+    pub connects: Arc<Mutex<std::collections::HashMap<SocketAddr, usize>>>,
+}
+
+impl Connect for TcpConnector {
+    type Connection = SocketAddr;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Connected<SocketAddr>, std::io::Error>> + Send>>;
+
+    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
+        let addr = endpoint.addr();
+        let connects = Arc::clone(&self.connects);
+        Box::pin(async move {
+            let s = TcpStream::connect(addr).await?;
+            drop(s);
+            *connects.lock().expect("connector lock").entry(addr).or_default() += 1;
+            Ok(Connected::without_close_signal(addr))
+        })
+    }
+}
+
+/// Applies a discovery stream to an `EndpointSet` in the background, for assertions.
+#[derive(Debug)]
+pub struct SetWatcher {
+    set: Arc<Mutex<EndpointSet>>,
+    task: JoinHandle<()>,
+}
+
+impl SetWatcher {
+    pub fn new(mut discover: BoxDiscover) -> SetWatcher {
+        let set: Arc<Mutex<EndpointSet>> = Arc::default();
+        let s = Arc::clone(&set);
+        let task = tokio::spawn(async move {
+            while let Some(item) = discover.next().await {
+                if let Ok(update) = item {
+                    s.lock().expect("set lock").apply(update);
+                }
+            }
+        });
+        SetWatcher { set, task }
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.set.lock().expect("set lock").iter().map(|e| e.id().to_string()).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Endpoint> {
+        self.set.lock().expect("set lock").get(&id.into()).cloned()
+    }
+
+    /// Waits until `cond` holds on the set; returns how long it took. Panics after `timeout`.
+    pub async fn wait(&self, what: &str, timeout: Duration, cond: impl Fn(&EndpointSet) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            if cond(&self.set.lock().expect("set lock")) {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}; set = {:?}", self.ids());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for SetWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls an async condition every 50 ms until it holds; panics after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Keys (as strings) under a prefix, read directly from etcd.
+pub async fn keys(etcd: &Etcd, prefix: &str) -> Vec<String> {
+    let Ok(mut c) = etcd.client().await else { return Vec::new() };
+    match tokio::time::timeout(Duration::from_secs(5), c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))).await {
+        Ok(Ok(r)) => r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
