@@ -1,0 +1,252 @@
+//! The iptables backend: kube-proxy's classic layout, for hosts without nftables.
+//!
+//! ```text
+//! nat PREROUTING, OUTPUT → LBA-SERVICES:  -d VIP -p tcp --dport 80 -j LBA-SVC-<hash>
+//! LBA-SVC-<hash>:  -m statistic --mode random --probability 1/3 -j LBA-SEP-<a>
+//!                  -m statistic --mode random --probability 1/2 -j LBA-SEP-<b>
+//!                  -j LBA-SEP-<c>
+//! LBA-SEP-<a>:     -s a -j MARK (hairpin)   -p tcp -j DNAT --to-destination a:port
+//! nat POSTROUTING → LBA-POSTROUTING:  marked → MASQUERADE
+//! filter INPUT, FORWARD, OUTPUT → LBA-NOEP:  VIP without endpoints → REJECT
+//! ```
+//!
+//! The i-th of n rules matches with probability w_i / (w_i + … + w_n) (kube-proxy's `1/(n-i)` for
+//! equal weights), which gives each endpoint its weighted share. Every change rewrites the agent's
+//! chains in one `iptables-restore --noflush` call (atomic per table, other chains untouched), as
+//! kube-proxy does; the cost is O(rules), which is why nftables is the default. A comment rule
+//! carries a hash of the ruleset, so a restart with unchanged state writes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddrV4;
+
+use crate::backend::{Backend, SyncReport};
+use crate::model::{Desired, Protocol, ServiceKey};
+use crate::{conntrack, exec, Error};
+
+const SERVICES: &str = "LBA-SERVICES";
+const POSTROUTING: &str = "LBA-POSTROUTING";
+const NOEP: &str = "LBA-NOEP";
+/// Hairpin mark bit; kube-proxy uses 0x4000, so this one does not collide with it.
+const MARK: &str = "0x40000/0x40000";
+const STATE: &str = "lb-agent-state";
+
+/// Hooks from built-in chains: (table, built-in chain, our chain).
+const HOOKS: [(&str, &str, &str); 6] = [
+    ("nat", "PREROUTING", SERVICES),
+    ("nat", "OUTPUT", SERVICES),
+    ("nat", "POSTROUTING", POSTROUTING),
+    ("filter", "INPUT", NOEP),
+    ("filter", "FORWARD", NOEP),
+    ("filter", "OUTPUT", NOEP),
+];
+
+/// The iptables backend.
+#[derive(Debug, Default)]
+pub struct Iptables {
+    /// Chains of ours that exist, per table.
+    chains: BTreeMap<&'static str, BTreeSet<String>>,
+    /// Hooks that exist (index into [`HOOKS`]).
+    hooks: BTreeSet<usize>,
+    /// Hash of the committed ruleset.
+    state: Option<u64>,
+    /// Destinations per service as last committed by this process (for UDP conntrack cleanup).
+    committed: BTreeMap<ServiceKey, Vec<SocketAddrV4>>,
+}
+
+impl Iptables {
+    /// A backend that has not yet read the kernel.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The `iptables-restore` input for `desired`, and the chains it defines per table.
+    fn render(&self, desired: &Desired) -> (String, BTreeMap<&'static str, BTreeSet<String>>) {
+        let mut nat = String::new();
+        let mut filter = String::new();
+        let mut nat_chains: BTreeSet<String> = [SERVICES.to_string(), POSTROUTING.to_string()].into();
+        let filter_chains: BTreeSet<String> = [NOEP.to_string()].into();
+        let _ = writeln!(nat, "-A {POSTROUTING} -m mark --mark {MARK} -j MASQUERADE");
+        for (key, state) in desired {
+            let p = key.protocol.as_str();
+            let (vip, port) = (key.vip.ip(), key.vip.port());
+            if state.destinations.is_empty() {
+                let how = match key.protocol {
+                    Protocol::Tcp => "tcp-reset",
+                    Protocol::Udp => "icmp-port-unreachable",
+                };
+                let _ = writeln!(filter, "-A {NOEP} -d {vip}/32 -p {p} -m {p} --dport {port} -j REJECT --reject-with {how}");
+                continue;
+            }
+            let svc = chain("SVC", &key.to_string());
+            let _ = writeln!(nat, "-A {SERVICES} -d {vip}/32 -p {p} -m {p} --dport {port} -j {svc}");
+            let mut rest: u64 = state.destinations.iter().map(|d| u64::from(d.weight)).sum();
+            let n = state.destinations.len();
+            for (i, d) in state.destinations.iter().enumerate() {
+                let sep = chain("SEP", &format!("{key}>{}", d.addr));
+                if i + 1 < n {
+                    let prob = f64::from(d.weight) / rest as f64;
+                    let _ = writeln!(nat, "-A {svc} -m statistic --mode random --probability {prob:.10} -j {sep}");
+                } else {
+                    let _ = writeln!(nat, "-A {svc} -j {sep}");
+                }
+                rest -= u64::from(d.weight);
+                let _ = writeln!(nat, "-A {sep} -s {}/32 -j MARK --set-xmark {MARK}", d.addr.ip());
+                let _ = writeln!(nat, "-A {sep} -p {p} -m {p} -j DNAT --to-destination {}", d.addr);
+                nat_chains.insert(sep);
+            }
+            nat_chains.insert(svc);
+        }
+        let hash = fnv(&format!("{nat}\n{filter}"));
+        let mut out = String::new();
+        let mut chains = BTreeMap::new();
+        for (table, body, ours) in [("nat", nat, nat_chains), ("filter", filter, filter_chains)] {
+            let _ = writeln!(out, "*{table}");
+            // Declaring a chain creates or flushes it; it is then refilled below.
+            for c in &ours {
+                let _ = writeln!(out, ":{c} - [0:0]");
+            }
+            if table == "nat" {
+                let _ = writeln!(out, "-A {SERVICES} -m comment --comment \"{STATE} {hash:016x}\"");
+            }
+            out.push_str(&body);
+            let stale: Vec<&String> =
+                self.chains.get(table).into_iter().flatten().filter(|c| !ours.contains(*c)).collect();
+            for c in &stale {
+                let _ = writeln!(out, ":{c} - [0:0]");
+            }
+            for c in stale {
+                let _ = writeln!(out, "-X {c}");
+            }
+            for (i, (t, builtin, ours)) in HOOKS.iter().enumerate() {
+                if *t == table && !self.hooks.contains(&i) {
+                    let _ = writeln!(out, "-I {builtin} 1 -j {ours}");
+                }
+            }
+            let _ = writeln!(out, "COMMIT");
+            chains.insert(table, ours);
+        }
+        (out, chains)
+    }
+}
+
+fn chain(kind: &str, id: &str) -> String {
+    format!("LBA-{kind}-{:016X}", fnv(id))
+}
+
+/// FNV-1a: stable across builds and Rust versions, unlike `DefaultHasher`.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn state_hash(rendered: &str) -> Option<u64> {
+    let i = rendered.find(STATE)? + STATE.len() + 1;
+    u64::from_str_radix(rendered.get(i..i + 16)?, 16).ok()
+}
+
+impl Backend for Iptables {
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+
+    fn load(&mut self) -> Result<(), Error> {
+        self.chains.clear();
+        self.hooks.clear();
+        self.state = None;
+        for table in ["nat", "filter"] {
+            let saved = exec::run("iptables-save", &["-t", table], None)?;
+            let mut ours = BTreeSet::new();
+            for line in saved.lines() {
+                if let Some(c) = line.strip_prefix(":LBA-") {
+                    ours.insert(format!("LBA-{}", c.split_whitespace().next().unwrap_or_default()));
+                } else if line.starts_with(&format!("-A {SERVICES} ")) && line.contains(STATE) {
+                    self.state = state_hash(line);
+                }
+                for (i, (t, builtin, c)) in HOOKS.iter().enumerate() {
+                    if *t == table && line.trim_end() == format!("-A {builtin} -j {c}") {
+                        self.hooks.insert(i);
+                    }
+                }
+            }
+            self.chains.insert(table, ours);
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, desired: &Desired, dry_run: bool) -> Result<SyncReport, Error> {
+        let (transaction, chains) = self.render(desired);
+        let objects = transaction.lines().filter(|l| l.starts_with("-A ")).count();
+        let complete = self.hooks.len() == HOOKS.len();
+        if complete && state_hash(&transaction) == self.state {
+            return Ok(SyncReport { objects, ..SyncReport::default() });
+        }
+        let mut flush = Vec::new();
+        for (key, old) in &self.committed {
+            flush.extend(conntrack::stale(key, old.iter().copied(), desired.get(key)).into_iter().map(|e| (*key, e)));
+        }
+        if dry_run {
+            return Ok(SyncReport { transaction, commands: conntrack::describe(&flush), objects });
+        }
+        exec::run("iptables-restore", &["--noflush"], Some(&transaction))?;
+        self.state = state_hash(&transaction);
+        self.chains = chains;
+        self.hooks = (0..HOOKS.len()).collect();
+        self.committed =
+            desired.iter().map(|(k, s)| (*k, s.destinations.iter().map(|d| d.addr).collect())).collect();
+        let commands = conntrack::run(&flush);
+        Ok(SyncReport { transaction, commands, objects })
+    }
+
+    fn cleanup(&mut self, dry_run: bool) -> Result<SyncReport, Error> {
+        let mut out = String::new();
+        for table in ["nat", "filter"] {
+            let ours = self.chains.get(table).cloned().unwrap_or_default();
+            let hooks: Vec<_> = HOOKS.iter().enumerate().filter(|(i, h)| h.0 == table && self.hooks.contains(i)).collect();
+            if ours.is_empty() && hooks.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "*{table}");
+            for c in &ours {
+                let _ = writeln!(out, ":{c} - [0:0]");
+            }
+            for (_, (_, builtin, c)) in hooks {
+                let _ = writeln!(out, "-D {builtin} -j {c}");
+            }
+            for c in &ours {
+                let _ = writeln!(out, "-X {c}");
+            }
+            let _ = writeln!(out, "COMMIT");
+        }
+        if out.is_empty() || dry_run {
+            return Ok(SyncReport { transaction: out, ..SyncReport::default() });
+        }
+        exec::run("iptables-restore", &["--noflush"], Some(&out))?;
+        *self = Iptables::new();
+        Ok(SyncReport { transaction: out, ..SyncReport::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Destination, ServiceState};
+
+    #[test]
+    fn probabilities_follow_weights_and_hash_is_stable() {
+        let key = ServiceKey { protocol: Protocol::Tcp, vip: "10.96.0.10:80".parse().expect("addr") };
+        let d = |l: u8, weight| Destination { addr: SocketAddrV4::new([10, 0, 0, l].into(), 80), weight };
+        let mut desired = Desired::new();
+        desired.insert(key, ServiceState { destinations: vec![d(1, 1), d(2, 1), d(3, 2)], ..Default::default() });
+        let ipt = Iptables::new();
+        let (a, _) = ipt.render(&desired);
+        let probs: Vec<&str> = a.lines().filter_map(|l| l.split("--probability ").nth(1)).map(|p| &p[..12]).collect();
+        assert_eq!(probs, vec!["0.2500000000", "0.3333333333"]);
+        assert!(a.contains("-I PREROUTING 1 -j LBA-SERVICES"));
+        let (b, _) = ipt.render(&desired);
+        assert_eq!(state_hash(&a), state_hash(&b));
+        desired.insert(key, ServiceState::default());
+        let (c, _) = ipt.render(&desired);
+        assert_ne!(state_hash(&a), state_hash(&c));
+        assert!(c.contains("-A LBA-NOEP -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REJECT --reject-with tcp-reset"));
+    }
+}

@@ -1,0 +1,210 @@
+//! The IPVS backend: one virtual server per service, through `ipvsadm-restore`.
+//!
+//! As in kube-proxy's IPVS mode, the VIPs are assigned to a dummy interface (`lb-ipvs0`) so that
+//! the kernel accepts traffic to them locally, and IPVS forwards each new connection to a real
+//! server (masquerading, scheduler `wrr`). Endpoints that still serve but get no new flows are kept
+//! with weight 0, IPVS' own way to drain; a service without endpoints has no virtual server, so the
+//! local VIP answers new connections with a reset (TCP) or port-unreachable (UDP).
+//!
+//! Limitations: `ipvsadm-restore` applies its commands one by one, so a crash mid-sync can leave a
+//! partial update (the next sync repairs it), and this project's test kernels have no IPVS
+//! (`CONFIG_IP_VS` unset), so this backend is only exercised where `/proc/net/ip_vs` exists.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::backend::{Backend, SyncReport};
+use crate::model::{Desired, Protocol, ServiceKey};
+use crate::{conntrack, exec, Error};
+
+/// The dummy interface holding the VIPs.
+pub const DUMMY: &str = "lb-ipvs0";
+
+/// True when the running kernel has IPVS.
+pub fn available() -> bool {
+    std::path::Path::new("/proc/net/ip_vs").exists()
+}
+
+/// The IPVS backend.
+#[derive(Debug, Default)]
+pub struct Ipvs {
+    link: bool,
+    vips: BTreeSet<Ipv4Addr>,
+    /// Virtual servers of ours and their real servers with weights.
+    services: BTreeMap<ServiceKey, BTreeMap<SocketAddrV4, u32>>,
+}
+
+impl Ipvs {
+    /// A backend that has not yet read the kernel.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn flag(p: Protocol) -> &'static str {
+        match p {
+            Protocol::Tcp => "-t",
+            Protocol::Udp => "-u",
+        }
+    }
+
+    fn want(desired: &Desired) -> BTreeMap<ServiceKey, BTreeMap<SocketAddrV4, u32>> {
+        desired
+            .iter()
+            .filter(|(_, s)| !s.destinations.is_empty())
+            .map(|(k, s)| {
+                let mut reals: BTreeMap<SocketAddrV4, u32> = s.destinations.iter().map(|d| (d.addr, d.weight)).collect();
+                for a in &s.keep_flows {
+                    reals.entry(*a).or_insert(0);
+                }
+                (*k, reals)
+            })
+            .collect()
+    }
+}
+
+impl Backend for Ipvs {
+    fn name(&self) -> &'static str {
+        "ipvs"
+    }
+
+    fn load(&mut self) -> Result<(), Error> {
+        if !available() {
+            return Err(Error::kernel("this kernel has no IPVS (/proc/net/ip_vs is absent); use backend = \"nftables\""));
+        }
+        *self = Ipvs::new();
+        match exec::run("ip", &["-4", "-o", "addr", "show", "dev", DUMMY], None) {
+            Ok(out) => {
+                self.link = true;
+                for w in out.split_whitespace().filter_map(|w| w.strip_suffix("/32")) {
+                    if let Ok(ip) = w.parse() {
+                        self.vips.insert(ip);
+                    }
+                }
+            }
+            Err(_) => self.link = false,
+        }
+        let saved = exec::run("ipvsadm-save", &["-n"], None)?;
+        for line in saved.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let proto = match w.get(1) {
+                Some(&"-t") => Protocol::Tcp,
+                Some(&"-u") => Protocol::Udp,
+                _ => continue,
+            };
+            let Some(vip) = w.get(2).and_then(|v| v.parse::<SocketAddrV4>().ok()) else { continue };
+            if !self.vips.contains(vip.ip()) {
+                continue; // not ours
+            }
+            let key = ServiceKey { protocol: proto, vip };
+            match w.first() {
+                Some(&"-A") => {
+                    self.services.entry(key).or_default();
+                }
+                Some(&"-a") => {
+                    let real = w.iter().position(|x| *x == "-r").and_then(|i| w.get(i + 1)).and_then(|r| r.parse().ok());
+                    let weight = w.iter().position(|x| *x == "-w").and_then(|i| w.get(i + 1)).and_then(|r| r.parse().ok());
+                    if let (Some(real), Some(weight)) = (real, weight) {
+                        self.services.entry(key).or_default().insert(real, weight);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, desired: &Desired, dry_run: bool) -> Result<SyncReport, Error> {
+        let want = Self::want(desired);
+        let want_vips: BTreeSet<Ipv4Addr> = desired.keys().map(|k| *k.vip.ip()).collect();
+        let mut commands = Vec::new();
+        if !self.link {
+            commands.push(format!("ip link add {DUMMY} type dummy"));
+        }
+        for ip in want_vips.difference(&self.vips) {
+            commands.push(format!("ip addr add {ip}/32 dev {DUMMY}"));
+        }
+        let mut tx = String::new();
+        let mut flush = Vec::new();
+        for (key, reals) in &self.services {
+            let f = Self::flag(key.protocol);
+            match want.get(key) {
+                None => {
+                    let _ = writeln!(tx, "-D {f} {}", key.vip);
+                }
+                Some(next) => {
+                    for real in reals.keys().filter(|r| !next.contains_key(r)) {
+                        let _ = writeln!(tx, "-d {f} {} -r {real}", key.vip);
+                    }
+                }
+            }
+            flush.extend(conntrack::stale(key, reals.keys().copied(), desired.get(key)).into_iter().map(|e| (*key, e)));
+        }
+        for (key, next) in &want {
+            let f = Self::flag(key.protocol);
+            let cur = self.services.get(key);
+            if cur.is_none() {
+                let _ = writeln!(tx, "-A {f} {} -s wrr", key.vip);
+            }
+            for (real, w) in next {
+                match cur.and_then(|c| c.get(real)) {
+                    None => {
+                        let _ = writeln!(tx, "-a {f} {} -r {real} -m -w {w}", key.vip);
+                    }
+                    Some(old) if old != w => {
+                        let _ = writeln!(tx, "-e {f} {} -r {real} -m -w {w}", key.vip);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let stale_vips: Vec<Ipv4Addr> = self.vips.difference(&want_vips).copied().collect();
+        for ip in &stale_vips {
+            commands.push(format!("ip addr del {ip}/32 dev {DUMMY}"));
+        }
+        let objects = want.values().map(|r| 1 + r.len()).sum();
+        if dry_run {
+            commands.extend(conntrack::describe(&flush));
+            return Ok(SyncReport { transaction: tx, commands, objects });
+        }
+        for c in commands.iter().filter(|c| !c.contains(" del ")) {
+            run_shell_words(c)?;
+        }
+        if !tx.is_empty() {
+            exec::run("ipvsadm-restore", &[], Some(&tx))?;
+        }
+        for c in commands.iter().filter(|c| c.contains(" del ")) {
+            run_shell_words(c)?;
+        }
+        self.link = true;
+        self.vips = want_vips;
+        self.services = want;
+        commands.extend(conntrack::run(&flush));
+        Ok(SyncReport { transaction: tx, commands, objects })
+    }
+
+    fn cleanup(&mut self, dry_run: bool) -> Result<SyncReport, Error> {
+        let mut tx = String::new();
+        for key in self.services.keys() {
+            let _ = writeln!(tx, "-D {} {}", Self::flag(key.protocol), key.vip);
+        }
+        let commands = if self.link { vec![format!("ip link del {DUMMY}")] } else { Vec::new() };
+        if !dry_run {
+            if !tx.is_empty() {
+                exec::run("ipvsadm-restore", &[], Some(&tx))?;
+            }
+            for c in &commands {
+                run_shell_words(c)?;
+            }
+            *self = Ipvs::new();
+        }
+        Ok(SyncReport { transaction: tx, commands, objects: 0 })
+    }
+}
+
+fn run_shell_words(cmd: &str) -> Result<(), Error> {
+    let mut w = cmd.split_whitespace();
+    let program = w.next().expect("commands are built non-empty");
+    let args: Vec<&str> = w.collect();
+    exec::run(program, &args, None).map(|_| ())
+}
