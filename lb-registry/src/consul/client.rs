@@ -1,0 +1,159 @@
+//! The thin HTTP client: one request at a time to the current agent, failing over on transport
+//! errors, with the ACL token header and a deadline on every request.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use lb_core::BoxError;
+
+use crate::Error;
+
+/// A response reduced to what the callers look at.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    /// `X-Consul-Index`, when present and numeric.
+    pub(crate) index: Option<u64>,
+    pub(crate) body: Bytes,
+}
+
+impl Reply {
+    /// The body as text, for error messages (truncated: it may be an HTML error page).
+    pub(crate) fn text(&self) -> String {
+        let s = String::from_utf8_lossy(&self.body);
+        let s = s.trim();
+        if s.len() > 200 {
+            let cut = (0..=200).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+            format!("{}…", &s[..cut])
+        } else {
+            s.to_string()
+        }
+    }
+
+    pub(crate) fn into_error(self, what: &str) -> BoxError {
+        format!("consul {what}: HTTP {} {}", self.status.as_u16(), self.text()).into()
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Client {
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+    addrs: Arc<[String]>,
+    current: Arc<AtomicUsize>,
+    token: Option<Arc<str>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token.
+        f.debug_struct("Client")
+            .field("addrs", &self.addrs)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(addrs: Vec<String>, token: Option<String>) -> Result<Self, Error> {
+        for a in &addrs {
+            let uri = format!("http://{a}/");
+            uri.parse::<hyper::Uri>()
+                .map_err(|e| Error::invalid_target(format!("`{a}` is not a Consul agent address: {e}")))?;
+        }
+        if let Some(t) = &token {
+            hyper::header::HeaderValue::from_str(t)
+                .map_err(|_| Error::invalid_target("the Consul ACL token contains characters not allowed in a header"))?;
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let http = HttpClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Client {
+            http,
+            addrs: addrs.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+            token: token.map(Arc::from),
+        })
+    }
+
+    /// The agent requests currently go to.
+    pub(crate) fn addr(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.addrs.len().max(1);
+        self.addrs.get(i).map_or("", String::as_str)
+    }
+
+    /// Sends one request. `path_and_query` starts with `/v1/`. A transport error or timeout moves
+    /// later requests to the next agent of the list.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Reply, BoxError> {
+        let addr = self.addr().to_string();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path_and_query}"))
+            .header(hyper::header::USER_AGENT, concat!("lb-registry/", env!("CARGO_PKG_VERSION")));
+        if let Some(token) = &self.token {
+            req = req.header("X-Consul-Token", &**token);
+        }
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body.unwrap_or_default()))?;
+        let result = tokio::time::timeout(timeout, async {
+            let resp = self.http.request(req).await?;
+            let status = resp.status();
+            let index = resp
+                .headers()
+                .get("x-consul-index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, BoxError>(Reply { status, index, body })
+        })
+        .await;
+        match result {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                self.fail_over();
+                Err(format!("consul agent {addr}: {e}").into())
+            }
+            Err(_) => {
+                self.fail_over();
+                Err(format!("consul agent {addr}: no answer within {timeout:?}").into())
+            }
+        }
+    }
+
+    fn fail_over(&self) {
+        if self.addrs.len() > 1 {
+            self.current.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

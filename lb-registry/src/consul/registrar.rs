@@ -1,0 +1,351 @@
+//! [`ConsulRegistrar`]: agent service registration kept alive by a TTL check.
+//!
+//! The instance registers with a TTL check (initially passing) and passes it every `ttl/3`, so two
+//! passes can be lost before Consul marks it critical; `DeregisterCriticalServiceAfter` lets Consul
+//! remove an instance that died without deregistering. When a pass answers "unknown check" — the
+//! agent restarted without its state, or reaped the service after a long outage — the instance
+//! registers again: registration never gives up while the [`Registration`] lives (go-zero and Kitex
+//! lose instances exactly there). Failures are retried with backoff, never slower than the pass
+//! interval. Stopping deregisters (`PUT /v1/agent/service/deregister/<id>`).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use lb_core::{BoxError, Endpoint};
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::client::{encode, Client, Reply};
+use super::entries::{META_NODE, META_REGION, META_WEIGHT, META_ZONE};
+use super::{go_duration, parse_duration, Common, REREGISTRATIONS};
+use crate::{Error, Registrar, Registration, Target};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Registers instances with the local Consul agent. See the [module docs](super) for the fields.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), lb_registry::Error> {
+/// use std::time::Duration;
+/// use lb_core::{Endpoint, Locality};
+/// use lb_registry::consul::ConsulRegistrar;
+/// use lb_registry::Registrar as _;
+///
+/// let registrar = ConsulRegistrar::builder().address("127.0.0.1:8500").ttl(Duration::from_secs(10)).build()?;
+/// let me = Endpoint::new("10.0.0.7:50051".parse().unwrap())
+///     .with_weight(200)
+///     .with_locality(Locality::unknown().with_zone("eu-west-1a"));
+/// let registration = registrar.register("greeter", me).await?;
+/// // … serve …
+/// registration.deregister().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ConsulRegistrar {
+    client: Client,
+    cfg: Arc<Config>,
+}
+
+impl fmt::Debug for ConsulRegistrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulRegistrar").field("client", &self.client).field("ttl", &self.cfg.ttl).finish()
+    }
+}
+
+#[derive(Debug)]
+struct Config {
+    namespace: Option<String>,
+    tags: Vec<String>,
+    ttl: Duration,
+    deregister_after: Duration,
+}
+
+/// Options of a [`ConsulRegistrar`].
+#[derive(Clone, Debug)]
+pub struct ConsulRegistrarBuilder {
+    common: Common,
+    ttl: Duration,
+    deregister_after: Duration,
+}
+
+impl ConsulRegistrar {
+    /// A builder with the defaults: the agent from `CONSUL_HTTP_ADDR` or `127.0.0.1:8500`, the
+    /// token from `CONSUL_HTTP_TOKEN`, a 10 s TTL, deregistration after 1 minute critical.
+    pub fn builder() -> ConsulRegistrarBuilder {
+        ConsulRegistrarBuilder {
+            common: Common::default(),
+            ttl: Duration::from_secs(10),
+            deregister_after: Duration::from_secs(60),
+        }
+    }
+
+    /// A registrar configured by a `consul://` target's authority and query (see the module docs).
+    pub fn from_target(target: &Target) -> Result<Self, Error> {
+        ConsulRegistrarBuilder::from_target(target)?.build()
+    }
+}
+
+impl ConsulRegistrarBuilder {
+    /// The builder for a `consul://` target (see the module docs).
+    pub fn from_target(target: &Target) -> Result<Self, Error> {
+        let mut b = ConsulRegistrar::builder();
+        b.common = Common::from_target(target)?;
+        if let Some(v) = target.param("ttl") {
+            b = b.ttl(parse_duration("ttl", v)?);
+        }
+        if let Some(v) = target.param("deregister_after") {
+            b = b.deregister_critical_after(parse_duration("deregister_after", v)?);
+        }
+        Ok(b)
+    }
+
+    /// Adds a Consul agent address (`host:port`).
+    pub fn address(mut self, addr: impl Into<String>) -> Self {
+        self.common.addrs.push(addr.into());
+        self
+    }
+
+    /// The ACL token, sent as `X-Consul-Token` (default: `CONSUL_HTTP_TOKEN`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.common.token = Some(token.into());
+        self
+    }
+
+    /// The namespace (Consul Enterprise).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.common.namespace = Some(ns.into());
+        self
+    }
+
+    /// A tag to register with (repeatable).
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.common.tags.push(tag.into());
+        self
+    }
+
+    /// The TTL of the check (default 10 s); it is passed every third of it.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// `DeregisterCriticalServiceAfter` (default 1 minute; Consul itself enforces at least that).
+    pub fn deregister_critical_after(mut self, after: Duration) -> Self {
+        self.deregister_after = after;
+        self
+    }
+
+    /// Builds the registrar. Nothing is contacted until [`Registrar::register`].
+    pub fn build(self) -> Result<ConsulRegistrar, Error> {
+        Ok(ConsulRegistrar {
+            client: self.common.client()?,
+            cfg: Arc::new(Config {
+                namespace: self.common.namespace,
+                tags: self.common.tags,
+                ttl: self.ttl,
+                deregister_after: self.deregister_after,
+            }),
+        })
+    }
+}
+
+impl Registrar for ConsulRegistrar {
+    fn register(&self, service: &str, instance: Endpoint) -> Pin<Box<dyn Future<Output = Result<Registration, Error>> + Send + 'static>> {
+        let this = self.clone();
+        let service = service.to_string();
+        Box::pin(async move {
+            let agent = Agent::new(this.client, &this.cfg, &service, &instance)?;
+            agent.register().await.map_err(|e| Error::registry(format!("registering `{}` with consul", agent.id), e))?;
+            info!(service = %service, id = %agent.id, addr = %instance.addr(), agent = agent.client.addr(), "registered with consul");
+            let description = format!("consul {service}/{} at {}", agent.id, instance.addr());
+            let (stop, stopped) = oneshot::channel();
+            let task = tokio::spawn(agent.keep_alive(stopped));
+            Ok(Registration::from_task(description, stop, task))
+        })
+    }
+}
+
+/// One registered instance and the requests that keep it registered.
+struct Agent {
+    client: Client,
+    id: String,
+    check_id: String,
+    body: Bytes,
+    ns_query: String,
+    ttl: Duration,
+}
+
+impl Agent {
+    fn new(client: Client, cfg: &Config, service: &str, instance: &Endpoint) -> Result<Self, Error> {
+        let addr = instance.addr();
+        if addr.ip().is_unspecified() {
+            return Err(Error::invalid_target(format!(
+                "cannot register {addr} in consul: clients cannot connect to an unspecified address; register the address they should use"
+            )));
+        }
+        let explicit_id = instance.id().as_str() != addr.to_string();
+        let id = if explicit_id {
+            instance.id().as_str().to_string()
+        } else {
+            let ip = addr.ip().to_string().replace([':', '.'], "-");
+            format!("{service}-{ip}-{}", addr.port())
+        };
+        let check_id = format!("service:{id}");
+        let mut meta = Map::new();
+        for (k, v) in instance.metadata() {
+            let valid = !k.is_empty()
+                && k.len() <= 128
+                && !k.starts_with("consul-")
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(Error::invalid_target(format!(
+                    "metadata key `{k}` is not a valid Consul meta key ([A-Za-z0-9_-]{{1,128}}, no `consul-` prefix)"
+                )));
+            }
+            meta.insert(k.clone(), Value::from(v.clone()));
+        }
+        meta.insert(META_WEIGHT.into(), instance.weight().to_string().into());
+        let l = instance.locality();
+        for (key, value) in [(META_ZONE, &l.zone), (META_REGION, &l.region), (META_NODE, &l.node)] {
+            if let Some(v) = value {
+                meta.insert(key.into(), Value::from(&**v));
+            }
+        }
+        let body = json!({
+            "ID": id,
+            "Name": service,
+            "Tags": cfg.tags,
+            "Address": addr.ip().to_string(),
+            "Port": addr.port(),
+            "Meta": meta,
+            // Consul rejects a zero passing weight; `lb-weight` carries the exact value.
+            "Weights": {"Passing": instance.weight().max(1), "Warning": 1},
+            "Check": {
+                "CheckID": check_id,
+                "Name": format!("lb heartbeat ({service})"),
+                "TTL": go_duration(cfg.ttl),
+                "Status": "passing",
+                "DeregisterCriticalServiceAfter": go_duration(cfg.deregister_after),
+            },
+        });
+        let ns_query = cfg.namespace.as_ref().map(|ns| format!("ns={}", encode(ns))).unwrap_or_default();
+        Ok(Agent {
+            client,
+            id,
+            check_id,
+            body: Bytes::from(body.to_string()),
+            ns_query,
+            ttl: cfg.ttl,
+        })
+    }
+
+    fn path(&self, path: &str, extra: &str) -> String {
+        let q: Vec<&str> = [extra, &self.ns_query].into_iter().filter(|s| !s.is_empty()).collect();
+        if q.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", q.join("&"))
+        }
+    }
+
+    async fn put(&self, path: String, body: Option<Bytes>) -> Result<Reply, BoxError> {
+        self.client.send(Method::PUT, &path, body, REQUEST_TIMEOUT).await
+    }
+
+    async fn register(&self) -> Result<(), BoxError> {
+        let path = self.path("/v1/agent/service/register", "replace-existing-checks=true");
+        let reply = self.put(path, Some(self.body.clone())).await?;
+        if reply.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(reply.into_error("service register"))
+        }
+    }
+
+    async fn pass(&self) -> Result<Pass, BoxError> {
+        let path = self.path(&format!("/v1/agent/check/pass/{}", encode(&self.check_id)), "note=lb+heartbeat");
+        let reply = self.put(path, None).await?;
+        if reply.status == StatusCode::OK {
+            return Ok(Pass::Ok);
+        }
+        // Consul ≥ 1.11 answers 404 "Unknown check ID"; older agents 500 "CheckID … does not have
+        // associated TTL" or "Unknown check".
+        let text = reply.text().to_ascii_lowercase();
+        if reply.status == StatusCode::NOT_FOUND || text.contains("unknown check") || text.contains("does not have associated ttl") {
+            return Ok(Pass::Forgotten);
+        }
+        Err(reply.into_error("check pass"))
+    }
+
+    async fn deregister(&self) -> Result<(), BoxError> {
+        let path = self.path(&format!("/v1/agent/service/deregister/{}", encode(&self.id)), "");
+        let reply = self.put(path, None).await?;
+        // 404: already gone, which is what we wanted.
+        if reply.status == StatusCode::OK || reply.status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(reply.into_error("service deregister"))
+        }
+    }
+
+    async fn keep_alive(self, mut stop: oneshot::Receiver<()>) {
+        let interval = self.ttl / 3;
+        let mut next = Instant::now() + interval;
+        let mut failures: u32 = 0;
+        loop {
+            tokio::select! {
+                // Fires on `stop` and when the `Registration` (and so the sender) is dropped.
+                _ = &mut stop => break,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            let outcome = match self.pass().await {
+                Ok(Pass::Ok) => Ok(()),
+                Ok(Pass::Forgotten) => {
+                    warn!(id = %self.id, "consul forgot this instance (agent restart or reaped while critical); registering again");
+                    let r = self.register().await;
+                    if r.is_ok() {
+                        metrics::counter!(REREGISTRATIONS, "registry" => "consul").increment(1);
+                        info!(id = %self.id, "registered with consul again");
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {
+                    if failures > 0 {
+                        info!(id = %self.id, failures, "consul heartbeats succeed again");
+                    }
+                    failures = 0;
+                    next = Instant::now() + interval;
+                }
+                Err(error) => {
+                    failures += 1;
+                    // Retry sooner than the pass interval at first, never later than it: the TTL
+                    // runs out after three intervals.
+                    let backoff = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(10))).min(interval);
+                    warn!(id = %self.id, %error, failures, retry_ms = backoff.as_millis() as u64, "consul heartbeat failed");
+                    next = Instant::now() + backoff;
+                }
+            }
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.deregister()).await {
+            Ok(Ok(())) => info!(id = %self.id, "deregistered from consul"),
+            Ok(Err(error)) => warn!(id = %self.id, %error, "consul deregistration failed; the TTL check will expire"),
+            Err(_) => warn!(id = %self.id, "consul deregistration timed out; the TTL check will expire"),
+        }
+        debug!(id = %self.id, "consul keep-alive stopped");
+    }
+}
+
+enum Pass {
+    Ok,
+    Forgotten,
+}

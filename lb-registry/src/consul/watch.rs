@@ -1,0 +1,180 @@
+//! The blocking-query loop, written against [`Fetch`] so its timing rules are tested on a paused
+//! clock without a network.
+//!
+//! Rules (Consul API docs, "Blocking Queries" → "Implementation Details"):
+//! - reset the index to 0 when it goes backwards;
+//! - never block on index 0 after the first answer: raise it to 1;
+//! - rate-limit: queries start at least `min_interval` apart, and when an answer comes back early
+//!   without advancing the index (so the server did not block), or fails, back off exponentially
+//!   (±20% jitter) up to `max_backoff`;
+//! - jitter the requested wait down by up to 1/16.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use hyper::StatusCode;
+use lb_core::discover::BoxDiscover;
+use lb_core::{BoxError, Endpoint, EndpointId, Update};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::client::Reply;
+use super::entries;
+
+/// One health query: `index` 0 means non-blocking.
+pub(crate) trait Fetch: Send + Sync + 'static {
+    fn fetch(&self, index: u64, wait: Duration) -> BoxFuture<'static, Result<Reply, BoxError>>;
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct WatchConfig {
+    pub(crate) wait: Duration,
+    pub(crate) min_interval: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) seed: Option<u64>,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            wait: Duration::from_secs(60),
+            min_interval: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            seed: None,
+        }
+    }
+}
+
+pub(crate) struct Watch {
+    fetch: Box<dyn Fetch>,
+    service: Arc<str>,
+    cfg: WatchConfig,
+    rng: StdRng,
+    index: u64,
+    /// The last set emitted, by id (also the last good value of entries that turn malformed).
+    current: BTreeMap<EndpointId, Endpoint>,
+    emitted: bool,
+    /// Set by an error: the next answer is emitted even if unchanged, to confirm the set.
+    stale: bool,
+    /// Failures, or early answers that did not advance the index, in a row.
+    strikes: u32,
+    not_before: Option<Instant>,
+}
+
+impl Watch {
+    pub(crate) fn new(fetch: Box<dyn Fetch>, service: &str, cfg: WatchConfig) -> Self {
+        let rng = match cfg.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Watch {
+            fetch,
+            service: Arc::from(service),
+            cfg,
+            rng,
+            index: 0,
+            current: BTreeMap::new(),
+            emitted: false,
+            stale: false,
+            strikes: 0,
+            not_before: None,
+        }
+    }
+
+    pub(crate) fn into_stream(self) -> BoxDiscover {
+        Box::pin(futures_util::stream::unfold(self, |mut w| async move {
+            let item = w.next().await;
+            Some((item, w))
+        }))
+    }
+
+    /// Queries until there is something to report: a changed set, or an error.
+    pub(crate) async fn next(&mut self) -> Result<Update, BoxError> {
+        loop {
+            if let Some(at) = self.not_before {
+                tokio::time::sleep_until(at).await;
+            }
+            let started = Instant::now();
+            self.not_before = Some(started + self.cfg.min_interval);
+            let wait = self.jittered_wait();
+            let asked = self.index;
+            let reply = self.fetch.fetch(asked, wait).await;
+            match self.on_reply(asked, wait, started, reply) {
+                Ok(Some(update)) => return Ok(update),
+                Ok(None) => continue,
+                Err(error) => {
+                    self.strike();
+                    // A failed agent may come back restarted with a lower index: ask without
+                    // blocking next time so that shows at once instead of after a full wait.
+                    self.index = 0;
+                    self.stale = true;
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        asked: u64,
+        wait: Duration,
+        started: Instant,
+        reply: Result<Reply, BoxError>,
+    ) -> Result<Option<Update>, BoxError> {
+        let reply = reply?;
+        if reply.status != StatusCode::OK {
+            return Err(reply.into_error(&format!("health query for `{}`", self.service)));
+        }
+        let index = reply.index.ok_or("consul health answer without a numeric X-Consul-Index")?;
+        let list = entries::parse(&self.service, &reply.body, &self.current)?;
+        if index < asked {
+            info!(service = %self.service, from = asked, to = index, "consul index went backwards; restarting the blocking loop");
+            self.index = 0;
+        } else {
+            // An index of 0 would make the next query return at once, forever.
+            self.index = index.max(1);
+        }
+        let early = started.elapsed() < wait / 2;
+        if asked != 0 && index == asked && early {
+            // The server did not block although nothing changed: do not spin.
+            debug!(service = %self.service, index, "consul answered early without a new index; backing off");
+            self.strike();
+        } else {
+            self.strikes = 0;
+        }
+        let next: BTreeMap<EndpointId, Endpoint> = list.iter().map(|e| (e.id().clone(), e.clone())).collect();
+        if self.emitted && !self.stale && next == self.current {
+            return Ok(None);
+        }
+        if self.stale {
+            info!(service = %self.service, endpoints = next.len(), "consul answers again");
+        }
+        self.emitted = true;
+        self.stale = false;
+        self.current = next;
+        Ok(Some(Update::Reset(list)))
+    }
+
+    fn strike(&mut self) {
+        self.strikes = self.strikes.saturating_add(1);
+        let base = self.cfg.min_interval.max(Duration::from_millis(50));
+        let exp = base.saturating_mul(1u32 << self.strikes.min(16)).min(self.cfg.max_backoff);
+        let delay = exp.mul_f64(self.rng.random_range(0.8..1.2));
+        if self.strikes > 1 {
+            warn!(service = %self.service, strikes = self.strikes, delay_ms = delay.as_millis() as u64, "consul query backing off");
+        }
+        self.not_before = Some(Instant::now() + delay);
+    }
+
+    fn jittered_wait(&mut self) -> Duration {
+        let cut = self.rng.random_range(0.0..1.0 / 16.0);
+        self.cfg.wait.mul_f64(1.0 - cut)
+    }
+}
+
+#[cfg(test)]
+mod tests;

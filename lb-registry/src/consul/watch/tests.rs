@@ -1,0 +1,146 @@
+//! The blocking-query rules on a paused clock, against a scripted server.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::*;
+
+#[derive(Clone)]
+enum Step {
+    /// Answer after `delay` with this index and these ports.
+    Answer { delay: Duration, index: u64, ports: Vec<u16> },
+    /// Answer 200 with a body that is not JSON.
+    Garbage,
+    /// Fail with a transport error.
+    Fail,
+}
+
+#[derive(Default)]
+struct Script {
+    steps: Mutex<VecDeque<Step>>,
+    /// (index asked, wait asked, when).
+    log: Mutex<Vec<(u64, Duration, Instant)>>,
+}
+
+struct Scripted(Arc<Script>);
+
+fn body(ports: &[u16]) -> Bytes {
+    let entries: Vec<_> = ports
+        .iter()
+        .map(|p| serde_json::json!({"Node": {"Node": "n"}, "Service": {"ID": format!("s{p}"), "Address": "127.0.0.1", "Port": p}}))
+        .collect();
+    Bytes::from(serde_json::Value::Array(entries).to_string())
+}
+
+impl Fetch for Scripted {
+    fn fetch(&self, index: u64, wait: Duration) -> BoxFuture<'static, Result<Reply, BoxError>> {
+        let script = Arc::clone(&self.0);
+        Box::pin(async move {
+            script.log.lock().expect("log").push((index, wait, Instant::now()));
+            let step = script.steps.lock().expect("steps").pop_front();
+            match step {
+                Some(Step::Answer { delay, index, ports }) => {
+                    tokio::time::sleep(delay).await;
+                    Ok(Reply { status: StatusCode::OK, index: Some(index), body: body(&ports) })
+                }
+                Some(Step::Garbage) => Ok(Reply { status: StatusCode::OK, index: Some(index), body: Bytes::from_static(b"<html>") }),
+                Some(Step::Fail) => Err("connection refused".into()),
+                // A real server with nothing new: holds the query for the whole wait.
+                None => {
+                    tokio::time::sleep(wait).await;
+                    Ok(Reply { status: StatusCode::OK, index: Some(index), body: body(&[1]) })
+                }
+            }
+        })
+    }
+}
+
+fn watch(steps: Vec<Step>) -> (Watch, Arc<Script>) {
+    let script = Arc::new(Script { steps: Mutex::new(steps.into()), ..Script::default() });
+    let cfg = WatchConfig { wait: Duration::from_secs(16), seed: Some(7), ..WatchConfig::default() };
+    (Watch::new(Box::new(Scripted(Arc::clone(&script))), "svc", cfg), script)
+}
+
+fn answer(index: u64, ports: &[u16]) -> Step {
+    Step::Answer { delay: Duration::from_millis(5), index, ports: ports.to_vec() }
+}
+
+fn ports(update: &Update) -> Vec<u16> {
+    match update {
+        Update::Reset(list) => list.iter().map(|e| e.addr().port()).collect(),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+}
+
+fn asked(script: &Script) -> Vec<u64> {
+    script.log.lock().expect("log").iter().map(|(i, _, _)| *i).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn follows_the_index_and_resets_it_when_it_goes_backwards() {
+    let (mut w, script) = watch(vec![answer(50, &[1]), answer(60, &[1, 2]), answer(7, &[2]), answer(9, &[2, 3])]);
+    assert_eq!(ports(&w.next().await.expect("first")), vec![1]);
+    assert_eq!(ports(&w.next().await.expect("second")), vec![1, 2]);
+    assert_eq!(ports(&w.next().await.expect("backwards answer still applies")), vec![2]);
+    assert_eq!(ports(&w.next().await.expect("fourth")), vec![2, 3]);
+    assert_eq!(asked(&script), vec![0, 50, 60, 0], "index 7 < 60 restarts from 0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_index_of_zero_is_raised_to_one() {
+    let (mut w, script) = watch(vec![answer(0, &[1]), answer(3, &[1, 2])]);
+    w.next().await.expect("first");
+    w.next().await.expect("second");
+    assert_eq!(asked(&script), vec![0, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_does_not_block_is_not_hammered() {
+    // 200 answers at once with the same index: a server (or proxy) ignoring `index`.
+    let same: Vec<Step> = std::iter::once(answer(5, &[1]))
+        .chain(std::iter::repeat_n(Step::Answer { delay: Duration::ZERO, index: 5, ports: vec![1] }, 200))
+        .collect();
+    let (mut w, script) = watch(same);
+    w.next().await.expect("first");
+    let start = Instant::now();
+    // Nothing changes, so `next` keeps querying; give it 60 virtual seconds.
+    let _ = tokio::time::timeout(Duration::from_secs(60), w.next()).await;
+    let n = asked(&script).len();
+    assert!(n <= 12, "{n} queries in 60 s against a non-blocking server");
+    assert!(n >= 4, "it must keep trying ({n} queries)");
+    assert!(start.elapsed() >= Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unchanged_answers_are_not_reported_and_waits_are_jittered() {
+    let (mut w, script) = watch(vec![answer(5, &[1])]);
+    w.next().await.expect("first");
+    // Every later answer is the scripted "nothing new after the full wait".
+    let _ = tokio::time::timeout(Duration::from_secs(100), w.next()).await;
+    let log = script.log.lock().expect("log").clone();
+    assert!(log.len() >= 6, "{} queries", log.len());
+    for (index, wait, _) in &log[1..] {
+        assert_eq!(*index, 5);
+        assert!(*wait <= Duration::from_secs(16) && *wait >= Duration::from_secs(15), "{wait:?}");
+    }
+    let distinct: std::collections::BTreeSet<_> = log[1..].iter().map(|(_, w, _)| *w).collect();
+    assert!(distinct.len() > 1, "the wait is jittered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_back_off_resync_without_blocking_and_reconfirm_the_set() {
+    let steps = vec![answer(5, &[1]), Step::Fail, Step::Fail, Step::Garbage, Step::Fail, answer(5, &[1])];
+    let (mut w, script) = watch(steps);
+    w.next().await.expect("first");
+    for _ in 0..4 {
+        assert!(w.next().await.is_err());
+    }
+    let update = w.next().await.expect("recovered");
+    assert_eq!(ports(&update), vec![1], "the unchanged set is reported again to confirm it");
+    let log = script.log.lock().expect("log").clone();
+    assert_eq!(log.iter().map(|(i, _, _)| *i).collect::<Vec<_>>(), vec![0, 5, 0, 0, 0, 0]);
+    let gaps: Vec<Duration> = log.windows(2).map(|p| p[1].2 - p[0].2).collect();
+    assert!(gaps[2] > gaps[1] && gaps[3] > gaps[2], "backoff grows: {gaps:?}");
+}
