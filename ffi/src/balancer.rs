@@ -1,0 +1,526 @@
+//! `lb_balancer_*`: discovery, a pool and a policy behind an opaque pointer.
+//!
+//! Each balancer owns a small multi-thread Tokio runtime (one worker) on which `lb-core`'s pool runs:
+//! discovery is applied, endpoints are probed and ejected there, whether or not the caller is
+//! picking. Picks run on the caller's thread and read the pool's current snapshot through an atomic
+//! pointer, so any number of threads may pick at once without a lock; only the pending-report map
+//! (sharded) takes a short lock.
+
+use std::ffi::{c_char, c_int, CString};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_core::policy::{self, PickContext};
+use lb_core::pool::{EndpointPhase, Picked};
+use lb_core::{EndpointState, Outcome, Pool};
+use lb_registry::Target;
+use tokio::runtime::Runtime;
+use tokio::time::Instant;
+
+use crate::error::{guard, guard_void, lb_status, Error};
+use crate::options::Options;
+use crate::pending::{Pending, TokenError};
+use crate::probe::{ProbeConnect, Probed};
+use crate::ptr::{bytes_arg, copy_to_buf, opt_str_arg, str_arg};
+
+/// Size of `lb_pick.addr`: `ip:port`, IPv6 as `[ip]:port`, NUL-terminated.
+pub const LB_ADDR_LEN: usize = 64;
+/// Size of `lb_pick.ip`.
+pub const LB_IP_LEN: usize = 48;
+/// Size of `lb_pick.zone` and `lb_pick.region` (Kubernetes label values are at most 63 bytes).
+pub const LB_LABEL_LEN: usize = 64;
+/// Size of `lb_pick.node` (a Kubernetes node name is at most 253 bytes).
+pub const LB_NODE_LEN: usize = 256;
+
+/// How a picked request ended, for `lb_balancer_report` (passed as an `int`).
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum lb_outcome {
+    /// The backend answered and the answer was not a failure.
+    LB_OUTCOME_SUCCESS = 0,
+    /// The backend failed the request (connection refused or reset, an error reply, a timeout).
+    /// Counts toward outlier ejection.
+    LB_OUTCOME_FAILURE = 1,
+    /// The caller gave up before knowing: releases the pick without judging the endpoint.
+    LB_OUTCOME_CANCELLED = 2,
+}
+
+/// The endpoint a pick chose. Caller-allocated (on the stack is fine); every string field is
+/// NUL-terminated UTF-8, empty when unknown. Nothing in it needs freeing.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct lb_pick {
+    /// Pass to `lb_balancer_report` exactly once. Never zero.
+    pub token: u64,
+    /// The endpoint's port.
+    pub port: u16,
+    /// `ip:port` (IPv6 as `[ip]:port`).
+    pub addr: [c_char; LB_ADDR_LEN],
+    /// The IP address alone, as `inet_pton` accepts it.
+    pub ip: [c_char; LB_IP_LEN],
+    /// `topology.kubernetes.io/region`.
+    pub region: [c_char; LB_LABEL_LEN],
+    /// `topology.kubernetes.io/zone`.
+    pub zone: [c_char; LB_LABEL_LEN],
+    /// `kubernetes.io/hostname` (cut at a UTF-8 boundary if longer than 255 bytes).
+    pub node: [c_char; LB_NODE_LEN],
+}
+
+impl fmt::Debug for lb_pick {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("lb_pick").field("token", &self.token).field("port", &self.port).finish()
+    }
+}
+
+impl lb_pick {
+    fn new(token: u64, picked: &Picked<Probed>) -> Self {
+        let mut p = lb_pick {
+            token,
+            port: picked.endpoint.addr().port(),
+            addr: [0; LB_ADDR_LEN],
+            ip: [0; LB_IP_LEN],
+            region: [0; LB_LABEL_LEN],
+            zone: [0; LB_LABEL_LEN],
+            node: [0; LB_NODE_LEN],
+        };
+        let addr = picked.endpoint.addr();
+        let mut scratch = ArrayString::<LB_ADDR_LEN>::new();
+        let _ = fmt::Write::write_fmt(&mut scratch, format_args!("{addr}"));
+        copy_to_buf(&mut p.addr, scratch.as_str());
+        let mut scratch = ArrayString::<LB_IP_LEN>::new();
+        let _ = fmt::Write::write_fmt(&mut scratch, format_args!("{}", addr.ip()));
+        copy_to_buf(&mut p.ip, scratch.as_str());
+        let loc = picked.endpoint.locality();
+        copy_to_buf(&mut p.region, loc.region.as_deref().unwrap_or(""));
+        copy_to_buf(&mut p.zone, loc.zone.as_deref().unwrap_or(""));
+        copy_to_buf(&mut p.node, loc.node.as_deref().unwrap_or(""));
+        p
+    }
+}
+
+/// A fixed-capacity string for formatting addresses without allocating on the pick path.
+struct ArrayString<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> ArrayString<N> {
+    fn new() -> Self {
+        ArrayString { buf: [0; N], len: 0 }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are appended, so the prefix is UTF-8; fall back to "" rather than trust it.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl<const N: usize> fmt::Write for ArrayString<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        if end > N {
+            return Err(fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// A client-side load balancer for one target. Opaque; create with `lb_balancer_new`, destroy with
+/// `lb_balancer_free`. Every other function may be called from any number of threads at once.
+#[allow(non_camel_case_types)]
+pub struct lb_balancer {
+    target: String,
+    pool: Pool<Probed>,
+    pending: Arc<Pending>,
+    failfast: Duration,
+    // Dropped (shut down) explicitly in `Drop`, which joins its threads.
+    runtime: Option<Runtime>,
+}
+
+impl fmt::Debug for lb_balancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("lb_balancer")
+            .field("target", &self.target)
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl Drop for lb_balancer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Joins the worker so nothing of ours runs after `lb_balancer_free` returns.
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+pub(crate) fn runtime(name: &str) -> Result<Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .thread_name(name)
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::new(lb_status::LB_ERR_RUNTIME, format!("cannot start the balancer's runtime: {e}")))
+}
+
+impl lb_balancer {
+    pub(crate) fn new(target: &str, options: Option<&str>) -> Result<Self, Error> {
+        let parsed = Target::parse(target).map_err(Error::registry)?;
+        let opts = Options::parse(options)?;
+        let policy = opts.policy()?;
+        let config = opts.pool_config(target);
+        let discover = lb_registry::resolve(&parsed).map_err(Error::registry)?;
+        let connector = ProbeConnect::new(opts.probe, Duration::from_millis(opts.probe_interval_ms), config.connect_timeout);
+        let runtime = runtime("lb-balancer")?;
+        let pending = Arc::new(Pending::new(opts.report_timeout()));
+        let pool = {
+            let _entered = runtime.enter();
+            let pool = Pool::spawn(discover, connector, policy, config);
+            runtime.spawn(expire_loop(Arc::clone(&pending)));
+            pool
+        };
+        Ok(lb_balancer {
+            target: target.to_string(),
+            pool,
+            pending,
+            failfast: opts.failfast(),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.runtime.as_ref().expect("the runtime lives until drop")
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> bool {
+        self.runtime().block_on(self.pool.ready_timeout(timeout))
+    }
+
+    pub(crate) fn pick(&self, hash: Option<u64>) -> Result<lb_pick, Error> {
+        let ctx = PickContext { hash };
+        let picked = match self.pool.pick(&ctx) {
+            Some(p) => p,
+            None => self.pick_slow(&ctx)?,
+        };
+        let token_guard_pick = lb_pick::new(0, &picked);
+        let token = self.pending.insert(picked.guard);
+        Ok(lb_pick {
+            token,
+            ..token_guard_pick
+        })
+    }
+
+    /// No endpoint right now: wait for one until the failfast deadline (linkerd's failfast).
+    #[cold]
+    fn pick_slow(&self, ctx: &PickContext) -> Result<Picked<Probed>, Error> {
+        let deadline = std::time::Instant::now() + self.failfast;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                let s = self.pool.snapshot();
+                return Err(Error::new(
+                    lb_status::LB_ERR_UNAVAILABLE,
+                    format!(
+                        "no endpoint of `{}` can take requests (failfast {:?}; {} known, {} healthy{})",
+                        self.target,
+                        self.failfast,
+                        s.entries().len(),
+                        s.healthy(),
+                        if s.is_initialized() { "" } else { "; discovery has not delivered a set yet" }
+                    ),
+                ));
+            }
+            if self.wait_ready(left) {
+                if let Some(p) = self.pool.pick(ctx) {
+                    return Ok(p);
+                }
+                // Ready but the picker declined (a race with an ejection): yield, then look again.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    pub(crate) fn report(&self, token: u64, outcome: Outcome, latency: Option<Duration>) -> Result<(), Error> {
+        let mut guard = self.pending.take(token).map_err(|e| match e {
+            TokenError::Unknown => Error::new(
+                lb_status::LB_ERR_UNKNOWN_TOKEN,
+                format!("token {token:#x} was not issued by this balancer"),
+            ),
+            TokenError::Spent => Error::new(
+                lb_status::LB_ERR_TOKEN_SPENT,
+                format!(
+                    "token {token:#x} was already reported, or expired unreported after {:?}",
+                    self.pending.timeout()
+                ),
+            ),
+        })?;
+        guard.set_outcome(outcome);
+        if let Some(l) = latency {
+            guard.set_latency(l);
+        }
+        drop(guard);
+        Ok(())
+    }
+
+    pub(crate) fn endpoints_json(&self) -> String {
+        let s = self.pool.snapshot();
+        let endpoints: Vec<serde_json::Value> = s
+            .entries()
+            .iter()
+            .map(|e| {
+                let ep = &e.endpoint;
+                let loc = ep.locality();
+                serde_json::json!({
+                    "id": ep.id().as_str(),
+                    "addr": ep.addr().to_string(),
+                    "weight": ep.weight(),
+                    "region": loc.region.as_deref(),
+                    "zone": loc.zone.as_deref(),
+                    "node": loc.node.as_deref(),
+                    "state": match ep.state() {
+                        EndpointState::Ready => "ready",
+                        EndpointState::Serving => "serving",
+                        EndpointState::Terminating => "terminating",
+                    },
+                    "phase": match e.phase {
+                        EndpointPhase::Idle => "idle",
+                        EndpointPhase::Connecting => "connecting",
+                        EndpointPhase::Ready => "ready",
+                        EndpointPhase::Ejected => "ejected",
+                        EndpointPhase::Draining => "draining",
+                    },
+                    "healthy": e.healthy,
+                    "in_flight": e.load.in_flight(),
+                    "rtt_us": e.load.rtt_estimate().as_micros() as u64,
+                    "metadata": ep.metadata(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "target": self.target,
+            "initialized": s.is_initialized(),
+            "healthy": s.healthy(),
+            "pending_reports": self.pending.len(),
+            "endpoints": endpoints,
+        })
+        .to_string()
+    }
+}
+
+async fn expire_loop(pending: Arc<Pending>) {
+    // Sweep a few times per timeout so a pick expires at most ~25% late; bounded to stay cheap.
+    let every = (pending.timeout() / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let n = pending.expire(Instant::now());
+        if n > 0 {
+            tracing::debug!(expired = n, "unreported picks expired as cancelled");
+        }
+    }
+}
+
+/// Borrows a balancer argument.
+///
+/// # Safety
+/// `b` is NULL or a pointer from `lb_balancer_new` not yet passed to `lb_balancer_free`.
+unsafe fn balancer<'a>(b: *const lb_balancer) -> Result<&'a lb_balancer, Error> {
+    // SAFETY: the caller guarantees `b` is NULL or a live balancer; `as_ref` handles NULL.
+    unsafe { b.as_ref() }.ok_or_else(|| Error::null("balancer"))
+}
+
+/// Creates a balancer for `target` and starts discovering its endpoints in the background.
+///
+/// - `target`: a target URI, e.g. `static:///127.0.0.1:8080,127.0.0.1:8081` (see the README for the
+///   schemes this build supports: `etcd://`, `consul://`, `kubernetes://` need the cargo features of
+///   the same names).
+/// - `options_json`: NULL or "" for the defaults, else a JSON object; every key is optional and an
+///   unknown key is an error:
+///   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash"), `seed` (u64),
+///   `locality` ({"region","zone","node"}: the caller's own, enables topology preference),
+///   `topology` (levels nearest first, e.g. ["node","zone","region","any"]), `overprovisioning`,
+///   `panic_threshold`, `failfast_ms` (how long a pick waits for an endpoint, default 3000),
+///   `report_timeout_ms` (an unreported pick expires as cancelled after this long, default 60000),
+///   `connect_timeout_ms`, `probe` (TCP-probe endpoints before use, default true),
+///   `probe_interval_ms` (re-probe period, 0 = only on reconnect; default 5000),
+///   `outlier` (null disables; or {"consecutive_failures","failure_rate","min_requests",
+///   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}).
+/// - `out`: receives the balancer on `LB_OK`; untouched otherwise.
+///
+/// Returns immediately; use `lb_balancer_wait_ready` to wait for the first endpoints.
+/// Errors: `LB_ERR_NULL_ARGUMENT`, `LB_ERR_INVALID_UTF8`, `LB_ERR_INVALID_TARGET`,
+/// `LB_ERR_UNSUPPORTED_SCHEME`, `LB_ERR_INVALID_OPTIONS`, `LB_ERR_RUNTIME`.
+///
+/// # Safety
+/// `target` and `options_json` are NULL or NUL-terminated strings; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn lb_balancer_new(
+    target: *const c_char,
+    options_json: *const c_char,
+    out: *mut *mut lb_balancer,
+) -> lb_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(Error::null("out"));
+        }
+        // SAFETY: the caller passes NULL or NUL-terminated strings valid for this call.
+        let target = unsafe { str_arg(target, "target") }?;
+        // SAFETY: as above.
+        let options = unsafe { opt_str_arg(options_json, "options_json") }?;
+        let b = Box::new(lb_balancer::new(target, options)?);
+        // SAFETY: `out` is non-NULL and the caller guarantees it is writable.
+        unsafe { out.write(Box::into_raw(b)) };
+        Ok(())
+    })
+}
+
+/// Waits until discovery delivered a set and at least one endpoint can take requests.
+///
+/// Returns `LB_OK` when ready, `LB_ERR_TIMEOUT` after `timeout_ms`. Blocks the calling thread only.
+/// Thread-safe.
+///
+/// # Safety
+/// `b` is NULL or a live balancer.
+#[no_mangle]
+pub unsafe extern "C" fn lb_balancer_wait_ready(b: *const lb_balancer, timeout_ms: u64) -> lb_status {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let b = unsafe { balancer(b) }?;
+        if b.wait_ready(Duration::from_millis(timeout_ms)) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                lb_status::LB_ERR_TIMEOUT,
+                format!("`{}` not ready after {timeout_ms} ms", b.target),
+            ))
+        }
+    })
+}
+
+/// Picks an endpoint for one request and fills `*out`.
+///
+/// - `hash_key`, `hash_key_len`: the request's affinity key for the "hash" policy (a user id, a
+///   session); NULL with length 0 when there is none. Other policies ignore it.
+/// - `out`: caller-allocated; filled on `LB_OK`, untouched otherwise.
+///
+/// The pick counts as one request in flight on that endpoint until `out->token` is passed to
+/// `lb_balancer_report` (or expires). When no endpoint can take requests, waits up to the
+/// `failfast_ms` option for one, then returns `LB_ERR_UNAVAILABLE`.
+/// Thread-safe and lock-free apart from one short sharded lock; any number of threads may pick at once.
+///
+/// # Safety
+/// `b` is NULL or a live balancer; `hash_key` is NULL or points to `hash_key_len` readable bytes;
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn lb_balancer_pick(
+    b: *const lb_balancer,
+    hash_key: *const u8,
+    hash_key_len: usize,
+    out: *mut lb_pick,
+) -> lb_status {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let b = unsafe { balancer(b) }?;
+        if out.is_null() {
+            return Err(Error::null("out"));
+        }
+        // SAFETY: the caller guarantees `hash_key_len` readable bytes when non-NULL.
+        let key = unsafe { bytes_arg(hash_key, hash_key_len, "hash_key") }?;
+        let pick = b.pick(key.map(policy::hash_key))?;
+        // SAFETY: `out` is non-NULL and the caller guarantees it points to a writable `lb_pick`.
+        unsafe { out.write(pick) };
+        Ok(())
+    })
+}
+
+/// Reports how a picked request ended; feeds in-flight counts, the PeakEWMA latency estimate and
+/// outlier detection.
+///
+/// - `token`: from `lb_pick.token`; each token may be reported once.
+/// - `outcome`: an `lb_outcome` value.
+/// - `latency_us`: the request's latency as the caller measured it, in microseconds; a negative
+///   value means "use the time between the pick and this call".
+///
+/// Errors: `LB_ERR_INVALID_ARGUMENT` (bad outcome; the token stays pending), `LB_ERR_UNKNOWN_TOKEN`
+/// (not from this balancer), `LB_ERR_TOKEN_SPENT` (reported before, or expired: a pick not reported
+/// within `report_timeout_ms` is released as `LB_OUTCOME_CANCELLED`). Thread-safe.
+///
+/// # Safety
+/// `b` is NULL or a live balancer.
+#[no_mangle]
+pub unsafe extern "C" fn lb_balancer_report(
+    b: *const lb_balancer,
+    token: u64,
+    outcome: c_int,
+    latency_us: i64,
+) -> lb_status {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let b = unsafe { balancer(b) }?;
+        let outcome = match outcome {
+            0 => Outcome::Success,
+            1 => Outcome::Failure,
+            2 => Outcome::Cancelled,
+            other => {
+                return Err(Error::new(
+                    lb_status::LB_ERR_INVALID_ARGUMENT,
+                    format!("outcome {other} is not an lb_outcome (0 success, 1 failure, 2 cancelled)"),
+                ))
+            }
+        };
+        let latency = u64::try_from(latency_us).ok().map(Duration::from_micros);
+        b.report(token, outcome, latency)
+    })
+}
+
+/// Describes the current endpoints as a JSON object:
+/// `{"target", "initialized", "healthy", "pending_reports", "endpoints": [{"id", "addr", "weight",
+/// "region", "zone", "node", "state", "phase", "healthy", "in_flight", "rtt_us", "metadata"}]}`.
+///
+/// `*out` receives a NUL-terminated string owned by the caller: free it with `lb_string_free`.
+/// Thread-safe.
+///
+/// # Safety
+/// `b` is NULL or a live balancer; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn lb_balancer_endpoints(b: *const lb_balancer, out: *mut *mut c_char) -> lb_status {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let b = unsafe { balancer(b) }?;
+        if out.is_null() {
+            return Err(Error::null("out"));
+        }
+        let json = CString::new(b.endpoints_json()).map_err(|_| {
+            Error::new(lb_status::LB_ERR_PANIC, "endpoint JSON contained a NUL byte (serde_json escapes them)")
+        })?;
+        // SAFETY: `out` is non-NULL and writable; ownership of the string passes to the caller.
+        unsafe { out.write(json.into_raw()) };
+        Ok(())
+    })
+}
+
+/// Stops discovery, releases every unreported pick, joins the balancer's threads and frees it.
+///
+/// NULL is a no-op. No other thread may be using `b` during or after this call; tokens of `b`
+/// become meaningless.
+///
+/// # Safety
+/// `b` is NULL or a pointer from `lb_balancer_new` not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn lb_balancer_free(b: *mut lb_balancer) {
+    guard_void(|| {
+        if !b.is_null() {
+            // SAFETY: `b` came from `Box::into_raw` in `lb_balancer_new` and is freed only once.
+            drop(unsafe { Box::from_raw(b) });
+        }
+    })
+}

@@ -1,0 +1,299 @@
+//! The JSON documents the C ABI accepts: balancer options and registration instances.
+//!
+//! JSON keeps the ABI stable while options grow (a new key needs no new function), and every
+//! language can produce it. Unknown keys are rejected rather than ignored, so a typo
+//! (`"failfast": 10`) is an error, not a silently different balancer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lb_core::policy::{Level, P2c, RingHash, RoundRobin, Topology, WeightedRoundRobin};
+use lb_core::pool::OutlierConfig;
+use lb_core::{Endpoint, EndpointState, Locality, Policy, PoolConfig};
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// Balancer options (`options_json` of `lb_balancer_new`). Every key is optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Options {
+    policy: PolicyName,
+    /// Seeds the random choices of `p2c`/`p2c-ewma`/`hash` (reproducible runs).
+    seed: Option<u64>,
+    /// The caller's own locality; when given, the policy is wrapped in topology preference.
+    locality: Option<LocalityOpt>,
+    /// Preference levels, nearest first (`node`, `zone`, `region`, `any` or the Kubernetes keys).
+    topology: Option<Vec<String>>,
+    overprovisioning: Option<f64>,
+    panic_threshold: Option<f64>,
+    pub(crate) failfast_ms: u64,
+    pub(crate) report_timeout_ms: u64,
+    connect_timeout_ms: Option<u64>,
+    pub(crate) probe: bool,
+    pub(crate) probe_interval_ms: u64,
+    #[serde(default = "default_outlier")]
+    outlier: Option<OutlierOpt>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            policy: PolicyName::P2cEwma,
+            seed: None,
+            locality: None,
+            topology: None,
+            overprovisioning: None,
+            panic_threshold: None,
+            failfast_ms: 3000,
+            report_timeout_ms: 60_000,
+            connect_timeout_ms: None,
+            probe: true,
+            probe_interval_ms: 5000,
+            outlier: default_outlier(),
+        }
+    }
+}
+
+fn default_outlier() -> Option<OutlierOpt> {
+    Some(OutlierOpt::default())
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+enum PolicyName {
+    #[serde(rename = "rr", alias = "round_robin")]
+    RoundRobin,
+    #[serde(rename = "wrr", alias = "weighted_round_robin")]
+    Weighted,
+    #[serde(rename = "p2c", alias = "least_request")]
+    P2c,
+    #[serde(rename = "p2c-ewma", alias = "peak_ewma")]
+    P2cEwma,
+    #[serde(rename = "hash", alias = "ring_hash")]
+    Hash,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LocalityOpt {
+    region: Option<String>,
+    zone: Option<String>,
+    node: Option<String>,
+}
+
+impl LocalityOpt {
+    fn to_locality(&self) -> Locality {
+        let mut l = Locality::unknown();
+        if let Some(r) = &self.region {
+            l = l.with_region(r);
+        }
+        if let Some(z) = &self.zone {
+            l = l.with_zone(z);
+        }
+        if let Some(n) = &self.node {
+            l = l.with_node(n);
+        }
+        l
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct OutlierOpt {
+    consecutive_failures: Option<u32>,
+    failure_rate: Option<f64>,
+    min_requests: Option<u64>,
+    interval_ms: Option<u64>,
+    base_ejection_ms: Option<u64>,
+    max_ejection_ms: Option<u64>,
+    max_ejected_fraction: Option<f64>,
+}
+
+impl OutlierOpt {
+    fn to_config(&self) -> OutlierConfig {
+        let d = OutlierConfig::default();
+        OutlierConfig {
+            consecutive_failures: self.consecutive_failures.unwrap_or(d.consecutive_failures),
+            failure_rate: self.failure_rate.unwrap_or(d.failure_rate),
+            min_requests: self.min_requests.unwrap_or(d.min_requests),
+            interval: self.interval_ms.map(ms).unwrap_or(d.interval),
+            base_ejection: self.base_ejection_ms.map(ms).unwrap_or(d.base_ejection),
+            max_ejection: self.max_ejection_ms.map(ms).unwrap_or(d.max_ejection),
+            max_ejected_fraction: self.max_ejected_fraction.unwrap_or(d.max_ejected_fraction),
+        }
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl Options {
+    /// Parses `options_json`; `None` gives the defaults.
+    pub(crate) fn parse(json: Option<&str>) -> Result<Options, Error> {
+        let Some(json) = json else { return Ok(Options::default()) };
+        let opts: Options = serde_json::from_str(json).map_err(|e| Error::options(format!("options_json: {e}")))?;
+        if opts.interval_is_zero() {
+            return Err(Error::options("options_json: outlier.interval_ms must be greater than 0"));
+        }
+        Ok(opts)
+    }
+
+    fn interval_is_zero(&self) -> bool {
+        matches!(&self.outlier, Some(o) if o.interval_ms == Some(0))
+    }
+
+    pub(crate) fn failfast(&self) -> Duration {
+        ms(self.failfast_ms)
+    }
+
+    /// Never zero: a zero timeout would expire picks before the caller could report them.
+    pub(crate) fn report_timeout(&self) -> Duration {
+        ms(self.report_timeout_ms.max(1))
+    }
+
+    pub(crate) fn pool_config(&self, target: &str) -> PoolConfig {
+        let mut config = PoolConfig::new(target);
+        if let Some(t) = self.connect_timeout_ms {
+            config.connect_timeout = ms(t.max(1));
+        }
+        config.outlier = self.outlier.as_ref().map(OutlierOpt::to_config);
+        config
+    }
+
+    /// Builds the configured policy, wrapped in topology preference when a locality or levels are given.
+    pub(crate) fn policy(&self) -> Result<Box<dyn Policy>, Error> {
+        let inner: Box<dyn Policy> = match (self.policy, self.seed) {
+            (PolicyName::RoundRobin, _) => Box::new(RoundRobin::new()),
+            (PolicyName::Weighted, _) => Box::new(WeightedRoundRobin::new()),
+            (PolicyName::P2c, None) => Box::new(P2c::least_request()),
+            (PolicyName::P2c, Some(s)) => Box::new(P2c::least_request().with_seed(s)),
+            (PolicyName::P2cEwma, None) => Box::new(P2c::peak_ewma()),
+            (PolicyName::P2cEwma, Some(s)) => Box::new(P2c::peak_ewma().with_seed(s)),
+            (PolicyName::Hash, _) => Box::new(RingHash::new()),
+        };
+        if self.locality.is_none() && self.topology.is_none() {
+            return Ok(inner);
+        }
+        let caller = self.locality.as_ref().map(LocalityOpt::to_locality).unwrap_or_default();
+        let mut topo = Topology::new(inner, caller);
+        if let Some(keys) = &self.topology {
+            let mut levels = Vec::with_capacity(keys.len());
+            for k in keys {
+                let level = Level::from_topology_key(k).ok_or_else(|| {
+                    Error::options(format!(
+                        "options_json: topology level `{k}` is not node, zone, region, any or a Kubernetes topology key"
+                    ))
+                })?;
+                levels.push(level);
+            }
+            topo = topo.with_levels(levels);
+        }
+        if let Some(f) = self.overprovisioning {
+            topo = topo.with_overprovisioning(f);
+        }
+        if let Some(t) = self.panic_threshold {
+            topo = topo.with_panic_threshold(t);
+        }
+        Ok(Box::new(topo))
+    }
+}
+
+/// One instance to register (`instance_json` of `lb_registration_new`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Instance {
+    addr: String,
+    id: Option<String>,
+    weight: Option<u32>,
+    region: Option<String>,
+    zone: Option<String>,
+    node: Option<String>,
+    state: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+impl Instance {
+    pub(crate) fn parse(json: &str) -> Result<Endpoint, Error> {
+        let i: Instance = serde_json::from_str(json).map_err(|e| Error::options(format!("instance_json: {e}")))?;
+        let addr: SocketAddr = i
+            .addr
+            .parse()
+            .map_err(|_| Error::options(format!("instance_json: addr `{}` is not ip:port", i.addr)))?;
+        let mut ep = Endpoint::new(addr);
+        if let Some(id) = i.id {
+            ep = ep.with_id(id);
+        }
+        if let Some(w) = i.weight {
+            ep = ep.with_weight(w);
+        }
+        let locality = LocalityOpt {
+            region: i.region,
+            zone: i.zone,
+            node: i.node,
+        };
+        ep = ep.with_locality(locality.to_locality());
+        if let Some(s) = i.state {
+            ep = ep.with_state(match s.as_str() {
+                "ready" => EndpointState::Ready,
+                "serving" => EndpointState::Serving,
+                "terminating" => EndpointState::Terminating,
+                other => {
+                    return Err(Error::options(format!(
+                        "instance_json: state `{other}` is not ready, serving or terminating"
+                    )))
+                }
+            });
+        }
+        for (k, v) in i.metadata {
+            ep = ep.with_metadata(k, v);
+        }
+        Ok(ep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let o = Options::parse(None).expect("defaults");
+        assert_eq!(o.failfast(), Duration::from_secs(3));
+        assert!(o.pool_config("t").outlier.is_some());
+        let o = Options::parse(Some(r#"{"policy":"rr","failfast_ms":5,"outlier":null}"#)).expect("valid");
+        assert_eq!(o.failfast(), Duration::from_millis(5));
+        assert!(o.pool_config("t").outlier.is_none(), "null disables outlier detection");
+        let o = Options::parse(Some(r#"{"outlier":{"consecutive_failures":2}}"#)).expect("valid");
+        let c = o.pool_config("t").outlier.expect("enabled");
+        assert_eq!(c.consecutive_failures, 2);
+        assert_eq!(c.base_ejection, OutlierConfig::default().base_ejection);
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        for (json, needle) in [
+            ("{", "EOF"),
+            (r#"{"failfast":1}"#, "unknown field `failfast`"),
+            (r#"{"policy":"fastest"}"#, "unknown variant `fastest`"),
+            (r#"{"failfast_ms":-1}"#, "invalid value"),
+            (r#"{"outlier":{"interval_ms":0}}"#, "interval_ms"),
+        ] {
+            let err = Options::parse(Some(json)).expect_err(json);
+            assert!(format!("{err:?}").contains(needle), "{json}: {err:?}");
+        }
+        let o = Options::parse(Some(r#"{"topology":["zone","planet"]}"#)).expect("syntax is fine");
+        assert!(o.policy().is_err(), "unknown level is rejected when the policy is built");
+    }
+
+    #[test]
+    fn instance() {
+        let ep = Instance::parse(r#"{"addr":"127.0.0.1:9","zone":"a","weight":7,"metadata":{"v":"1"}}"#).expect("valid");
+        assert_eq!(ep.weight(), 7);
+        assert_eq!(ep.locality().zone.as_deref(), Some("a"));
+        assert!(Instance::parse(r#"{"addr":"nowhere"}"#).is_err());
+        assert!(Instance::parse(r#"{"zone":"a"}"#).is_err(), "addr is required");
+    }
+}
