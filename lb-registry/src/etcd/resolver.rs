@@ -5,8 +5,10 @@
 //! - after a broken connection the watch resumes from the last revision delivered, so nothing is
 //!   missed and nothing is relisted — unless that revision was compacted (the watch is cancelled
 //!   with `compact_revision` set) or the store went back in time (etcd restored or restarted with
-//!   empty data: its current revision is below ours), in which case it relists and emits a `Reset`,
-//!   which the pool diffs so unchanged endpoints keep their connections;
+//!   empty data: its current revision or raft term is below ours), in which case it relists and
+//!   emits a `Reset`, which the pool diffs so unchanged endpoints keep their connections. A store
+//!   that lost its data *and* got past our revision and term before we reconnected cannot be told
+//!   apart by its header; the periodic resync of the cache bounds how long that goes unnoticed;
 //! - once a watch is (re)established it sends an empty `Add`, telling the [cache](crate::cache)
 //!   that the data is current again.
 //!
@@ -135,7 +137,7 @@ impl std::error::Error for WatchError {}
 
 async fn run(cfg: SharedConfig, service: String, tx: Tx) {
     let prefix = cfg.service_prefix(&service);
-    let mut state = WatchState { last_rev: None };
+    let mut state = WatchState { last_rev: None, term: 0 };
     let mut backoff = Backoff::new(cfg.backoff);
     loop {
         match session(&cfg, &prefix, &mut state, &tx, &mut backoff).await {
@@ -160,6 +162,8 @@ async fn run(cfg: SharedConfig, service: String, tx: Tx) {
 struct WatchState {
     /// The revision up to which everything under the prefix has been delivered.
     last_rev: Option<i64>,
+    /// The highest raft term seen; within one cluster's history it never decreases.
+    term: u64,
 }
 
 async fn session(cfg: &Config, prefix: &str, st: &mut WatchState, tx: &Tx, backoff: &mut Backoff) -> End {
@@ -173,11 +177,19 @@ async fn session(cfg: &Config, prefix: &str, st: &mut WatchState, tx: &Tx, backo
         let probe = GetOptions::new().with_prefix().with_count_only();
         match tokio::time::timeout(t, client.get(prefix, Some(probe))).await {
             Ok(Ok(r)) => {
-                let now = r.header().map_or(0, |h| h.revision());
-                if now < rev {
-                    warn!(prefix, ours = rev, theirs = now, "etcd's revision went backwards (restored or emptied); relisting");
+                let (now, term) = r.header().map_or((0, 0), |h| (h.revision(), h.raft_term()));
+                if now < rev || term < st.term {
+                    warn!(
+                        prefix,
+                        ours = rev,
+                        theirs = now,
+                        our_term = st.term,
+                        their_term = term,
+                        "etcd's history went backwards (restored or emptied); relisting"
+                    );
                     st.last_rev = None;
                 }
+                st.term = term;
             }
             Ok(Err(e)) => return e.into(),
             Err(_) => return End::Failed("revision probe timed out".into(), None),
@@ -186,7 +198,8 @@ async fn session(cfg: &Config, prefix: &str, st: &mut WatchState, tx: &Tx, backo
     let rev = match st.last_rev {
         Some(rev) => rev,
         None => match list(&mut client, prefix, t).await {
-            Ok((endpoints, rev)) => {
+            Ok((endpoints, rev, term)) => {
+                st.term = st.term.max(term);
                 debug!(prefix, endpoints = endpoints.len(), revision = rev, "listed");
                 if tx.send(Ok(Update::Reset(endpoints))).is_err() {
                     return End::Failed("consumer gone".into(), None);
@@ -209,6 +222,9 @@ async fn session(cfg: &Config, prefix: &str, st: &mut WatchState, tx: &Tx, backo
             Ok(None) => return End::Failed("watch stream closed by the server".into(), None),
             Err(e) => return e.into(),
         };
+        if let Some(h) = resp.header() {
+            st.term = st.term.max(h.raft_term());
+        }
         if resp.compact_revision() > 0 {
             info!(prefix, from = rev + 1, compacted_to = resp.compact_revision(), "watch revision compacted; relisting");
             return End::Relist;
@@ -284,11 +300,11 @@ impl Batch {
 }
 
 /// Lists every instance at one revision, a page at a time.
-async fn list(client: &mut Client, prefix: &str, t: std::time::Duration) -> Result<(Vec<Endpoint>, i64), End> {
+async fn list(client: &mut Client, prefix: &str, t: std::time::Duration) -> Result<(Vec<Endpoint>, i64, u64), End> {
     let end = prefix_end(prefix.as_bytes());
     let mut out = Vec::new();
     let mut from: Vec<u8> = prefix.as_bytes().to_vec();
-    let mut rev = 0;
+    let (mut rev, mut term) = (0, 0);
     loop {
         let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
         if rev > 0 {
@@ -300,7 +316,7 @@ async fn list(client: &mut Client, prefix: &str, t: std::time::Duration) -> Resu
             Err(_) => return Err(End::Failed("listing timed out".into(), None)),
         };
         if rev == 0 {
-            rev = resp.header().map_or(0, |h| h.revision());
+            (rev, term) = resp.header().map_or((0, 0), |h| (h.revision(), h.raft_term()));
         }
         for kv in resp.kvs() {
             if let Some(ep) = decode_kv(prefix, kv) {
@@ -312,7 +328,7 @@ async fn list(client: &mut Client, prefix: &str, t: std::time::Duration) -> Resu
                 from = last.key().to_vec();
                 from.push(0);
             }
-            _ => return Ok((out, rev)),
+            _ => return Ok((out, rev, term)),
         }
     }
 }

@@ -1,0 +1,202 @@
+//! etcd outages against a real etcd: down longer than the TTL under client load, restarted with an
+//! empty data dir, and a client that starts while etcd is down (served from the disk snapshot).
+#![cfg(feature = "etcd")]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_core::policy::RoundRobin;
+use lb_core::{Endpoint, PickContext, Pool, PoolConfig};
+use lb_registry::etcd::{EtcdRegistrar, EtcdResolver};
+use lb_registry::{Registrar as _, Registration, Target};
+use support::{echo_request, eventually, keys, Echo, Etcd, SetWatcher, TcpConnector, TempDir};
+
+const TTL: Duration = Duration::from_secs(3);
+
+async fn register_all(etcd: &Etcd, service: &str, backends: &[Echo]) -> Vec<Registration> {
+    let reg = EtcdRegistrar::builder([etcd.endpoint()])
+        .ttl(TTL)
+        .backoff(Duration::from_millis(100), Duration::from_secs(1))
+        .build_registrar()
+        .expect("valid options");
+    let mut out = Vec::new();
+    for (i, b) in backends.iter().enumerate() {
+        let ep = Endpoint::new(b.addr).with_id(format!("i{i}"));
+        out.push(reg.register(service, ep).await.expect("register"));
+    }
+    out
+}
+
+/// Every key of `service` exists and is attached to a lease etcd considers alive.
+async fn all_registered(etcd: &Etcd, service: &str, n: usize) -> bool {
+    let Ok(mut c) = etcd.client().await else { return false };
+    let Ok(Ok(r)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.get(format!("/lb/services/{service}/"), Some(etcd_client::GetOptions::new().with_prefix())),
+    )
+    .await
+    else {
+        return false;
+    };
+    if r.kvs().len() != n {
+        return false;
+    }
+    for kv in r.kvs() {
+        match c.lease_time_to_live(kv.lease(), None).await {
+            Ok(t) if t.ttl() > 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Sends echo requests through the pool until stopped; counts successes and failures.
+struct Load {
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(pool: Pool<std::net::SocketAddr>) -> Load {
+        let (ok, failed, stop) = (Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default(), Arc::<AtomicBool>::default());
+        let (o, f, s) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&stop));
+        let task = tokio::spawn(async move {
+            // Bounded: stops when told, or after 5 minutes at the latest.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+            while !s.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+                let picked = pool.pick(&PickContext::default());
+                let result = match picked {
+                    Some(p) => echo_request(p.connection).await.map_err(|e| e.to_string()),
+                    None => Err("no endpoint".to_string()),
+                };
+                match result {
+                    Ok(()) => o.fetch_add(1, Ordering::SeqCst),
+                    Err(e) => {
+                        eprintln!("request failed: {e}");
+                        f.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Load { ok, failed, stop, task }
+    }
+
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        (self.ok.load(Ordering::SeqCst), self.failed.load(Ordering::SeqCst))
+    }
+}
+
+fn pool_over(etcd: &Etcd, service: &str) -> Pool<std::net::SocketAddr> {
+    let target = Target::parse(&format!("etcd://{}/{service}", etcd.endpoint())).expect("valid target");
+    let discover = lb_registry::resolve(&target).expect("resolves");
+    Pool::spawn(discover, TcpConnector::default(), RoundRobin::new(), PoolConfig::new(service))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_longer_than_ttl_under_load_fails_no_request_and_everyone_registers_again() {
+    support::init_tracing();
+    let mut etcd = Etcd::start().await;
+    let backends = [Echo::start().await, Echo::start().await, Echo::start().await];
+    let _regs = register_all(&etcd, "outage", &backends).await;
+    let pool = pool_over(&etcd, "outage");
+    assert!(pool.ready_timeout(Duration::from_secs(10)).await, "pool ready");
+    eventually("three endpoints connected", Duration::from_secs(10), || async { pool.snapshot().healthy() == 3 }).await;
+    let load = Load::start(pool.clone());
+
+    etcd.kill();
+    // The outage itself: twice the TTL, so every lease would have expired without heartbeats.
+    tokio::time::sleep(TTL * 2).await;
+    assert_eq!(pool.snapshot().healthy(), 3, "the last known set is kept while etcd is down");
+    etcd.restart().await;
+
+    let took = eventually("all instances registered again", Duration::from_secs(20), || all_registered(&etcd, "outage", 3)).await;
+    // Heartbeats, not just restored leases: etcd restores leases with a fresh TTL at restart, so
+    // keys still alive two TTLs later prove the registrars are heartbeating again.
+    tokio::time::sleep(TTL * 2).await;
+    assert!(all_registered(&etcd, "outage", 3).await, "registrations kept alive after the restart");
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} failed requests during the outage ({ok} succeeded)");
+    assert!(ok > 100, "the load ran ({ok} requests)");
+    assert_eq!(pool.snapshot().healthy(), 3);
+    eprintln!("re-registered {took:?} after etcd came back; {ok} requests, 0 failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restarted_with_empty_data_gets_every_instance_back_within_seconds() {
+    support::init_tracing();
+    let mut etcd = Etcd::start().await;
+    let backends = [Echo::start().await, Echo::start().await, Echo::start().await];
+    let _regs = register_all(&etcd, "amnesia", &backends).await;
+    let w = SetWatcher::new(
+        lb_registry::resolve(&Target::parse(&format!("etcd://{}/amnesia", etcd.endpoint())).expect("valid"))
+            .expect("resolves"),
+    );
+    w.wait("three discovered", Duration::from_secs(10), |s| s.len() == 3).await;
+
+    etcd.restart_empty().await;
+    assert!(keys(&etcd, "/lb/services/amnesia/").await.len() < 3, "the restart really lost the data");
+    let took = eventually("all instances back in the emptied etcd", Duration::from_secs(30), || {
+        all_registered(&etcd, "amnesia", 3)
+    })
+    .await;
+    assert!(took <= Duration::from_secs(10), "instances re-registered {took:?} after etcd came back empty");
+    tokio::time::sleep(TTL * 2).await;
+    assert!(all_registered(&etcd, "amnesia", 3).await, "and they stay registered");
+    assert_eq!(w.ids(), vec!["i0", "i1", "i2"], "discovery never lost them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_started_while_etcd_is_down_serves_from_the_snapshot() {
+    support::init_tracing();
+    let mut etcd = Etcd::start().await;
+    let backends = [Echo::start().await, Echo::start().await];
+    let _regs = register_all(&etcd, "cold", &backends).await;
+    let dir = TempDir::new("snapshot");
+    let path = dir.path().join("cold.json");
+
+    // A first client run writes the snapshot (the documented URI parameter).
+    {
+        let target = Target::parse(&format!("etcd://{}/cold?snapshot={}", etcd.endpoint(), path.display())).expect("valid");
+        let w = SetWatcher::new(lb_registry::resolve(&target).expect("resolves"));
+        w.wait("two discovered", Duration::from_secs(10), |s| s.len() == 2).await;
+        let p = path.clone();
+        eventually("snapshot written", Duration::from_secs(10), || {
+            let p = p.clone();
+            async move {
+                std::fs::read(&p)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["endpoints"].as_array().map(|a| a.len() == 2))
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+
+    etcd.kill();
+    let resolver = EtcdResolver::builder([etcd.endpoint()]).snapshot(&path).build_resolver().expect("valid");
+    let cached = resolver.resolve_cached("cold");
+    let handle = cached.handle();
+    let pool = Pool::spawn(cached.boxed(), TcpConnector::default(), RoundRobin::new(), PoolConfig::new("cold"));
+    assert!(pool.ready_timeout(Duration::from_secs(5)).await, "served from the snapshot while etcd is down");
+    eventually("both endpoints connected", Duration::from_secs(10), || async { pool.snapshot().healthy() == 2 }).await;
+    for _ in 0..20 {
+        let p = pool.pick(&PickContext::default()).expect("an endpoint from the snapshot");
+        echo_request(p.connection).await.expect("the snapshot's endpoints serve");
+    }
+    assert!(handle.is_from_snapshot());
+    assert!(handle.staleness().expect("has data") > Duration::ZERO, "staleness is exposed");
+
+    etcd.restart().await;
+    eventually("fresh data once etcd is back", Duration::from_secs(20), || async { handle.is_fresh() && !handle.is_from_snapshot() })
+        .await;
+    assert_eq!(pool.snapshot().healthy(), 2);
+}
