@@ -9,6 +9,7 @@
 //! - [`l4`]: an in-process TCP proxy that balances *connections* round robin, as kube-proxy does —
 //!   the baseline that shows why gRPC needs per-request balancing;
 //! - [`policy`]: the `--policy` names of the command-line tools;
+//! - [`table`]: the quickstart's terminal table.
 //!
 //! Everything here is example code: it favours being easy to read over being general.
 
@@ -19,6 +20,7 @@ pub mod l4;
 pub mod load;
 pub mod policy;
 pub mod server;
+pub mod table;
 
 /// The generated `helloworld` protobuf messages, `GreeterClient` and `GreeterServer`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
