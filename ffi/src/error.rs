@@ -134,3 +134,19 @@ pub(crate) fn guard_void(f: impl FnOnce()) {
         Ok(())
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_message() {
+        let s = guard(|| panic!("boom {}", 42));
+        assert_eq!(s, lb_status::LB_ERR_PANIC);
+        with_last_error(|m| assert!(m.contains("boom 42"), "{m}"));
+        guard_void(|| panic!("also caught"));
+        with_last_error(|m| assert!(m.contains("also caught"), "{m}"));
+        assert_eq!(guard(|| Ok(())), lb_status::LB_OK);
+        with_last_error(|m| assert!(m.contains("also caught"), "success leaves the last error: {m}"));
+    }
+}

@@ -133,7 +133,7 @@ impl Options {
     /// Parses `options_json`; `None` gives the defaults.
     pub(crate) fn parse(json: Option<&str>) -> Result<Options, Error> {
         let Some(json) = json else { return Ok(Options::default()) };
-        let opts: Options = serde_json::from_str(json).map_err(|e| Error::options(format!("options_json: {e}")))?;
+        let opts: Options = from_object(json, "options_json")?;
         if opts.interval_is_zero() {
             return Err(Error::options("options_json: outlier.interval_ms must be greater than 0"));
         }
@@ -200,6 +200,16 @@ impl Options {
     }
 }
 
+/// Parses a JSON object. serde would also accept an array for a struct (fields by position), which
+/// no caller means; only an object is accepted.
+fn from_object<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T, Error> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| Error::options(format!("{what}: {e}")))?;
+    if !value.is_object() {
+        return Err(Error::options(format!("{what}: expected a JSON object, got `{value}`")));
+    }
+    serde_json::from_value(value).map_err(|e| Error::options(format!("{what}: {e}")))
+}
+
 /// One instance to register (`instance_json` of `lb_registration_new`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,7 +227,7 @@ pub(crate) struct Instance {
 
 impl Instance {
     pub(crate) fn parse(json: &str) -> Result<Endpoint, Error> {
-        let i: Instance = serde_json::from_str(json).map_err(|e| Error::options(format!("instance_json: {e}")))?;
+        let i: Instance = from_object(json, "instance_json")?;
         let addr: SocketAddr = i
             .addr
             .parse()

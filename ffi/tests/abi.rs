@@ -1,0 +1,312 @@
+//! The C ABI called from Rust: every bad input gets its status code and message, never a crash.
+//!
+//! These call the exported functions directly, exactly as C would (same symbols, same ABI).
+
+mod support;
+
+use std::ffi::{c_char, CStr, CString};
+use std::ptr;
+use std::time::{Duration, Instant};
+
+use lb_ffi::*;
+use support::{static_target, Backend};
+
+fn last_error() -> String {
+    let mut buf = [0 as c_char; 512];
+    // SAFETY: `buf` is 512 writable bytes.
+    unsafe { lb_last_error_message(buf.as_mut_ptr(), buf.len()) };
+    // SAFETY: lb_last_error_message always NUL-terminates within `buf`.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+/// An owned balancer for tests: freed on drop.
+struct Bal(*mut lb_balancer);
+
+// SAFETY: the ABI documents every function but `lb_balancer_free` as callable from any thread.
+unsafe impl Send for Bal {}
+// SAFETY: as above.
+unsafe impl Sync for Bal {}
+
+impl Bal {
+    fn new(target: &str, options: &str) -> Result<Bal, (lb_status, String)> {
+        let t = CString::new(target).expect("no NUL in the target");
+        let o = CString::new(options).expect("no NUL in the options");
+        let mut out = ptr::null_mut();
+        // SAFETY: valid C strings and a writable out-pointer.
+        let s = unsafe { lb_balancer_new(t.as_ptr(), o.as_ptr(), &mut out) };
+        if s == lb_status::LB_OK {
+            Ok(Bal(out))
+        } else {
+            assert!(out.is_null(), "a failed new leaves *out untouched");
+            Err((s, last_error()))
+        }
+    }
+
+    fn ready(&self, ms: u64) -> lb_status {
+        // SAFETY: a live balancer.
+        unsafe { lb_balancer_wait_ready(self.0, ms) }
+    }
+
+    fn pick(&self, key: Option<&[u8]>) -> Result<lb_pick, lb_status> {
+        let mut p = std::mem::MaybeUninit::<lb_pick>::uninit();
+        let (k, n) = key.map_or((ptr::null(), 0), |k| (k.as_ptr(), k.len()));
+        // SAFETY: a live balancer, `n` readable key bytes, a writable lb_pick.
+        let s = unsafe { lb_balancer_pick(self.0, k, n, p.as_mut_ptr()) };
+        if s == lb_status::LB_OK {
+            // SAFETY: LB_OK means `*out` was written.
+            Ok(unsafe { p.assume_init() })
+        } else {
+            Err(s)
+        }
+    }
+
+    fn report(&self, token: u64, outcome: i32, latency_us: i64) -> lb_status {
+        // SAFETY: a live balancer.
+        unsafe { lb_balancer_report(self.0, token, outcome, latency_us) }
+    }
+
+    fn endpoints(&self) -> serde_json::Value {
+        let mut out = ptr::null_mut();
+        // SAFETY: a live balancer and a writable out-pointer.
+        assert_eq!(unsafe { lb_balancer_endpoints(self.0, &mut out) }, lb_status::LB_OK);
+        // SAFETY: LB_OK means `out` is a NUL-terminated string from the library.
+        let json = unsafe { CStr::from_ptr(out) }.to_str().expect("UTF-8").to_string();
+        // SAFETY: the string came from lb_balancer_endpoints and is freed once.
+        unsafe { lb_string_free(out) };
+        serde_json::from_str(&json).expect("valid JSON")
+    }
+}
+
+impl Drop for Bal {
+    fn drop(&mut self) {
+        // SAFETY: created by lb_balancer_new, freed once, no other user left.
+        unsafe { lb_balancer_free(self.0) };
+    }
+}
+
+fn addr(p: &lb_pick) -> String {
+    // SAFETY: the library NUL-terminates every string field.
+    unsafe { CStr::from_ptr(p.addr.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+#[test]
+fn null_arguments_are_errors() {
+    let mut out = ptr::null_mut();
+    let t = c"static:///127.0.0.1:1";
+    // SAFETY: NULL is allowed by the contract and must be rejected, not dereferenced.
+    unsafe {
+        assert_eq!(lb_balancer_new(ptr::null(), ptr::null(), &mut out), lb_status::LB_ERR_NULL_ARGUMENT);
+        assert!(last_error().contains("`target` must not be NULL"), "{}", last_error());
+        assert_eq!(lb_balancer_new(t.as_ptr(), ptr::null(), ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
+        assert_eq!(lb_balancer_wait_ready(ptr::null(), 1), lb_status::LB_ERR_NULL_ARGUMENT);
+        assert_eq!(lb_balancer_pick(ptr::null(), ptr::null(), 0, ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
+        assert_eq!(lb_balancer_report(ptr::null(), 1, 0, 0), lb_status::LB_ERR_NULL_ARGUMENT);
+        assert_eq!(lb_balancer_endpoints(ptr::null(), ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
+        assert_eq!(lb_registration_new(ptr::null(), ptr::null(), ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
+        lb_balancer_free(ptr::null_mut());
+        lb_registration_free(ptr::null_mut());
+        lb_string_free(ptr::null_mut());
+        assert!(!lb_version().is_null());
+    }
+    let b = Bal::new("static:///127.0.0.1:1", r#"{"probe":false}"#).expect("valid");
+    // SAFETY: a live balancer; NULL out / NULL key with a length must be rejected.
+    unsafe {
+        assert_eq!(lb_balancer_pick(b.0, ptr::null(), 0, ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
+        assert_eq!(lb_balancer_endpoints(b.0, ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
+    }
+    assert!(b.pick(None).is_ok(), "a valid pick still works");
+    let mut p = std::mem::MaybeUninit::<lb_pick>::uninit();
+    // SAFETY: NULL key with non-zero length is rejected before anything is read.
+    let s = unsafe { lb_balancer_pick(b.0, ptr::null(), 5, p.as_mut_ptr()) };
+    assert_eq!(s, lb_status::LB_ERR_NULL_ARGUMENT);
+    assert!(last_error().contains("hash_key"), "{}", last_error());
+}
+
+#[test]
+fn invalid_utf8_is_an_error() {
+    let bad = [b's', b't', 0xff, 0xfe, 0];
+    let mut out = ptr::null_mut();
+    // SAFETY: a NUL-terminated (non-UTF-8) byte string.
+    let s = unsafe { lb_balancer_new(bad.as_ptr().cast(), ptr::null(), &mut out) };
+    assert_eq!(s, lb_status::LB_ERR_INVALID_UTF8);
+    assert!(last_error().contains("`target` is not valid UTF-8"), "{}", last_error());
+    let t = c"static:///127.0.0.1:1";
+    // SAFETY: as above, for the options.
+    let s = unsafe { lb_balancer_new(t.as_ptr(), bad.as_ptr().cast(), &mut out) };
+    assert_eq!(s, lb_status::LB_ERR_INVALID_UTF8);
+    assert!(out.is_null());
+}
+
+#[test]
+fn malformed_json_and_targets_are_errors_that_say_why() {
+    for (target, options, status, needle) in [
+        ("static:///127.0.0.1:1", "{", lb_status::LB_ERR_INVALID_OPTIONS, "EOF"),
+        ("static:///127.0.0.1:1", "[]", lb_status::LB_ERR_INVALID_OPTIONS, "expected a JSON object"),
+        ("static:///127.0.0.1:1", "null", lb_status::LB_ERR_INVALID_OPTIONS, "expected a JSON object"),
+        ("static:///127.0.0.1:1", r#"{"polcy":"rr"}"#, lb_status::LB_ERR_INVALID_OPTIONS, "unknown field `polcy`"),
+        ("static:///127.0.0.1:1", r#"{"policy":"random"}"#, lb_status::LB_ERR_INVALID_OPTIONS, "unknown variant"),
+        ("static:///127.0.0.1:1", r#"{"topology":["galaxy"]}"#, lb_status::LB_ERR_INVALID_OPTIONS, "galaxy"),
+        ("static:///not-an-address", "", lb_status::LB_ERR_INVALID_TARGET, "not-an-address"),
+        ("greeter", "", lb_status::LB_ERR_INVALID_TARGET, "no scheme"),
+        ("zookeeper://h/x", "", lb_status::LB_ERR_UNSUPPORTED_SCHEME, "zookeeper"),
+    ] {
+        let (s, msg) = Bal::new(target, options).err().expect(options);
+        assert_eq!(s, status, "{target} {options}: {msg}");
+        assert!(msg.contains(needle), "{target} {options}: {msg}");
+    }
+
+    let mut reg = ptr::null_mut();
+    let t = c"static:///127.0.0.1:1";
+    // SAFETY: valid C strings, writable out-pointer.
+    let s = unsafe { lb_registration_new(t.as_ptr(), c"{\"addr\":".as_ptr(), &mut reg) };
+    assert_eq!(s, lb_status::LB_ERR_INVALID_OPTIONS);
+    // SAFETY: as above.
+    let s = unsafe { lb_registration_new(t.as_ptr(), c"{\"addr\":\"127.0.0.1:1\"}".as_ptr(), &mut reg) };
+    assert_eq!(s, lb_status::LB_ERR_INVALID_TARGET, "static targets cannot register");
+    assert!(last_error().contains("cannot register"), "{}", last_error());
+    assert!(reg.is_null());
+}
+
+#[test]
+fn a_token_is_reported_once_and_unknown_tokens_are_refused() {
+    let backend = Backend::start(false);
+    let b = Bal::new(&static_target(&[&backend]), "").expect("valid");
+    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    let p = b.pick(None).expect("a pick");
+    assert_ne!(p.token, 0);
+    assert_eq!(addr(&p), backend.addr.to_string());
+    assert_eq!(p.port, backend.addr.port());
+    assert_eq!(b.endpoints()["endpoints"][0]["in_flight"], 1, "a pick counts as in flight");
+
+    assert_eq!(b.report(p.token, 3, 0), lb_status::LB_ERR_INVALID_ARGUMENT);
+    assert_eq!(b.report(p.token, -1, 0), lb_status::LB_ERR_INVALID_ARGUMENT);
+    assert_eq!(b.endpoints()["pending_reports"], 1, "a rejected report leaves the token pending");
+    assert_eq!(b.report(p.token, 0, 250_000), lb_status::LB_OK);
+    assert_eq!(b.report(p.token, 0, 250_000), lb_status::LB_ERR_TOKEN_SPENT);
+    assert!(last_error().contains("already reported"), "{}", last_error());
+    assert_eq!(b.report(0, 0, 0), lb_status::LB_ERR_UNKNOWN_TOKEN);
+    assert_eq!(b.report(p.token + 1_000, 0, 0), lb_status::LB_ERR_UNKNOWN_TOKEN, "not issued yet");
+    assert_eq!(b.report(p.token ^ (1 << 60), 0, 0), lb_status::LB_ERR_UNKNOWN_TOKEN, "another balancer's tag");
+
+    let ep = &b.endpoints()["endpoints"][0];
+    assert_eq!(ep["in_flight"], 0);
+    assert!(ep["rtt_us"].as_u64().expect("rtt") >= 240_000, "the reported latency was recorded: {ep}");
+}
+
+#[test]
+fn an_unreported_pick_expires_as_cancelled() {
+    let backend = Backend::start(false);
+    let b = Bal::new(&static_target(&[&backend]), r#"{"report_timeout_ms":50,"outlier":{"consecutive_failures":1}}"#)
+        .expect("valid");
+    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    let p = b.pick(None).expect("a pick");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.endpoints()["pending_reports"] != 0 {
+        assert!(Instant::now() < deadline, "the pick never expired: {}", b.endpoints());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ep = &b.endpoints()["endpoints"][0];
+    assert_eq!(ep["in_flight"], 0, "expiry released the in-flight count");
+    assert_eq!(ep["phase"], "ready", "an expired pick is not a failure (one failure would eject here)");
+    assert_eq!(b.report(p.token, 1, 0), lb_status::LB_ERR_TOKEN_SPENT);
+    assert!(last_error().contains("expired"), "{}", last_error());
+}
+
+#[test]
+fn no_endpoint_fails_fast_and_wait_ready_times_out() {
+    // Nothing listens on the port the dropped listener had: every probe is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let b = Bal::new(&format!("static:///127.0.0.1:{port}"), r#"{"failfast_ms":200}"#).expect("valid");
+    assert_eq!(b.ready(100), lb_status::LB_ERR_TIMEOUT);
+    assert!(last_error().contains("not ready"), "{}", last_error());
+    let start = Instant::now();
+    assert_eq!(b.pick(None).err(), Some(lb_status::LB_ERR_UNAVAILABLE));
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(190) && waited < Duration::from_secs(3), "waited {waited:?}");
+    assert!(last_error().contains("no endpoint"), "{}", last_error());
+    let ep = &b.endpoints()["endpoints"][0];
+    assert_eq!(ep["healthy"], false, "a refused endpoint is out of rotation: {ep}");
+}
+
+#[test]
+fn hash_keys_stick_to_one_endpoint() {
+    let backends = [Backend::start(false), Backend::start(false), Backend::start(false)];
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let b = Bal::new(&static_target(&refs), r#"{"policy":"hash"}"#).expect("valid");
+    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..30 {
+        let key = format!("user-{user}");
+        let first = b.pick(Some(key.as_bytes())).expect("pick");
+        assert_eq!(b.report(first.token, 0, -1), lb_status::LB_OK);
+        for _ in 0..5 {
+            let again = b.pick(Some(key.as_bytes())).expect("pick");
+            assert_eq!(addr(&again), addr(&first), "{key} moved");
+            assert_eq!(b.report(again.token, 2, -1), lb_status::LB_OK);
+        }
+        seen.insert(addr(&first));
+    }
+    assert_eq!(seen.len(), 3, "30 keys spread over the three endpoints");
+}
+
+#[test]
+fn locality_is_returned_and_preferred() {
+    let backends = [Backend::start(false), Backend::start(false)];
+    let target = format!("static:///{};zone=a;region=r;node=n1,{};zone=b;region=r", backends[0].addr, backends[1].addr);
+    let b = Bal::new(&target, r#"{"policy":"rr","locality":{"region":"r","zone":"b"}}"#).expect("valid");
+    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    for _ in 0..20 {
+        let p = b.pick(None).expect("pick");
+        assert_eq!(addr(&p), backends[1].addr.to_string(), "the caller's zone wins");
+        // SAFETY: NUL-terminated fields.
+        let (zone, region, node) = unsafe {
+            (CStr::from_ptr(p.zone.as_ptr()), CStr::from_ptr(p.region.as_ptr()), CStr::from_ptr(p.node.as_ptr()))
+        };
+        assert_eq!((zone.to_str(), region.to_str(), node.to_str()), (Ok("b"), Ok("r"), Ok("")));
+        assert_eq!(b.report(p.token, 0, -1), lb_status::LB_OK);
+    }
+}
+
+#[test]
+fn concurrent_picks_and_reports_from_many_threads() {
+    let backends = [Backend::start(false), Backend::start(false), Backend::start(false)];
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let b = Bal::new(&static_target(&refs), r#"{"policy":"p2c"}"#).expect("valid");
+    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    let tokens = std::sync::Mutex::new(std::collections::HashSet::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..2_000 {
+                    let p = b.pick(None).expect("pick");
+                    assert!(tokens.lock().expect("lock").insert(p.token), "tokens are unique");
+                    assert_eq!(b.report(p.token, 0, 100), lb_status::LB_OK);
+                }
+            });
+        }
+    });
+    let eps = b.endpoints();
+    assert_eq!(eps["pending_reports"], 0);
+    for ep in eps["endpoints"].as_array().expect("array") {
+        assert_eq!(ep["in_flight"], 0, "{ep}");
+    }
+}
+
+#[test]
+fn last_error_is_truncated_like_snprintf_and_per_thread() {
+    let _ = Bal::new("nope", "");
+    let mut small = [0x7f as c_char; 8];
+    // SAFETY: `small` is 8 writable bytes.
+    let n = unsafe { lb_last_error_message(small.as_mut_ptr(), small.len()) };
+    assert!(n > 8, "the full length is returned");
+    assert_eq!(small[7], 0, "always NUL-terminated");
+    // SAFETY: NULL/0 only asks for the length.
+    assert_eq!(unsafe { lb_last_error_message(ptr::null_mut(), 0) }, n);
+    let other = std::thread::spawn(|| {
+        // SAFETY: NULL/0 only asks for the length.
+        unsafe { lb_last_error_message(ptr::null_mut(), 0) }
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(other, 0, "another thread has no error yet");
+}
