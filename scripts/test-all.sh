@@ -15,6 +15,7 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
