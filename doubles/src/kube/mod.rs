@@ -1,0 +1,240 @@
+//! A double of the Kubernetes API server's EndpointSlice API: list and watch with real
+//! `discovery.k8s.io/v1` JSON. A test double, not the API server.
+//!
+//! No kube-apiserver can be installed where lb's tests run, so this double serves the resource lb
+//! reads over real HTTP/1.1 on a loopback port, with the list/watch protocol clients such as
+//! `kube-runtime`'s watcher and client-go's reflector rely on (Kubernetes API concepts: "Efficient
+//! detection of changes", "Watch bookmarks", "Retrieving large results sets in chunks"):
+//!
+//! | request | semantics kept |
+//! |---|---|
+//! | `GET /apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices` (and cluster-wide `…/v1/endpointslices`) | `labelSelector` (equality- and set-based), `limit` + `continue` (chunks; a token older than the compaction is `410 Expired`); the list's `metadata.resourceVersion` |
+//! | the same with `watch=1` (or `true`) | newline-delimited `ADDED` / `MODIFIED` / `DELETED` events; from `resourceVersion=N` the changes after `N`, or without one (or `0`) synthetic `ADDED`s for what exists; `BOOKMARK`s when `allowWatchBookmarks=true`; `sendInitialEvents=true` ends the initial events with the `k8s.io/initial-events-end` bookmark; `timeoutSeconds`; a version older than the compaction gets HTTP 200 and then an `ERROR` event carrying a `410 Expired` Status, as the API server's watch cache does |
+//! | `GET`, `PUT` (with optimistic concurrency on `resourceVersion`), `DELETE` `…/endpointslices/{name}`, `POST …/endpointslices` (`generateName` too) | so a test can drive the double with any Kubernetes client |
+//!
+//! Every write takes the next resourceVersion (one counter, like etcd's revision). Errors are
+//! `Status` objects.
+//!
+//! Deliberate differences, for fast tests: bookmarks go out every [`DoubleConfig::bookmark_interval`]
+//! (the API server: about once a minute) and only to watchers that have not seen the current
+//! version; there is no authentication, no other resource, no protobuf, and no HTTP/2.
+//!
+//! Test controls: [`KubeDouble::apply`] / [`KubeDouble::delete`] (what the EndpointSlice controller
+//! would write), [`KubeDouble::compact`] (etcd compaction), [`KubeDouble::expire_watches`] (a `410`
+//! to every open watch, as when watchers fall out of the watch cache's window),
+//! [`KubeDouble::close_watches`], [`KubeDouble::set_unavailable`] (every request answers 503), and
+//! request counters.
+
+mod selector;
+mod server;
+mod slice;
+mod store;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use self::slice::{endpoint, endpoint_slice, EndpointBuilder, SliceBuilder};
+use self::store::{error_line, Store};
+
+/// Options of a [`KubeDouble`].
+#[derive(Clone, Debug)]
+pub struct DoubleConfig {
+    /// The address to bind (default `127.0.0.1:0`).
+    pub addr: SocketAddr,
+    /// How often watchers that asked for bookmarks and are behind the current version get one
+    /// (default 200 ms); `None` sends them only on [`KubeDouble::send_bookmarks`].
+    pub bookmark_interval: Option<Duration>,
+}
+
+impl Default for DoubleConfig {
+    fn default() -> Self {
+        DoubleConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bookmark_interval: Some(Duration::from_millis(200)),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    store: Mutex<Store>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves a store that is still consistent enough for a test
+        // double to keep answering.
+        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running Kubernetes API server double. Stops when dropped.
+pub struct KubeDouble {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for KubeDouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeDouble").field("addr", &self.addr).finish()
+    }
+}
+
+impl KubeDouble {
+    /// Starts a double on `127.0.0.1` with an ephemeral port.
+    pub async fn start() -> io::Result<Self> {
+        Self::start_with(DoubleConfig::default()).await
+    }
+
+    /// Starts a double with options.
+    pub async fn start_with(config: DoubleConfig) -> io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(config.addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = vec![tokio::spawn(server::accept_loop(listener, Arc::clone(&shared), shutdown_rx))];
+        if let Some(every) = config.bookmark_interval {
+            let shared = Arc::clone(&shared);
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    shared.lock().bookmarks();
+                }
+            }));
+        }
+        Ok(KubeDouble {
+            shared,
+            addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:40123`, for `kube::Config::new`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig document whose current context points at the double (namespace `default`,
+    /// no credentials), for programs that read `KUBECONFIG`.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {url}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: double\n    namespace: default\ncurrent-context: double\nusers:\n- name: double\n  user: {{}}\n",
+            url = self.url()
+        )
+    }
+
+    /// Creates or replaces a slice (namespace `default` unless its metadata says otherwise), as the
+    /// EndpointSlice controller would; watchers get `ADDED` or `MODIFIED`. Returns the new
+    /// resourceVersion.
+    ///
+    /// # Panics
+    /// When the slice has no name (a test bug).
+    pub fn apply(&self, slice: EndpointSlice) -> u64 {
+        assert!(
+            slice.metadata.name.as_deref().is_some_and(|n| !n.is_empty()),
+            "an EndpointSlice given to the double needs metadata.name"
+        );
+        self.shared.lock().apply(slice)
+    }
+
+    /// Deletes a slice; watchers get `DELETED`. Returns whether it existed.
+    pub fn delete(&self, namespace: &str, name: &str) -> bool {
+        self.shared.lock().delete(namespace, name).is_some()
+    }
+
+    /// The current slice `namespace/name`, as stored (with its resourceVersion).
+    pub fn get(&self, namespace: &str, name: &str) -> Option<EndpointSlice> {
+        self.shared
+            .lock()
+            .objects
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|o| o.slice.clone())
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().rv
+    }
+
+    /// Compacts the history up to the current version: a watch or `continue` from an older version
+    /// is answered `410 Expired` from now on. Open watches are not disturbed.
+    pub fn compact(&self) {
+        self.shared.lock().compact();
+    }
+
+    /// Compacts, then sends every open watch an `ERROR` event with a `410 Expired` Status and ends
+    /// it, as the API server does to watchers that fell out of its watch cache's window. Clients
+    /// must relist.
+    pub fn expire_watches(&self) {
+        let mut store = self.shared.lock();
+        store.compact();
+        let message = format!("too old resource version: the watch cache now starts at {}", store.rv + 1);
+        for w in store.watchers.drain(..) {
+            let _ = w.tx.send(error_line(410, "Expired", &message));
+        }
+    }
+
+    /// Ends every open watch cleanly, as the API server does at a watch's timeout. Clients re-watch
+    /// from the last version they saw.
+    pub fn close_watches(&self) {
+        self.shared.lock().watchers.clear();
+    }
+
+    /// Sends a `BOOKMARK` with the current version to every bookmark-enabled watch that has not
+    /// seen it.
+    pub fn send_bookmarks(&self) {
+        self.shared.lock().bookmarks();
+    }
+
+    /// While set, every request answers `503 ServiceUnavailable` and open watches are ended, as
+    /// when the API server loses etcd.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        let mut store = self.shared.lock();
+        store.unavailable = unavailable;
+        if unavailable {
+            store.watchers.clear();
+        }
+    }
+
+    /// List requests served so far (a relist shows up here).
+    pub fn list_requests(&self) -> u64 {
+        self.shared.lock().list_requests
+    }
+
+    /// Watch requests served so far.
+    pub fn watch_requests(&self) -> u64 {
+        self.shared.lock().watch_requests
+    }
+
+    /// Watches currently open.
+    pub fn open_watches(&self) -> usize {
+        let mut store = self.shared.lock();
+        store.watchers.retain(|w| !w.tx.is_closed());
+        store.watchers.len()
+    }
+}
+
+impl Drop for KubeDouble {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Kubernetes discovery end to end: the API server double → `KubernetesResolver` (kube-runtime's
+//! watcher) → `lb_core::Pool` with real TCP connections to loopback backends.
+
+#![cfg(feature = "kubernetes")]
+
+mod kubernetes_support;
+
+use std::time::Duration;
+
+use kubernetes_support::*;
+use lb_core::policy::RoundRobin;
+use lb_core::PickContext;
+use lb_doubles::kube::{endpoint, endpoint_slice, KubeDouble};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_appear_and_disappear_with_slice_changes() {
+    let double = KubeDouble::start().await.expect("double");
+    let b = Backends::start(3).await;
+    let slice = |eps: &[usize]| {
+        eps.iter()
+            .fold(endpoint_slice("greeter-abc", "greeter").port(Some("grpc"), b.port), |s, &i| s.endpoint(endpoint(b.ip(i))))
+    };
+    double.apply(slice(&[0, 1]).build());
+    let connector = CountingConnector::default();
+    let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
+    wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
+
+    double.apply(slice(&[0, 1, 2]).build());
+    wait_healthy(&pool, &[b.addr(0), b.addr(1), b.addr(2)]).await;
+
+    // Backend 1 fails its readiness probe: it leaves the set without any request failing.
+    double.apply(slice(&[0, 2]).endpoint(endpoint(b.ip(1)).not_ready()).build());
+    wait_healthy(&pool, &[b.addr(0), b.addr(2)]).await;
+    let n = picks(&pool, 100);
+    assert_eq!((n.get(&b.addr(0)), n.get(&b.addr(2)), n.get(&b.addr(1))), (Some(&50), Some(&50), None), "{n:?}");
+
+    // The service's last slice is deleted: no endpoints (a real, empty state, not an error).
+    assert!(double.delete("default", "greeter-abc"));
+    wait_healthy(&pool, &[]).await;
+    assert!(pool.pick(&PickContext::default()).is_none());
+    assert_eq!(double.list_requests(), 1, "watch events only, no relist");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_slices_of_a_service_are_merged() {
+    let double = KubeDouble::start().await.expect("double");
+    let b = Backends::start(5).await;
+    double.apply(
+        endpoint_slice("greeter-a", "greeter")
+            .port(Some("grpc"), b.port)
+            .port(Some("metrics"), 9090)
+            .endpoint(endpoint(b.ip(0)))
+            .endpoint(endpoint(b.ip(1)))
+            .build(),
+    );
+    double.apply(endpoint_slice("greeter-b", "greeter").port(Some("grpc"), b.port).endpoint(endpoint(b.ip(2))).build());
+    // A slice without the `grpc` port contributes nothing to this service port.
+    double.apply(endpoint_slice("greeter-c", "greeter").port(Some("metrics"), b.port).endpoint(endpoint(b.ip(3))).build());
+    // Another service's slice, and the same service name in another namespace: not selected.
+    double.apply(endpoint_slice("other-a", "other").port(Some("grpc"), b.port).endpoint(endpoint(b.ip(4))).build());
+    double.apply(
+        endpoint_slice("greeter-x", "greeter")
+            .namespace("staging")
+            .port(Some("grpc"), b.port)
+            .endpoint(endpoint(b.ip(4)))
+            .build(),
+    );
+
+    let connector = CountingConnector::default();
+    let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
+    wait_healthy(&pool, &[b.addr(0), b.addr(1), b.addr(2)]).await;
+    let n = picks(&pool, 300);
+    assert_eq!(n.values().copied().collect::<Vec<_>>(), vec![100, 100, 100], "{n:?}");
+
+    // Removing one slice removes only its endpoints.
+    double.delete("default", "greeter-a");
+    wait_healthy(&pool, &[b.addr(2)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminating_endpoints_serve_only_when_no_ready_one_is_left() {
+    let double = KubeDouble::start().await.expect("double");
+    let b = Backends::start(4).await;
+    let base = || endpoint_slice("greeter-abc", "greeter").port(Some("grpc"), b.port);
+    let gone = || endpoint(b.ip(3)).ready(Some(false)).serving(Some(false)).terminating(Some(true));
+    double.apply(
+        base()
+            .endpoint(endpoint(b.ip(0)))
+            .endpoint(endpoint(b.ip(1)).terminating_but_serving())
+            .endpoint(gone())
+            .build(),
+    );
+    let connector = CountingConnector::default();
+    let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
+    wait_healthy(&pool, &[b.addr(0)]).await;
+    assert_eq!(picks(&pool, 50).get(&b.addr(0)), Some(&50));
+
+    // The last ready pod starts terminating too: the serving-but-terminating ones take the traffic
+    // (Kubernetes' fallback) instead of failing every request. Not-serving ones never do.
+    double.apply(
+        base()
+            .endpoint(endpoint(b.ip(0)).terminating_but_serving())
+            .endpoint(endpoint(b.ip(1)).terminating_but_serving())
+            .endpoint(gone())
+            .build(),
+    );
+    wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
+    let n = picks(&pool, 100);
+    assert_eq!((n.get(&b.addr(0)), n.get(&b.addr(1)), n.get(&b.addr(3))), (Some(&50), Some(&50), None), "{n:?}");
+
+    // A replacement becomes ready: it alone gets new requests.
+    double.apply(
+        base()
+            .endpoint(endpoint(b.ip(0)).terminating_but_serving())
+            .endpoint(endpoint(b.ip(1)).terminating_but_serving())
+            .endpoint(endpoint(b.ip(2)))
+            .build(),
+    );
+    wait_healthy(&pool, &[b.addr(2)]).await;
+    assert_eq!(picks(&pool, 50).get(&b.addr(2)), Some(&50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relist_after_410_keeps_healthy_endpoints_and_their_connections() {
+    let double = KubeDouble::start().await.expect("double");
+    let b = Backends::start(4).await;
+    let slice = |eps: &[usize]| {
+        eps.iter()
+            .fold(endpoint_slice("greeter-abc", "greeter").port(Some("grpc"), b.port), |s, &i| s.endpoint(endpoint(b.ip(i))))
+            .build()
+    };
+    double.apply(slice(&[0, 1, 2]));
+    let connector = CountingConnector::default();
+    let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
+    wait_healthy(&pool, &[b.addr(0), b.addr(1), b.addr(2)]).await;
+    assert_eq!(double.list_requests(), 1);
+    let watches = double.watch_requests();
+
+    // The watch falls out of the API server's window: a 410 ERROR event mid-stream.
+    double.expire_watches();
+    wait_until("a relist and a new watch", || double.list_requests() == 2 && double.watch_requests() > watches).await;
+    // A change after the relist arrives through the new watch, so once it shows, the relist's
+    // Reset has been applied before it.
+    double.apply(slice(&[0, 1, 2, 3]));
+    wait_healthy(&pool, &[b.addr(0), b.addr(1), b.addr(2), b.addr(3)]).await;
+    for i in 0..4 {
+        assert_eq!(connector.connects(b.addr(i)), 1, "backend {i} was reconnected by the relist");
+        assert_eq!(b.accepts(i), 1, "backend {i} accepted a second connection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_outage_keeps_the_last_known_set_and_the_relist_applies_what_changed() {
+    let double = KubeDouble::start().await.expect("double");
+    let b = Backends::start(4).await;
+    let slice = |eps: &[usize]| {
+        eps.iter()
+            .fold(endpoint_slice("greeter-abc", "greeter").port(Some("grpc"), b.port), |s, &i| s.endpoint(endpoint(b.ip(i))))
+            .build()
+    };
+    double.apply(slice(&[0, 1, 2]));
+    let connector = CountingConnector::default();
+    let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
+    wait_healthy(&pool, &[b.addr(0), b.addr(1), b.addr(2)]).await;
+
+    // The API server loses etcd: the watch ends and every retry gets a 503.
+    double.set_unavailable(true);
+    let watches = double.watch_requests();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(double.watch_requests(), watches, "503s are not counted as served watches");
+    assert_eq!(healthy(&pool), vec![b.addr(0), b.addr(1), b.addr(2)], "the last known set stands");
+    assert_eq!(picks(&pool, 30).len(), 3);
+
+    // Meanwhile backend 1 goes away and 3 arrives, and the history is compacted past them.
+    double.apply(slice(&[0, 2, 3]));
+    double.compact();
+    double.set_unavailable(false);
+    // The watcher resumes from its old version, gets 410 (as an ERROR event), relists, and one
+    // diffed reset removes 1 and adds 3.
+    wait_healthy(&pool, &[b.addr(0), b.addr(2), b.addr(3)]).await;
+    assert_eq!(double.list_requests(), 2, "exactly one relist");
+    for i in [0, 2, 3] {
+        assert_eq!(connector.connects(b.addr(i)), 1, "backend {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_spare_a_relist_when_the_history_is_compacted() {
+    let double = KubeDouble::start().await.expect("double");
+    let b = Backends::start(2).await;
+    double.apply(endpoint_slice("greeter-abc", "greeter").port(Some("grpc"), b.port).endpoint(endpoint(b.ip(0))).build());
+    let connector = CountingConnector::default();
+    let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
+    wait_healthy(&pool, &[b.addr(0)]).await;
+
+    // Other services churn; our watcher sees none of it but gets bookmarks with the new version.
+    for i in 0..20 {
+        double.apply(endpoint_slice(&format!("other-{i}"), "other").port(Some("grpc"), 1).endpoint(endpoint("10.9.9.9")).build());
+    }
+    double.send_bookmarks();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    double.compact();
+    double.close_watches();
+    let watches = double.watch_requests();
+    wait_until("a re-watch", || double.watch_requests() > watches).await;
+    double.apply(
+        endpoint_slice("greeter-abc", "greeter")
+            .port(Some("grpc"), b.port)
+            .endpoint(endpoint(b.ip(0)))
+            .endpoint(endpoint(b.ip(1)))
+            .build(),
+    );
+    wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
+    assert_eq!(double.list_requests(), 1, "the bookmark's version was still in the history window");
+}

@@ -1,0 +1,187 @@
+//! Fixtures for the Kubernetes tests: the API server double, real TCP backends on loopback
+//! addresses that share one port (an EndpointSlice gives one port to all its endpoints), a
+//! connector that counts connects, and a pool wired to the resolver under test.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lb_core::policy::{PickContext, Policy};
+use lb_core::pool::Connected;
+use lb_core::{Connect, Endpoint, Pool, PoolConfig};
+use lb_doubles::kube::KubeDouble;
+use lb_registry::kubernetes::{KubernetesResolver, KubernetesResolverBuilder};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const SERVICE: &str = "greeter.default:grpc";
+
+/// Real listeners on `127.0.0.{1..=n}` sharing one port; each keeps its accepted connections open
+/// and counts them.
+pub struct Backends {
+    pub port: u16,
+    pub ips: Vec<String>,
+    accepts: Arc<Mutex<BTreeMap<IpAddr, u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Backends {
+    pub async fn start(n: u8) -> Backends {
+        for _attempt in 0..20 {
+            let first = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+            let port = first.local_addr().expect("local addr").port();
+            let mut listeners = vec![first];
+            for i in 2..=n {
+                match TcpListener::bind(SocketAddr::from(([127, 0, 0, i], port))).await {
+                    Ok(l) => listeners.push(l),
+                    Err(_) => break,
+                }
+            }
+            if listeners.len() != usize::from(n) {
+                continue; // the port was taken on another loopback address: try another
+            }
+            let accepts = Arc::new(Mutex::new(BTreeMap::new()));
+            let tasks = listeners
+                .into_iter()
+                .map(|l| {
+                    let accepts = Arc::clone(&accepts);
+                    tokio::spawn(async move {
+                        let mut open = Vec::new();
+                        while let Ok((s, _)) = l.accept().await {
+                            let ip = l.local_addr().expect("local addr").ip();
+                            *accepts.lock().expect("accepts lock").entry(ip).or_insert(0) += 1;
+                            open.push(s);
+                        }
+                    })
+                })
+                .collect();
+            let ips = (1..=n).map(|i| format!("127.0.0.{i}")).collect();
+            return Backends { port, ips, accepts, tasks };
+        }
+        panic!("no port free on 127.0.0.1..{n}");
+    }
+
+    pub fn ip(&self, i: usize) -> &str {
+        &self.ips[i]
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.ips[i].parse().expect("loopback ip"), self.port)
+    }
+
+    /// Connections accepted by backend `i` so far.
+    pub fn accepts(&self, i: usize) -> u64 {
+        let ip: IpAddr = self.ips[i].parse().expect("loopback ip");
+        self.accepts.lock().expect("accepts lock").get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Opens real TCP connections and counts them per address.
+#[derive(Clone, Default)]
+pub struct CountingConnector {
+    connects: Arc<Mutex<BTreeMap<SocketAddr, u64>>>,
+    total: Arc<AtomicU64>,
+}
+
+impl CountingConnector {
+    pub fn connects(&self, addr: SocketAddr) -> u64 {
+        self.connects.lock().expect("connects lock").get(&addr).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::SeqCst)
+    }
+}
+
+impl Connect for CountingConnector {
+    type Connection = Arc<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Connected<Arc<TcpStream>>, std::io::Error>> + Send>>;
+
+    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
+        let addr = endpoint.addr();
+        let this = self.clone();
+        Box::pin(async move {
+            let s = TcpStream::connect(addr).await?;
+            *this.connects.lock().expect("connects lock").entry(addr).or_insert(0) += 1;
+            this.total.fetch_add(1, Ordering::SeqCst);
+            Ok(Connected::without_close_signal(Arc::new(s)))
+        })
+    }
+}
+
+/// A client of the double, the way a test (or anyone with a kubeconfig) would build one.
+pub fn client(double: &KubeDouble) -> kube::Client {
+    let url = double.url().parse().expect("the double's URL is a valid URI");
+    kube::Client::try_from(kube::Config::new(url)).expect("a client for the double")
+}
+
+/// A resolver builder on the double with a short watch backoff and no environment.
+pub fn resolver(double: &KubeDouble) -> KubernetesResolverBuilder {
+    KubernetesResolver::builder()
+        .client(client(double))
+        .ignore_env()
+        .watch_backoff(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+pub fn pool(resolver: &KubernetesResolver, service: &str, connector: &CountingConnector, policy: impl Policy) -> Pool<Arc<TcpStream>> {
+    let discover = resolver.watch(service).expect("valid service");
+    Pool::spawn(discover, connector.clone(), policy, PoolConfig::new(format!("kubernetes:///{service}")))
+}
+
+/// The addresses of the endpoints the pool can send to now, sorted.
+pub fn healthy(pool: &Pool<Arc<TcpStream>>) -> Vec<SocketAddr> {
+    let snap = pool.snapshot();
+    let mut v: Vec<SocketAddr> = snap.entries().iter().filter(|e| e.healthy).map(|e| e.endpoint.addr()).collect();
+    v.sort();
+    v
+}
+
+/// Waits (at most 10 s) until the pool's healthy set is exactly `want`.
+pub async fn wait_healthy(pool: &Pool<Arc<TcpStream>>, want: &[SocketAddr]) {
+    let mut want = want.to_vec();
+    want.sort();
+    let mut rx = pool.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if healthy(pool) == want {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            panic!("pool never reached {want:?}; it has {:?}", healthy(pool));
+        }
+    }
+}
+
+/// Waits (at most 10 s) for a condition polled every 10 ms.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Picks `n` times and counts picks per address.
+pub fn picks(pool: &Pool<Arc<TcpStream>>, n: usize) -> BTreeMap<SocketAddr, usize> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        if let Some(p) = pool.pick(&PickContext::default()) {
+            *out.entry(p.endpoint.addr()).or_insert(0) += 1;
+        }
+    }
+    out
+}
