@@ -92,7 +92,8 @@ impl Iptables {
                 }
                 rest -= u64::from(d.weight);
                 let _ = writeln!(nat, "-A {sep} -s {}/32 -j MARK --set-xmark {MARK}", d.addr.ip());
-                let _ = writeln!(nat, "-A {sep} -p {p} -m {p} -j DNAT --to-destination {}", d.addr);
+                // The comment lets a restarted agent learn which flows it may have to clean up.
+                let _ = writeln!(nat, "-A {sep} -p {p} -m comment --comment \"{key}\" -m {p} -j DNAT --to-destination {}", d.addr);
                 nat_chains.insert(sep);
             }
             nat_chains.insert(svc);
@@ -144,15 +145,29 @@ fn state_hash(rendered: &str) -> Option<u64> {
     u64::from_str_radix(rendered.get(i..i + 16)?, 16).ok()
 }
 
+/// `-A LBA-SEP-… -p udp -m comment --comment "VIP:PORT/udp" -m udp -j DNAT --to-destination EP`.
+fn parse_dnat(line: &str) -> Option<(ServiceKey, SocketAddrV4)> {
+    if !line.starts_with("-A LBA-SEP-") {
+        return None;
+    }
+    let comment = line.split("--comment \"").nth(1)?.split('"').next()?;
+    let (vip, proto) = comment.split_once('/')?;
+    let protocol = match proto {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        _ => return None,
+    };
+    let dest = line.split("--to-destination ").nth(1)?.split_whitespace().next()?.parse().ok()?;
+    Some((ServiceKey { protocol, vip: vip.parse().ok()? }, dest))
+}
+
 impl Backend for Iptables {
     fn name(&self) -> &'static str {
         "iptables"
     }
 
     fn load(&mut self) -> Result<(), Error> {
-        self.chains.clear();
-        self.hooks.clear();
-        self.state = None;
+        *self = Iptables::new();
         for table in ["nat", "filter"] {
             let saved = exec::run("iptables-save", &["-t", table], None)?;
             let mut ours = BTreeSet::new();
@@ -161,6 +176,9 @@ impl Backend for Iptables {
                     ours.insert(format!("LBA-{}", c.split_whitespace().next().unwrap_or_default()));
                 } else if line.starts_with(&format!("-A {SERVICES} ")) && line.contains(STATE) {
                     self.state = state_hash(line);
+                }
+                if let Some((key, dest)) = parse_dnat(line) {
+                    self.committed.entry(key).or_default().push(dest);
                 }
                 for (i, (t, builtin, c)) in HOOKS.iter().enumerate() {
                     if *t == table && line.trim_end() == format!("-A {builtin} -j {c}") {

@@ -96,6 +96,8 @@ pub async fn run(
     let mut desired = Desired::new();
     let mut dirty = false;
     let mut backoff = Duration::from_millis(500);
+    // `--once` retries a failed sync once, after re-reading the kernel (someone may have raced it).
+    let mut retried = false;
     let started = Instant::now();
     let mut next_sync: Option<Instant> = None;
     let mut next_wait_log = started + Duration::from_secs(10);
@@ -168,9 +170,10 @@ pub async fn run(
                     Err(e) => {
                         health.record(false);
                         metrics::counter!(crate::metrics::ERRORS, "kind" => "sync").increment(1);
-                        if once {
+                        if once && retried {
                             return Err(e);
                         }
+                        retried = true;
                         tracing::error!(error = %e, retry_in = ?backoff, "sync failed; re-reading the agent's own objects");
                         if let Err(e) = tokio::task::block_in_place(|| backend.load()) {
                             tracing::error!(error = %e, "cannot read the agent's objects");

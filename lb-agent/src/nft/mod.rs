@@ -238,6 +238,7 @@ impl Nft {
     }
 
     fn apply(&self, transaction: &str) -> Result<(), Error> {
+        tracing::info!(table = %self.table, bytes = transaction.len(), "applying transaction");
         exec::run("nft", &["-f", "-"], Some(transaction)).map(|_| ())
     }
 }

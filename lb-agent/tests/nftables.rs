@@ -1,0 +1,199 @@
+//! The nftables backend against the real kernel, inside network namespaces the tests create.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use support::traffic::{self, config, TCP_VIP};
+use support::*;
+
+const BYSTANDER: &str = "table inet bystander {
+	chain out {
+		type filter hook output priority 0; policy accept;
+		ip daddr 192.0.2.1 drop
+	}
+}
+";
+
+fn add_bystander(lab: &Lab) -> String {
+    let f = std::env::temp_dir().join(format!("{}-bystander.nft", lab.client.name));
+    std::fs::write(&f, BYSTANDER).expect("write bystander");
+    lab.client.exec(&["nft", "-f", f.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(f);
+    lab.client.exec(&["nft", "list", "table", "inet", "bystander"])
+}
+
+#[test]
+fn tcp_and_udp_reach_every_backend_and_the_rest_is_untouched() {
+    skip_unless_capable!();
+    let lab = lab_with_servers(3);
+    let bystander = add_bystander(&lab);
+    lab.write_config(&config("nftables", &[0, 1, 2], &[0, 1, 2]));
+
+    let dry = lab.agent_ok(&["--dry-run"]);
+    assert!(dry.contains("table ip lb_agent {") && dry.contains("add element ip lb_agent be_tcp"), "{dry}");
+    assert!(!lab.client.try_exec(&["nft", "list", "table", "ip", "lb_agent"]).status.success(), "dry run applied nothing");
+
+    lab.agent_ok(&["--once"]);
+    traffic::reaches_every_backend_and_rejects_empty(&lab, 3);
+
+    // A restart with unchanged state writes nothing: no netlink event at all, empty dry run.
+    let mut monitor = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.client.name, "nft", "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft monitor");
+    std::thread::sleep(Duration::from_millis(300));
+    lab.agent_ok(&["--once"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = monitor.kill();
+    let events = monitor.wait_with_output().expect("monitor output").stdout;
+    assert!(events.is_empty(), "restart wrote to the kernel: {}", String::from_utf8_lossy(&events));
+    assert_eq!(lab.agent_ok(&["--dry-run"]), "", "nothing left to do");
+
+    assert_eq!(lab.client.exec(&["nft", "list", "table", "inet", "bystander"]), bystander);
+
+    lab.agent_ok(&["cleanup"]);
+    let ruleset = lab.client.exec(&["nft", "list", "ruleset"]);
+    assert_eq!(ruleset.trim(), bystander.trim(), "cleanup leaves only the bystander");
+    lab.agent_ok(&["cleanup"]); // idempotent
+}
+
+#[test]
+fn removing_a_backend_keeps_established_connections() {
+    skip_unless_capable!();
+    let lab = lab_with_servers(3);
+    traffic::removal_keeps_established_and_moves_new_flows(&lab, "nftables");
+}
+
+#[test]
+fn weights_become_shares_of_new_flows() {
+    skip_unless_capable!();
+    let lab = lab_with_servers(2);
+    lab.write_config(&format!(
+        "[[service]]\nvip = \"{TCP_VIP}\"\ntarget = \"static:///{};weight=100,{};weight=300\"\n",
+        backend(0, 8080),
+        backend(1, 8080)
+    ));
+    lab.agent_ok(&["--once"]);
+    let spread = lab.tcp_spread(vip(TCP_VIP), 200);
+    let heavy = spread.get("b1").copied().unwrap_or(0);
+    // Expected 150 of 200 (p = 0.75, sd ≈ 6.1): 115..=185 is beyond 5 sd either way.
+    assert!((115..=185).contains(&heavy), "weight 300 vs 100 gave {spread:?}");
+}
+
+/// Lines of `n` extra services, so that a sync takes long enough to be interrupted.
+fn big_config(n: usize) -> String {
+    let mut s = config("nftables", &[0, 1, 2], &[0, 1, 2]);
+    for i in 0..n {
+        s.push_str(&format!(
+            "[[service]]\nvip = \"10.97.{}.{}:80\"\ntarget = \"{}\"\n",
+            i / 250,
+            i % 250 + 1,
+            target(&[backend(0, 8080), backend(1, 8080), backend(2, 8080)])
+        ));
+    }
+    s
+}
+
+fn service_count(lab: &Lab) -> usize {
+    let json = lab.client.exec(&["nft", "-j", "list", "map", "ip", "lb_agent", "svc_tcp"]);
+    json.matches("\"goto\"").count()
+}
+
+#[test]
+fn sigkill_mid_sync_then_restart_converges_without_resetting_connections() {
+    skip_unless_capable!();
+    let lab = lab_with_servers(3);
+    lab.write_config(&config("nftables", &[0, 1, 2], &[0, 1, 2]));
+    lab.agent_ok(&["--once"]);
+    let before = service_count(&lab);
+    let mut conn = lab.connect(support::vip(TCP_VIP)).expect("connect");
+    let who_before = who(&mut conn).expect("ask");
+
+    const EXTRA: usize = 4000;
+    lab.write_config(&big_config(EXTRA));
+    let mut agent = lab.spawn_agent(&[]);
+    let stderr = agent.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let t0 = Instant::now();
+    loop {
+        let line = lines.next().expect("agent log ended before applying").expect("read log");
+        if line.contains("applying transaction") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "agent never started a sync");
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::SIGKILL)
+        .expect("SIGKILL the agent");
+    let _ = agent.wait();
+    // The agent's `nft` child may outlive it; let it finish (it commits all or nothing either way).
+    let t0 = Instant::now();
+    let pids = || {
+        let out = std::process::Command::new("ip").args(["netns", "pids", &lab.client.name]).output().expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    while !pids().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "orphaned nft never finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // All or nothing: the table is the old one or the new one, never a mix.
+    let after_kill = service_count(&lab);
+    assert!(after_kill == before || after_kill == before + EXTRA, "half-applied table: {after_kill} services");
+    assert_eq!(who(&mut conn).expect("connection survives the crash"), who_before);
+
+    lab.agent_ok(&["--once"]);
+    assert_eq!(service_count(&lab), before + EXTRA, "restart converges");
+    assert_eq!(lab.agent_ok(&["--dry-run"]), "", "converged: nothing left to write");
+    assert_eq!(who(&mut conn).expect("connection survives the restart"), who_before);
+    assert_eq!(lab.tcp_spread(vip("10.97.3.7:80"), 30).len(), 3, "a new service balances");
+}
+
+#[test]
+fn a_hand_edited_table_is_rebuilt_not_trusted() {
+    skip_unless_capable!();
+    let lab = lab_with_servers(2);
+    lab.write_config(&config("nftables", &[0, 1], &[0, 1]));
+    lab.agent_ok(&["--once"]);
+    lab.client.exec(&["nft", "delete", "element", "ip", "lb_agent", "be_tcp", "{ 10.96.0.10 . 80 . 1 }"]);
+    lab.agent_ok(&["--once"]);
+    assert_eq!(lab.tcp_spread(vip(TCP_VIP), 40).len(), 2, "the missing slot is back");
+    assert_eq!(lab.agent_ok(&["--dry-run"]), "");
+}
+
+#[test]
+fn serves_healthz_and_metrics() {
+    skip_unless_capable!();
+    let lab = lab_with_servers(1);
+    let mut cfg = config("nftables", &[0], &[0]);
+    cfg.insert_str(0, "metrics_addr = \"127.0.0.1:9464\"\n");
+    lab.write_config(&cfg);
+    let mut agent = lab.spawn_agent(&[]);
+    let get = |path: &'static str| {
+        lab.client.run(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9464").ok()?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).ok()?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).ok()?;
+            Some(body)
+        })
+    };
+    let t0 = Instant::now();
+    let health = loop {
+        match get("/healthz") {
+            Some(b) if b.starts_with("HTTP/1.1 200") => break b,
+            _ if t0.elapsed() > Duration::from_secs(20) => panic!("agent never became healthy"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(health.ends_with("ok\n"));
+    let metrics = get("/metrics").expect("metrics");
+    for name in ["lb_agent_sync_duration_seconds_bucket", "lb_agent_objects_programmed{backend=\"nftables\"} 7", "lb_agent_syncs_total"] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
