@@ -79,7 +79,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         Ok(b) => b.to_bytes(),
         Err(_) => return Err(Dropped),
     };
-    let segments: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
+    // Consul (Go's net/http) matches on the decoded path: `service%3Ax` names check `service:x`.
+    let decoded: Vec<String> = path.trim_start_matches('/').splitn(5, '/').map(|seg| decode(seg, false)).collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match (method, segments.as_slice()) {
         (Method::GET, ["v1", "health", "service", name]) => health(&shared, name, &query, generation).await,
         (Method::PUT, ["v1", "agent", "service", "register"]) => Ok(agent(&shared, |s| register(s, &query, &body))),
@@ -332,12 +334,13 @@ fn parse_query(q: &str) -> Query {
     let mut out: Query = BTreeMap::new();
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.entry(decode(k)).or_default().push(decode(v));
+        out.entry(decode(k, true)).or_default().push(decode(v, true));
     }
     out
 }
 
-fn decode(s: &str) -> String {
+/// Percent-decoding; `+` is a space only in query strings.
+fn decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -355,7 +358,7 @@ fn decode(s: &str) -> String {
                     }
                 }
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }

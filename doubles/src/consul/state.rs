@@ -263,7 +263,7 @@ pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
 /// Consul's rule for service meta keys (`agent/structs.ValidateServiceMetadata`).
 pub(crate) fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), String> {
     if meta.len() > 64 {
-        return Err(format!("Node metadata cannot contain more than 64 key/value pairs"));
+        return Err("Node metadata cannot contain more than 64 key/value pairs".to_string());
     }
     for (k, v) in meta {
         if k.is_empty() || k.len() > 128 || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {

@@ -1,0 +1,334 @@
+//! Consul registration and discovery against the in-repo Consul double (`lb-doubles`), which serves
+//! Consul's HTTP API on 127.0.0.1 with its blocking-query and TTL-check semantics. It is a double:
+//! no Consul server can be installed where these tests run.
+//!
+//! Clients here are real `lb_core::Pool`s over the Consul resolver, with a connector that "connects"
+//! by handing out the address, so what is asserted is what a caller's picker would choose.
+#![cfg(feature = "consul")]
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lb_core::policy::RoundRobin;
+use lb_core::pool::Connected;
+use lb_core::{Connect, Endpoint, Locality, PickContext, Pool, PoolConfig};
+use lb_doubles::consul::{CheckStatus, ConsulDouble, DoubleConfig, Fault};
+use lb_registry::consul::{ConsulRegistrar, ConsulResolver};
+use lb_registry::{Registrar as _, Registration, Resolver as _, Target};
+
+const TTL: Duration = Duration::from_millis(300);
+const DEREGISTER_AFTER: Duration = Duration::from_secs(2);
+/// Generous: the machines running these tests are shared and slow.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A connector whose "connection" is the endpoint's address: picks are observable without servers.
+struct AddrConnector;
+
+impl Connect for AddrConnector {
+    type Connection = SocketAddr;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Connected<SocketAddr>, Infallible>>;
+
+    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
+        std::future::ready(Ok(Connected::without_close_signal(endpoint.addr())))
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn registrar(double: &ConsulDouble) -> ConsulRegistrar {
+    ConsulRegistrar::builder()
+        .address(double.authority())
+        .ttl(TTL)
+        .deregister_critical_after(DEREGISTER_AFTER)
+        .build()
+        .expect("valid registrar options")
+}
+
+fn resolver(double: &ConsulDouble) -> ConsulResolver {
+    ConsulResolver::builder()
+        .address(double.authority())
+        .wait(Duration::from_secs(3))
+        .min_interval(Duration::from_millis(20))
+        .max_backoff(Duration::from_millis(300))
+        .build()
+        .expect("valid resolver options")
+}
+
+fn client(double: &ConsulDouble, service: &str) -> Pool<SocketAddr> {
+    Pool::spawn(resolver(double).resolve(service), AddrConnector, RoundRobin::new(), PoolConfig::new(service))
+}
+
+/// The ports a picker chooses over enough picks to see every healthy endpoint (round robin).
+fn picked(pool: &Pool<SocketAddr>) -> BTreeSet<u16> {
+    (0..64).filter_map(|_| pool.pick(&PickContext::default())).map(|p| p.connection.port()).collect()
+}
+
+fn ports(list: &[u16]) -> BTreeSet<u16> {
+    list.iter().copied().collect()
+}
+
+async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn picks_exactly(pool: &Pool<SocketAddr>, want: &[u16]) {
+    let want = ports(want);
+    eventually(&format!("the picker chooses exactly {want:?}"), || {
+        let ok = picked(pool) == want;
+        async move { ok }
+    })
+    .await;
+}
+
+async fn register(r: &ConsulRegistrar, service: &str, port: u16) -> Registration {
+    r.register(service, Endpoint::new(addr(port))).await.expect("register with the consul double")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_the_check_passing() {
+    let double = ConsulDouble::start().await.expect("start the consul double");
+    let reg = register(&registrar(&double), "hb", 7001).await;
+    // Ten TTLs: without passes the check would have turned critical nine times over.
+    tokio::time::sleep(TTL * 10).await;
+    let svc = double.services().into_iter().next().expect("still registered");
+    assert_eq!(svc.status, CheckStatus::Passing);
+    assert!(svc.passes >= 15, "passed every ttl/3: {} passes", svc.passes);
+    assert_eq!(double.registrations(), 1, "passes found their check: no re-registration");
+    let pool = client(&double, "hb");
+    picks_exactly(&pool, &[7001]).await;
+
+    reg.deregister().await;
+    assert!(double.services().is_empty(), "graceful stop deregisters at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_heartbeats_turn_critical_and_clients_stop_picking_the_instance() {
+    let double = ConsulDouble::start().await.expect("start the consul double");
+    let r = registrar(&double);
+    let _alive = register(&r, "crash", 7101).await;
+
+    // The instance that will crash runs in its own runtime: shutting that runtime down kills its
+    // heartbeat task without the graceful deregistration, like a process killed with SIGKILL.
+    let authority = double.authority();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (crash, crash_rx) = tokio::sync::oneshot::channel::<()>();
+    let crashing = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let r = ConsulRegistrar::builder()
+                .address(authority)
+                .ttl(TTL)
+                .deregister_critical_after(DEREGISTER_AFTER)
+                .build()
+                .expect("options");
+            let reg = r.register("crash", Endpoint::new(addr(7102))).await.expect("register");
+            tx.send(()).expect("signal");
+            std::mem::forget(reg);
+            let _ = crash_rx.await;
+        });
+        rt.shutdown_background();
+    });
+    rx.recv().expect("the crashing instance registered");
+    let pool = client(&double, "crash");
+    picks_exactly(&pool, &[7101, 7102]).await;
+
+    crash.send(()).expect("the crashing instance is waiting");
+    crashing.join().expect("crashing thread");
+    let crashed_at = tokio::time::Instant::now();
+    picks_exactly(&pool, &[7101]).await;
+    let gone_after = crashed_at.elapsed();
+    let status = |id: &str| double.services().into_iter().find(|s| s.id.ends_with(id)).map(|s| s.status);
+    assert_eq!(status("7102"), Some(CheckStatus::Critical), "critical, not yet reaped");
+    assert!(gone_after < TTL * 3 + Duration::from_secs(2), "out of the picker {gone_after:?} after its last heartbeat");
+
+    eventually("the double reaps the instance after DeregisterCriticalServiceAfter", || {
+        let reaped = status("7102").is_none();
+        async move { reaped }
+    })
+    .await;
+    assert_eq!(status("7101"), Some(CheckStatus::Passing));
+    assert_eq!(picked(&pool), ports(&[7101]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_with_a_reset_index_gets_everything_back() {
+    for unknown_check_status in [404, 500] {
+        let double = ConsulDouble::start().await.expect("start the consul double");
+        double.set_unknown_check_status(unknown_check_status);
+        let r = registrar(&double);
+        let _a = register(&r, "restart", 7201).await;
+        let _b = register(&r, "restart", 7202).await;
+        let pool = client(&double, "restart");
+        picks_exactly(&pool, &[7201, 7202]).await;
+        // Push the index well above where the restarted double starts again.
+        let bump = register(&r, "other", 7299).await;
+        bump.deregister().await;
+        let before = double.index();
+        let registrations = double.registrations();
+
+        // The agent comes back empty and, for a while, cannot take registrations.
+        double.set_agent_down(true);
+        double.restart_with_reset_index();
+        assert!(double.index() < before, "the index went backwards");
+        assert!(double.services().is_empty());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Meanwhile the client keeps serving what it had: the empty answer is refused.
+        assert_eq!(picked(&pool), ports(&[7201, 7202]));
+        double.set_agent_down(false);
+
+        eventually("both instances register again", || {
+            let n = double.services().len();
+            async move { n == 2 }
+        })
+        .await;
+        assert!(double.registrations() >= registrations + 2);
+        picks_exactly(&pool, &[7201, 7202]).await;
+
+        // The client follows the new, lower index: a new instance shows up at once, not after
+        // the blocking query on the old index would have timed out.
+        let _c = register(&r, "restart", 7203).await;
+        picks_exactly(&pool, &[7201, 7202, 7203]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_garbage_never_wipe_the_set() {
+    let double = ConsulDouble::start().await.expect("start the consul double");
+    let r = registrar(&double);
+    let _a = register(&r, "faults", 7301).await;
+    let _b = register(&r, "faults", 7302).await;
+    let pool = client(&double, "faults");
+    picks_exactly(&pool, &[7301, 7302]).await;
+
+    for fault in [Fault::ServerError, Fault::Garbage, Fault::Empty, Fault::MalformedEntries] {
+        let queries = double.health_queries();
+        double.set_fault(fault.clone());
+        // Long enough for several answers (and backoffs) under the fault.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let served = double.health_queries() - queries;
+        assert!(served >= 2, "{fault:?}: the client kept asking ({served} answers)");
+        assert!(served <= 60, "{fault:?}: {served} queries in a second is a tight loop");
+        let snapshot = pool.snapshot();
+        assert!(snapshot.is_initialized());
+        assert_eq!(snapshot.healthy(), 2, "{fault:?} wiped endpoints");
+        assert_eq!(picked(&pool), ports(&[7301, 7302]), "{fault:?}");
+        drop(snapshot);
+        double.set_fault(Fault::None);
+    }
+    // And discovery still works afterwards.
+    let _c = register(&r, "faults", 7303).await;
+    picks_exactly(&pool, &[7301, 7302, 7303]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_picker_follows_registrations() {
+    let double = ConsulDouble::start().await.expect("start the consul double");
+    // Through the target-URI entry points, as the CLI and the C ABI use them.
+    let target = Target::parse(&format!("consul://{}/follow?wait=3s", double.authority())).expect("target");
+    let pool = Pool::spawn(lb_registry::resolve(&target).expect("resolve"), AddrConnector, RoundRobin::new(), PoolConfig::new("follow"));
+    assert!(!pool.ready_timeout(Duration::from_millis(300)).await, "nothing registered yet");
+    assert!(pool.is_initialized(), "an empty service is a known, empty set");
+
+    let reg_target = Target::parse(&format!("consul://{}/follow?ttl=300ms&deregister_after=2s", double.authority())).expect("target");
+    let mut regs = Vec::new();
+    let mut want = Vec::new();
+    for port in [7401, 7402, 7403] {
+        regs.push(lb_registry::register(&reg_target, Endpoint::new(addr(port))).await.expect("register"));
+        want.push(port);
+        picks_exactly(&pool, &want).await;
+    }
+    // Round robin over what discovery delivered: an even split.
+    let mut counts = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..300 {
+        let p = pool.pick(&PickContext::default()).expect("an endpoint");
+        *counts.entry(p.connection.port()).or_default() += 1;
+    }
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![100, 100, 100]);
+
+    let middle = regs.remove(1);
+    middle.deregister().await;
+    picks_exactly(&pool, &[7401, 7403]).await;
+    drop(regs);
+    // Dropping a registration deregisters in the background; the last one is refused as empty.
+    eventually("the double has no instances left", || {
+        let n = double.services().len();
+        async move { n == 0 }
+    })
+    .await;
+    // The last answer before the empty one may have held one or both of them.
+    let left = picked(&pool);
+    assert!(!left.is_empty() && left.is_subset(&ports(&[7401, 7403])), "an empty answer does not wipe the set: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_locality_token_and_namespace_travel_through_consul() {
+    let double = ConsulDouble::start_with(DoubleConfig {
+        acl_token: Some("s3cret".into()),
+        ..DoubleConfig::default()
+    })
+    .await
+    .expect("start the consul double");
+
+    let no_token = registrar(&double).register("meta", Endpoint::new(addr(7501))).await;
+    let err = no_token.expect_err("the double requires the token");
+    assert!(err.is_registry(), "{err}");
+
+    let r = ConsulRegistrar::builder()
+        .address(double.authority())
+        .token("s3cret")
+        .namespace("team-a")
+        .tag("v2")
+        .ttl(TTL)
+        .build()
+        .expect("options");
+    let ep = Endpoint::new(addr(7501))
+        .with_id("meta-1")
+        .with_weight(0)
+        .with_locality(Locality::unknown().with_zone("eu-1a").with_region("eu-1").with_node("host-7"))
+        .with_metadata("version", "1.2.3");
+    let _reg = r.register("meta", ep).await.expect("register with the token");
+    let svc = double.services().into_iter().next().expect("registered");
+    assert_eq!(double.last_token().as_deref(), Some("s3cret"));
+    assert_eq!((svc.id.as_str(), svc.namespace.as_str(), svc.tags.clone()), ("meta-1", "team-a", vec!["v2".to_string()]));
+    assert_eq!(svc.weights, (1, 1), "Consul rejects a zero passing weight");
+    let meta = |k: &str| svc.meta.get(k).cloned();
+    assert_eq!(meta("lb-weight").as_deref(), Some("0"));
+    assert_eq!((meta("lb-zone"), meta("lb-region"), meta("lb-node")), (Some("eu-1a".into()), Some("eu-1".into()), Some("host-7".into())));
+    assert_eq!(meta("version").as_deref(), Some("1.2.3"));
+
+    let mut discover = ConsulResolver::builder()
+        .address(double.authority())
+        .token("s3cret")
+        .namespace("team-a")
+        .tag("v2")
+        .build()
+        .expect("options")
+        .resolve("meta");
+    use futures_util::StreamExt as _;
+    let first = tokio::time::timeout(PATIENCE, discover.next()).await.expect("an answer").expect("open").expect("ok");
+    let lb_core::Update::Reset(list) = first else { panic!("expected a full set first, got {first:?}") };
+    assert_eq!(list.len(), 1);
+    let got = &list[0];
+    assert_eq!((got.addr(), got.weight()), (addr(7501), 0));
+    assert_eq!(got.locality(), &Locality::unknown().with_zone("eu-1a").with_region("eu-1").with_node("host-7"));
+    assert_eq!(got.metadata().get("version").map(String::as_str), Some("1.2.3"));
+
+    // Other namespaces and tags see nothing; a resolver without the token gets 403s, not data.
+    let other_ns = ConsulResolver::builder().address(double.authority()).token("s3cret").build().expect("options");
+    let first = tokio::time::timeout(PATIENCE, other_ns.resolve("meta").next()).await.expect("answer").expect("open");
+    assert_eq!(first.expect("ok"), lb_core::Update::Reset(vec![]));
+    let tokenless = ConsulResolver::builder().address(double.authority()).build().expect("options");
+    let first = tokio::time::timeout(PATIENCE, tokenless.resolve("meta").next()).await.expect("answer").expect("open");
+    let err = first.expect_err("403 without the token");
+    assert!(err.to_string().contains("403"), "{err}");
+}
