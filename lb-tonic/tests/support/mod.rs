@@ -121,9 +121,13 @@ impl Backend {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Drops the listener and every connection at once.
-    pub fn kill(&self) {
-        self.tasks.lock().expect("not poisoned").abort_all();
+    /// Drops the listener and every connection at once, and returns when they are gone.
+    pub async fn kill(&self) {
+        // Twice: a connection accepted while the first sweep ran was spawned into the fresh set.
+        for _ in 0..2 {
+            let mut set = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
+            set.shutdown().await;
+        }
     }
 
     pub async fn set_serving(&self, serving: bool) {
@@ -134,7 +138,9 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.kill();
+        if let Ok(mut set) = self.tasks.lock() {
+            set.abort_all();
+        }
     }
 }
 

@@ -1,0 +1,187 @@
+//! Failures: a backend killed under load, no endpoints at all, retries.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_core::discover;
+use lb_core::policy::RoundRobin;
+use lb_core::pool::EndpointPhase;
+use lb_tonic::{LbChannel, RetryPolicy};
+use support::lbtest::echo_client::EchoClient;
+use support::lbtest::EchoRequest;
+use support::{backends, static_target, wait_healthy};
+use tokio::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_is_ejected_and_later_calls_all_succeed() {
+    let bs = backends(&[2, 2, 2]).await;
+    let victim = bs[2].addr;
+    let channel = LbChannel::builder()
+        .policy(RoundRobin::new())
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    wait_healthy(&channel, 3, Duration::from_secs(5)).await;
+
+    let killed = Arc::new(AtomicBool::new(false));
+    let after_kill_ok = Arc::new(AtomicUsize::new(0));
+    let after_kill_to_victim = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let concurrency = 12;
+    let stop = Instant::now() + Duration::from_millis(1500);
+    for _ in 0..concurrency {
+        let mut client = EchoClient::new(channel.clone());
+        let (killed, ok, to_victim) = (killed.clone(), after_kill_ok.clone(), after_kill_to_victim.clone());
+        tasks.spawn(async move {
+            let mut failures_started_after_kill = Vec::new();
+            let mut failures = 0usize;
+            while Instant::now() < stop {
+                let started_after_kill = killed.load(Ordering::SeqCst);
+                match client.unary(EchoRequest::default()).await {
+                    Ok(r) if started_after_kill => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        if r.into_inner().backend == victim.to_string() {
+                            to_victim.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(s) if started_after_kill => failures_started_after_kill.push(s),
+                    Err(_) => failures += 1,
+                }
+            }
+            (failures, failures_started_after_kill)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bs[2].kill().await;
+    let killed_at = Instant::now();
+    // Calls written to the victim's connection before the client saw it close may fail (they were
+    // sent to it). Once the pool has taken the victim out of rotation, every call must succeed.
+    loop {
+        let e = channel.endpoints().into_iter().find(|e| e.endpoint.addr() == victim).expect("victim still known");
+        if !e.healthy {
+            break;
+        }
+        assert!(killed_at.elapsed() < Duration::from_millis(500), "victim still in rotation: {e:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    killed.store(true, Ordering::SeqCst);
+    let mut in_flight_failures = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (failures, after) = r.expect("caller task does not panic");
+        in_flight_failures += failures;
+        assert!(after.is_empty(), "calls started after the ejection failed: {after:?}");
+    }
+    assert!(in_flight_failures <= concurrency, "only calls in flight at the kill may fail: {in_flight_failures}");
+    eprintln!("calls failed between the kill and the ejection: {in_flight_failures}");
+    assert!(after_kill_ok.load(Ordering::Relaxed) > 100, "load went on after the kill");
+    assert_eq!(after_kill_to_victim.load(Ordering::Relaxed), 0, "no reply came from the killed backend after its ejection");
+    let e = channel.endpoints().into_iter().find(|e| e.endpoint.addr() == victim).expect("victim still known");
+    assert!(!e.healthy, "killed backend out of rotation: {e:?}");
+    assert!(matches!(e.phase, EndpointPhase::Ejected | EndpointPhase::Connecting), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_endpoints_fail_unavailable_within_failfast() {
+    let failfast = Duration::from_millis(300);
+    let channel = LbChannel::builder()
+        .failfast(failfast)
+        .build(discover::fixed(vec![]), "static:///")
+        .expect("channel builds");
+    let mut client = EchoClient::new(channel.clone());
+    let started = Instant::now();
+    let status = client.unary(EchoRequest::default()).await.expect_err("no endpoint to answer");
+    let waited = started.elapsed();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("static:///"), "the message names the target: {status:?}");
+    assert!(waited >= failfast && waited < failfast + Duration::from_millis(250), "failed after {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoints_fail_unavailable_naming_the_target() {
+    // A port nobody listens on: connection refused, over and over.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let target = format!("static:///127.0.0.1:{port}");
+    let channel = LbChannel::builder()
+        .failfast(Duration::from_millis(200))
+        .build_from_target(&target)
+        .expect("valid target");
+    let status = EchoClient::new(channel).unary(EchoRequest::default()).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains(&target), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_target_is_a_clear_error() {
+    let err = LbChannel::builder().build_from_target("nope://x/y").expect_err("unknown scheme");
+    assert!(err.is_invalid_target(), "{err:?}");
+    let err = LbChannel::builder().build_from_target("static:///not-an-address").expect_err("bad address");
+    assert!(err.is_invalid_target(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_vanishing_from_discovery_gets_no_new_calls() {
+    let bs = backends(&[0, 0]).await;
+    let (tx, rx) = discover::channel();
+    let eps: Vec<_> = bs.iter().map(|b| lb_core::Endpoint::new(b.addr)).collect();
+    tx.send(lb_core::Update::Reset(eps.clone()));
+    let channel = LbChannel::builder().build(Box::pin(rx), "manual").expect("builds");
+    wait_healthy(&channel, 2, Duration::from_secs(5)).await;
+    tx.send(lb_core::Update::Remove(vec![eps[1].id().clone()]));
+    wait_healthy(&channel, 1, Duration::from_secs(5)).await;
+    let before = bs[1].served();
+    let (per, errors) = support::load(&channel, 200, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(bs[1].served(), before, "removed endpoint got calls: {per:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_policy_resends_unavailable_calls_and_only_those() {
+    let bs = backends(&[0]).await;
+    let channel = LbChannel::builder()
+        .retry(RetryPolicy::new(3).codes([tonic::Code::Unavailable]).backoff(Duration::from_millis(1)))
+        // Keep the backend in rotation although it fails on purpose.
+        .outlier_detection(None)
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    wait_healthy(&channel, 1, Duration::from_secs(5)).await;
+    let mut client = EchoClient::new(channel.clone());
+
+    let unavailable = EchoRequest {
+        fail_code: tonic::Code::Unavailable as i32,
+        ..Default::default()
+    };
+    let status = client.unary(unavailable).await.expect_err("fails every time");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(bs[0].served(), 3, "three attempts reached the backend");
+
+    let not_found = EchoRequest {
+        fail_code: tonic::Code::NotFound as i32,
+        ..Default::default()
+    };
+    let status = client.unary(not_found).await.expect_err("fails");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(bs[0].served(), 4, "a NOT_FOUND answer is not retried");
+
+    let reply = client.unary(EchoRequest { message: "hi".into(), ..Default::default() }).await.expect("ok");
+    assert_eq!(reply.into_inner().message, "hi", "the buffered body is sent intact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retry_policy_a_failed_call_is_sent_once() {
+    let bs = backends(&[0, 0]).await;
+    let channel = LbChannel::builder().outlier_detection(None).build_from_target(&static_target(&bs)).expect("valid");
+    wait_healthy(&channel, 2, Duration::from_secs(5)).await;
+    let req = EchoRequest {
+        fail_code: tonic::Code::Unavailable as i32,
+        ..Default::default()
+    };
+    let status = EchoClient::new(channel).unary(req).await.expect_err("fails");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(bs[0].served() + bs[1].served(), 1);
+}
