@@ -50,31 +50,38 @@ where
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let Some(outcome) = f.trailers_ref().and_then(|t| this.classify.trailers(t)) {
-                    if let Some(g) = this.guard.as_mut() {
-                        g.set_outcome(outcome);
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let end = match &frame {
+            Some(Ok(f)) => match f.trailers_ref() {
+                Some(t) => {
+                    if let Some(outcome) = this.classify.trailers(t) {
+                        if let Some(g) = this.guard.as_mut() {
+                            g.set_outcome(outcome);
+                        }
+                        *this.decided = true;
                     }
-                    *this.decided = true;
+                    // Trailers are the last frame: callers (tonic's `Streaming`) stop polling here.
+                    true
                 }
-            }
+                None => this.inner.is_end_stream(),
+            },
             Some(Err(_)) => {
-                if let Some(mut g) = this.guard.take() {
+                if let Some(g) = this.guard.as_mut() {
                     g.set_outcome(Outcome::Failure);
                 }
-                this.slot.take();
+                *this.decided = true;
+                true
             }
-            None => {
-                if let Some(mut g) = this.guard.take() {
-                    if !*this.decided {
-                        g.set_outcome(this.classify.end_without_status());
-                    }
+            None => true,
+        };
+        if end {
+            if let Some(mut g) = this.guard.take() {
+                if !*this.decided {
+                    g.set_outcome(this.classify.end_without_status());
                 }
-                this.slot.take();
             }
+            this.slot.take();
         }
         Poll::Ready(frame)
     }
