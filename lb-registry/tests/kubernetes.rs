@@ -213,3 +213,46 @@ async fn bookmarks_spare_a_relist_when_the_history_is_compacted() {
     wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
     assert_eq!(double.list_requests(), 1, "the bookmark's version was still in the history window");
 }
+
+/// The double's chunked lists, read with kube's own client: what a watcher with a page size gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_double_serves_lists_in_chunks_with_a_consistent_version() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, ListParams};
+
+    let double = KubeDouble::start().await.expect("double");
+    for i in 0..5 {
+        double.apply(endpoint_slice(&format!("greeter-{i}"), "greeter").port(Some("grpc"), 80).build());
+    }
+    double.apply(endpoint_slice("other-0", "other").port(Some("grpc"), 80).build());
+    let api: Api<EndpointSlice> = Api::namespaced(client(&double), "default");
+    let params = ListParams::default().labels("kubernetes.io/service-name=greeter").limit(2);
+    let (mut names, mut token, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let mut p = params.clone();
+        p.continue_token = token.clone();
+        let page = api.list(&p).await.expect("a page");
+        pages += 1;
+        assert_eq!(page.metadata.resource_version.as_deref(), Some("6"), "every page reports the first page's version");
+        names.extend(page.items.into_iter().filter_map(|s| s.metadata.name));
+        token = page.metadata.continue_.filter(|c| !c.is_empty());
+        if token.is_none() {
+            break;
+        }
+        // A write between pages does not disturb the listing.
+        double.apply(endpoint_slice("other-1", "other").port(Some("grpc"), 80).build());
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, ["greeter-0", "greeter-1", "greeter-2", "greeter-3", "greeter-4"]);
+
+    // A continue token older than the compaction is 410 Gone, as from the API server.
+    let first = api.list(&params).await.expect("a page");
+    double.apply(endpoint_slice("other-2", "other").port(Some("grpc"), 80).build());
+    double.compact();
+    let mut p = params.clone();
+    p.continue_token = first.metadata.continue_;
+    match api.list(&p).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 410, "{status:?}"),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+}
