@@ -1,0 +1,181 @@
+//! `LbClient` over HTTP/1.1 and HTTP/2 against real hyper servers on loopback.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use lb_core::policy::RoundRobin;
+use lb_hyper::{LbClient, Protocol};
+use support::{backends, static_target};
+
+async fn wait_healthy(client: &LbClient<Empty<Bytes>>, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while client.endpoints().iter().filter(|e| e.healthy).count() != n {
+        assert!(tokio::time::Instant::now() < deadline, "not {n} healthy: {:?}", client.endpoints());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn get(client: &LbClient<Empty<Bytes>>, uri: &str) -> (http::StatusCode, String) {
+    let rsp = client.request(Request::get(uri).body(Empty::new()).expect("valid request")).await.expect("response");
+    let status = rsp.status();
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn round_robin_over(protocol: Protocol) {
+    let bs = backends(3, Duration::ZERO).await;
+    let client = LbClient::builder()
+        .protocol(protocol)
+        .policy(RoundRobin::new())
+        .build_from_target::<Empty<Bytes>>(&static_target(&bs))
+        .expect("valid target");
+    wait_healthy(&client, 3).await;
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..50 {
+                let (status, body) = get(&client, "/echo").await;
+                assert_eq!(status, 200);
+                seen.push(body);
+            }
+            seen
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        for body in r.expect("no panic") {
+            let mut parts = body.split(' ');
+            let backend = parts.next().expect("address").to_string();
+            let host = parts.next().expect("host").to_string();
+            let version = parts.next().expect("version").to_string();
+            match protocol {
+                Protocol::Http1 => {
+                    assert_eq!(version, "HTTP/1.1");
+                    assert_eq!(host, backend, "a path-only URI gets the endpoint as Host");
+                }
+                Protocol::Http2 => assert_eq!(version, "HTTP/2.0"),
+            }
+            *per.entry(backend).or_default() += 1;
+        }
+    }
+    assert_eq!(per.len(), 3, "{per:?}");
+    assert!(per.values().all(|n| *n == 100), "round robin is exact: {per:?}");
+    for e in client.endpoints() {
+        assert_eq!(e.in_flight, 0, "every body was read to the end: {e:?}");
+        match protocol {
+            Protocol::Http1 => assert!(e.connections >= 1 && e.connections <= 6, "a small pool: {e:?}"),
+            Protocol::Http2 => assert_eq!(e.connections, 1, "one multiplexed connection: {e:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_over_http1() {
+    round_robin_over(Protocol::Http1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_over_http2() {
+    round_robin_over(Protocol::Http2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_rules() {
+    let bs = backends(1, Duration::ZERO).await;
+    let client = LbClient::builder().build_from_target::<Empty<Bytes>>(&static_target(&bs)).expect("valid");
+    wait_healthy(&client, 1).await;
+    let (_, body) = get(&client, "http://orders.internal/echo").await;
+    assert!(body.contains(" orders.internal "), "the caller's authority becomes Host: {body}");
+    let req = Request::get("/echo").header("host", "explicit.example").body(Empty::new()).expect("valid");
+    let rsp = client.request(req).await.expect("ok");
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains(" explicit.example "), "the caller's Host is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_endpoint_is_unavailable_within_failfast() {
+    let client = LbClient::builder()
+        .failfast(Duration::from_millis(200))
+        .build::<Empty<Bytes>>(lb_core::discover::fixed(vec![]), "static:///")
+        .expect("builds");
+    let started = tokio::time::Instant::now();
+    let err = client.request(Request::get("/").body(Empty::new()).expect("valid")).await.expect_err("no endpoint");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert_eq!(err.target_name(), Some("static:///"));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(450), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_checks_take_a_backend_out_and_back() {
+    let bs = backends(2, Duration::ZERO).await;
+    let client = LbClient::builder()
+        .policy(RoundRobin::new())
+        .health_check_path("/health", Duration::from_millis(50))
+        .build_from_target::<Empty<Bytes>>(&static_target(&bs))
+        .expect("valid");
+    wait_healthy(&client, 2).await;
+    bs[0].healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    wait_healthy(&client, 1).await;
+    let before = bs[0].served();
+    for _ in 0..20 {
+        assert_eq!(get(&client, "/echo").await.0, 200);
+    }
+    assert_eq!(bs[0].served(), before, "unhealthy backend got requests");
+    bs[0].healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+    wait_healthy(&client, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_is_ejected_by_outlier_detection() {
+    let bs = backends(3, Duration::ZERO).await;
+    bs[0].fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let client = LbClient::builder()
+        .protocol(Protocol::Http2)
+        .policy(RoundRobin::new())
+        .outlier_detection(Some(lb_core::pool::OutlierConfig {
+            max_ejected_fraction: 0.5,
+            ..Default::default()
+        }))
+        .build_from_target::<Empty<Bytes>>(&static_target(&bs))
+        .expect("valid");
+    wait_healthy(&client, 3).await;
+    let mut errors = 0;
+    for _ in 0..60 {
+        if get(&client, "/echo").await.0 == 500 {
+            errors += 1;
+        }
+    }
+    // 5 consecutive 5xx eject it (OutlierConfig::default); then it gets nothing.
+    assert_eq!(errors, 5, "ejected after five 5xx answers");
+    let e = client.endpoints().into_iter().find(|e| e.endpoint.addr() == bs[0].addr).expect("known");
+    assert!(!e.healthy, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_http1_backend_requests_go_elsewhere() {
+    let bs = backends(2, Duration::ZERO).await;
+    let client = LbClient::builder()
+        .policy(RoundRobin::new())
+        .build_from_target::<Empty<Bytes>>(&static_target(&bs))
+        .expect("valid");
+    wait_healthy(&client, 2).await;
+    bs[1].kill().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while client.endpoints().iter().filter(|e| e.healthy).count() != 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for _ in 0..20 {
+        let (status, body) = get(&client, "/echo").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with(&bs[0].addr.to_string()));
+    }
+}

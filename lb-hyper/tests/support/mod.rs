@@ -1,0 +1,105 @@
+//! Shared fixtures: real hyper servers on 127.0.0.1 (HTTP/1.1 and HTTP/2) whose replies name them.
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// A running hyper backend. `GET /health` answers 200 or 503 as set; anything else answers with
+/// the backend's address and the `Host` header it saw, after `delay`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub served: Arc<AtomicUsize>,
+    pub healthy: Arc<AtomicBool>,
+    pub fail: Arc<AtomicBool>,
+    tasks: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl Backend {
+    pub async fn start(delay: Duration) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("bound socket has an address");
+        let served = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let fail = Arc::new(AtomicBool::new(false));
+        let tasks = Arc::new(Mutex::new(JoinSet::new()));
+        let conns = tasks.clone();
+        let (s, h, f) = (served.clone(), healthy.clone(), fail.clone());
+        tasks.lock().expect("not poisoned").spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (s, h, f) = (s.clone(), h.clone(), f.clone());
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (s, h, f) = (s.clone(), h.clone(), f.clone());
+                    async move {
+                        if req.uri().path() == "/health" {
+                            let status = if h.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                            return Ok::<_, Infallible>(Response::builder().status(status).body(Full::new(Bytes::new())).expect("valid"));
+                        }
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        s.fetch_add(1, Ordering::Relaxed);
+                        let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+                        let status = if f.load(Ordering::Relaxed) { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
+                        let body = format!("{addr} {host} {:?}", req.version());
+                        Ok(Response::builder().status(status).body(Full::new(Bytes::from(body))).expect("valid"))
+                    }
+                });
+                conns.lock().expect("not poisoned").spawn(async move {
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            served,
+            healthy,
+            fail,
+            tasks,
+        }
+    }
+
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    pub async fn kill(&self) {
+        for _ in 0..2 {
+            let mut set = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
+            set.shutdown().await;
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.tasks.lock() {
+            set.abort_all();
+        }
+    }
+}
+
+pub async fn backends(n: usize, delay: Duration) -> Vec<Backend> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Backend::start(delay).await);
+    }
+    out
+}
+
+pub fn static_target(backends: &[Backend]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    format!("static:///{}", list.join(","))
+}
