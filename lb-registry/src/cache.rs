@@ -40,12 +40,11 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt as _};
 use lb_core::discover::BoxDiscover;
-use lb_core::{BoxError, Endpoint, EndpointId, EndpointState, Locality, Update};
-use serde::{Deserialize, Serialize};
+use lb_core::{BoxError, Endpoint, EndpointId, Update};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -55,8 +54,6 @@ use tracing::{debug, info, warn};
 pub const STALENESS: &str = "lb_registry_staleness_seconds";
 /// Counter: updates refused because they would have emptied a non-empty set.
 pub const EMPTY_REFUSED: &str = "lb_registry_empty_updates_refused_total";
-
-const SNAPSHOT_VERSION: u64 = 1;
 
 /// Entry point: [`Cache::builder`].
 #[derive(Debug)]
@@ -444,31 +441,14 @@ impl CacheTask {
     }
 
     fn load_snapshot(&mut self, path: &Path) {
-        let file = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        let (endpoints, age) = match snapshot::read(path) {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
             Err(error) => {
-                warn!(target_uri = %self.cfg.name, path = %path.display(), %error, "cannot read the discovery snapshot");
+                warn!(target_uri = %self.cfg.name, path = %path.display(), %error, "ignoring the discovery snapshot");
                 return;
             }
         };
-        let snap: SnapshotFile = match serde_json::from_slice(&file) {
-            Ok(s) => s,
-            Err(error) => {
-                warn!(target_uri = %self.cfg.name, path = %path.display(), %error, "ignoring a corrupt discovery snapshot");
-                return;
-            }
-        };
-        if snap.v != SNAPSHOT_VERSION {
-            warn!(target_uri = %self.cfg.name, path = %path.display(), version = snap.v, "ignoring a discovery snapshot of an unknown version");
-            return;
-        }
-        let endpoints: Vec<Endpoint> = snap.endpoints.into_iter().filter_map(SnapEndpoint::into_endpoint).collect();
-        if endpoints.is_empty() {
-            return;
-        }
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let age = Duration::from_millis(now_ms.saturating_sub(snap.saved_at_unix_ms));
         warn!(
             target_uri = %self.cfg.name,
             path = %path.display(),
@@ -496,7 +476,7 @@ impl CacheTask {
         let snap = SnapshotFile {
             v: SNAPSHOT_VERSION,
             target: self.cfg.name.to_string(),
-            saved_at_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+            saved_at_unix_ms: snapshot::unix_ms(),
             endpoints: self.set.values().map(SnapEndpoint::from_endpoint).collect(),
         };
         let name = Arc::clone(&self.cfg.name);
@@ -506,22 +486,6 @@ impl CacheTask {
             }
         }));
     }
-}
-
-fn write_atomically(path: &Path, snap: &SnapshotFile) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let bytes = serde_json::to_vec(snap).map_err(std::io::Error::other)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
 }
 
 async fn next(source: &mut Option<BoxDiscover>) -> Option<Result<Update, BoxError>> {
@@ -547,80 +511,8 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotFile {
-    v: u64,
-    target: String,
-    saved_at_unix_ms: u64,
-    endpoints: Vec<SnapEndpoint>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapEndpoint {
-    id: String,
-    addr: String,
-    weight: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    zone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    region: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    node: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    metadata: BTreeMap<String, String>,
-    #[serde(default)]
-    state: String,
-}
-
-impl SnapEndpoint {
-    fn from_endpoint(e: &Endpoint) -> Self {
-        let l = e.locality();
-        SnapEndpoint {
-            id: e.id().to_string(),
-            addr: e.addr().to_string(),
-            weight: e.weight(),
-            zone: l.zone.as_deref().map(str::to_string),
-            region: l.region.as_deref().map(str::to_string),
-            node: l.node.as_deref().map(str::to_string),
-            metadata: e.metadata().clone(),
-            state: match e.state() {
-                EndpointState::Ready => "ready",
-                EndpointState::Serving => "serving",
-                EndpointState::Terminating => "terminating",
-            }
-            .to_string(),
-        }
-    }
-
-    // The file is ours, but it may have been edited or truncated by hand: skip what does not parse.
-    fn into_endpoint(self) -> Option<Endpoint> {
-        let addr = self.addr.parse().ok()?;
-        let mut loc = Locality::unknown();
-        if let Some(z) = &self.zone {
-            loc = loc.with_zone(z);
-        }
-        if let Some(r) = &self.region {
-            loc = loc.with_region(r);
-        }
-        if let Some(n) = &self.node {
-            loc = loc.with_node(n);
-        }
-        let state = match self.state.as_str() {
-            "serving" => EndpointState::Serving,
-            "terminating" => EndpointState::Terminating,
-            _ => EndpointState::Ready,
-        };
-        let mut ep = Endpoint::new(addr)
-            .with_id(self.id)
-            .with_weight(self.weight)
-            .with_locality(loc)
-            .with_state(state);
-        for (k, v) in self.metadata {
-            ep = ep.with_metadata(k, v);
-        }
-        Some(ep)
-    }
-}
-
+mod snapshot;
 #[cfg(test)]
 mod tests;
+
+use self::snapshot::{write_atomically, SnapEndpoint, SnapshotFile, SNAPSHOT_VERSION};

@@ -2,6 +2,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lb_core::discover::{channel, Updater};
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lb_core::Locality;
+
 use super::*;
 
 fn ep(port: u16) -> Endpoint {

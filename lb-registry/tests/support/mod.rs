@@ -55,6 +55,53 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral loopback port")
 }
 
+/// PEM files of a throw-away CA, an etcd server certificate (for 127.0.0.1) and a client
+/// certificate, made with the `openssl` command line tool.
+#[derive(Clone, Debug)]
+pub struct Certs {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Certs {
+    pub fn generate(dir: &Path) -> Certs {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl (Debian package openssl; scripts/test-all.sh installs it)");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=lb-test-ca", "-keyout", "ca.key", "-out", "ca.crt"];
+        ca.extend(ec);
+        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        run(&ca);
+        for (name, ext) in [
+            ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth"),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ] {
+            let (key, csr, crt, extf) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+            std::fs::write(dir.join(&extf), ext).expect("write extension file");
+            let mut req = vec!["req", "-subj", if name == "server" { "/CN=localhost" } else { "/CN=lb-client" }, "-keyout", &key, "-out", &csr];
+            req.extend(ec);
+            run(&req);
+            run(&["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", &crt, "-extfile", &extf]);
+        }
+        Certs {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
 /// A real single-member etcd on free loopback ports with its own data dir.
 #[derive(Debug)]
 pub struct Etcd {
@@ -62,19 +109,54 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    tls: Option<Certs>,
 }
 
 impl Etcd {
     /// Starts etcd and waits until it serves requests.
     pub async fn start() -> Etcd {
+        Self::start_with(None).await
+    }
+
+    /// Starts etcd serving clients over TLS only, requiring client certificates signed by the CA.
+    pub async fn start_tls() -> Etcd {
+        let dir = TempDir::new("certs");
+        let certs = Certs::generate(dir.path());
+        let etcd = Self::start_with(Some(certs)).await;
+        // The certificates live in the etcd dir from now on.
+        drop(dir);
+        etcd
+    }
+
+    async fn start_with(tls: Option<Certs>) -> Etcd {
+        let dir = TempDir::new("etcd");
+        let tls = tls.map(|c| {
+            let copy = |p: &Path| {
+                let to = dir.path().join(p.file_name().expect("file name"));
+                std::fs::copy(p, &to).expect("copy certificate");
+                to
+            };
+            Certs {
+                ca: copy(&c.ca),
+                server_cert: copy(&c.server_cert),
+                server_key: copy(&c.server_key),
+                client_cert: copy(&c.client_cert),
+                client_key: copy(&c.client_key),
+            }
+        });
         let mut etcd = Etcd {
-            dir: TempDir::new("etcd"),
+            dir,
             client_port: free_port(),
             peer_port: free_port(),
             child: None,
+            tls,
         };
         etcd.spawn().await;
         etcd
+    }
+
+    pub fn certs(&self) -> Option<&Certs> {
+        self.tls.as_ref()
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -83,7 +165,8 @@ impl Etcd {
 
     async fn spawn(&mut self) {
         assert!(self.child.is_none(), "etcd already running");
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -98,6 +181,14 @@ impl Etcd {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=lbtest={peer}"))
+            .args(self.tls.iter().flat_map(|c| {
+                [
+                    format!("--cert-file={}", c.server_cert.display()),
+                    format!("--key-file={}", c.server_key.display()),
+                    format!("--trusted-ca-file={}", c.ca.display()),
+                    "--client-cert-auth".to_string(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
@@ -145,9 +236,17 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> Result<etcd_client::Client, etcd_client::Error> {
-        let opts = etcd_client::ConnectOptions::new()
+        let mut opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5));
+        if let Some(c) = &self.tls {
+            let read = |p: &Path| std::fs::read(p).expect("read certificate");
+            opts = opts.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(&c.ca)))
+                    .identity(etcd_client::Identity::from_pem(read(&c.client_cert), read(&c.client_key))),
+            );
+        }
         etcd_client::Client::connect([self.endpoint()], Some(opts)).await
     }
 
