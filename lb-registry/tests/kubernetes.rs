@@ -256,3 +256,47 @@ async fn the_double_serves_lists_in_chunks_with_a_consistent_version() {
         other => panic!("expected 410 Gone, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_and_events_are_skipped_without_losing_the_set() {
+    let double = KubeDouble::start().await.expect("double");
+    let b = Backends::start(3).await;
+    // One endpoint's address is not an IP: it is skipped (logged and counted), the others serve.
+    double.apply(
+        endpoint_slice("greeter-abc", "greeter")
+            .port(Some("grpc"), b.port)
+            .endpoint(endpoint(b.ip(0)))
+            .endpoint(endpoint("not-an-ip"))
+            .endpoint(endpoint(b.ip(1)))
+            .build(),
+    );
+    // An FQDN slice of the same service contributes nothing usable.
+    double.apply(
+        endpoint_slice("greeter-fqdn", "greeter")
+            .address_type("FQDN")
+            .port(Some("grpc"), b.port)
+            .endpoint(endpoint("greeter-0.example.com"))
+            .build(),
+    );
+    let connector = CountingConnector::default();
+    let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
+    wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
+
+    // A watch event that is not a valid EndpointSlice: an error on the stream, the set stands, and
+    // the watch goes on.
+    double.inject_watch_line(
+        r#"{"type":"MODIFIED","object":{"kind":"EndpointSlice","apiVersion":"discovery.k8s.io/v1","metadata":{"name":"greeter-abc","resourceVersion":"99"},"addressType":"IPv4","endpoints":"garbage"}}"#,
+    );
+    double.inject_watch_line("this is not JSON");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(healthy(&pool), vec![b.addr(0), b.addr(1)]);
+    double.apply(
+        endpoint_slice("greeter-abc", "greeter")
+            .port(Some("grpc"), b.port)
+            .endpoint(endpoint(b.ip(0)))
+            .endpoint(endpoint(b.ip(1)))
+            .endpoint(endpoint(b.ip(2)))
+            .build(),
+    );
+    wait_healthy(&pool, &[b.addr(0), b.addr(1), b.addr(2)]).await;
+}

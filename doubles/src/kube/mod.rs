@@ -22,8 +22,8 @@
 //! Test controls: [`KubeDouble::apply`] / [`KubeDouble::delete`] (what the EndpointSlice controller
 //! would write), [`KubeDouble::compact`] (etcd compaction), [`KubeDouble::expire_watches`] (a `410`
 //! to every open watch, as when watchers fall out of the watch cache's window),
-//! [`KubeDouble::close_watches`], [`KubeDouble::set_unavailable`] (every request answers 503), and
-//! request counters.
+//! [`KubeDouble::close_watches`], [`KubeDouble::set_unavailable`] (every request answers 503),
+//! [`KubeDouble::inject_watch_line`] (malformed events), and request counters.
 
 mod selector;
 mod server;
@@ -200,6 +200,13 @@ impl KubeDouble {
     /// seen it.
     pub fn send_bookmarks(&self) {
         self.shared.lock().bookmarks();
+    }
+
+    /// Sends `line` (plus a newline) as is to every open watch: a malformed event, to check that a
+    /// client survives one.
+    pub fn inject_watch_line(&self, line: &str) {
+        let bytes = bytes::Bytes::from(format!("{line}\n"));
+        self.shared.lock().watchers.retain(|w| w.tx.send(bytes.clone()).is_ok());
     }
 
     /// While set, every request answers `503 ServiceUnavailable` and open watches are ended, as

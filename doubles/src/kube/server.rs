@@ -219,16 +219,16 @@ fn get(shared: &Shared, ns: &str, name: &str) -> Resp {
     }
 }
 
-fn parse_slice(ns: &str, body: &[u8]) -> Result<EndpointSlice, Resp> {
+fn parse_slice(ns: &str, body: &[u8]) -> Result<EndpointSlice, Box<Resp>> {
     let mut slice: EndpointSlice = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "BadRequest", &format!("the body is not an EndpointSlice: {e}")))?;
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "BadRequest", &format!("the body is not an EndpointSlice: {e}"))))?;
     match slice.metadata.namespace.as_deref() {
         Some(other) if other != ns => {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
                 "the namespace of the provided object does not match the namespace sent on the request",
-            ))
+            )))
         }
         _ => slice.metadata.namespace = Some(ns.to_string()),
     }
@@ -238,7 +238,7 @@ fn parse_slice(ns: &str, body: &[u8]) -> Result<EndpointSlice, Resp> {
 fn create(shared: &Shared, ns: &str, body: &[u8]) -> Resp {
     let mut slice = match parse_slice(ns, body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut store = shared.lock();
     if slice.metadata.name.as_deref().unwrap_or("").is_empty() {
@@ -259,7 +259,7 @@ fn create(shared: &Shared, ns: &str, body: &[u8]) -> Resp {
 fn replace(shared: &Shared, ns: &str, name: &str, body: &[u8]) -> Resp {
     let slice = match parse_slice(ns, body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if slice.metadata.name.as_deref() != Some(name) {
         return error(StatusCode::BAD_REQUEST, "BadRequest", "the name of the object does not match the name on the URL");

@@ -75,6 +75,11 @@ mod watch;
 
 use self::slices::PortSpec;
 
+/// Counter: EndpointSlice endpoints skipped because their address is not an IP (FQDN slices,
+/// garbage), labels `registry="kubernetes"`, `reason="address"`. The same name as the other
+/// registries' invalid-entry counters.
+pub const INVALID_ENTRIES: &str = "lb_registry_invalid_entries_total";
+
 /// Environment variables read for the caller's node, first set wins.
 pub const NODE_ENV: [&str; 2] = ["LB_NODE", "NODE_NAME"];
 /// Environment variables read for the caller's zone, first set wins.

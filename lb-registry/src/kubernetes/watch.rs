@@ -21,10 +21,8 @@ use lb_core::{BoxError, Endpoint, EndpointId, Update};
 use tracing::{debug, info, warn};
 
 use super::slices::{self, Skipped};
-use super::{Inner, ServiceRef};
+use super::{Inner, ServiceRef, INVALID_ENTRIES};
 
-/// Counter: registry entries skipped as malformed, labels `registry`, `reason`.
-pub(crate) const SKIPPED_ENTRIES: &str = "lb_registry_skipped_entries_total";
 
 type Events = BoxStream<'static, Result<Event<EndpointSlice>, watcher::Error>>;
 
@@ -171,7 +169,8 @@ impl Watch {
         self.current = Some(next);
     }
 
-    /// Logs and counts what a slice contributes nothing for (once per slice version).
+    /// Logs what a slice contributes nothing for, and counts unusable addresses (once per slice
+    /// version).
     fn check(&self, slice: &EndpointSlice) {
         let Skipped { bad_address, no_port } = slices::skipped(slice, &self.svc.port);
         if bad_address > 0 {
@@ -182,11 +181,11 @@ impl Watch {
                 skipped = bad_address,
                 "endpoints without a usable IP address skipped"
             );
-            metrics::counter!(SKIPPED_ENTRIES, "registry" => "kubernetes", "reason" => "address").increment(bad_address as u64);
+            metrics::counter!(INVALID_ENTRIES, "registry" => "kubernetes", "reason" => "address").increment(bad_address as u64);
         }
         if no_port > 0 {
-            warn!(service = %self.svc.name, slice = %slice.name_any(), port = ?self.svc.port, "endpointslice lacks the requested port; skipped");
-            metrics::counter!(SKIPPED_ENTRIES, "registry" => "kubernetes", "reason" => "port").increment(no_port as u64);
+            // Normal for pods that do not expose this port: the controller gives them their own slice.
+            debug!(service = %self.svc.name, slice = %slice.name_any(), port = ?self.svc.port, "endpointslice lacks the requested port");
         }
     }
 }
