@@ -219,3 +219,6 @@ impl Backoff for Exponential {
         self.next = self.initial;
     }
 }
+
+#[cfg(test)]
+mod tests;
