@@ -117,6 +117,7 @@ async fn sigkilled_instance_disappears_within_ttl() {
     child.kill().expect("SIGKILL the child");
     let _ = child.wait();
     let took = w.wait("killed instance removed", Duration::from_secs(30), |s| s.is_empty()).await;
+    eprintln!("SIGKILLed instance removed after {took:?} (TTL {TTL:?})");
     assert!(took <= TTL + Duration::from_secs(1), "a SIGKILLed instance disappeared after {took:?} (TTL {TTL:?})");
 }
 

@@ -108,7 +108,7 @@ impl Config {
 
 /// Options for [`EtcdResolver`](super::EtcdResolver) and [`EtcdRegistrar`](super::EtcdRegistrar).
 ///
-/// Credentials and key material come from here or from the environment ([`env`]), never from the
+/// Credentials and key material come from here or from the environment ([`env`](mod@env)), never from the
 /// target URI.
 #[derive(Clone, Debug)]
 pub struct EtcdBuilder {
@@ -192,7 +192,7 @@ impl EtcdBuilder {
         self
     }
 
-    /// Reads credentials and TLS files from the [`env`] variables that are set.
+    /// Reads credentials and TLS files from the [`env`](mod@env) variables that are set.
     pub fn from_env(mut self) -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let Some(user) = var(env::USERNAME) {

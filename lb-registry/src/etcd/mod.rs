@@ -13,7 +13,7 @@
 //! | `allow_empty` | `false` | discovery: apply updates that remove every instance |
 //!
 //! Credentials and TLS never go in the URI: use [`EtcdBuilder`] (`credentials`, `tls_ca_file`,
-//! `tls_identity_files`, …) or the environment variables in [`env`] (`LB_ETCD_USERNAME`,
+//! `tls_identity_files`, …) or the environment variables in [`env`](mod@env) (`LB_ETCD_USERNAME`,
 //! `LB_ETCD_PASSWORD`, `LB_ETCD_CA_FILE`, `LB_ETCD_CERT_FILE`, `LB_ETCD_KEY_FILE`,
 //! `LB_ETCD_TLS_DOMAIN`), which URI-only configuration (the CLI, the C ABI, the agent) reads. Setting
 //! a CA enables TLS.
@@ -46,8 +46,11 @@
 //!
 //! # Behaviour
 //!
-//! - Registration ([`EtcdRegistrar`]): see [`registrar`](self) — heartbeats, re-registration with
-//!   backoff after any loss, for as long as the instance runs; lease revoked on deregistration.
+//! - Registration ([`EtcdRegistrar`]): heartbeats every TTL/3 and a watch on its own key; after any
+//!   loss (etcd down past the TTL, restarted with empty data, lease revoked, key deleted) it
+//!   registers again with backoff, for as long as the instance runs — the Go frameworks' registries
+//!   stop at the first loss (go-zero #1926, #4201; kitex registry-etcd #11). Deregistration revokes
+//!   the lease, which deletes the key at once.
 //! - Discovery ([`EtcdResolver`]): paginated prefix get → `Reset`, watch from the next revision,
 //!   resume after reconnects, relist after compaction or data loss, all behind a
 //!   [`Cache`](crate::cache::Cache).
