@@ -7,7 +7,8 @@
 //!
 //! Its last stdout line is exactly one JSON object:
 //! `{"requests":N,"ok":N,"errors":N,"per_backend":{"ip:port":count,...},"p50_ms":x,"p99_ms":y}`,
-//! `per_backend` keyed by the address each reply names. Logs go to stderr. It exits 0 when at least
+//! `per_backend` keyed by the address each reply names. Logs go to stderr. Before sending it waits
+//! (at most `--warmup-ms`, default 1 s) until every discovered backend is connected. It exits 0 when at least
 //! one call succeeded (a run with some errors is still a measurement), 1 when none did, 2 on bad
 //! arguments.
 
@@ -62,6 +63,11 @@ struct Args {
     /// How long a call waits for a usable backend before failing with UNAVAILABLE, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     failfast_ms: u64,
+    /// Before sending, wait up to this long (milliseconds) for every discovered backend to
+    /// connect, so the measurement starts from the steady state rather than from whichever
+    /// backend answered its handshake first; 0 starts at once.
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
     /// The name sent in every HelloRequest.
     #[arg(long, default_value = "world")]
     name: String,
@@ -127,6 +133,22 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
     let channel = builder
         .build_from_target(&args.target)
         .with_context(|| format!("cannot use target `{}`", args.target))?;
+    let warmup = Duration::from_millis(args.warmup_ms);
+    let deadline = tokio::time::Instant::now() + warmup;
+    loop {
+        let endpoints = channel.endpoints();
+        if !endpoints.is_empty() && endpoints.iter().all(|e| e.healthy) {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if !warmup.is_zero() {
+                let ready = endpoints.iter().filter(|e| e.healthy).count();
+                tracing::warn!(ready, discovered = endpoints.len(), "not every backend is ready; sending anyway");
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tracing::info!(target_uri = %args.target, policy = %args.policy, concurrency = args.concurrency, ?budget, "sending");
 
     let client = GreeterClient::new(channel);

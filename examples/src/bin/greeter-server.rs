@@ -5,10 +5,12 @@
 //!                [--register TARGET --ttl-secs S]
 //! ```
 //!
-//! The first line on stdout is the bound `ip:port` (so scripts and tests can start it on port 0);
-//! logs go to stderr. It serves `grpc.health.v1`. With `--register` it registers itself in the
-//! registry TARGET names (`etcd://…/greeter`, `consul://…/greeter`) with its locality, keeps the
-//! registration alive, and on Ctrl-C or SIGTERM reports NOT_SERVING, deregisters, then drains.
+//! The first line on stdout is the bound `ip:port` (so scripts and tests can start it on port 0),
+//! printed once the server is serving and, with `--register`, registered; logs go to stderr. It
+//! serves `grpc.health.v1`. With `--register` it registers itself in the registry TARGET names
+//! (`etcd://…/greeter`, `consul://…/greeter`) with its locality, keeps the registration alive, and
+//! on Ctrl-C or SIGTERM reports NOT_SERVING, deregisters, keeps serving for `--drain-delay-ms`
+//! (default 500) while clients catch up, then drains in-flight calls (at most 3 s).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -44,6 +46,11 @@ struct Args {
     /// Register in this registry, e.g. etcd://127.0.0.1:2379/greeter or consul://127.0.0.1:8500/greeter.
     #[arg(long, value_name = "TARGET")]
     register: Option<String>,
+    /// On shutdown, how long to keep serving after reporting NOT_SERVING and deregistering, so
+    /// that clients learn the server is going before it stops taking new calls (the same reason
+    /// Kubernetes pods get a preStop sleep), in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    drain_delay_ms: u64,
     /// Registration TTL in seconds (the etcd lease / Consul TTL check), with --register.
     #[arg(long, requires = "register")]
     ttl_secs: Option<u64>,
@@ -69,11 +76,6 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = backend.addr();
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{addr}")?;
-        out.flush()?;
-    }
     tracing::info!(%addr, delay_ms = args.delay_ms, "greeter serving");
 
     let mut locality = Locality::unknown();
@@ -98,6 +100,13 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The address goes out only now, so whoever waits for this line gets a server that is serving
+    // and, with --register, already discoverable.
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{addr}")?;
+        out.flush()?;
+    }
 
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -107,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         registration.deregister().await;
         tracing::info!("deregistered");
     }
+    tokio::time::sleep(Duration::from_millis(args.drain_delay_ms)).await;
     // Idle HTTP/2 clients may keep their connections open after GOAWAY; do not wait on them forever.
     match tokio::time::timeout(DRAIN_TIMEOUT, backend.shutdown()).await {
         Ok(result) => result.context("server error")?,

@@ -70,3 +70,76 @@ pub fn run_client(args: &[&str]) -> std::process::Output {
         .output()
         .expect("greeter-client runs")
 }
+
+/// A free loopback port (bound then released; the child process binds it a moment later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// A real single-member etcd (Debian's `etcd-server`) on free loopback ports, killed on drop.
+pub struct Etcd {
+    pub port: u16,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Etcd {
+    /// Starts etcd and waits (at most 30 s) until `/health` answers.
+    pub fn start() -> Etcd {
+        let port = free_port();
+        let peer = free_port();
+        let dir = std::env::temp_dir().join(format!("lb-examples-etcd-{}-{port}", std::process::id()));
+        let client_url = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name=lbexamples")
+            .arg(format!("--data-dir={}", dir.display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=lbexamples={peer_url}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if cfg!(target_arch = "aarch64") {
+            cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
+        }
+        let child = cmd.spawn().expect("start etcd (Debian package etcd-server; scripts/test-all.sh installs it)");
+        let mut etcd = Etcd { port, child, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !etcd.healthy() {
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                panic!("etcd exited at start: {status}");
+            }
+            assert!(std::time::Instant::now() < deadline, "etcd not healthy within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        etcd
+    }
+
+    fn healthy(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.contains("\"health\":\"true\"")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
