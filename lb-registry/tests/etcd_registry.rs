@@ -228,3 +228,15 @@ async fn watch_resumes_across_a_compaction_and_keeps_unchanged_connections() {
     let connects = connector.connects.lock().expect("lock").clone();
     assert_eq!(connects.get(&a.addr), Some(&1), "the unchanged endpoint kept its connection: {connects:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_etcd_endpoints_tolerate_a_dead_one() {
+    support::init_tracing();
+    let etcd = Etcd::start().await;
+    // Nothing listens on the first address.
+    let hosts = format!("127.0.0.1:{},{}", support::free_port(), etcd.endpoint());
+    let target = Target::parse(&format!("etcd://{hosts}/multi?ttl=3s")).expect("valid target");
+    let _r = lb_registry::register(&target, instance("a", 7801)).await.expect("registers through the live endpoint");
+    let w = SetWatcher::new(lb_registry::resolve(&target).expect("resolves"));
+    w.wait("discovered through the live endpoint", Duration::from_secs(10), |s| s.len() == 1).await;
+}

@@ -3,10 +3,13 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+use tracing::debug;
 
 use crate::{Error, Target};
 
@@ -62,6 +65,8 @@ pub(crate) struct Config {
     pub(crate) snapshot: Option<PathBuf>,
     pub(crate) resync: Option<Duration>,
     pub(crate) allow_empty: bool,
+    /// The endpoint that answered last; connections start there.
+    pub(crate) preferred: Arc<AtomicUsize>,
 }
 
 impl Config {
@@ -71,9 +76,35 @@ impl Config {
         format!("{}/{}/", self.prefix, service)
     }
 
-    /// A fresh client. Every reconnect builds a new one: the client's balanced channel can keep a
-    /// broken connection around after the server restarts, and a new client costs one handshake.
+    /// A fresh client connected to one etcd endpoint that answers.
+    ///
+    /// Every reconnect builds a new client: etcd-client's balanced channel can keep a broken
+    /// connection after the server restarts, and it sends requests to endpoints it cannot reach
+    /// (tonic's balancer treats a not-yet-connected endpoint as ready, tonic #2839), so with one
+    /// member down a share of requests would fail. Instead, endpoints are tried one at a time, from
+    /// the last one that worked, each proven with a `Status` call; the cluster shares leases and
+    /// revisions, so registrations and watches carry over from one member to another.
     pub(crate) async fn connect(&self) -> Result<Client, etcd_client::Error> {
+        let n = self.endpoints.len().max(1);
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            match self.connect_one(idx).await {
+                Ok(c) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(c);
+                }
+                Err(e) => {
+                    debug!(endpoint = %self.endpoints.get(idx).map_or("", String::as_str), error = %e, "etcd endpoint unreachable");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd endpoint".into())))
+    }
+
+    async fn connect_one(&self, idx: usize) -> Result<Client, etcd_client::Error> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)
             // HTTP/2 pings notice a dead server on an idle watch (a partition sends no RST).
@@ -95,14 +126,35 @@ impl Config {
             }
             opts = opts.with_tls(t);
         }
-        let endpoints = self.endpoints.clone();
-        match tokio::time::timeout(self.connect_timeout + self.request_timeout, Client::connect(endpoints, Some(opts))).await {
+        let endpoint = self.endpoints.get(idx).cloned().unwrap_or_default();
+        let attempt = async {
+            let mut client = Client::connect([endpoint], Some(opts)).await?;
+            match client.status().await {
+                Ok(_) => Ok(client),
+                // Answered, even if with a refusal: the endpoint is reachable; the caller's own
+                // requests report what is wrong.
+                Err(e) if !unreachable(&e) => Ok(client),
+                Err(e) => Err(e),
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout + self.request_timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "connecting to etcd timed out",
             ))),
         }
+    }
+}
+
+fn unreachable(e: &etcd_client::Error) -> bool {
+    // gRPC status codes (CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, UNAVAILABLE), by number so as not to
+    // depend on tonic directly: tonic maps transport failures to these.
+    const TRANSPORT_CODES: [i32; 4] = [1, 2, 4, 14];
+    match e {
+        etcd_client::Error::GRpcStatus(s) => TRANSPORT_CODES.contains(&i32::from(s.code())),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
     }
 }
 
@@ -136,6 +188,7 @@ impl EtcdBuilder {
                 snapshot: None,
                 resync: Some(Duration::from_secs(300)),
                 allow_empty: false,
+                preferred: Arc::default(),
             },
             error: None,
         }
