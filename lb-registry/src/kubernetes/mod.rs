@@ -71,6 +71,7 @@ use lb_core::Locality;
 use crate::{Error, Target};
 
 pub mod slices;
+mod view;
 mod watch;
 
 use self::slices::PortSpec;

@@ -16,7 +16,8 @@
 //!   dual-stack pod appears once per family: endpoints are merged by pod (`targetRef`, else
 //!   address), keeping the best condition, then IPv4 before IPv6, so a pod is never counted twice.
 //!   Only the first address of an endpoint is used: the API says they are fungible, and kube-proxy
-//!   does the same.
+//!   does the same. The resolver applies these rules incrementally, touching only the pods of the
+//!   slice an event changed (tested equal to merging every slice from scratch).
 //! - **Zone hints** (topology-aware routing, KEP-2433). kube-proxy uses hints only when every ready
 //!   endpoint carries some and at least one is hinted for its own zone; then it keeps only the
 //!   endpoints hinted for its zone. Here the equivalent is expressed as locality so the
@@ -66,16 +67,17 @@ pub(crate) struct Options {
     pub(crate) zone_regions: BTreeMap<String, String>,
 }
 
-/// One candidate before merging.
-#[derive(Clone, Debug)]
-struct Raw {
-    key: String,
-    addr: SocketAddr,
-    state: EndpointState,
+/// One endpoint of one slice, converted but not yet merged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Raw {
+    /// The pod identity (`targetRef`), else the address: what merging deduplicates on.
+    pub(crate) key: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) state: EndpointState,
     zone: Option<String>,
     node: Option<String>,
     region: Option<String>,
-    hint_zones: Option<Vec<String>>,
+    pub(crate) hint_zones: Option<Vec<String>>,
     pod: Option<String>,
     hostname: Option<String>,
 }
@@ -134,12 +136,15 @@ fn state_of(ep: &SliceEndpoint) -> Option<EndpointState> {
     }
 }
 
-fn raw_endpoints(slice: &EndpointSlice, port: &PortSpec, opts: &Options, out: &mut Vec<Raw>, skipped: &mut Skipped) {
+/// Converts one slice's endpoints for `port`, reporting what it had to skip.
+pub(crate) fn convert(slice: &EndpointSlice, port: &PortSpec, opts: &Options) -> (Vec<Raw>, Skipped) {
+    let mut out = Vec::new();
+    let mut skipped = Skipped::default();
     let Some(p) = slice_port(slice, port) else {
         if !slice.endpoints.as_deref().unwrap_or_default().is_empty() {
             skipped.no_port += 1;
         }
-        return;
+        return (out, skipped);
     };
     for ep in slice.endpoints.as_deref().unwrap_or_default() {
         let Some(state) = state_of(ep) else { continue };
@@ -186,6 +191,7 @@ fn raw_endpoints(slice: &EndpointSlice, port: &PortSpec, opts: &Options, out: &m
             hostname: ep.hostname.clone(),
         });
     }
+    (out, skipped)
 }
 
 fn rank(state: EndpointState) -> u8 {
@@ -196,67 +202,56 @@ fn rank(state: EndpointState) -> u8 {
     }
 }
 
-/// Merges every slice of one service into its endpoint list for `port`.
-///
-/// `slices` is keyed by slice name, so the result does not depend on event order.
+/// The order in which duplicates are resolved: the better condition first, then IPv4.
+pub(crate) fn preference(r: &Raw) -> (u8, bool) {
+    (rank(r.state), r.addr.is_ipv6())
+}
+
+/// Merges every slice of one service into its endpoint list for `port`, from scratch, in the
+/// simplest way: the reference the incremental [`View`](super::view::View) is tested against.
+#[cfg(test)]
 pub(crate) fn merge<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port: &PortSpec,
     opts: &Options,
 ) -> Vec<Endpoint> {
-    let mut raws = Vec::new();
-    let mut skipped = Skipped::default();
-    for slice in slices {
-        raw_endpoints(slice, port, opts, &mut raws, &mut skipped);
-    }
-
+    let raws: Vec<Raw> = slices.into_iter().flat_map(|s| convert(s, port, opts).0).collect();
     let mut by_key: BTreeMap<String, Raw> = BTreeMap::new();
     for r in raws {
         match by_key.get(&r.key) {
-            Some(old) if (rank(old.state), old.addr.is_ipv6()) <= (rank(r.state), r.addr.is_ipv6()) => {}
+            Some(old) if preference(old) <= preference(&r) => {}
             _ => {
                 by_key.insert(r.key.clone(), r);
             }
         }
     }
-    // Different pods never share an address, but a garbled slice could say so: one endpoint per
-    // address, the best condition wins.
     let mut by_addr: BTreeMap<SocketAddr, Raw> = BTreeMap::new();
     for r in by_key.into_values() {
         match by_addr.get(&r.addr) {
-            Some(old) if rank(old.state) <= rank(r.state) => {}
+            Some(old) if preference(old).0 <= preference(&r).0 => {}
             _ => {
                 by_addr.insert(r.addr, r);
             }
         }
     }
-
-    let use_hints = opts.hints && hints_usable(by_addr.values(), opts.caller_zone.as_deref());
-    by_addr
-        .into_values()
-        .map(|r| to_endpoint(r, use_hints, opts.caller_zone.as_deref()))
-        .collect()
+    let zone = opts.caller_zone.as_deref();
+    let ready: Vec<&Raw> = by_addr.values().filter(|r| r.state == EndpointState::Ready).collect();
+    let use_hints = opts.hints
+        && zone.is_some()
+        && !ready.is_empty()
+        && ready.iter().all(|r| r.hint_zones.is_some())
+        && ready.iter().any(|r| r.hint_zones.as_deref().unwrap_or_default().iter().any(|z| Some(z.as_str()) == zone));
+    by_addr.values().map(|r| to_endpoint(r, use_hints, zone)).collect()
 }
 
-/// What `slice` contributes nothing for, and why (for logs and the skipped-entries counter).
+/// What `slice` contributes nothing for, and why.
+#[cfg(test)]
 pub(crate) fn skipped(slice: &EndpointSlice, port: &PortSpec) -> Skipped {
-    let mut skipped = Skipped::default();
-    raw_endpoints(slice, port, &Options::default(), &mut Vec::new(), &mut skipped);
-    skipped
+    convert(slice, port, &Options::default()).1
 }
 
-/// kube-proxy's rule (`pkg/proxy/topology.go`, `canUseTopology`): hints count only when the
-/// caller's zone is known, every ready endpoint has zone hints, and one of them names that zone.
-fn hints_usable<'a>(raws: impl Iterator<Item = &'a Raw> + Clone, caller_zone: Option<&str>) -> bool {
-    let Some(zone) = caller_zone else { return false };
-    let mut ready = raws.filter(|r| r.state == EndpointState::Ready);
-    if ready.clone().next().is_none() || !ready.clone().all(|r| r.hint_zones.is_some()) {
-        return false;
-    }
-    ready.any(|r| r.hint_zones.as_deref().unwrap_or_default().iter().any(|z| z == zone))
-}
-
-fn to_endpoint(r: Raw, use_hints: bool, caller_zone: Option<&str>) -> Endpoint {
+/// The endpoint a merged raw becomes, with the effective zone under hints (see the module docs).
+pub(crate) fn to_endpoint(r: &Raw, use_hints: bool, caller_zone: Option<&str>) -> Endpoint {
     let mut effective_zone = r.zone.clone();
     if let (true, Some(caller), Some(hints)) = (use_hints, caller_zone, r.hint_zones.as_ref()) {
         if hints.iter().any(|z| z == caller) {
@@ -276,16 +271,16 @@ fn to_endpoint(r: Raw, use_hints: bool, caller_zone: Option<&str>) -> Endpoint {
         locality = locality.with_region(reg);
     }
     let mut ep = Endpoint::new(r.addr).with_locality(locality).with_state(r.state);
-    if let Some(z) = r.zone {
+    if let Some(z) = &r.zone {
         ep = ep.with_metadata(META_ZONE, z);
     }
-    if let Some(h) = r.hint_zones {
+    if let Some(h) = &r.hint_zones {
         ep = ep.with_metadata(META_HINT_ZONES, h.join(","));
     }
-    if let Some(p) = r.pod {
+    if let Some(p) = &r.pod {
         ep = ep.with_metadata(META_POD, p);
     }
-    if let Some(h) = r.hostname.filter(|h| !h.is_empty()) {
+    if let Some(h) = r.hostname.as_ref().filter(|h| !h.is_empty()) {
         ep = ep.with_metadata(META_HOSTNAME, h);
     }
     ep

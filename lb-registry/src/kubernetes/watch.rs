@@ -17,24 +17,26 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, ResourceExt as _};
 use lb_core::discover::BoxDiscover;
-use lb_core::{BoxError, Endpoint, EndpointId, Update};
+use lb_core::{BoxError, Update};
 use tracing::{debug, info, warn};
 
 use super::slices::{self, Skipped};
+use super::view::{Change, View};
 use super::{Inner, ServiceRef, INVALID_ENTRIES};
 
 
 type Events = BoxStream<'static, Result<Event<EndpointSlice>, watcher::Error>>;
 
 pub(super) fn discover(inner: Arc<Inner>, svc: ServiceRef) -> BoxDiscover {
+    let view = View::new(svc.port.clone(), inner.opts.clone());
     let state = Watch {
         inner,
         svc,
         events: None,
         client_failures: 0,
-        slices: BTreeMap::new(),
+        view,
         relist: None,
-        current: None,
+        listed: false,
         pending: VecDeque::new(),
     };
     Box::pin(futures_util::stream::unfold(state, |mut w| async move {
@@ -48,12 +50,12 @@ struct Watch {
     svc: ServiceRef,
     events: Option<Events>,
     client_failures: u32,
-    /// The slices of the last complete view, by name.
-    slices: BTreeMap<String, EndpointSlice>,
-    /// A relist in progress.
+    /// The merged endpoints of the last complete list plus the watch events since.
+    view: View,
+    /// A relist in progress, by slice name.
     relist: Option<BTreeMap<String, EndpointSlice>>,
-    /// What consumers were last told; `None` until the first complete list.
-    current: Option<BTreeMap<EndpointId, Endpoint>>,
+    /// True once a list completed.
+    listed: bool,
     pending: VecDeque<Update>,
 }
 
@@ -119,60 +121,48 @@ impl Watch {
                 self.relist = Some(BTreeMap::new());
             }
             Event::InitApply(slice) => {
-                self.check(&slice);
+                let (_, skipped) = slices::convert(&slice, &self.svc.port, &self.inner.opts);
+                self.report(&slice, skipped);
                 self.relist.get_or_insert_with(BTreeMap::new).insert(slice.name_any(), slice);
             }
             Event::InitDone => {
-                self.slices = self.relist.take().unwrap_or_default();
-                let endpoints = self.merged();
-                info!(service = %self.svc.name, slices = self.slices.len(), endpoints = endpoints.len(), "endpointslices listed");
-                self.pending.push_back(Update::Reset(endpoints.values().cloned().collect()));
-                self.current = Some(endpoints);
+                let listed = self.relist.take().unwrap_or_default();
+                let endpoints = self.view.replace_all(listed.iter().map(|(name, s)| (name.clone(), s)));
+                info!(service = %self.svc.name, slices = listed.len(), endpoints = endpoints.len(), "endpointslices listed");
+                self.pending.push_back(Update::Reset(endpoints));
+                self.listed = true;
             }
             Event::Apply(slice) => {
-                self.check(&slice);
-                self.slices.insert(slice.name_any(), slice);
-                self.changed();
+                let change = self.view.apply(&slice.name_any(), &slice);
+                self.report(&slice, change.skipped.clone());
+                self.emit(change);
             }
             Event::Delete(slice) => {
-                self.slices.remove(&slice.name_any());
-                self.changed();
+                let change = self.view.delete(&slice.name_any());
+                self.emit(change);
             }
         }
     }
 
-    fn merged(&self) -> BTreeMap<EndpointId, Endpoint> {
-        slices::merge(self.slices.values(), &self.svc.port, &self.inner.opts)
-            .into_iter()
-            .map(|e| (e.id().clone(), e))
-            .collect()
-    }
-
-    fn changed(&mut self) {
-        let next = self.merged();
+    fn emit(&mut self, change: Change) {
         // Before the first complete list there is nothing to diff against; `InitDone` emits.
-        let Some(current) = self.current.as_ref() else { return };
-        let added: Vec<Endpoint> = next
-            .iter()
-            .filter(|(id, ep)| current.get(*id) != Some(*ep))
-            .map(|(_, ep)| ep.clone())
-            .collect();
-        let removed: Vec<EndpointId> = current.keys().filter(|id| !next.contains_key(*id)).cloned().collect();
-        debug!(service = %self.svc.name, added = added.len(), removed = removed.len(), "endpointslice change");
+        if !self.listed {
+            return;
+        }
+        debug!(service = %self.svc.name, upserted = change.upserted.len(), removed = change.removed.len(), "endpointslice change");
         // Additions first, so a replacement never leaves a moment with fewer endpoints.
-        if !added.is_empty() {
-            self.pending.push_back(Update::Add(added));
+        if !change.upserted.is_empty() {
+            self.pending.push_back(Update::Add(change.upserted));
         }
-        if !removed.is_empty() {
-            self.pending.push_back(Update::Remove(removed));
+        if !change.removed.is_empty() {
+            self.pending.push_back(Update::Remove(change.removed));
         }
-        self.current = Some(next);
     }
 
     /// Logs what a slice contributes nothing for, and counts unusable addresses (once per slice
     /// version).
-    fn check(&self, slice: &EndpointSlice) {
-        let Skipped { bad_address, no_port } = slices::skipped(slice, &self.svc.port);
+    fn report(&self, slice: &EndpointSlice, skipped: Skipped) {
+        let Skipped { bad_address, no_port } = skipped;
         if bad_address > 0 {
             warn!(
                 service = %self.svc.name,

@@ -192,3 +192,4 @@ fn zone_hints_rewrite_the_effective_zone() {
     };
     assert_eq!(zones(&merge([&s], &grpc(), &from_z9)), [Some("z1"), Some("z1"), Some("z2")]);
 }
+

@@ -19,14 +19,15 @@ fn watch() -> Watch {
         namespace: Some("default".into()),
         port: PortSpec::Named("grpc".into()),
     };
+    let view = View::new(svc.port.clone(), inner.opts.clone());
     Watch {
         inner,
         svc,
         events: None,
         client_failures: 0,
-        slices: BTreeMap::new(),
+        view,
         relist: None,
-        current: None,
+        listed: false,
         pending: VecDeque::new(),
     }
 }
@@ -115,7 +116,7 @@ fn an_unfinished_relist_changes_nothing_and_a_finished_one_is_a_diffable_reset()
     w.on_event(Event::InitApply(slice("a", &["10.0.0.9"])));
     w.on_event(Event::Init);
     assert!(w.pending.is_empty());
-    assert_eq!(w.slices.len(), 1);
+    assert_eq!(w.view.endpoints().len(), 2);
 
     // The retry completes with the same content: a Reset that changes nothing.
     w.on_event(Event::InitApply(slice("a", &["10.0.0.1", "10.0.0.2"])));
