@@ -24,7 +24,6 @@ use super::slices::{self, Skipped};
 use super::view::{Change, View};
 use super::{Inner, ServiceRef, INVALID_ENTRIES};
 
-
 type Events = BoxStream<'static, Result<Event<EndpointSlice>, watcher::Error>>;
 
 pub(super) fn discover(inner: Arc<Inner>, svc: ServiceRef) -> BoxDiscover {
