@@ -110,7 +110,8 @@ pub fn render_backends(backends: &[BackendInfo], style: Style) -> String {
         };
         // Pad before painting: escape codes would otherwise count towards the width.
         let label = style.bold(&format!("{:<4}", b.label));
-        let _ = writeln!(out, "  {label}{:<22}{:<8}{}", b.addr, b.zone, note);
+        let line = format!("  {label}{:<22}{:<8}{}", b.addr, b.zone, note);
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     out
 }
