@@ -12,7 +12,7 @@ use lb_core::policy::RoundRobin;
 use lb_core::{Endpoint, PickContext, Pool, PoolConfig};
 use lb_registry::etcd::{EtcdRegistrar, EtcdResolver};
 use lb_registry::{Registrar as _, Registration, Target};
-use support::{echo_request, eventually, keys, Echo, Etcd, SetWatcher, TcpConnector, TempDir};
+use support::{echo_request, eventually, keys, Echo, Etcd, EtcdCluster, SetWatcher, TcpConnector, TempDir};
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -198,5 +198,30 @@ async fn a_client_started_while_etcd_is_down_serves_from_the_snapshot() {
     etcd.restart().await;
     eventually("fresh data once etcd is back", Duration::from_secs(20), || async { handle.is_fresh() && !handle.is_from_snapshot() })
         .await;
+    assert_eq!(pool.snapshot().healthy(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_etcd_member_in_use_fails_over_without_losing_anything() {
+    support::init_tracing();
+    let mut cluster = EtcdCluster::start(3).await;
+    let target = Target::parse(&format!("etcd://{}/failover?ttl=3s", cluster.endpoints())).expect("valid");
+    let (a, b) = (Echo::start().await, Echo::start().await);
+    let _ra = lb_registry::register(&target, Endpoint::new(a.addr).with_id("a")).await.expect("register a");
+    let pool = Pool::spawn(lb_registry::resolve(&target).expect("resolves"), TcpConnector::default(), RoundRobin::new(), PoolConfig::new("failover"));
+    assert!(pool.ready_timeout(Duration::from_secs(10)).await, "pool ready");
+    let load = Load::start(pool.clone());
+
+    // Clients start with the first member listed; it goes away for good.
+    cluster.members[0].kill();
+    let survivor = &cluster.members[1];
+    // A change made after the failure reaches the client through another member's watch.
+    let _rb = lb_registry::register(&target, Endpoint::new(b.addr).with_id("b")).await.expect("register b");
+    eventually("the new instance discovered after failover", Duration::from_secs(20), || async { pool.snapshot().healthy() == 2 }).await;
+    // The first registration outlives two TTLs without its original member: heartbeats moved too.
+    tokio::time::sleep(TTL * 2).await;
+    assert!(all_registered(survivor, "failover", 2).await, "both registrations alive on the surviving members");
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} failed requests across the failover ({ok} succeeded)");
     assert_eq!(pool.snapshot().healthy(), 2);
 }

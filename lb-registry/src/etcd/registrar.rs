@@ -223,9 +223,27 @@ impl Reg {
         }
     }
 
+    /// Revokes the lease, giving up after two request timeouts so that a shutdown during an etcd
+    /// outage is not held up: the lease then expires on its own.
     async fn revoke(&self, client: &mut Client, lease: i64) {
-        match self.timed(client.lease_revoke(lease)).await {
-            Ok(_) => info!(instance = %self.description, lease, "deregistered from etcd"),
+        let attempt = async {
+            let first = self.timed(client.lease_revoke(lease)).await.map(|_| ());
+            if first.is_ok() {
+                return first;
+            }
+            // The connection may be to a member that is gone; any other member can revoke.
+            let mut fresh = self.cfg.connect().await?;
+            self.timed(fresh.lease_revoke(lease)).await.map(|_| ())
+        };
+        let result = match tokio::time::timeout(self.cfg.request_timeout * 2, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "revoking timed out",
+            ))),
+        };
+        match result {
+            Ok(()) => info!(instance = %self.description, lease, "deregistered from etcd"),
             // The lease expires on its own within the TTL.
             Err(e) => warn!(instance = %self.description, lease, error = %e, "cannot revoke the etcd lease; it will expire within its TTL"),
         }

@@ -110,6 +110,9 @@ pub struct Etcd {
     peer_port: u16,
     child: Option<Child>,
     tls: Option<Certs>,
+    name: String,
+    /// `--initial-cluster`; `None` for a single member.
+    cluster: Option<String>,
 }
 
 impl Etcd {
@@ -150,6 +153,8 @@ impl Etcd {
             peer_port: free_port(),
             child: None,
             tls,
+            name: "lbtest".into(),
+            cluster: None,
         };
         etcd.spawn().await;
         etcd
@@ -164,6 +169,11 @@ impl Etcd {
     }
 
     async fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready().await;
+    }
+
+    fn launch(&mut self) {
         assert!(self.child.is_none(), "etcd already running");
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
@@ -174,13 +184,14 @@ impl Etcd {
             .open(self.dir.path().join("etcd.log"))
             .expect("open etcd log");
         let mut cmd = Command::new(std::env::var("LB_TEST_ETCD_BIN").unwrap_or_else(|_| "etcd".into()));
-        cmd.arg("--name=lbtest")
+        let initial = self.cluster.clone().unwrap_or_else(|| format!("{}={peer}", self.name));
+        cmd.arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=lbtest={peer}"))
+            .arg(format!("--initial-cluster={initial}"))
             .args(self.tls.iter().flat_map(|c| {
                 [
                     format!("--cert-file={}", c.server_cert.display()),
@@ -199,7 +210,6 @@ impl Etcd {
             .spawn()
             .expect("start etcd (Debian package etcd-server; scripts/test-all.sh installs it)");
         self.child = Some(child);
-        self.wait_ready().await;
     }
 
     async fn wait_ready(&mut self) {
@@ -269,6 +279,50 @@ impl Etcd {
         self.kill();
         let _ = std::fs::remove_dir_all(self.data_dir());
         self.spawn().await;
+    }
+}
+
+/// A real etcd cluster of several members on loopback.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    pub async fn start(n: usize) -> EtcdCluster {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client_port, peer_port))| Etcd {
+                dir: TempDir::new("etcd-member"),
+                client_port,
+                peer_port,
+                child: None,
+                tls: None,
+                name: format!("m{i}"),
+                cluster: Some(initial.clone()),
+            })
+            .collect();
+        // Every member must be up before any can elect a leader and answer.
+        for m in &mut members {
+            m.launch();
+        }
+        for m in &mut members {
+            m.wait_ready().await;
+        }
+        EtcdCluster { members }
+    }
+
+    /// `host:port,host:port,…` of every member, for a target URI.
+    pub fn endpoints(&self) -> String {
+        self.members.iter().map(Etcd::endpoint).collect::<Vec<_>>().join(",")
     }
 }
 
