@@ -153,7 +153,8 @@ impl<P: Policy> Topology<P> {
     /// [`with_panic_threshold`](Self::with_panic_threshold) for Envoy's gradual spill instead.
     ///
     /// Keys are those of [`Level::from_topology_key`]. As the API server did, this rejects unknown
-    /// keys, duplicates, and `"*"` anywhere but last.
+    /// keys, duplicates, and `"*"` anywhere but last. A level the caller's locality leaves unknown
+    /// matches no endpoint (so `["kubernetes.io/hostname"]` with no node configured picks nothing).
     ///
     /// ```
     /// use lb_core::policy::{RoundRobin, Topology};

@@ -407,6 +407,15 @@ mod tests {
         assert!(resolve(&t).err().expect("bad hints").to_string().contains("hints"));
     }
 
+    #[tokio::test]
+    async fn the_resolver_trait_reports_a_bad_service_on_the_stream() {
+        use crate::Resolver as _;
+        let r = KubernetesResolver::builder().ignore_env().build();
+        let mut s = r.resolve("Not A Service");
+        let first = s.next().await.expect("an item");
+        assert!(first.expect_err("invalid").to_string().contains("Not A Service"));
+    }
+
     #[test]
     fn caller_locality_from_builder_and_zone_map() {
         let r = KubernetesResolver::builder()
