@@ -212,3 +212,31 @@ async fn the_source_replaces_the_snapshot_once_it_answers() {
     assert!(!handle.is_from_snapshot());
     let _ = std::fs::remove_dir_all(path.parent().expect("has a parent"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_stream_drops_the_source() {
+    struct Guard(Arc<AtomicUsize>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&dropped);
+    let mut cached = Cache::builder().wrap_with(move || {
+        let (tx, rx) = channel();
+        tx.send(Update::Reset(vec![ep(1)]));
+        let guard = Guard(Arc::clone(&d));
+        // The source owns the guard (as an etcd watch owns its connection) and stays open.
+        Box::pin(rx.map(move |u| {
+            let _ = &guard;
+            let _ = &tx;
+            u
+        }))
+    });
+    recv(&mut cached).await.expect("reset");
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    drop(cached);
+    settle().await;
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the source (and its registry connection) is released");
+}
