@@ -172,7 +172,42 @@ mod tests {
         assert_eq!(ids, vec!["n1/a", "n1/b"]);
         assert_eq!(eps[1], known, "a known instance keeps its last good value");
 
+        assert_eq!(counted_invalid(&body), 4, "every skipped entry is counted");
+
         assert!(parse("svc", b"<html>", &previous).is_err());
         assert!(parse("svc", b"{\"a\":1}", &previous).is_err());
+    }
+
+    /// Parses `body` under a recorder and returns `lb_registry_invalid_entries_total{registry="consul"}`.
+    fn counted_invalid(body: &Value) -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+
+        use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+
+        #[derive(Default)]
+        struct Rec(Arc<AtomicU64>);
+        impl Recorder for Rec {
+            fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+                let consul = key.labels().any(|l| l.key() == "registry" && l.value() == "consul");
+                if key.name() == INVALID_ENTRIES && consul {
+                    Counter::from_arc(Arc::clone(&self.0))
+                } else {
+                    Counter::noop()
+                }
+            }
+            fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+                Gauge::noop()
+            }
+            fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+                Histogram::noop()
+            }
+        }
+        let rec = Rec::default();
+        metrics::with_local_recorder(&rec, || parse("svc", body.to_string().as_bytes(), &BTreeMap::new()).expect("valid"));
+        rec.0.load(Ordering::Relaxed)
     }
 }

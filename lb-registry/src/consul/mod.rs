@@ -52,8 +52,8 @@
 //! Discovery long-polls with `index` and `wait` and follows the "Implementation Details" of
 //! Consul's *Blocking Queries* page: the index is reset to 0 when it goes backwards (an agent or
 //! cluster that lost its state), raised to 1 when Consul returns 0, and queries are rate-limited
-//! (at least [`ConsulResolverBuilder::min_interval`] apart, like consul-template's 100 ms) with an
-//! exponential backoff when the index does not advance although the query returned early, or when
+//! (a token bucket: bursts of [`ConsulResolverBuilder::burst`], then one per
+//! [`ConsulResolverBuilder::min_interval`], 100 ms as in consul-template) with an exponential backoff when the index does not advance although the query returned early, or when
 //! it fails. The requested wait is jittered down by up to 1/16 so clients started together do not
 //! wake together (Consul adds the same fraction on its side). After a failure the next query is
 //! non-blocking, so a restarted agent is noticed at once rather than after a full wait. Every answer

@@ -59,7 +59,7 @@ pub struct ConsulResolverBuilder {
 
 impl ConsulResolver {
     /// A builder with the defaults: the agent from `CONSUL_HTTP_ADDR` or `127.0.0.1:8500`, the
-    /// token from `CONSUL_HTTP_TOKEN`, 60 s waits, queries at least 100 ms apart.
+    /// token from `CONSUL_HTTP_TOKEN`, 60 s waits, at most 10 queries a second after a burst of 5.
     pub fn builder() -> ConsulResolverBuilder {
         ConsulResolverBuilder {
             common: Common::default(),
@@ -127,10 +127,17 @@ impl ConsulResolverBuilder {
         self
     }
 
-    /// The shortest time between two queries (default 100 ms): the rate limit Consul's docs ask of
-    /// blocking clients.
+    /// The sustained rate limit Consul's docs ask of blocking clients: one query per `interval`
+    /// (default 100 ms, as consul-template), after a burst of [`burst`](Self::burst) queries.
     pub fn min_interval(mut self, interval: Duration) -> Self {
         self.watch.min_interval = interval;
+        self
+    }
+
+    /// How many queries may go out back to back before [`min_interval`](Self::min_interval)
+    /// applies (default 5), so that a few changes in a row propagate without delay.
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.watch.burst = burst.max(1);
         self
     }
 

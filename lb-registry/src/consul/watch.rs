@@ -4,9 +4,11 @@
 //! Rules (Consul API docs, "Blocking Queries" → "Implementation Details"):
 //! - reset the index to 0 when it goes backwards;
 //! - never block on index 0 after the first answer: raise it to 1;
-//! - rate-limit: queries start at least `min_interval` apart, and when an answer comes back early
-//!   without advancing the index (so the server did not block), or fails, back off exponentially
-//!   (±20% jitter) up to `max_backoff`;
+//! - rate-limit: a token bucket lets `burst` queries through at once and then one per
+//!   `min_interval`, so an isolated change propagates at once while a churning service costs at
+//!   most one query per `min_interval`; when an answer comes back early without advancing the index
+//!   (so the server did not block), or fails, back off exponentially (±20% jitter) up to
+//!   `max_backoff`;
 //! - jitter the requested wait down by up to 1/16.
 
 use std::collections::BTreeMap;
@@ -34,6 +36,7 @@ pub(crate) trait Fetch: Send + Sync + 'static {
 pub(crate) struct WatchConfig {
     pub(crate) wait: Duration,
     pub(crate) min_interval: Duration,
+    pub(crate) burst: u32,
     pub(crate) max_backoff: Duration,
     pub(crate) seed: Option<u64>,
 }
@@ -43,6 +46,7 @@ impl Default for WatchConfig {
         WatchConfig {
             wait: Duration::from_secs(60),
             min_interval: Duration::from_millis(100),
+            burst: 5,
             max_backoff: Duration::from_secs(30),
             seed: None,
         }
@@ -63,6 +67,9 @@ pub(crate) struct Watch {
     /// Failures, or early answers that did not advance the index, in a row.
     strikes: u32,
     not_before: Option<Instant>,
+    /// The token bucket: tokens left and when they were counted.
+    tokens: f64,
+    counted: Option<Instant>,
 }
 
 impl Watch {
@@ -71,6 +78,7 @@ impl Watch {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let tokens = f64::from(cfg_burst(&cfg));
         Watch {
             fetch,
             service: Arc::from(service),
@@ -82,6 +90,8 @@ impl Watch {
             stale: false,
             strikes: 0,
             not_before: None,
+            tokens,
+            counted: None,
         }
     }
 
@@ -95,11 +105,14 @@ impl Watch {
     /// Queries until there is something to report: a changed set, or an error.
     pub(crate) async fn next(&mut self) -> Result<Update, BoxError> {
         loop {
-            if let Some(at) = self.not_before {
+            if let Some(at) = self.not_before.take() {
                 tokio::time::sleep_until(at).await;
             }
+            if let Some(at) = self.take_token() {
+                tokio::time::sleep_until(at).await;
+                continue;
+            }
             let started = Instant::now();
-            self.not_before = Some(started + self.cfg.min_interval);
             let wait = self.jittered_wait();
             let asked = self.index;
             let reply = self.fetch.fetch(asked, wait).await;
@@ -170,10 +183,34 @@ impl Watch {
         self.not_before = Some(Instant::now() + delay);
     }
 
+    /// Takes a query token, or says when the next one will be there.
+    fn take_token(&mut self) -> Option<Instant> {
+        let interval = self.cfg.min_interval;
+        if interval.is_zero() {
+            return None;
+        }
+        let now = Instant::now();
+        let burst = f64::from(cfg_burst(&self.cfg));
+        if let Some(then) = self.counted {
+            self.tokens = (self.tokens + (now - then).as_secs_f64() / interval.as_secs_f64()).min(burst);
+        }
+        self.counted = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            None
+        } else {
+            Some(now + interval.mul_f64(1.0 - self.tokens))
+        }
+    }
+
     fn jittered_wait(&mut self) -> Duration {
         let cut = self.rng.random_range(0.0..1.0 / 16.0);
         self.cfg.wait.mul_f64(1.0 - cut)
     }
+}
+
+fn cfg_burst(cfg: &WatchConfig) -> u32 {
+    cfg.burst.max(1)
 }
 
 #[cfg(test)]

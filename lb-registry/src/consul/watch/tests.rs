@@ -144,3 +144,26 @@ async fn errors_back_off_resync_without_blocking_and_reconfirm_the_set() {
     let gaps: Vec<Duration> = log.windows(2).map(|p| p[1].2 - p[0].2).collect();
     assert!(gaps[2] > gaps[1] && gaps[3] > gaps[2], "backoff grows: {gaps:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_churning_service_is_rate_limited_after_a_burst() {
+    // Every answer carries a new index and a new set: a service changing all the time.
+    let churn: Vec<Step> = (1..=400)
+        .map(|i| Step::Answer { delay: Duration::ZERO, index: 10 + i, ports: vec![(i % 7 + 1) as u16] })
+        .collect();
+    let (mut w, script) = watch(churn);
+    let start = Instant::now();
+    for _ in 0..5 {
+        w.next().await.expect("change");
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO, "a burst of changes goes through at once");
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let _ = w.next().await;
+        }
+    })
+    .await;
+    let n = asked(&script).len();
+    // 5 at once, then one per 100 ms.
+    assert!((100..=106).contains(&n), "{n} queries in 10 s");
+}
