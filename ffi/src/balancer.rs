@@ -8,12 +8,13 @@
 
 use std::ffi::{c_char, c_int, CString};
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lb_core::policy::{self, PickContext};
 use lb_core::pool::{EndpointPhase, Picked};
-use lb_core::{EndpointState, Outcome, Pool};
+use lb_core::{Endpoint, EndpointState, Outcome, Pool};
 use lb_registry::Target;
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
@@ -76,28 +77,50 @@ impl fmt::Debug for lb_pick {
 }
 
 impl lb_pick {
-    fn new(token: u64, picked: &Picked<Probed>) -> Self {
+    fn new(token: u64, endpoint: &Endpoint) -> Self {
         let mut p = lb_pick {
             token,
-            port: picked.endpoint.addr().port(),
+            port: endpoint.addr().port(),
             addr: [0; LB_ADDR_LEN],
             ip: [0; LB_IP_LEN],
             region: [0; LB_LABEL_LEN],
             zone: [0; LB_LABEL_LEN],
             node: [0; LB_NODE_LEN],
         };
-        let addr = picked.endpoint.addr();
-        let mut scratch = ArrayString::<LB_ADDR_LEN>::new();
-        let _ = fmt::Write::write_fmt(&mut scratch, format_args!("{addr}"));
-        copy_to_buf(&mut p.addr, scratch.as_str());
-        let mut scratch = ArrayString::<LB_IP_LEN>::new();
-        let _ = fmt::Write::write_fmt(&mut scratch, format_args!("{}", addr.ip()));
-        copy_to_buf(&mut p.ip, scratch.as_str());
-        let loc = picked.endpoint.locality();
+        write_addr(endpoint.addr(), &mut p.ip, &mut p.addr);
+        let loc = endpoint.locality();
         copy_to_buf(&mut p.region, loc.region.as_deref().unwrap_or(""));
         copy_to_buf(&mut p.zone, loc.zone.as_deref().unwrap_or(""));
         copy_to_buf(&mut p.node, loc.node.as_deref().unwrap_or(""));
         p
+    }
+}
+
+/// Writes `ip` and `ip:port` (IPv6 as `[ip]:port`) as NUL-terminated strings. IPv4, the common
+/// case, is formatted by hand: `fmt` machinery costs as much as the rest of a pick.
+fn write_addr(addr: SocketAddr, ip_out: &mut [c_char; LB_IP_LEN], addr_out: &mut [c_char; LB_ADDR_LEN]) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            let mut buf = ArrayString::<LB_ADDR_LEN>::new();
+            for (i, octet) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                buf.push_u32(u32::from(*octet));
+            }
+            copy_to_buf(ip_out, buf.as_str());
+            buf.push(b':');
+            buf.push_u32(u32::from(v4.port()));
+            copy_to_buf(addr_out, buf.as_str());
+        }
+        SocketAddr::V6(_) => {
+            let mut buf = ArrayString::<LB_ADDR_LEN>::new();
+            let _ = fmt::Write::write_fmt(&mut buf, format_args!("{}", addr.ip()));
+            copy_to_buf(ip_out, buf.as_str());
+            let mut buf = ArrayString::<LB_ADDR_LEN>::new();
+            let _ = fmt::Write::write_fmt(&mut buf, format_args!("{addr}"));
+            copy_to_buf(addr_out, buf.as_str());
+        }
     }
 }
 
@@ -110,6 +133,30 @@ struct ArrayString<const N: usize> {
 impl<const N: usize> ArrayString<N> {
     fn new() -> Self {
         ArrayString { buf: [0; N], len: 0 }
+    }
+
+    /// Appends an ASCII byte (dropped when full; addresses always fit).
+    fn push(&mut self, b: u8) {
+        if self.len < N && b.is_ascii() {
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+    }
+
+    fn push_u32(&mut self, mut v: u32) {
+        let mut digits = [0u8; 10];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for d in digits[..n].iter().rev() {
+            self.push(*d);
+        }
     }
 
     fn as_str(&self) -> &str {
@@ -210,12 +257,9 @@ impl lb_balancer {
             Some(p) => p,
             None => self.pick_slow(&ctx)?,
         };
-        let token_guard_pick = lb_pick::new(0, &picked);
-        let token = self.pending.insert(picked.guard);
-        Ok(lb_pick {
-            token,
-            ..token_guard_pick
-        })
+        let Picked { endpoint, guard, .. } = picked;
+        let token = self.pending.insert(guard);
+        Ok(lb_pick::new(token, &endpoint))
     }
 
     /// No endpoint right now: wait for one until the failfast deadline (linkerd's failfast).
@@ -523,4 +567,25 @@ pub unsafe extern "C" fn lb_balancer_free(b: *mut lb_balancer) {
             drop(unsafe { Box::from_raw(b) });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(buf: &[c_char]) -> String {
+        let end = buf.iter().position(|&c| c == 0).expect("NUL-terminated");
+        buf[..end].iter().map(|&c| c as u8 as char).collect()
+    }
+
+    #[test]
+    fn addresses_are_formatted_like_std() {
+        for a in ["127.0.0.1:80", "0.0.0.0:0", "255.255.255.255:65535", "10.20.3.4:50051", "[::1]:8080", "[fe80::1%2]:9"] {
+            let addr: SocketAddr = a.parse().expect("valid");
+            let (mut ip, mut full) = ([1 as c_char; LB_IP_LEN], [1 as c_char; LB_ADDR_LEN]);
+            write_addr(addr, &mut ip, &mut full);
+            assert_eq!(written(&full), addr.to_string());
+            assert_eq!(written(&ip), addr.ip().to_string());
+        }
+    }
 }
