@@ -164,7 +164,7 @@ where
                 connection,
                 mut guard,
             } = picked;
-            self.rewrite(&mut req, &endpoint, host_from_endpoint)?;
+            self.rewrite(&mut req, connection.authority(), host_from_endpoint)?;
             match connection.send(req).await {
                 Ok((rsp, slot)) => {
                     let head = inner.classify.head(rsp.status(), rsp.headers());
@@ -196,12 +196,21 @@ where
         deadline: Instant,
     ) -> Option<Picked<HttpConnection<B>>> {
         let pool = &self.inner.pool;
+        let usable = |p: &Picked<HttpConnection<B>>, excluded: &Option<EndpointId>| {
+            Some(p.endpoint.id()) != excluded.as_ref() && !p.connection.is_closed()
+        };
+        // The common case touches nothing shared but the snapshot pointer.
+        if let Some(p) = pool.pick(ctx) {
+            if usable(&p, excluded) {
+                return Some(p);
+            }
+        }
         loop {
-            // Subscribe before looking, so a snapshot published in between is not missed.
+            // Subscribe before looking again, so a snapshot published in between is not missed.
             let mut rx = pool.subscribe();
             for _ in 0..PICK_ATTEMPTS {
                 let Some(p) = pool.pick(ctx) else { break };
-                if Some(p.endpoint.id()) != excluded.as_ref() && !p.connection.is_closed() {
+                if usable(&p, excluded) {
                     return Some(p);
                 }
                 // Dropping the guard un-counts the pick without recording an outcome.
@@ -209,7 +218,7 @@ where
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {
                     // A new snapshot reflects the failure that caused the exclusion (or not yet, in
-                    // which case the closed-connection check above still skips it).
+                    // which case the closed-connection check still skips it).
                     *excluded = None;
                 }
                 _ => return None,
@@ -217,10 +226,7 @@ where
         }
     }
 
-    fn rewrite(&self, req: &mut Request<B>, endpoint: &Endpoint, host_from_endpoint: bool) -> Result<(), Error> {
-        let addr = endpoint.addr();
-        let authority = Authority::try_from(addr.to_string().as_str())
-            .map_err(|e| Error::config(format!("endpoint address `{addr}` is not a URI authority: {e}")))?;
+    fn rewrite(&self, req: &mut Request<B>, authority: &Authority, host_from_endpoint: bool) -> Result<(), Error> {
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(self.inner.scheme.clone());
         parts.authority = Some(authority.clone());

@@ -34,6 +34,7 @@ pub struct Builder {
     health_path: Option<(String, Duration)>,
     max_streams: Option<usize>,
     max_connections: Option<usize>,
+    hash_header: Option<http::HeaderName>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -63,7 +64,17 @@ impl Builder {
             health_path: None,
             max_streams: None,
             max_connections: None,
+            hash_header: None,
         }
+    }
+
+    /// For hashing policies (`lb_core::policy::RingHash`): the request header whose value is the
+    /// affinity key (e.g. `x-user-id`). Requests without it get no key (the policy picks freely).
+    pub fn hash_header(mut self, name: &str) -> Result<Self, Error> {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| Error::config(format!("invalid hash header name `{name}`: {e}")))?;
+        self.hash_header = Some(name);
+        Ok(self)
     }
 
     /// HTTP/1.1 (the default) or HTTP/2.
@@ -186,6 +197,7 @@ impl Builder {
         Ok(LbClient {
             balancer,
             request_timeout: self.request_timeout,
+            hash_header: self.hash_header,
         })
     }
 }
@@ -267,6 +279,7 @@ where
 pub struct LbClient<B> {
     balancer: Balancer<B>,
     request_timeout: Option<Duration>,
+    hash_header: Option<http::HeaderName>,
 }
 
 impl<B> Clone for LbClient<B> {
@@ -274,6 +287,7 @@ impl<B> Clone for LbClient<B> {
         LbClient {
             balancer: self.balancer.clone(),
             request_timeout: self.request_timeout,
+            hash_header: self.hash_header.clone(),
         }
     }
 }
@@ -299,7 +313,15 @@ where
 {
     /// Sends one request.
     pub async fn request(&self, req: Request<B>) -> Result<Response<TrackedBody<Incoming>>, Error> {
-        let fut = self.balancer.send(req, PickContext::default());
+        let ctx = match &self.hash_header {
+            Some(h) => req
+                .headers()
+                .get(h)
+                .map(|v| PickContext::with_hash(lb_core::policy::hash_key(v.as_bytes())))
+                .unwrap_or_default(),
+            None => PickContext::default(),
+        };
+        let fut = self.balancer.send(req, ctx);
         match self.request_timeout {
             Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::timeout(t))?,
             None => fut.await,

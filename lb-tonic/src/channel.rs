@@ -31,6 +31,7 @@ pub struct Builder {
     outlier: Option<OutlierConfig>,
     max_streams: Option<usize>,
     max_connections: Option<usize>,
+    hash_header: Option<http::HeaderName>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -62,7 +63,17 @@ impl Builder {
             outlier: Some(OutlierConfig::default()),
             max_streams: None,
             max_connections: None,
+            hash_header: None,
         }
+    }
+
+    /// For hashing policies (`lb_core::policy::RingHash`): the request metadata key whose value is
+    /// the affinity key (e.g. `x-user-id`). Calls without it get no key (the policy picks freely).
+    pub fn hash_header(mut self, name: &str) -> Result<Self, Error> {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| Error::config(format!("invalid hash header name `{name}`: {e}")))?;
+        self.hash_header = Some(name);
+        Ok(self)
     }
 
     /// The balancing policy (default `lb_core::policy::P2c::peak_ewma()`).
@@ -186,6 +197,7 @@ impl Builder {
                 balancer,
                 request_timeout: self.request_timeout,
                 retry: self.retry,
+                hash_header: self.hash_header,
             }),
         })
     }
@@ -195,6 +207,7 @@ struct Inner {
     balancer: Balancer<Body>,
     request_timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
+    hash_header: Option<http::HeaderName>,
 }
 
 /// A tonic channel that picks an endpoint for every call; see the [crate docs](crate).
@@ -239,7 +252,15 @@ impl LbChannel {
     }
 
     async fn call_once(&self, req: http::Request<Body>) -> Result<http::Response<ResponseBody>, Error> {
-        let fut = self.inner.balancer.send(req, PickContext::default());
+        let ctx = match &self.inner.hash_header {
+            Some(h) => req
+                .headers()
+                .get(h)
+                .map(|v| PickContext::with_hash(lb_core::policy::hash_key(v.as_bytes())))
+                .unwrap_or_default(),
+            None => PickContext::default(),
+        };
+        let fut = self.inner.balancer.send(req, ctx);
         let rsp = match self.inner.request_timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {
                 Ok(r) => r,

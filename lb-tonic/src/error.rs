@@ -113,6 +113,13 @@ impl Error {
         }
     }
 
+    pub(crate) fn config(message: String) -> Self {
+        Error {
+            kind: Kind::Config,
+            status: Status::invalid_argument(message),
+        }
+    }
+
     pub(crate) fn invalid_target(target: &str, e: lb_registry::Error) -> Self {
         let mut status = Status::invalid_argument(format!("invalid target `{target}`: {e}"));
         status.set_source(Arc::new(e));

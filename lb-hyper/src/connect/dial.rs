@@ -43,8 +43,9 @@ impl Default for H2Settings {
             keep_alive_timeout: Duration::from_secs(20),
             initial_stream_window: None,
             initial_connection_window: None,
-            // Large gRPC messages on a fast link stall on h2's 64 KiB default window.
-            adaptive_window: true,
+            // Off, as in tonic: BDP probing sends PINGs alongside data frames, which costs small
+            // request/response traffic more than the larger window gains it.
+            adaptive_window: false,
         }
     }
 }

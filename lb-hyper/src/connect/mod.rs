@@ -216,7 +216,8 @@ where
             let closed = async move {
                 let _ = rx.await;
             };
-            Ok(Connected::new(HttpConnection { inner, addr }, closed))
+            let authority = http::uri::Authority::try_from(addr.to_string().as_str())?;
+            Ok(Connected::new(HttpConnection { inner, addr, authority }, closed))
         })
     }
 }
@@ -230,6 +231,7 @@ enum Inner<B> {
 pub struct HttpConnection<B> {
     inner: Inner<B>,
     addr: std::net::SocketAddr,
+    authority: http::uri::Authority,
 }
 
 impl<B> Clone for HttpConnection<B> {
@@ -238,7 +240,11 @@ impl<B> Clone for HttpConnection<B> {
             Inner::H1(p) => Inner::H1(Arc::clone(p)),
             Inner::H2(p) => Inner::H2(Arc::clone(p)),
         };
-        HttpConnection { inner, addr: self.addr }
+        HttpConnection {
+            inner,
+            addr: self.addr,
+            authority: self.authority.clone(),
+        }
     }
 }
 
@@ -264,6 +270,11 @@ where
     /// The endpoint's address.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.addr
+    }
+
+    /// The endpoint's address as a URI authority (`ip:port`).
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
     }
 
     /// How many transport connections are open to the endpoint.

@@ -1,0 +1,184 @@
+//! End-to-end unary gRPC on loopback: 4 tonic backends, 64 concurrent callers, side by side in one
+//! run:
+//!
+//! - `LbChannel` (P2C PeakEWMA, the default);
+//! - tonic's `Channel::balance_list` over the same 4 backends (tower's P2C behind one `Buffer` task);
+//! - one direct tonic `Channel` to a single backend: the floor (no balancing at all).
+//!
+//! Each mode runs `LB_BENCH_SECS` seconds (default 4) after a 1 s warm-up; the modes run
+//! interleaved, `LB_BENCH_ROUNDS` rounds (default 2), and each figure is the median over rounds.
+//! Results are ratios, because the machine is shared and absolute numbers are noise.
+//!
+//! Run: `cargo bench -p lb-tonic --bench grpc`
+
+#[path = "../tests/support/lbtest.rs"]
+#[allow(dead_code, unreachable_pub, missing_docs, clippy::all)]
+mod lbtest;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lbtest::echo_client::EchoClient;
+use lbtest::echo_server::{Echo, EchoServer};
+use lbtest::{EchoReply, EchoRequest};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+const CALLERS: usize = 64;
+const BACKENDS: usize = 4;
+
+#[derive(Clone)]
+struct Svc(String);
+
+#[tonic::async_trait]
+impl Echo for Svc {
+    async fn unary(&self, req: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        Ok(Response::new(EchoReply {
+            backend: self.0.clone(),
+            message: req.into_inner().message,
+        }))
+    }
+
+    type ServerStreamStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+    async fn server_stream(&self, _: Request<EchoRequest>) -> Result<Response<Self::ServerStreamStream>, Status> {
+        Err(Status::unimplemented("not benchmarked"))
+    }
+}
+
+async fn start_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(EchoServer::new(Svc(addr.to_string())))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Figures {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+async fn run<T>(client: EchoClient<T>, secs: f64) -> Figures
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let go = |dur: Duration| {
+        let client = client.clone();
+        async move {
+            let stop = Instant::now() + dur;
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..CALLERS {
+                let mut c = client.clone();
+                tasks.spawn(async move {
+                    let mut lat = Vec::with_capacity(16 * 1024);
+                    let mut errors = 0u64;
+                    while Instant::now() < stop {
+                        let t = Instant::now();
+                        match c.unary(EchoRequest::default()).await {
+                            Ok(_) => lat.push(t.elapsed().as_micros() as u32),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (lat, errors)
+                });
+            }
+            let mut all = Vec::new();
+            let mut errors = 0;
+            while let Some(r) = tasks.join_next().await {
+                let (l, e) = r.expect("caller does not panic");
+                all.extend(l);
+                errors += e;
+            }
+            (all, errors)
+        }
+    };
+    go(Duration::from_secs(1)).await;
+    let dur = Duration::from_secs_f64(secs);
+    let (mut lat, errors) = go(dur).await;
+    assert_eq!(errors, 0, "benchmark calls failed");
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64;
+    Figures {
+        rps: lat.len() as f64 / secs,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let secs: f64 = std::env::var("LB_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4.0);
+    let rounds: usize = std::env::var("LB_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let mut addrs = Vec::new();
+        for _ in 0..BACKENDS {
+            addrs.push(start_backend().await);
+        }
+        let target = format!("static:///{}", addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","));
+        let lb = lb_tonic::LbChannel::from_target(&target).expect("valid target");
+        assert!(lb.ready(Duration::from_secs(5)).await);
+        let endpoints = addrs.iter().map(|a| {
+            tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("valid uri").tcp_nodelay(true)
+        });
+        let balance_list = tonic::transport::Channel::balance_list(endpoints);
+        let direct = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs[0]))
+            .expect("valid uri")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connects");
+
+        let names = ["LbChannel (P2C PeakEWMA)", "tonic balance_list", "direct Channel (floor)"];
+        let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 3];
+        for round in 0..rounds {
+            results[0].push(run(EchoClient::new(lb.clone()), secs).await);
+            results[1].push(run(EchoClient::new(balance_list.clone()), secs).await);
+            results[2].push(run(EchoClient::new(direct.clone()), secs).await);
+            eprintln!("round {} of {rounds} done", round + 1);
+        }
+        let fig: Vec<Figures> = results
+            .iter()
+            .map(|r| Figures {
+                rps: median(&mut r.iter().map(|f| f.rps).collect::<Vec<_>>()),
+                p50_us: median(&mut r.iter().map(|f| f.p50_us).collect::<Vec<_>>()),
+                p99_us: median(&mut r.iter().map(|f| f.p99_us).collect::<Vec<_>>()),
+            })
+            .collect();
+        println!("unary gRPC, {BACKENDS} loopback backends, {CALLERS} callers, {secs} s x {rounds} rounds (medians)");
+        println!("{:<28} {:>10} {:>10} {:>10}", "client", "calls/s", "p50 us", "p99 us");
+        for (n, f) in names.iter().zip(&fig) {
+            println!("{n:<28} {:>10.0} {:>10.0} {:>10.0}", f.rps, f.p50_us, f.p99_us);
+        }
+        let (l, b, d) = (fig[0], fig[1], fig[2]);
+        println!(
+            "LbChannel / balance_list: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+            l.rps / b.rps,
+            l.p50_us / b.p50_us,
+            l.p99_us / b.p99_us
+        );
+        println!(
+            "LbChannel / direct:       throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+            l.rps / d.rps,
+            l.p50_us / d.p50_us,
+            l.p99_us / d.p99_us
+        );
+    });
+}
