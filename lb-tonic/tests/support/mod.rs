@@ -86,6 +86,11 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend that answers after `delay`.
     pub async fn start(delay: Duration) -> Backend {
+        Self::start_with(delay, None).await
+    }
+
+    /// Starts a backend that answers after `delay`, over TLS when `tls` is given.
+    pub async fn start_with(delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound socket has an address");
         let served = Arc::new(AtomicUsize::new(0));
@@ -103,9 +108,18 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
                 let svc = TowerToHyperService::new(routes.clone());
+                let tls = tls.clone();
                 conns.lock().expect("not poisoned").spawn(async move {
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder.http2_only().serve_connection(TokioIo::new(stream), svc).await;
+                    match tls {
+                        None => {
+                            let _ = builder.http2_only().serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let _ = builder.http2_only().serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });

@@ -1,0 +1,94 @@
+//! TLS with rustls: ALPN h2, certificate checked against the endpoint's IP or a configured name.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_tonic::LbChannel;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use support::lbtest::echo_client::EchoClient;
+use support::lbtest::EchoRequest;
+use support::{static_target, wait_healthy, Backend};
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+struct Pki {
+    cert: CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+fn pki(names: &[&str]) -> Pki {
+    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .expect("certificate generates");
+    Pki {
+        cert: ck.cert.der().clone(),
+        key: ck.key_pair.serialize_der(),
+    }
+}
+
+fn acceptor(pki: &Pki) -> tokio_rustls::TlsAcceptor {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![pki.cert.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key.clone())),
+        )
+        .expect("valid key");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+fn client_config(pki: &Pki) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.cert.clone()).expect("trust anchor");
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_tls_verified_by_ip_address() {
+    let pki = pki(&["127.0.0.1"]);
+    let bs = vec![
+        Backend::start_with(Duration::ZERO, Some(acceptor(&pki))).await,
+        Backend::start_with(Duration::ZERO, Some(acceptor(&pki))).await,
+    ];
+    let channel = LbChannel::builder()
+        .tls(client_config(&pki))
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    wait_healthy(&channel, 2, Duration::from_secs(5)).await;
+    let (per, errors) = support::load(&channel, 100, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(per.values().sum::<usize>(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_server_name_is_verified() {
+    let pki = pki(&["greeter.internal"]);
+    let bs = vec![Backend::start_with(Duration::ZERO, Some(acceptor(&pki))).await];
+
+    // The certificate names greeter.internal, not the IP: without the name, no endpoint connects.
+    let by_ip = LbChannel::builder()
+        .tls(client_config(&pki))
+        .failfast(Duration::from_millis(300))
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    let status = EchoClient::new(by_ip).unary(EchoRequest::default()).await.expect_err("certificate mismatch");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+
+    let by_name = LbChannel::builder()
+        .tls(client_config(&pki))
+        .tls_server_name("greeter.internal")
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    let reply = EchoClient::new(by_name).unary(EchoRequest::default()).await.expect("verified by name");
+    assert_eq!(reply.into_inner().backend, bs[0].addr.to_string());
+}
