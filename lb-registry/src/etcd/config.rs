@@ -318,8 +318,9 @@ impl EtcdBuilder {
         Ok(super::EtcdRegistrar::from_config(self.finish()?))
     }
 
-    /// Applies a target's hosts and documented query parameters, then the environment.
-    pub(crate) fn from_target(target: &Target) -> Result<Self, Error> {
+    /// Options from a target URI: its hosts and documented query parameters, then the [`env`](mod@env)
+    /// variables. Further builder calls (e.g. [`EtcdBuilder::credentials`]) override them.
+    pub fn from_target(target: &Target) -> Result<Self, Error> {
         let hosts = target.hosts();
         if hosts.is_empty() {
             return Err(Error::invalid_target(format!(
