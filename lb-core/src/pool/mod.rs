@@ -74,6 +74,11 @@ impl<C> Connected<C> {
     pub fn without_close_signal(connection: C) -> Self {
         Connected::new(connection, std::future::pending())
     }
+
+    /// Splits into the connection and its end signal (for tests and wrappers of a connector).
+    pub fn into_parts(self) -> (C, Pin<Box<dyn Future<Output = ()> + Send + 'static>>) {
+        (self.connection, self.closed)
+    }
 }
 
 impl<C: fmt::Debug> fmt::Debug for Connected<C> {
