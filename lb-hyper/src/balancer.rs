@@ -172,7 +172,11 @@ where
                     return Ok(rsp.map(|b| TrackedBody::new(b, guard, slot, classify, head)));
                 }
                 Err(mut e) => {
-                    guard.set_outcome(Outcome::Failure);
+                    // A request that never left counts for nothing: the pool learns of the closed
+                    // connection from its close signal. Counting it would let one benign close (a
+                    // server's max connection age) under many concurrent callers look like a burst
+                    // of failures and eject a healthy endpoint.
+                    guard.set_outcome(if e.is_unsent() { Outcome::Cancelled } else { Outcome::Failure });
                     drop(guard);
                     match e.take_request() {
                         Some(unsent) if reroutes < inner.max_reroutes => {

@@ -3,7 +3,8 @@
 //!
 //! - `LbChannel` (P2C PeakEWMA, the default);
 //! - tonic's `Channel::balance_list` over the same 4 backends (tower's P2C behind one `Buffer` task);
-//! - one direct tonic `Channel` to a single backend: the floor (no balancing at all).
+//! - one direct tonic `Channel` to a single backend: the floor (no balancing at all);
+//! - `LbChannel` over that same single backend, which isolates the cost of lb's request path.
 //!
 //! Each mode runs `LB_BENCH_SECS` seconds (default 4) after a 1 s warm-up; the modes run
 //! interleaved, `LB_BENCH_ROUNDS` rounds (default 2), and each figure is the median over rounds.
@@ -146,12 +147,22 @@ fn main() {
             .await
             .expect("connects");
 
-        let names = ["LbChannel (P2C PeakEWMA)", "tonic balance_list", "direct Channel (floor)"];
-        let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 3];
+        // The same single backend as `direct`, through LbChannel: the request path's own cost.
+        let lb_one = lb_tonic::LbChannel::from_target(&format!("static:///{}", addrs[0])).expect("valid target");
+        assert!(lb_one.ready(Duration::from_secs(5)).await);
+
+        let names = [
+            "LbChannel (P2C PeakEWMA)",
+            "tonic balance_list",
+            "direct Channel (floor)",
+            "LbChannel, 1 backend",
+        ];
+        let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 4];
         for round in 0..rounds {
             results[0].push(run(EchoClient::new(lb.clone()), secs).await);
             results[1].push(run(EchoClient::new(balance_list.clone()), secs).await);
             results[2].push(run(EchoClient::new(direct.clone()), secs).await);
+            results[3].push(run(EchoClient::new(lb_one.clone()), secs).await);
             eprintln!("round {} of {rounds} done", round + 1);
         }
         let fig: Vec<Figures> = results
@@ -167,7 +178,7 @@ fn main() {
         for (n, f) in names.iter().zip(&fig) {
             println!("{n:<28} {:>10.0} {:>10.0} {:>10.0}", f.rps, f.p50_us, f.p99_us);
         }
-        let (l, b, d) = (fig[0], fig[1], fig[2]);
+        let (l, b, d, one) = (fig[0], fig[1], fig[2], fig[3]);
         println!(
             "LbChannel / balance_list: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
             l.rps / b.rps,
@@ -179,6 +190,12 @@ fn main() {
             l.rps / d.rps,
             l.p50_us / d.p50_us,
             l.p99_us / d.p99_us
+        );
+        println!(
+            "same single backend, LbChannel / direct: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+            one.rps / d.rps,
+            one.p50_us / d.p50_us,
+            one.p99_us / d.p99_us
         );
     });
 }

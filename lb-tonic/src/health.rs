@@ -47,7 +47,7 @@ impl GrpcHealthCheck {
 
 enum State {
     Connect,
-    Streaming(tonic::Streaming<tonic_health::pb::HealthCheckResponse>),
+    Streaming(Box<tonic::Streaming<tonic_health::pb::HealthCheckResponse>>),
     Sleep,
     Done,
 }
@@ -75,7 +75,7 @@ impl HealthCheck<HttpConnection<Body>> for GrpcHealthCheck {
                         State::Connect => {
                             let req = HealthCheckRequest { service: service.clone() };
                             match client.watch(req).await {
-                                Ok(rsp) => state = State::Streaming(rsp.into_inner()),
+                                Ok(rsp) => state = State::Streaming(Box::new(rsp.into_inner())),
                                 Err(s) if s.code() == tonic::Code::Unimplemented => {
                                     tracing::debug!(endpoint = %addr, "no grpc.health.v1 service: treated as serving");
                                     return Some((true, (State::Done, client)));

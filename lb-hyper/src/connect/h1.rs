@@ -66,6 +66,15 @@ where
         self.open.load(Ordering::Relaxed)
     }
 
+    /// True when every connection is closed (idle ones are checked; leased ones count as open).
+    pub(crate) fn is_closed(&self) -> bool {
+        let mut idle = self.idle.lock().expect("idle list lock is never poisoned: no code panics while holding it");
+        let before = idle.len();
+        idle.retain(|s| !s.is_closed());
+        self.open.fetch_sub(before - idle.len(), Ordering::Relaxed);
+        self.open.load(Ordering::Relaxed) == 0
+    }
+
     fn take_idle(&self) -> Option<SendRequest<B>> {
         let mut idle = self.idle.lock().expect("idle list lock is never poisoned: no code panics while holding it");
         while let Some(send) = idle.pop() {

@@ -288,7 +288,7 @@ where
     /// True when no connection can carry a request any more.
     pub fn is_closed(&self) -> bool {
         match &self.inner {
-            Inner::H1(p) => p.connections() == 0,
+            Inner::H1(p) => p.is_closed(),
             Inner::H2(p) => p.is_closed(),
         }
     }
