@@ -332,3 +332,42 @@ async fn weight_locality_token_and_namespace_travel_through_consul() {
     let err = first.expect_err("403 without the token");
     assert!(err.to_string().contains("403"), "{err}");
 }
+
+/// Consul-realistic durations on a paused clock: a 10 s TTL, the 1-minute minimum of
+/// `DeregisterCriticalServiceAfter`, and an agent outage of several minutes. Registration never
+/// gives up: the instance turns critical, is reaped, and registers again once the agent answers.
+#[tokio::test(start_paused = true)]
+async fn an_outage_longer_than_deregister_after_ends_in_a_new_registration() {
+    let double = ConsulDouble::start().await.expect("start the consul double");
+    let r = ConsulRegistrar::builder()
+        .address(double.authority())
+        .ttl(Duration::from_secs(10))
+        .deregister_critical_after(Duration::from_secs(60))
+        .build()
+        .expect("options");
+    let _reg = register(&r, "outage", 7601).await;
+    let _other = register(&r, "outage", 7602).await;
+    let pool = client(&double, "outage");
+    picks_exactly(&pool, &[7601, 7602]).await;
+
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let svc = double.services();
+    assert!(svc.iter().all(|s| s.status == CheckStatus::Passing && s.passes >= 80), "{svc:?}");
+    assert_eq!(double.registrations(), 2);
+
+    double.set_agent_down(true);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(double.services().iter().all(|s| s.status == CheckStatus::Critical), "TTL expired without passes");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(double.services().is_empty(), "reaped after DeregisterCriticalServiceAfter");
+    // The client was told the set is empty and refused it.
+    assert_eq!(picked(&pool), ports(&[7601, 7602]));
+
+    double.set_agent_down(false);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let svc = double.services();
+    assert_eq!(svc.len(), 2, "both registered again within one pass interval: {svc:?}");
+    assert!(svc.iter().all(|s| s.status == CheckStatus::Passing));
+    assert_eq!(double.registrations(), 4);
+    picks_exactly(&pool, &[7601, 7602]).await;
+}

@@ -129,7 +129,7 @@ impl Client {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
                 self.fail_over();
-                Err(format!("consul agent {addr}: {e}").into())
+                Err(format!("consul agent {addr}: {}", chain(&*e)).into())
             }
             Err(_) => {
                 self.fail_over();
@@ -143,6 +143,19 @@ impl Client {
             self.current.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// An error and its sources on one line: hyper's own message ("client error (Connect)") hides the
+/// cause ("Connection refused") in the chain.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Percent-encodes a path segment or query value.
