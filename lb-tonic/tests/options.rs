@@ -1,0 +1,77 @@
+//! Builder options end to end: the caller's locality, hash affinity, the request timeout.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use lb_core::discover;
+use lb_core::policy::{RingHash, RoundRobin};
+use lb_core::{Endpoint, Locality};
+use lb_tonic::LbChannel;
+use support::lbtest::echo_client::EchoClient;
+use support::lbtest::EchoRequest;
+use support::{backends, static_target, wait_healthy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_keeps_calls_in_the_callers_zone() {
+    let bs = backends(&[0, 0, 0, 0]).await;
+    let zone = |i: usize| if i < 2 { "zone-a" } else { "zone-b" };
+    let eps = bs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Endpoint::new(b.addr).with_locality(Locality::unknown().with_region("r").with_zone(zone(i))))
+        .collect();
+    let channel = LbChannel::builder()
+        .policy(RoundRobin::new())
+        .locality(Locality::unknown().with_region("r").with_zone("zone-a"))
+        .build(discover::fixed(eps), "zoned")
+        .expect("builds");
+    wait_healthy(&channel, 4, Duration::from_secs(5)).await;
+    let (per, errors) = support::load(&channel, 200, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let expected: BTreeSet<String> = bs[..2].iter().map(|b| b.addr.to_string()).collect();
+    assert_eq!(per.keys().cloned().collect::<BTreeSet<_>>(), expected, "only zone-a served: {per:?}");
+    assert_eq!(per.values().copied().collect::<Vec<_>>(), vec![100, 100], "round robin inside the zone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_header_pins_a_key_to_one_backend() {
+    let bs = backends(&[0, 0, 0, 0]).await;
+    let channel = LbChannel::builder()
+        .policy(RingHash::new())
+        .hash_header("x-user")
+        .expect("valid header name")
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    wait_healthy(&channel, 4, Duration::from_secs(5)).await;
+    let mut client = EchoClient::new(channel);
+    let mut backends_seen = BTreeSet::new();
+    for user in 0..40 {
+        let mut per_user = BTreeSet::new();
+        for _ in 0..5 {
+            let mut req = tonic::Request::new(EchoRequest::default());
+            req.metadata_mut().insert("x-user", user.to_string().parse().expect("ascii"));
+            per_user.insert(client.unary(req).await.expect("ok").into_inner().backend);
+        }
+        assert_eq!(per_user.len(), 1, "user {user} stuck to one backend: {per_user:?}");
+        backends_seen.extend(per_user);
+    }
+    assert!(backends_seen.len() >= 3, "40 keys spread over the ring: {backends_seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_is_deadline_exceeded() {
+    let bs = backends(&[500]).await;
+    let channel = LbChannel::builder()
+        .request_timeout(Duration::from_millis(100))
+        .build_from_target(&static_target(&bs))
+        .expect("valid target");
+    wait_healthy(&channel, 1, Duration::from_secs(5)).await;
+    let started = tokio::time::Instant::now();
+    let status = EchoClient::new(channel.clone()).unary(EchoRequest::default()).await.expect_err("too slow");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() < Duration::from_millis(400));
+    // The abandoned call is no longer counted against the backend.
+    assert_eq!(channel.endpoints()[0].in_flight, 0);
+}
