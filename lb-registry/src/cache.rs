@@ -55,6 +55,9 @@ pub const STALENESS: &str = "lb_registry_staleness_seconds";
 /// Counter: updates refused because they would have emptied a non-empty set.
 pub const EMPTY_REFUSED: &str = "lb_registry_empty_updates_refused_total";
 
+// Periods are added to `Instant`s; a year keeps that far from overflowing.
+const MAX_PERIOD: Duration = Duration::from_secs(365 * 86_400);
+
 /// Entry point: [`Cache::builder`].
 #[derive(Debug)]
 pub struct Cache(());
@@ -103,7 +106,7 @@ impl CacheBuilder {
     /// Restarts the source this often (a full relist). Needs a restartable source
     /// ([`CacheBuilder::wrap_with`]); ignored by [`CacheBuilder::wrap`].
     pub fn resync_every(mut self, period: Duration) -> Self {
-        self.resync = Some(period.max(Duration::from_millis(10)));
+        self.resync = Some(period.clamp(Duration::from_millis(10), MAX_PERIOD));
         self
     }
 
@@ -115,13 +118,13 @@ impl CacheBuilder {
 
     /// The most often the snapshot file is rewritten (default 1 s; changes in between coalesce).
     pub fn snapshot_interval(mut self, interval: Duration) -> Self {
-        self.snapshot_interval = interval;
+        self.snapshot_interval = interval.min(MAX_PERIOD);
         self
     }
 
     /// Wait this long before restarting a source that ended (default 1 s).
     pub fn restart_backoff(mut self, backoff: Duration) -> Self {
-        self.restart_backoff = backoff;
+        self.restart_backoff = backoff.min(MAX_PERIOD);
         self
     }
 

@@ -137,7 +137,7 @@ impl Config {
                 Err(e) => Err(e),
             }
         };
-        match tokio::time::timeout(self.connect_timeout + self.request_timeout, attempt).await {
+        match tokio::time::timeout(self.connect_timeout.saturating_add(self.request_timeout), attempt).await {
             Ok(r) => r,
             Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

@@ -109,7 +109,7 @@ impl Backoff {
 
     fn next(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         // Jitter keeps a fleet that lost etcd together from reconnecting in lockstep. The standard
         // library's per-process random hasher keys are enough entropy for that.
         let r = std::collections::hash_map::RandomState::new().build_hasher().finish();

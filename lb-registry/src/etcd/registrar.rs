@@ -235,7 +235,7 @@ impl Reg {
             let mut fresh = self.cfg.connect().await?;
             self.timed(fresh.lease_revoke(lease)).await.map(|_| ())
         };
-        let result = match tokio::time::timeout(self.cfg.request_timeout * 2, attempt).await {
+        let result = match tokio::time::timeout(self.cfg.request_timeout.saturating_mul(2), attempt).await {
             Ok(r) => r,
             Err(_) => Err(etcd_client::Error::IoError(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
