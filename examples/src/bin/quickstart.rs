@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let settings = if args.quick {
-        Settings { calls: 400, concurrency: 4, slow_ms: 30 }
+        Settings { calls: 300, concurrency: 6, slow_ms: 80 }
     } else {
         // Few enough callers that a debug build on a busy laptop is not CPU-bound, so what the
         // numbers show is the balancing, not the scheduler.
