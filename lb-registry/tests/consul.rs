@@ -371,3 +371,35 @@ async fn an_outage_longer_than_deregister_after_ends_in_a_new_registration() {
     assert_eq!(double.registrations(), 4);
     picks_exactly(&pool, &[7601, 7602]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_next_agent_and_queries_the_given_datacenter() {
+    let double = ConsulDouble::start().await.expect("start the consul double");
+    let _reg = register(&registrar(&double), "dc", 7701).await;
+    // Port 1 on loopback refuses connections: the first agent listed is down.
+    let dead = "127.0.0.1:1".to_string();
+    let build = |dc: &str| {
+        ConsulResolver::builder()
+            .address(dead.clone())
+            .address(double.authority())
+            .datacenter(dc)
+            .min_interval(Duration::from_millis(20))
+            .max_backoff(Duration::from_millis(200))
+            .build()
+            .expect("options")
+    };
+    let pool = Pool::spawn(build("dc1").resolve("dc"), AddrConnector, RoundRobin::new(), PoolConfig::new("dc"));
+    picks_exactly(&pool, &[7701]).await;
+
+    // Consul answers 500 "No path to datacenter" for an unknown one: an error, never an empty set.
+    use futures_util::StreamExt as _;
+    let mut other = build("mars").resolve("dc");
+    let mut errors = 0;
+    while errors < 2 {
+        match tokio::time::timeout(PATIENCE, other.next()).await.expect("an answer").expect("open") {
+            Err(e) if e.to_string().contains("No path to datacenter") => errors += 1,
+            Err(_) => {} // the dead agent
+            Ok(update) => panic!("an unknown datacenter produced {update:?}"),
+        }
+    }
+}
