@@ -43,15 +43,17 @@ fn c_reports_steer_load_away_from_a_failing_endpoint() {
     let t = run(Command::new(example()).args([&static_target(&refs), options, "300", "2"]));
     let failing = &backends[2];
     let bad = t.served(failing);
-    // Without reports the failing endpoint would take about a third (~100). Three consecutive
-    // failures eject it; a few picks may race the ejection being published.
-    assert!(bad >= 3, "the failing endpoint was tried: {:?}", t.served);
+    // Without reports the failing endpoint would take about a third (~100). Two mechanisms steer
+    // away from it: PeakEWMA (a failure keeps its latency estimate high while the healthy ones'
+    // estimates fall, so P2C stops choosing it) and, at three consecutive failures, ejection. Which
+    // acts first depends on timing; either way it gets a handful of requests at most.
+    assert!(bad >= 1, "the failing endpoint was tried: {:?}", t.served);
     assert!(bad <= 12, "the failing endpoint kept getting traffic: {bad} of 300: {:?}", t.served);
     assert_eq!(t.served.get(&failing.addr.to_string()).map(|s| s.1), Some(bad), "every answer from it was a failure");
-    for ok in &backends[..2] {
-        assert!(t.served(ok) >= 130, "{} served {}: {:?}", ok.addr, t.served(ok), t.served);
+    assert_eq!(t.served(&backends[0]) + t.served(&backends[1]), 300 - bad, "the rest went to the healthy two");
+    if bad >= 3 {
+        assert_eq!(t.phase(failing), "ejected", "three failures in a row eject");
     }
-    assert_eq!(t.phase(failing), "ejected");
     assert_eq!(t.phase(&backends[0]), "ready");
 }
 

@@ -1,6 +1,8 @@
 //! Shared fixtures: plain TCP backends on 127.0.0.1, and locating the library cargo just built.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod handle;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
