@@ -42,8 +42,10 @@ const HOOKS: [(&str, &str, &str); 6] = [
 ];
 
 /// The iptables backend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Iptables {
+    /// `iptables-restore` and `iptables-save` (or their `-legacy` / `-nft` variants).
+    tools: (&'static str, &'static str),
     /// Chains of ours that exist, per table.
     chains: BTreeMap<&'static str, BTreeSet<String>>,
     /// Hooks that exist (index into [`HOOKS`]).
@@ -55,9 +57,20 @@ pub struct Iptables {
 }
 
 impl Iptables {
-    /// A backend that has not yet read the kernel.
+    /// A backend using the system's `iptables-restore` / `iptables-save`.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_tools("iptables-restore", "iptables-save")
+    }
+
+    /// A backend using other tools, e.g. `iptables-legacy-restore` / `iptables-legacy-save`.
+    pub fn with_tools(restore: &'static str, save: &'static str) -> Self {
+        Iptables {
+            tools: (restore, save),
+            chains: BTreeMap::new(),
+            hooks: BTreeSet::new(),
+            state: None,
+            committed: BTreeMap::new(),
+        }
     }
 
     /// The `iptables-restore` input for `desired`, and the chains it defines per table.
@@ -167,9 +180,9 @@ impl Backend for Iptables {
     }
 
     fn load(&mut self) -> Result<(), Error> {
-        *self = Iptables::new();
+        *self = Iptables::with_tools(self.tools.0, self.tools.1);
         for table in ["nat", "filter"] {
-            let saved = exec::run("iptables-save", &["-t", table], None)?;
+            let saved = exec::run(self.tools.1, &["-t", table], None)?;
             let mut ours = BTreeSet::new();
             for line in saved.lines() {
                 if let Some(c) = line.strip_prefix(":LBA-") {
@@ -205,7 +218,7 @@ impl Backend for Iptables {
         if dry_run {
             return Ok(SyncReport { transaction, commands: conntrack::describe(&flush), objects });
         }
-        exec::run("iptables-restore", &["--noflush"], Some(&transaction))?;
+        exec::run(self.tools.0, &["--noflush"], Some(&transaction))?;
         self.state = state_hash(&transaction);
         self.chains = chains;
         self.hooks = (0..HOOKS.len()).collect();
@@ -238,8 +251,8 @@ impl Backend for Iptables {
         if out.is_empty() || dry_run {
             return Ok(SyncReport { transaction: out, ..SyncReport::default() });
         }
-        exec::run("iptables-restore", &["--noflush"], Some(&out))?;
-        *self = Iptables::new();
+        exec::run(self.tools.0, &["--noflush"], Some(&out))?;
+        *self = Iptables::with_tools(self.tools.0, self.tools.1);
         Ok(SyncReport { transaction: out, ..SyncReport::default() })
     }
 }

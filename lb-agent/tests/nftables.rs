@@ -197,3 +197,63 @@ fn serves_healthz_and_metrics() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+#[test]
+fn forwarded_traffic_is_balanced_and_hairpin_is_masqueraded() {
+    skip_unless_capable!();
+    let lab = lab_with_servers(2);
+    // The client namespace becomes the backends' router: their VIP traffic arrives on its
+    // prerouting hook. Redirects would teach the backends to bypass it.
+    for (ns, key) in [
+        (&lab.client, "net.ipv4.ip_forward=1"),
+        (&lab.client, "net.ipv4.conf.all.send_redirects=0"),
+        (&lab.client, "net.ipv4.conf.vc.send_redirects=0"),
+        (&lab.backends, "net.ipv4.conf.all.accept_redirects=0"),
+    ] {
+        ns.exec(&["sysctl", "-q", "-w", key]);
+    }
+    lab.write_config(&format!(
+        "[[service]]\nvip = \"10.96.0.30:80\"\ntarget = \"{}\"\n[[service]]\nvip = \"10.96.0.31:80\"\ntarget = \"{}\"\n",
+        target(&[backend(1, 8080)]),
+        target(&[backend(0, 8080)]),
+    ));
+    lab.agent_ok(&["--once"]);
+    let ask = |ns: &Netns, to: &'static str| {
+        ns.run(move || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&to.parse().expect("addr"), Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            who(&mut s)
+        })
+    };
+    // A remote client routed through the agent's namespace: its flows meet the prerouting hook.
+    let remote = Netns::new(format!("{}-r", lab.client.name));
+    lab.client.exec(&["ip", "link", "add", "vr", "type", "veth", "peer", "name", "vx", "netns", &remote.name]);
+    lab.client.exec(&["ip", "addr", "add", "10.201.0.1/24", "dev", "vr"]);
+    lab.client.exec(&["ip", "link", "set", "vr", "up"]);
+    remote.exec(&["ip", "addr", "add", "10.201.0.2/24", "dev", "vx"]);
+    remote.exec(&["ip", "link", "set", "vx", "up"]);
+    remote.exec(&["ip", "route", "add", "default", "via", "10.201.0.1"]);
+    assert_eq!(ask(&remote, "10.96.0.30:80").expect("forwarded flow"), "b1");
+    // Hairpin: 10.200.0.11 reaches its own VIP and is DNAT'ed back to itself; without the
+    // masquerade the reply would go straight back and the handshake would never complete.
+    assert_eq!(ask(&lab.backends, "10.96.0.31:80").expect("hairpin flow"), "b0");
+}
+
+#[test]
+fn topology_prefers_this_node_and_falls_back() {
+    skip_unless_capable!();
+    let lab = lab_with_servers(3);
+    let cfg = |eps: &str| {
+        format!("[node]\nname = \"n1\"\nzone = \"z1\"\n[[service]]\nvip = \"{TCP_VIP}\"\ntarget = \"static:///{eps}\"\ntopology = [\"node\", \"zone\", \"any\"]\n")
+    };
+    let (b0, b1, b2) = (backend(0, 8080), backend(1, 8080), backend(2, 8080));
+    lab.write_config(&cfg(&format!("{b0};node=n1;zone=z1,{b1};node=n2;zone=z1,{b2};node=n3;zone=z2")));
+    lab.agent_ok(&["--once"]);
+    assert_eq!(lab.tcp_spread(vip(TCP_VIP), 20).keys().collect::<Vec<_>>(), vec!["b0"], "same node first");
+    lab.write_config(&cfg(&format!("{b1};node=n2;zone=z1,{b2};node=n3;zone=z2")));
+    lab.agent_ok(&["--once"]);
+    assert_eq!(lab.tcp_spread(vip(TCP_VIP), 20).keys().collect::<Vec<_>>(), vec!["b1"], "then same zone");
+    lab.write_config(&cfg(&format!("{b2};node=n3;zone=z2")));
+    lab.agent_ok(&["--once"]);
+    assert_eq!(lab.tcp_spread(vip(TCP_VIP), 20).keys().collect::<Vec<_>>(), vec!["b2"], "then anywhere");
+}

@@ -69,7 +69,7 @@ pub struct Netns {
 }
 
 impl Netns {
-    fn new(name: String) -> Self {
+    pub fn new(name: String) -> Self {
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         sh(&["ip", "netns", "add", &name]);
         let ns = Netns { name };
