@@ -163,7 +163,11 @@ fn main() {
             results[1].push(run(EchoClient::new(balance_list.clone()), secs).await);
             results[2].push(run(EchoClient::new(direct.clone()), secs).await);
             results[3].push(run(EchoClient::new(lb_one.clone()), secs).await);
-            eprintln!("round {} of {rounds} done", round + 1);
+            eprintln!("round {} of {rounds}:", round + 1);
+            for (n, r) in names.iter().zip(&results) {
+                let f = r[round];
+                eprintln!("  {n:<28} {:>10.0} calls/s  p50 {:>7.0} us  p99 {:>7.0} us", f.rps, f.p50_us, f.p99_us);
+            }
         }
         let fig: Vec<Figures> = results
             .iter()
