@@ -185,3 +185,27 @@ async fn without_retry_policy_a_failed_call_is_sent_once() {
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(bs[0].served() + bs[1].served(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_on_a_removed_endpoint_finishes() {
+    let bs = backends(&[300]).await;
+    let (tx, rx) = discover::channel();
+    let ep = lb_core::Endpoint::new(bs[0].addr);
+    tx.send(lb_core::Update::Reset(vec![ep.clone()]));
+    let channel = LbChannel::builder()
+        .failfast(Duration::from_millis(100))
+        .build(Box::pin(rx), "manual")
+        .expect("builds");
+    wait_healthy(&channel, 1, Duration::from_secs(5)).await;
+    let mut client = EchoClient::new(channel.clone());
+    let call = tokio::spawn(async move { client.unary(EchoRequest::default()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(lb_core::Update::Remove(vec![ep.id().clone()]));
+    wait_healthy(&channel, 0, Duration::from_secs(2)).await;
+    // No new calls go to it ...
+    let status = EchoClient::new(channel.clone()).unary(EchoRequest::default()).await.expect_err("removed");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    // ... while the one in flight finishes normally.
+    let reply = call.await.expect("no panic").expect("the in-flight call completes");
+    assert_eq!(reply.into_inner().backend, bs[0].addr.to_string());
+}
