@@ -92,3 +92,30 @@ fn no_reachable_server_reports_errors_and_fails() {
     assert_eq!((r.requests, r.ok, r.errors), (3, 0, 3), "{r:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unavailable"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn health_checks_let_a_static_list_lose_a_server_without_errors() {
+    // No registry: the server's NOT_SERVING on grpc.health.v1, sent at SIGTERM and followed by a
+    // 1.5 s drain delay during which it still answers, is the only way the client can learn early
+    // that it is going away. Without health checks the client keeps using it for that 1.5 s.
+    let a = Server::start(&["--drain-delay-ms", "1500"]);
+    let b = Server::start(&[]);
+    let target = static_target(&[&a, &b]);
+    let client = std::thread::spawn(move || {
+        run_client(&[
+            "--target", &target, "--duration-secs", "3", "--concurrency", "4", "--policy", "rr", "--health-check",
+        ])
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let a_addr = a.addr.to_string();
+    assert!(a.terminate(), "greeter-server exits 0");
+    let out = client.join().expect("client thread");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: Report = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(r.errors, 0, "a health-checked shutdown costs no calls: {r:?}\n{stderr}");
+    // Round robin over two for ~1 s of 3 s, then b alone: about 1/6 for a. Had the client kept
+    // sending to a through its drain delay, a would have about 2.5/6.
+    let a_share = r.share(&a_addr);
+    assert!(a_share > 0.03 && a_share < 0.3, "a got {a_share:.3}: {r:?}");
+}
