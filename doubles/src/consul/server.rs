@@ -46,12 +46,15 @@ pub(super) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<S
         };
         let shared = Arc::clone(&shared);
         let mut shutdown = shutdown.clone();
+        // A restart closes every connection, idle keep-alive ones included, as a real restart does.
+        let mut generation = shared.generation.subscribe();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = shutdown.wait_for(|stop| *stop) => {}
+                _ = generation.changed() => {}
             }
         });
     }
