@@ -133,7 +133,7 @@ impl Config {
                 Ok(_) => Ok(client),
                 // Answered, even if with a refusal: the endpoint is reachable; the caller's own
                 // requests report what is wrong.
-                Err(e) if !unreachable(&e) => Ok(client),
+                Err(e) if !transient(&e) => Ok(client),
                 Err(e) => Err(e),
             }
         };
@@ -147,7 +147,9 @@ impl Config {
     }
 }
 
-fn unreachable(e: &etcd_client::Error) -> bool {
+/// True for failures that say "not reachable right now" (transport errors, `UNAVAILABLE`, …), as
+/// opposed to refusals (bad credentials, permission denied) that retrying will not fix.
+pub(crate) fn transient(e: &etcd_client::Error) -> bool {
     // gRPC status codes (CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, UNAVAILABLE), by number so as not to
     // depend on tonic directly: tonic maps transport failures to these.
     const TRANSPORT_CODES: [i32; 4] = [1, 2, 4, 14];

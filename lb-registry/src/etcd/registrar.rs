@@ -57,15 +57,29 @@ impl EtcdRegistrar {
             description: format!("{key} -> {}", instance.addr()),
             key,
         };
-        let mut client = reg
-            .cfg
-            .connect()
-            .await
-            .map_err(|e| Error::registry(format!("cannot connect to etcd to register {}", reg.description), e))?;
-        let (lease, rev) = reg
-            .establish(&mut client, None)
-            .await
-            .map_err(|e| Error::registry(format!("cannot register {}", reg.description), e))?;
+        // A cluster in the middle of a leader election, or a member restarting, answers
+        // "unavailable" for a moment: retry those (not refusals) for up to one connect plus one
+        // request timeout before reporting the failure.
+        let deadline = Instant::now() + self.cfg.connect_timeout.saturating_add(self.cfg.request_timeout);
+        let mut backoff = Backoff::new(self.cfg.backoff);
+        let (client, lease, rev) = loop {
+            let attempt = async {
+                let mut c = reg.cfg.connect().await?;
+                let (l, r) = reg.establish(&mut c, None).await?;
+                Ok::<_, etcd_client::Error>((c, l, r))
+            };
+            match attempt.await {
+                Ok(done) => break done,
+                Err(e) => {
+                    let delay = backoff.next();
+                    if !super::config::transient(&e) || Instant::now() + delay >= deadline {
+                        return Err(Error::registry(format!("cannot register {} in etcd", reg.description), e));
+                    }
+                    debug!(instance = %reg.description, error = %e, retry_in_ms = delay.as_millis() as u64, "first registration failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
         info!(instance = %reg.description, lease, ttl_s = reg.ttl_secs(), "registered in etcd");
         let (stop_tx, stop_rx) = oneshot::channel();
         let description = reg.description.clone();

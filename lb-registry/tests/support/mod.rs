@@ -102,6 +102,28 @@ impl Certs {
     }
 }
 
+/// A free loopback port *below* the kernel's ephemeral range, for servers that are restarted on
+/// the same port. A port from the ephemeral range can be taken, while the server is down, by any
+/// outgoing connection's source port (the load loops open thousands), and the restart then fails.
+pub fn server_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (from, to) = (10_000u32, u32::from(low.max(10_001)));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Spread processes running in parallel apart; then walk.
+    let seed = std::process::id() as usize * 7919 + NEXT.fetch_add(1, Ordering::SeqCst) * 104_729;
+    for i in 0..2000usize {
+        let port = from + ((seed + i * 7) % (to - from) as usize) as u32;
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
 /// A real single-member etcd on free loopback ports with its own data dir.
 #[derive(Debug)]
 pub struct Etcd {
@@ -149,15 +171,29 @@ impl Etcd {
         });
         let mut etcd = Etcd {
             dir,
-            client_port: free_port(),
-            peer_port: free_port(),
+            client_port: server_port(),
+            peer_port: server_port(),
             child: None,
             tls,
             name: "lbtest".into(),
             cluster: None,
         };
-        etcd.spawn().await;
-        etcd
+        // Another test process may grab the same port between our check and etcd's bind: then
+        // etcd exits at once, and new ports (and a clean data dir) are tried.
+        for _ in 0..3 {
+            etcd.launch();
+            match etcd.try_ready().await {
+                Ok(()) => return etcd,
+                Err(e) if e.starts_with("exited") => {
+                    etcd.child = None;
+                    let _ = std::fs::remove_dir_all(etcd.data_dir());
+                    etcd.client_port = server_port();
+                    etcd.peer_port = server_port();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("etcd could not start on three sets of ports; log:\n{}", etcd.log_tail());
     }
 
     pub fn certs(&self) -> Option<&Certs> {
@@ -213,19 +249,27 @@ impl Etcd {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        if let Err(e) = self.try_ready().await {
+            panic!("{e}");
+        }
+    }
+
+    async fn try_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("etcd exited at start ({status}); log:\n{}", self.log_tail());
+                    return Err(format!("exited at start ({status}); etcd log:\n{}", self.log_tail()));
                 }
             }
             if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(2), self.client()).await {
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), c.get("/probe", None)).await {
-                    return;
+                    return Ok(());
                 }
             }
-            assert!(Instant::now() < deadline, "etcd not ready within 30 s; log:\n{}", self.log_tail());
+            if Instant::now() >= deadline {
+                return Err(format!("etcd not ready within 60 s; log:\n{}", self.log_tail()));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -290,7 +334,7 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     pub async fn start(n: usize) -> EtcdCluster {
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (server_port(), server_port())).collect();
         let initial = ports
             .iter()
             .enumerate()
