@@ -37,6 +37,13 @@ fn main() {
         let ours = bench_ours(n);
         ours.print("lb-agent nft (global map)", n);
         println!("  of which planning (dry run, no kernel): p50 {:.3} ms, p99 {:.3} ms", p(&ours.plan, 50.0), p(&ours.plan, 99.0));
+        println!(
+            "  floor: an empty `nft -f -` p50 {:.2} ms, p99 {:.2} ms; one element delete+add p50 {:.2} ms, p99 {:.2} ms (tiny table)",
+            p(&ours.floor, 50.0),
+            p(&ours.floor, 99.0),
+            p(&ours.floor_replace, 50.0),
+            p(&ours.floor_replace, 99.0)
+        );
         let kp = bench_kube_proxy_nft(n);
         kp.print("kube-proxy-style nft", n);
         let legacy = has("iptables-legacy-restore");
@@ -65,6 +72,10 @@ fn main() {
 }
 
 struct Result_ {
+    /// Milliseconds of an empty nft transaction and of replacing one element of a tiny map: what
+    /// the machine charges whatever the layout.
+    floor: Vec<f64>,
+    floor_replace: Vec<f64>,
     /// Milliseconds the agent spends planning one change (a dry run: no kernel call), if measured.
     plan: Vec<f64>,
     cold: f64,
@@ -173,12 +184,13 @@ fn bench_ours(n: usize) -> Result_ {
     let mut add = Vec::new();
     let mut remove = Vec::new();
     for c in 0..changes(n) {
+        // As the agent's loop does: it knows which service changed.
         d.insert(key(n + c), state(n + c, ENDPOINTS));
-        let (t, r) = time(|| nft.sync(&d, false));
+        let (t, r) = time(|| nft.sync_changed(&d, &[key(n + c)].into(), false));
         r.expect("add service");
         add.push(t * 1e3);
         d.insert(key(c * 7), state(c * 7, ENDPOINTS - 1));
-        let (t, r) = time(|| nft.sync(&d, false));
+        let (t, r) = time(|| nft.sync_changed(&d, &[key(c * 7)].into(), false));
         r.expect("remove endpoint");
         remove.push(t * 1e3);
     }
@@ -186,11 +198,25 @@ fn bench_ours(n: usize) -> Result_ {
     for c in 0..changes(n) {
         let mut d2 = d.clone();
         d2.insert(key(2 * n + c), state(2 * n + c, ENDPOINTS));
-        let (t, r) = time(|| nft.sync(&d2, true));
+        let (t, r) = time(|| nft.sync_changed(&d2, &[key(2 * n + c)].into(), true));
         r.expect("dry run");
         plan.push(t * 1e3);
     }
-    Result_ { plan, cold, add, remove }
+    let (floor, floor_replace) = floor(changes(n));
+    Result_ { floor, floor_replace, plan, cold, add, remove }
+}
+
+fn floor(k: usize) -> (Vec<f64>, Vec<f64>) {
+    let _ns = Netns::enter("floor");
+    nft("table ip floor {\n\tmap m { type ipv4_addr : ipv4_addr; elements = { 10.0.0.1 : 10.0.0.2 } }\n}\n");
+    let mut empty = Vec::new();
+    let mut replace = Vec::new();
+    for i in 0..k {
+        empty.push(time(|| nft("")).0 * 1e3);
+        let s = format!("delete element ip floor m {{ 10.0.0.1 }}\nadd element ip floor m {{ 10.0.0.1 : 10.0.1.{} }}\n", i % 250);
+        replace.push(time(|| nft(&s)).0 * 1e3);
+    }
+    (empty, replace)
 }
 
 fn nft(script: &str) {
@@ -270,7 +296,7 @@ fn bench_kube_proxy_nft(n: usize) -> Result_ {
         });
         remove.push(t * 1e3);
     }
-    Result_ { plan: Vec::new(), cold, add, remove }
+    Result_ { floor: Vec::new(), floor_replace: Vec::new(), plan: Vec::new(), cold, add, remove }
 }
 
 fn bench_iptables(n: usize, tools: (&'static str, &'static str)) -> Result_ {
@@ -292,5 +318,5 @@ fn bench_iptables(n: usize, tools: (&'static str, &'static str)) -> Result_ {
         r.expect("remove endpoint");
         remove.push(t * 1e3);
     }
-    Result_ { plan: Vec::new(), cold, add, remove }
+    Result_ { floor: Vec::new(), floor_replace: Vec::new(), plan: Vec::new(), cold, add, remove }
 }

@@ -1,6 +1,8 @@
 //! The interface every kernel backend implements.
 
-use crate::model::Desired;
+use std::collections::BTreeSet;
+
+use crate::model::{Desired, ServiceKey};
 use crate::Error;
 
 /// What one sync did (or, in a dry run, would do).
@@ -34,6 +36,14 @@ pub trait Backend: Send {
     /// Brings the kernel to `desired` in one atomic transaction, writing only what changed.
     /// With `dry_run`, computes and returns the transaction without applying it.
     fn sync(&mut self, desired: &Desired, dry_run: bool) -> Result<SyncReport, Error>;
+
+    /// Like [`sync`](Backend::sync), told that only the services in `changed` may differ from the
+    /// last successful sync, so that a backend able to use the hint does O(changed) work. The
+    /// default ignores the hint.
+    fn sync_changed(&mut self, desired: &Desired, changed: &BTreeSet<ServiceKey>, dry_run: bool) -> Result<SyncReport, Error> {
+        let _ = changed;
+        self.sync(desired, dry_run)
+    }
 
     /// Removes everything the agent created; returns what it ran.
     fn cleanup(&mut self, dry_run: bool) -> Result<SyncReport, Error>;

@@ -19,15 +19,23 @@ pub fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, 
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io(format!("cannot run `{program}`: {e} (is it installed and are we root?)")))?;
-    if let Some(input) = input {
+    // Feed stdin from another thread: a tool that answers before it has read everything would
+    // otherwise block on a full stdout pipe while we block on its full stdin pipe.
+    let writer = input.map(|input| {
         let mut stdin = child.stdin.take().expect("stdin was configured as piped");
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|e| Error::io(format!("cannot write to `{program}`: {e}")))?;
-    }
+        let input = input.to_string();
+        std::thread::spawn(move || stdin.write_all(input.as_bytes()))
+    });
     let out = child
         .wait_with_output()
         .map_err(|e| Error::io(format!("cannot wait for `{program}`: {e}")))?;
+    if let Some(w) = writer {
+        if let Ok(Err(e)) = w.join() {
+            if out.status.success() {
+                return Err(Error::io(format!("cannot write to `{program}`: {e}")));
+            }
+        }
+    }
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

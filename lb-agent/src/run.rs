@@ -9,6 +9,7 @@
 //! A failed transaction changed nothing (it is atomic), but the agent re-reads its own objects
 //! before retrying with backoff, in case something else changed them.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 use crate::backend::{Backend, SyncReport};
 use crate::config::{BackendKind, Config};
 use crate::http::Health;
-use crate::model::{self, Desired, Skipped};
+use crate::model::{self, Desired, ServiceKey, Skipped};
 use crate::{iptables, ipvs, nft, Error};
 
 /// How the loop runs.
@@ -94,7 +95,13 @@ pub async fn run(
 
     let mut sets: Vec<EndpointSet> = cfg.services.iter().map(|_| EndpointSet::new()).collect();
     let mut desired = Desired::new();
-    let mut dirty = false;
+    // Services whose desired state changed since the last successful sync; the first sync, and
+    // any after a failure, compare everything instead.
+    let mut changed: BTreeSet<ServiceKey> = BTreeSet::new();
+    let mut full = true;
+    // The first sync always runs: it also removes services dropped from the configuration
+    // (and writes nothing when the kernel already matches).
+    let mut dirty = true;
     let mut backoff = Duration::from_millis(500);
     // `--once` retries a failed sync once, after re-reading the kernel (someone may have raced it).
     let mut retried = false;
@@ -107,9 +114,6 @@ pub async fn run(
         let all_ready = sets.iter().all(EndpointSet::is_initialized);
         if all_ready && dirty && next_sync.is_none() {
             next_sync = Some(Instant::now() + if once { Duration::ZERO } else { cfg.min_sync_interval });
-        }
-        if all_ready && cfg.services.is_empty() && once {
-            next_sync.get_or_insert_with(Instant::now);
         }
         let deadline = next_sync.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let wait_log = next_wait_log;
@@ -131,6 +135,7 @@ pub async fn run(
                     }
                     if desired.get(&svc.key) != Some(&state) {
                         desired.insert(svc.key, state);
+                        changed.insert(svc.key);
                         dirty = true;
                     }
                 }
@@ -138,13 +143,21 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline), if next_sync.is_some() => {
                 next_sync = None;
                 let t0 = Instant::now();
-                let result = tokio::task::block_in_place(|| backend.sync(&desired, opts.dry_run));
+                let result = tokio::task::block_in_place(|| {
+                    if full {
+                        backend.sync(&desired, opts.dry_run)
+                    } else {
+                        backend.sync_changed(&desired, &changed, opts.dry_run)
+                    }
+                });
                 let elapsed = t0.elapsed();
                 let labels = [("backend", backend.name())];
                 metrics::histogram!(crate::metrics::SYNC_DURATION, &labels).record(elapsed.as_secs_f64());
                 match result {
                     Ok(report) => {
                         dirty = false;
+                        full = false;
+                        changed.clear();
                         backoff = Duration::from_millis(500);
                         health.record(true);
                         metrics::gauge!(crate::metrics::OBJECTS, &labels).set(report.objects as f64);
@@ -174,6 +187,7 @@ pub async fn run(
                             return Err(e);
                         }
                         retried = true;
+                        full = true;
                         tracing::error!(error = %e, retry_in = ?backoff, "sync failed; re-reading the agent's own objects");
                         if let Err(e) = tokio::task::block_in_place(|| backend.load()) {
                             tracing::error!(error = %e, "cannot read the agent's objects");

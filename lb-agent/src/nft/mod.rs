@@ -62,6 +62,8 @@ pub(crate) struct Committed {
     slot_chains: BTreeSet<usize>,
     /// How many slots point at each endpoint IP; an IP is in the hairpin set while > 0.
     hairpin: HashMap<Ipv4Addr, u32>,
+    /// Slots over all services (kept so that counting objects is O(1)).
+    slots: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,6 +84,7 @@ impl Committed {
         for a in &entry.slots {
             *self.hairpin.entry(*a.ip()).or_insert(0) += 1;
         }
+        self.slots += entry.slots.len();
         if let Some(old) = self.services.insert(key, entry) {
             self.unref(&old.slots);
         }
@@ -94,6 +97,7 @@ impl Committed {
     }
 
     fn unref(&mut self, slots: &[SocketAddrV4]) {
+        self.slots -= slots.len();
         for a in slots {
             if let Some(n) = self.hairpin.get_mut(a.ip()) {
                 *n -= 1;
@@ -105,7 +109,7 @@ impl Committed {
     }
 
     fn objects(&self) -> usize {
-        self.services.values().map(|e| 1 + e.slots.len()).sum::<usize>() + self.hairpin.len()
+        self.services.len() + self.slots + self.hairpin.len()
     }
 }
 
@@ -154,33 +158,35 @@ impl Nft {
         (out, next, Vec::new())
     }
 
-    /// The incremental transaction from `cur` to `desired`, and the slot tables to commit.
+    /// The incremental transaction from `cur` to `desired` for the services `keys` (every
+    /// service that may have changed), and the slot tables to commit.
     #[allow(clippy::type_complexity)]
-    fn incremental(
+    fn incremental<'k>(
         &self,
         cur: &Committed,
         desired: &Desired,
+        keys: impl IntoIterator<Item = &'k ServiceKey>,
     ) -> (String, Vec<(ServiceKey, Option<Entry>)>, Vec<(ServiceKey, SocketAddrV4)>) {
         let mut changes: Vec<(ServiceKey, Option<Entry>)> = Vec::new();
         let mut flush = Vec::new();
-        for (key, old) in &cur.services {
-            if !desired.contains_key(key) {
-                changes.push((*key, None));
-                flush.extend(conntrack::stale(key, old.slots.iter().copied(), None).into_iter().map(|e| (*key, e)));
-            }
-        }
-        for (key, state) in desired {
+        for key in keys {
             let old = cur.services.get(key);
+            let Some(state) = desired.get(key) else {
+                if let Some(old) = old {
+                    changes.push((*key, None));
+                    flush.extend(conntrack::stale(key, old.slots.iter().copied(), None).into_iter().map(|e| (*key, e)));
+                }
+                continue;
+            };
             if old.is_some_and(|o| o.from == state.destinations) {
                 continue;
             }
             let old_slots = old.map(|o| o.slots.as_slice()).unwrap_or_default();
             let slots = slots::assign(old_slots, &state.destinations, self.max_slots);
-            let entry = Entry { slots, from: state.destinations.clone() };
             flush.extend(conntrack::stale(key, old_slots.iter().copied(), Some(state)).into_iter().map(|e| (*key, e)));
             // Equal slots from other weights (as after a restart) write nothing below; the entry
             // is still committed so that the real weights are remembered.
-            changes.push((*key, Some(entry)));
+            changes.push((*key, Some(Entry { slots, from: state.destinations.clone() })));
         }
 
         let mut out = String::new();
@@ -237,44 +243,16 @@ impl Nft {
         (out, changes, flush)
     }
 
-    fn apply(&self, transaction: &str) -> Result<(), Error> {
-        tracing::info!(table = %self.table, bytes = transaction.len(), "applying transaction");
-        exec::run("nft", &["-f", "-"], Some(transaction)).map(|_| ())
-    }
-}
-
-impl Backend for Nft {
-    fn name(&self) -> &'static str {
-        "nftables"
-    }
-
-    fn load(&mut self) -> Result<(), Error> {
-        match exec::run("nft", &["-j", "list", "table", "ip", &self.table], None) {
-            Ok(json) => {
-                self.state = match load::parse(&json) {
-                    Ok(c) => {
-                        tracing::info!(table = %self.table, services = c.services.len(), "learnt committed state from the agent's table");
-                        TableState::Committed(c)
-                    }
-                    Err(reason) => {
-                        tracing::warn!(table = %self.table, %reason, "agent table is not as committed; the next sync rebuilds it");
-                        TableState::Inconsistent
-                    }
-                };
-                Ok(())
-            }
-            Err(e) if e.to_string().contains("No such file or directory") => {
-                self.state = TableState::Absent;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn sync(&mut self, desired: &Desired, dry_run: bool) -> Result<SyncReport, Error> {
+    fn sync_keys(&mut self, desired: &Desired, changed: Option<&BTreeSet<ServiceKey>>, dry_run: bool) -> Result<SyncReport, Error> {
         match &self.state {
             TableState::Committed(cur) => {
-                let (transaction, changes, flush) = self.incremental(cur, desired);
+                let (transaction, changes, flush) = match changed {
+                    Some(keys) => self.incremental(cur, desired, keys),
+                    None => {
+                        let all: BTreeSet<&ServiceKey> = cur.services.keys().chain(desired.keys()).collect();
+                        self.incremental(cur, desired, all)
+                    }
+                };
                 let commands =
                     if dry_run { conntrack::describe(&flush) } else { Vec::new() };
                 if dry_run {
@@ -312,6 +290,48 @@ impl Backend for Nft {
         }
     }
 
+    fn apply(&self, transaction: &str) -> Result<(), Error> {
+        tracing::info!(table = %self.table, bytes = transaction.len(), "applying transaction");
+        exec::run("nft", &["-f", "-"], Some(transaction)).map(|_| ())
+    }
+}
+
+impl Backend for Nft {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn load(&mut self) -> Result<(), Error> {
+        match exec::run("nft", &["-j", "list", "table", "ip", &self.table], None) {
+            Ok(json) => {
+                self.state = match load::parse(&json) {
+                    Ok(c) => {
+                        tracing::info!(table = %self.table, services = c.services.len(), "learnt committed state from the agent's table");
+                        TableState::Committed(c)
+                    }
+                    Err(reason) => {
+                        tracing::warn!(table = %self.table, %reason, "agent table is not as committed; the next sync rebuilds it");
+                        TableState::Inconsistent
+                    }
+                };
+                Ok(())
+            }
+            Err(e) if e.to_string().contains("No such file or directory") => {
+                self.state = TableState::Absent;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn sync(&mut self, desired: &Desired, dry_run: bool) -> Result<SyncReport, Error> {
+        self.sync_keys(desired, None, dry_run)
+    }
+
+    fn sync_changed(&mut self, desired: &Desired, changed: &BTreeSet<ServiceKey>, dry_run: bool) -> Result<SyncReport, Error> {
+        self.sync_keys(desired, Some(changed), dry_run)
+    }
+
     fn cleanup(&mut self, dry_run: bool) -> Result<SyncReport, Error> {
         let transaction = format!("delete table ip {}\n", self.table);
         if dry_run {
@@ -347,6 +367,12 @@ mod tests {
         ServiceState { destinations, keep_flows }
     }
 
+    #[allow(clippy::type_complexity)]
+    fn diff(nft: &Nft, cur: &Committed, desired: &Desired) -> (String, Vec<(ServiceKey, Option<Entry>)>, Vec<(ServiceKey, SocketAddrV4)>) {
+        let all: BTreeSet<&ServiceKey> = cur.services.keys().chain(desired.keys()).collect();
+        nft.incremental(cur, desired, all)
+    }
+
     fn committed(nft: &Nft, desired: &Desired) -> Committed {
         let (_, c, _) = nft.cold(desired, false);
         c
@@ -360,7 +386,7 @@ mod tests {
         desired.insert(key(2), state(&[4, 5]));
         let cur = committed(&nft, &desired);
         desired.insert(key(1), state(&[1, 3]));
-        let (tx, _, _) = nft.incremental(&cur, &desired);
+        let (tx, _, _) = diff(&nft, &cur, &desired);
         assert_eq!(
             tx,
             "delete element ip t be_tcp { 10.96.0.1 . 80 . 1, 10.96.0.1 . 80 . 2 }\n\
@@ -378,14 +404,14 @@ mod tests {
         let mut desired = Desired::new();
         desired.insert(key(1), state(&[1, 2, 3]));
         let mut cur = committed(&nft, &desired);
-        assert!(nft.incremental(&cur, &desired).0.is_empty());
+        assert!(diff(&nft, &cur, &desired).0.is_empty());
         // As after a restart: weights unknown, reconstructed from slots.
         let slots = cur.services[&key(1)].slots.clone();
         cur.insert(key(1), slots);
         for d in &mut desired.get_mut(&key(1)).expect("present").destinations {
             d.weight = 100;
         }
-        let (tx, changes, _) = nft.incremental(&cur, &desired);
+        let (tx, changes, _) = diff(&nft, &cur, &desired);
         assert!(tx.is_empty(), "{tx}");
         assert_eq!(changes.len(), 1, "the real weights are remembered");
     }
@@ -397,10 +423,10 @@ mod tests {
         desired.insert(key(1), state(&[1]));
         let cur = committed(&nft, &desired);
         desired.insert(key(1), state(&[]));
-        let (tx, _, _) = nft.incremental(&cur, &desired);
+        let (tx, _, _) = diff(&nft, &cur, &desired);
         assert!(tx.contains("add element ip t svc_tcp { 10.96.0.1 . 80 : goto no_endpoints }"), "{tx}");
         desired.clear();
-        let (tx, _, _) = nft.incremental(&cur, &desired);
+        let (tx, _, _) = diff(&nft, &cur, &desired);
         assert!(tx.contains("delete element ip t svc_tcp { 10.96.0.1 . 80 }"));
         assert!(tx.contains("delete element ip t be_tcp { 10.96.0.1 . 80 . 0 }"));
         assert!(tx.contains("delete element ip t hairpin { 10.0.0.1 . 10.0.0.1 }"));
@@ -414,7 +440,7 @@ mod tests {
         desired.insert(k, state(&[1, 2]));
         let cur = committed(&nft, &desired);
         desired.insert(k, state(&[1]));
-        let (_, _, flush) = nft.incremental(&cur, &desired);
+        let (_, _, flush) = diff(&nft, &cur, &desired);
         assert_eq!(flush, vec![(k, SocketAddrV4::new([10, 0, 0, 2].into(), 8080))]);
     }
 }
