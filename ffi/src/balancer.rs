@@ -77,22 +77,16 @@ impl fmt::Debug for lb_pick {
 }
 
 impl lb_pick {
-    fn new(token: u64, endpoint: &Endpoint) -> Self {
-        let mut p = lb_pick {
-            token,
-            port: endpoint.addr().port(),
-            addr: [0; LB_ADDR_LEN],
-            ip: [0; LB_IP_LEN],
-            region: [0; LB_LABEL_LEN],
-            zone: [0; LB_LABEL_LEN],
-            node: [0; LB_NODE_LEN],
-        };
-        write_addr(endpoint.addr(), &mut p.ip, &mut p.addr);
+    /// Fills every field in place (the struct is ~500 bytes: building it elsewhere and copying it
+    /// out cost more than the pick itself). The caller zeroes it first.
+    fn fill(&mut self, token: u64, endpoint: &Endpoint) {
+        self.token = token;
+        self.port = endpoint.addr().port();
+        write_addr(endpoint.addr(), &mut self.ip, &mut self.addr);
         let loc = endpoint.locality();
-        copy_to_buf(&mut p.region, loc.region.as_deref().unwrap_or(""));
-        copy_to_buf(&mut p.zone, loc.zone.as_deref().unwrap_or(""));
-        copy_to_buf(&mut p.node, loc.node.as_deref().unwrap_or(""));
-        p
+        copy_to_buf(&mut self.region, loc.region.as_deref().unwrap_or(""));
+        copy_to_buf(&mut self.zone, loc.zone.as_deref().unwrap_or(""));
+        copy_to_buf(&mut self.node, loc.node.as_deref().unwrap_or(""));
     }
 }
 
@@ -251,15 +245,15 @@ impl lb_balancer {
         self.runtime().block_on(self.pool.ready_timeout(timeout))
     }
 
-    pub(crate) fn pick(&self, hash: Option<u64>) -> Result<lb_pick, Error> {
+    /// Picks, and stores the pick's guard under a new token.
+    pub(crate) fn pick(&self, hash: Option<u64>) -> Result<(u64, Arc<Endpoint>), Error> {
         let ctx = PickContext { hash };
         let picked = match self.pool.pick(&ctx) {
             Some(p) => p,
             None => self.pick_slow(&ctx)?,
         };
         let Picked { endpoint, guard, .. } = picked;
-        let token = self.pending.insert(guard);
-        Ok(lb_pick::new(token, &endpoint))
+        Ok((self.pending.insert(guard), endpoint))
     }
 
     /// No endpoint right now: wait for one until the failfast deadline (linkerd's failfast).
@@ -479,9 +473,15 @@ pub unsafe extern "C" fn lb_balancer_pick(
         }
         // SAFETY: the caller guarantees `hash_key_len` readable bytes when non-NULL.
         let key = unsafe { bytes_arg(hash_key, hash_key_len, "hash_key") }?;
-        let pick = b.pick(key.map(policy::hash_key))?;
-        // SAFETY: `out` is non-NULL and the caller guarantees it points to a writable `lb_pick`.
-        unsafe { out.write(pick) };
+        let (token, endpoint) = b.pick(key.map(policy::hash_key))?;
+        // SAFETY: `out` is non-NULL, aligned and writable for one `lb_pick` (caller's contract).
+        // Zeroing first makes every byte initialised, so the `&mut` below refers to a valid value
+        // (all-zero is valid for this plain-integer struct) even if the caller's memory was not.
+        let out = unsafe {
+            out.write_bytes(0, 1);
+            &mut *out
+        };
+        out.fill(token, &endpoint);
         Ok(())
     })
 }

@@ -233,3 +233,47 @@ fn last_error_is_truncated_like_snprintf_and_per_thread() {
     .expect("thread");
     assert_eq!(other, 0, "another thread has no error yet");
 }
+
+#[test]
+fn probes_take_a_dead_endpoint_out_of_rotation_and_bring_it_back() {
+    let stays = Backend::start(false);
+    let dies = Backend::start(false);
+    let dead_addr = dies.addr;
+    let b = Bal::new(&static_target(&[&stays, &dies]), r#"{"policy":"rr","probe_interval_ms":100}"#).expect("valid");
+    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    let healthy = |b: &Bal| -> bool {
+        let eps = b.endpoints();
+        let ep = eps["endpoints"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|e| e["addr"] == dead_addr.to_string())
+            .cloned()
+            .expect("listed");
+        ep["healthy"] == true
+    };
+    let wait = |what: &str, want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while healthy(&b) != want {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}: {}", b.endpoints());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("both endpoints are in rotation", true);
+
+    // The backend goes away; no request is sent, only probes notice.
+    drop(dies);
+    let gone = Instant::now();
+    wait("the dead endpoint is out of rotation", false);
+    assert!(gone.elapsed() < Duration::from_secs(3), "noticed after {:?}", gone.elapsed());
+    for _ in 0..20 {
+        let p = b.pick(None).expect("pick");
+        assert_eq!(addr(&p), stays.addr.to_string(), "picks avoid the dead endpoint");
+        assert_eq!(b.report(p.token, 0, -1), lb_status::LB_OK);
+    }
+
+    // It comes back on the same port: reconnect backoff probes it back into rotation.
+    let listener = std::net::TcpListener::bind(dead_addr).expect("rebind the same port");
+    wait("the endpoint is back", true);
+    drop(listener);
+}
