@@ -119,3 +119,21 @@ fn health_checks_let_a_static_list_lose_a_server_without_errors() {
     let a_share = r.share(&a_addr);
     assert!(a_share > 0.03 && a_share < 0.3, "a got {a_share:.3}: {r:?}");
 }
+
+#[test]
+fn ring_hash_pins_a_key_to_one_server_and_spreads_many() {
+    let servers = [Server::start(&[]), Server::start(&[]), Server::start(&[])];
+    let target = static_target(&servers.iter().collect::<Vec<_>>());
+    let one_key = |_: ()| report(&["--target", &target, "--requests", "200", "--policy", "hash", "--keys", "1"]);
+    let first = one_key(());
+    assert_eq!((first.ok, first.per_backend.len()), (200, 1), "one key, one server: {first:?}");
+    // The ring depends only on membership, so a new client process maps the key the same way.
+    let again = one_key(());
+    assert_eq!(first.per_backend.keys().collect::<Vec<_>>(), again.per_backend.keys().collect::<Vec<_>>());
+
+    let many = report(&["--target", &target, "--requests", "600", "--policy", "hash", "--keys", "300"]);
+    assert_eq!(many.per_backend.len(), 3, "300 keys land on every server: {many:?}");
+    for s in &servers {
+        assert!(many.share(&s.addr.to_string()) > 0.15, "{} is nearly unused: {many:?}", s.addr);
+    }
+}

@@ -5,6 +5,9 @@
 //!                --policy rr|wrr|p2c|p2c-ewma|hash [--zone Z] [--region R] [--node N]
 //! ```
 //!
+//! With `--policy hash`, call i carries the affinity key `key-<i mod --keys>` in the `x-lb-key`
+//! metadata (`LbChannel::builder().hash_header("x-lb-key")`).
+//!
 //! Its last stdout line is exactly one JSON object:
 //! `{"requests":N,"ok":N,"errors":N,"per_backend":{"ip:port":count,...},"p50_ms":x,"p99_ms":y}`,
 //! `per_backend` keyed by the address each reply names. Logs go to stderr. Before sending it waits
@@ -24,6 +27,9 @@ use lb_examples::pb::greeter_client::GreeterClient;
 use lb_examples::pb::HelloRequest;
 use lb_examples::policy::PolicyName;
 use lb_tonic::LbChannel;
+
+/// The metadata key that carries the affinity key under `--policy hash`.
+const HASH_HEADER: &str = "x-lb-key";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,6 +74,10 @@ struct Args {
     /// backend answered its handshake first; 0 starts at once.
     #[arg(long, default_value_t = 1000)]
     warmup_ms: u64,
+    /// With --policy hash: call i carries the affinity key `key-<i mod N>` in the `x-lb-key`
+    /// metadata, so 1 pins every call to one backend and a large N spreads them over the ring.
+    #[arg(long, default_value_t = 1)]
+    keys: u64,
     /// The name sent in every HelloRequest.
     #[arg(long, default_value = "world")]
     name: String,
@@ -130,6 +140,13 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
     if locality != Locality::unknown() {
         builder = builder.locality(locality);
     }
+    let hashing = args.policy == PolicyName::RingHash;
+    if hashing {
+        builder = builder.hash_header(HASH_HEADER)?;
+    }
+    if args.keys == 0 {
+        anyhow::bail!("--keys must be at least 1");
+    }
     let channel = builder
         .build_from_target(&args.target)
         .with_context(|| format!("cannot use target `{}`", args.target))?;
@@ -153,9 +170,16 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
 
     let client = GreeterClient::new(channel);
     let name = args.name;
-    let report = load::run(budget, args.concurrency, move |_| {
+    let keys = args.keys;
+    let report = load::run(budget, args.concurrency, move |i| {
         let mut client = client.clone();
-        let request = HelloRequest { name: name.clone() };
+        let mut request = tonic::Request::new(HelloRequest { name: name.clone() });
+        if hashing {
+            let key = format!("key-{}", i % keys);
+            request
+                .metadata_mut()
+                .insert(HASH_HEADER, key.parse().expect("`key-<n>` is valid ASCII metadata"));
+        }
         async move { client.say_hello(request).await }
     })
     .await;
