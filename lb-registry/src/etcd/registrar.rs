@@ -45,7 +45,9 @@ impl EtcdRegistrar {
     }
 
     /// Registers `instance` under `service` and keeps it registered until the returned
-    /// [`Registration`] is deregistered or dropped. Fails only if the first registration fails.
+    /// [`Registration`] is deregistered or dropped. Fails only if the first registration fails:
+    /// refused (credentials, permissions), or etcd unreachable for longer than the connect timeout
+    /// plus the request timeout (a leader election in between is ridden out).
     pub async fn register_instance(&self, service: &str, instance: Endpoint) -> Result<Registration, Error> {
         if service.is_empty() || service.contains('/') {
             return Err(Error::invalid_target(format!("`{service}` is not a service name (non-empty, no `/`)")));
