@@ -137,3 +137,14 @@ fn ring_hash_pins_a_key_to_one_server_and_spreads_many() {
         assert!(many.share(&s.addr.to_string()) > 0.15, "{} is nearly unused: {many:?}", s.addr);
     }
 }
+
+#[test]
+fn weighted_round_robin_follows_registry_weights() {
+    let heavy = Server::start(&[]);
+    let light = Server::start(&[]);
+    let target = format!("static:///{};weight=300,{};weight=100", heavy.addr, light.addr);
+    let r = report(&["--target", &target, "--requests", "800", "--concurrency", "4", "--policy", "wrr"]);
+    assert_eq!(r.ok, 800, "{r:?}");
+    let share = r.share(&heavy.addr.to_string());
+    assert!((share - 0.75).abs() <= 0.03, "weight 300 of 400 got {share:.3}: {r:?}");
+}
