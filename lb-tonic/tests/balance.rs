@@ -35,8 +35,8 @@ async fn round_robin_is_even_within_five_percent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peak_ewma_starves_a_slow_backend() {
-    // Three fast backends and one that takes 40 ms per call.
-    let bs = backends(&[0, 0, 0, 40]).await;
+    // Three fast backends and one that takes 100 ms per call.
+    let bs = backends(&[0, 0, 0, 100]).await;
     let slow = bs[3].addr.to_string();
     let channel = LbChannel::builder()
         .policy(P2c::peak_ewma())

@@ -64,7 +64,7 @@ async fn killed_backend_is_ejected_and_later_calls_all_succeed() {
         if !e.healthy {
             break;
         }
-        assert!(killed_at.elapsed() < Duration::from_millis(500), "victim still in rotation: {e:?}");
+        assert!(killed_at.elapsed() < Duration::from_secs(1), "victim still in rotation: {e:?}");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     killed.store(true, Ordering::SeqCst);
