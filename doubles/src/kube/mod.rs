@@ -229,6 +229,12 @@ impl KubeDouble {
         self.shared.lock().watch_requests
     }
 
+    /// Watch and `continue` requests answered `410 Expired` because their version was older than
+    /// the compaction (each makes a client relist).
+    pub fn expired_requests(&self) -> u64 {
+        self.shared.lock().expired_requests
+    }
+
     /// Watches currently open.
     pub fn open_watches(&self) -> usize {
         let mut store = self.shared.lock();

@@ -105,6 +105,7 @@ fn list(shared: &Shared, namespace: Option<&str>, selector: &Selector, query: &Q
             match (parts.next().and_then(|v| v.parse::<u64>().ok()), parts.next(), parts.next()) {
                 (Some(rv), Some(ns), Some(name)) => {
                     if rv < store.compacted {
+                        store.expired_requests += 1;
                         return error(
                             StatusCode::GONE,
                             "Expired",
@@ -181,6 +182,7 @@ fn watch_stream(shared: &Shared, namespace: Option<&str>, selector: Selector, qu
                 return error(StatusCode::BAD_REQUEST, "BadRequest", &format!("invalid resourceVersion {rv:?}"));
             };
             if from < store.compacted {
+                store.expired_requests += 1;
                 // The API server answers 200 and then an ERROR event carrying a 410 Status.
                 let _ = tx.send(error_line(
                     410,

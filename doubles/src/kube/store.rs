@@ -80,6 +80,8 @@ pub(crate) struct Store {
     pub(crate) uid: u64,
     pub(crate) list_requests: u64,
     pub(crate) watch_requests: u64,
+    /// Watch and continue requests answered `410 Expired` (too old a version).
+    pub(crate) expired_requests: u64,
     pub(crate) unavailable: bool,
 }
 
