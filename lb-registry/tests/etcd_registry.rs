@@ -240,3 +240,24 @@ async fn several_etcd_endpoints_tolerate_a_dead_one() {
     let w = SetWatcher::new(lb_registry::resolve(&target).expect("resolves"));
     w.wait("discovered through the live endpoint", Duration::from_secs(10), |s| s.len() == 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_registration_deregisters_in_the_background() {
+    support::init_tracing();
+    let etcd = Etcd::start().await;
+    let reg = EtcdRegistrar::builder([etcd.endpoint()])
+        .ttl(Duration::from_secs(30))
+        .build_registrar()
+        .expect("valid options")
+        .register("dropped", instance("a", 7901))
+        .await
+        .expect("register");
+    assert_eq!(keys(&etcd, "/lb/services/dropped/").await.len(), 1);
+    drop(reg);
+    // Far sooner than the 30 s lease would expire: the lease was revoked.
+    let took = eventually("key removed after drop", Duration::from_secs(10), || async {
+        keys(&etcd, "/lb/services/dropped/").await.is_empty()
+    })
+    .await;
+    assert!(took < Duration::from_secs(5), "removed {took:?} after the drop");
+}
