@@ -56,6 +56,12 @@ pub struct Iptables {
     committed: BTreeMap<ServiceKey, Vec<SocketAddrV4>>,
 }
 
+impl Default for Iptables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Iptables {
     /// A backend using the system's `iptables-restore` / `iptables-save`.
     pub fn new() -> Self {
