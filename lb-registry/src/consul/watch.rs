@@ -9,7 +9,9 @@
 //!   most one query per `min_interval`; when an answer comes back early without advancing the index
 //!   (so the server did not block), or fails, back off exponentially (±20% jitter) up to
 //!   `max_backoff`;
-//! - jitter the requested wait down by up to 1/16.
+//! - jitter the requested wait down by up to 1/16;
+//! - an answer without `X-Consul-Index` (a proxy dropped it) is still applied, and the loop
+//!   degrades to polling slowed down by the same backoff.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -142,8 +144,15 @@ impl Watch {
         if reply.status != StatusCode::OK {
             return Err(reply.into_error(&format!("health query for `{}`", self.service)));
         }
-        let index = reply.index.ok_or("consul health answer without a numeric X-Consul-Index")?;
         let list = entries::parse(&self.service, &reply.body, &self.current)?;
+        let Some(index) = reply.index else {
+            // Something between us and Consul dropped the header. The data is still good, but
+            // without an index nothing blocks: degrade to polling, slowed down by the backoff.
+            warn!(service = %self.service, "consul answer without a numeric X-Consul-Index; polling instead of blocking");
+            self.index = 0;
+            self.strike();
+            return Ok(self.emit(list));
+        };
         if index < asked {
             info!(service = %self.service, from = asked, to = index, "consul index went backwards; restarting the blocking loop");
             self.index = 0;
@@ -159,9 +168,14 @@ impl Watch {
         } else {
             self.strikes = 0;
         }
+        Ok(self.emit(list))
+    }
+
+    /// The update to report for an answer: none when it repeats what was last reported.
+    fn emit(&mut self, list: Vec<Endpoint>) -> Option<Update> {
         let next: BTreeMap<EndpointId, Endpoint> = list.iter().map(|e| (e.id().clone(), e.clone())).collect();
         if self.emitted && !self.stale && next == self.current {
-            return Ok(None);
+            return None;
         }
         if self.stale {
             info!(service = %self.service, endpoints = next.len(), "consul answers again");
@@ -169,7 +183,7 @@ impl Watch {
         self.emitted = true;
         self.stale = false;
         self.current = next;
-        Ok(Some(Update::Reset(list)))
+        Some(Update::Reset(list))
     }
 
     fn strike(&mut self) {

@@ -13,6 +13,8 @@ enum Step {
     Answer { delay: Duration, index: u64, ports: Vec<u16> },
     /// Answer 200 with a body that is not JSON.
     Garbage,
+    /// Answer at once with these ports but no `X-Consul-Index` header.
+    NoIndex(Vec<u16>),
     /// Fail with a transport error.
     Fail,
 }
@@ -47,6 +49,7 @@ impl Fetch for Scripted {
                 }
                 Some(Step::Garbage) => Ok(Reply { status: StatusCode::OK, index: Some(index), body: Bytes::from_static(b"<html>") }),
                 Some(Step::Fail) => Err("connection refused".into()),
+                Some(Step::NoIndex(ports)) => Ok(Reply { status: StatusCode::OK, index: None, body: body(&ports) }),
                 // A real server with nothing new: holds the query for the whole wait.
                 None => {
                     tokio::time::sleep(wait).await;
@@ -166,4 +169,14 @@ async fn a_churning_service_is_rate_limited_after_a_burst() {
     let n = asked(&script).len();
     // 5 at once, then one per 100 ms.
     assert!((100..=106).contains(&n), "{n} queries in 10 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn answers_without_an_index_are_applied_and_polled_slowly() {
+    let (mut w, script) = watch(vec![Step::NoIndex(vec![1, 2]); 100]);
+    assert_eq!(ports(&w.next().await.expect("the data is applied")), vec![1, 2]);
+    let _ = tokio::time::timeout(Duration::from_secs(60), w.next()).await;
+    let log = asked(&script);
+    assert!(log.iter().all(|i| *i == 0), "nothing to block on: {log:?}");
+    assert!(log.len() <= 12, "{} polls in a minute", log.len());
 }
