@@ -11,17 +11,35 @@ use std::time::Duration;
 pub struct Server {
     pub addr: SocketAddr,
     pub child: Child,
+    log: Option<std::path::PathBuf>,
 }
 
 impl Server {
     /// Starts `greeter-server --addr 127.0.0.1:0 <extra>` and reads the address it prints first.
     pub fn start(extra: &[&str]) -> Server {
+        Self::spawn(extra, None)
+    }
+
+    /// Like [`Server::start`], with the server's stderr (at `info`) kept in a file for [`Server::log`].
+    pub fn start_logged(extra: &[&str]) -> Server {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("lb-examples-server-{}-{n}.log", std::process::id()));
+        Self::spawn(extra, Some(path))
+    }
+
+    fn spawn(extra: &[&str], log: Option<std::path::PathBuf>) -> Server {
+        let (stderr, level) = match &log {
+            Some(path) => (Stdio::from(std::fs::File::create(path).expect("create the server log")), "info"),
+            None => (Stdio::inherit(), "warn"),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_greeter-server"))
             .args(["--addr", "127.0.0.1:0"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("greeter-server starts");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -31,17 +49,27 @@ impl Server {
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("greeter-server's first line is its address, got {first:?}"));
-        Server { addr, child }
+        Server { addr, child, log }
+    }
+
+    /// What the server logged so far (empty unless started with [`Server::start_logged`]).
+    pub fn log(&self) -> String {
+        self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
     }
 
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
-    pub fn terminate(mut self) -> bool {
+    pub fn terminate(self) -> bool {
+        self.terminate_with_log().0
+    }
+
+    /// [`Server::terminate`], also returning the server's log.
+    pub fn terminate_with_log(mut self) -> (bool, String) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
         assert!(sent.success(), "kill -TERM {pid}");
         for _ in 0..100 {
             if let Some(status) = self.child.try_wait().expect("poll child") {
-                return status.success();
+                return (status.success(), self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -53,6 +81,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(path) = &self.log {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
