@@ -25,6 +25,8 @@ const ENDPOINTS: usize = 10;
 
 fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    // `--agent-only`: skip the baselines (the kube-proxy-style layout needs minutes at 10k).
+    let agent_only = std::env::args().any(|a| a == "--agent-only");
     let sizes = if sizes.is_empty() { vec![1_000, 10_000] } else { sizes };
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("SKIPPED: the sync benchmark programs netfilter in its own namespace and needs root");
@@ -44,6 +46,13 @@ fn main() {
             p(&ours.floor_replace, 50.0),
             p(&ours.floor_replace, 99.0)
         );
+        println!(
+            "  restart with unchanged state (read the table once + compare, nothing written): {:.3} s",
+            ours.restart
+        );
+        if agent_only {
+            continue;
+        }
         let kp = bench_kube_proxy_nft(n);
         kp.print("kube-proxy-style nft", n);
         let legacy = has("iptables-legacy-restore");
@@ -72,6 +81,8 @@ fn main() {
 }
 
 struct Result_ {
+    /// Seconds a restarted agent takes to learn the table and find nothing to do.
+    restart: f64,
     /// Milliseconds of an empty nft transaction and of replacing one element of a tiny map: what
     /// the machine charges whatever the layout.
     floor: Vec<f64>,
@@ -202,8 +213,13 @@ fn bench_ours(n: usize) -> Result_ {
         r.expect("dry run");
         plan.push(t * 1e3);
     }
+    let (restart, r) = time(|| {
+        let mut again = Nft::new("lb_agent", 256);
+        again.load().and_then(|_| again.sync(&d, false))
+    });
+    assert!(r.expect("restart sync").is_noop(), "a restart with unchanged state must write nothing");
     let (floor, floor_replace) = floor(changes(n));
-    Result_ { floor, floor_replace, plan, cold, add, remove }
+    Result_ { restart, floor, floor_replace, plan, cold, add, remove }
 }
 
 fn floor(k: usize) -> (Vec<f64>, Vec<f64>) {
@@ -296,7 +312,7 @@ fn bench_kube_proxy_nft(n: usize) -> Result_ {
         });
         remove.push(t * 1e3);
     }
-    Result_ { floor: Vec::new(), floor_replace: Vec::new(), plan: Vec::new(), cold, add, remove }
+    Result_ { restart: 0.0, floor: Vec::new(), floor_replace: Vec::new(), plan: Vec::new(), cold, add, remove }
 }
 
 fn bench_iptables(n: usize, tools: (&'static str, &'static str)) -> Result_ {
@@ -318,5 +334,5 @@ fn bench_iptables(n: usize, tools: (&'static str, &'static str)) -> Result_ {
         r.expect("remove endpoint");
         remove.push(t * 1e3);
     }
-    Result_ { floor: Vec::new(), floor_replace: Vec::new(), plan: Vec::new(), cold, add, remove }
+    Result_ { restart: 0.0, floor: Vec::new(), floor_replace: Vec::new(), plan: Vec::new(), cold, add, remove }
 }

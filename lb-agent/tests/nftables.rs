@@ -125,8 +125,30 @@ fn sigkill_mid_sync_then_restart_converges_without_resetting_connections() {
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "agent never started a sync");
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::SIGKILL)
-        .expect("SIGKILL the agent");
+    // Kill the agent and the `nft` it is feeding, as a node crash would: whatever of the batch
+    // reached the kernel uncommitted is discarded with the socket.
+    let children_of = |pid: u32| -> Vec<i32> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                    .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The log line comes just before `nft` is spawned; catch it while it parses the batch.
+    let t1 = Instant::now();
+    let mut children = children_of(agent.id());
+    while children.is_empty() && t1.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+        children = children_of(agent.id());
+    }
+    for pid in children.iter().copied().chain([agent.id() as i32]) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+    eprintln!("killed the agent and its children {children:?} mid-sync");
     let _ = agent.wait();
     // The agent's `nft` child may outlive it; let it finish (it commits all or nothing either way).
     let t0 = Instant::now();
@@ -141,6 +163,7 @@ fn sigkill_mid_sync_then_restart_converges_without_resetting_connections() {
 
     // All or nothing: the table is the old one or the new one, never a mix.
     let after_kill = service_count(&lab);
+    eprintln!("after the kill the table holds {after_kill} services (before: {before}, target: {})", before + EXTRA);
     assert!(after_kill == before || after_kill == before + EXTRA, "half-applied table: {after_kill} services");
     assert_eq!(who(&mut conn).expect("connection survives the crash"), who_before);
 
