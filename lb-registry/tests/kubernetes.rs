@@ -325,3 +325,23 @@ async fn malformed_entries_and_events_are_skipped_without_losing_the_set() {
     );
     wait_healthy(&pool, &[b.addr(0), b.addr(1), b.addr(2)]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_relabelled_away_from_the_service_leaves_it() {
+    let double = KubeDouble::start().await.expect("double");
+    let b = Backends::start(2).await;
+    double.apply(endpoint_slice("greeter-a", "greeter").port(Some("grpc"), b.port).endpoint(endpoint(b.ip(0))).build());
+    double.apply(endpoint_slice("greeter-b", "greeter").port(Some("grpc"), b.port).endpoint(endpoint(b.ip(1))).build());
+    let connector = CountingConnector::default();
+    let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
+    wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
+    wait_until("the watch after the list", || double.open_watches() == 1).await;
+
+    // The same object now belongs to another service: the API server tells this watch DELETED.
+    double.apply(endpoint_slice("greeter-b", "other").port(Some("grpc"), b.port).endpoint(endpoint(b.ip(1))).build());
+    wait_healthy(&pool, &[b.addr(0)]).await;
+    // And back: ADDED.
+    double.apply(endpoint_slice("greeter-b", "greeter").port(Some("grpc"), b.port).endpoint(endpoint(b.ip(1))).build());
+    wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
+    assert_eq!(double.list_requests(), 1, "through watch events, not a relist");
+}

@@ -192,11 +192,13 @@ fn watch_stream(shared: &Shared, namespace: Option<&str>, selector: Selector, qu
                 drop(tx);
                 return streaming(rx, timeout);
             }
-            let ns = namespace.map(str::to_string);
+            let wants = |o: &super::store::Stored| {
+                namespace.is_none_or(|n| n == o.namespace) && selector.matches(&o.labels())
+            };
             let mut seen = from;
             for e in store.history.iter().filter(|e| e.rv > from) {
-                if ns.as_deref().is_none_or(|n| n == e.object.namespace) && selector.matches(&e.object.labels()) {
-                    let _ = tx.send(event_line(e.kind, &e.object.slice));
+                if let Some(line) = e.as_seen_by(wants) {
+                    let _ = tx.send(line);
                     seen = e.rv;
                 }
             }

@@ -49,6 +49,30 @@ pub(crate) struct HistoryEntry {
     pub(crate) rv: u64,
     pub(crate) kind: EventType,
     pub(crate) object: Stored,
+    /// For a modification, the object before it: a watcher's selector may match one and not the
+    /// other.
+    pub(crate) previous: Option<Stored>,
+}
+
+impl HistoryEntry {
+    /// The event a watch selecting with `wants` sees, as the API server's watch cache filters
+    /// (`cacheWatcher.convertToWatchEvent`): a modification into the selection is `ADDED`; out of
+    /// it, `DELETED` carrying the previous content at the new resourceVersion; outside it, nothing.
+    pub(crate) fn as_seen_by(&self, wants: impl Fn(&Stored) -> bool) -> Option<Bytes> {
+        match (self.kind, &self.previous) {
+            (EventType::Modified, Some(prev)) => match (wants(prev), wants(&self.object)) {
+                (true, true) => Some(event_line(EventType::Modified, &self.object.slice)),
+                (false, true) => Some(event_line(EventType::Added, &self.object.slice)),
+                (true, false) => {
+                    let mut old = prev.slice.clone();
+                    old.metadata.resource_version = Some(self.rv.to_string());
+                    Some(event_line(EventType::Deleted, &old))
+                }
+                (false, false) => None,
+            },
+            (kind, _) => wants(&self.object).then(|| event_line(kind, &self.object.slice)),
+        }
+    }
 }
 
 /// One open watch stream.
@@ -92,7 +116,8 @@ impl Store {
         let name = slice.metadata.name.clone().unwrap_or_default();
         self.rv += 1;
         let key = (namespace.clone(), name);
-        let kind = match self.objects.get(&key) {
+        let previous = self.objects.get(&key).cloned();
+        let kind = match &previous {
             Some(old) => {
                 slice.metadata.uid = old.slice.metadata.uid.clone();
                 slice.metadata.generation = Some(old.slice.metadata.generation.unwrap_or(1) + 1);
@@ -109,7 +134,12 @@ impl Store {
         slice.metadata.resource_version = Some(self.rv.to_string());
         let stored = Stored { namespace, slice };
         self.objects.insert(key, stored.clone());
-        self.record(kind, stored);
+        self.record(HistoryEntry {
+            rv: self.rv,
+            kind,
+            object: stored,
+            previous,
+        });
         self.rv
     }
 
@@ -119,21 +149,24 @@ impl Store {
         self.rv += 1;
         stored.slice.metadata.resource_version = Some(self.rv.to_string());
         let slice = stored.slice.clone();
-        self.record(EventType::Deleted, stored);
+        self.record(HistoryEntry {
+            rv: self.rv,
+            kind: EventType::Deleted,
+            object: stored,
+            previous: None,
+        });
         Some(slice)
     }
 
-    fn record(&mut self, kind: EventType, object: Stored) {
-        let rv = self.rv;
-        let line = event_line(kind, &object.slice);
+    fn record(&mut self, entry: HistoryEntry) {
         self.watchers.retain_mut(|w| {
-            if !w.wants(&object) {
+            let Some(line) = entry.as_seen_by(|o| w.wants(o)) else {
                 return !w.tx.is_closed();
-            }
-            w.seen = rv;
-            w.tx.send(line.clone()).is_ok()
+            };
+            w.seen = entry.rv;
+            w.tx.send(line).is_ok()
         });
-        self.history.push(HistoryEntry { rv, kind, object });
+        self.history.push(entry);
     }
 
     /// Forgets the history up to the current version.
