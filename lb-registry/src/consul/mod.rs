@@ -51,10 +51,10 @@
 //!
 //! Discovery long-polls with `index` and `wait` and follows the "Implementation Details" of
 //! Consul's *Blocking Queries* page: the index is reset to 0 when it goes backwards (an agent or
-//! cluster that lost its state), raised to 1 when Consul returns 0, and queries are rate-limited
-//! (a token bucket: bursts of [`ConsulResolverBuilder::burst`], then one per
-//! [`ConsulResolverBuilder::min_interval`], 100 ms as in consul-template) with an exponential backoff when the index does not advance although the query returned early, or when
-//! it fails. The requested wait is jittered down by up to 1/16 so clients started together do not
+//! cluster that lost its state), raised to 1 when Consul returns 0, and queries are rate-limited:
+//! a token bucket lets bursts of [`ConsulResolverBuilder::burst`] through, then one query per
+//! [`ConsulResolverBuilder::min_interval`] (100 ms, as consul-template), and an exponential backoff
+//! applies when a query fails or returns early without a new index. The requested wait is jittered down by up to 1/16 so clients started together do not
 //! wake together (Consul adds the same fraction on its side). After a failure the next query is
 //! non-blocking, so a restarted agent is noticed at once rather than after a full wait. Every answer
 //! that changed the set becomes one [`Update::Reset`](lb_core::Update), which the pool diffs.
@@ -71,7 +71,8 @@
 //! second HTTP stack. It also deserializes a whole health response into strict types, so one
 //! malformed entry fails the whole answer where we must skip that entry and keep the rest, and it
 //! brings `ureq` (a blocking HTTP client), `slog` logging beside our `tracing`, and `tokio/full`.
-//! The four endpoints used here are a few lines each on hyper 1 (hyper-util's legacy pooled client,
+//! Using it only for discovery would still bring all of that in, for one request. The four
+//! endpoints used here are a few lines each on hyper 1 (hyper-util's legacy pooled client,
 //! HTTP/1.1 keep-alive), with entry-by-entry parsing over `serde_json::Value`.
 
 mod client;
