@@ -261,3 +261,39 @@ async fn dropping_a_registration_deregisters_in_the_background() {
     .await;
     assert!(took < Duration::from_secs(5), "removed {took:?} after the drop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refilled_store_that_caught_up_with_our_revision_is_relisted() {
+    support::init_tracing();
+    let mut etcd = Etcd::start().await;
+    let proxy = Proxy::start(etcd.client_addr()).await;
+    let value = |port: u16| format!(r#"{{"v":1,"addr":"127.0.0.1:{port}"}}"#);
+    let p = "/lb/services/refill/";
+    let mut c = etcd.client().await.expect("connect");
+    for (id, port) in [("a", 8001), ("b", 8002), ("c", 8003)] {
+        c.put(format!("{p}{id}"), value(port), None).await.expect("put");
+    }
+    let resolver = EtcdResolver::builder([proxy.endpoint()])
+        .backoff(Duration::from_millis(100), Duration::from_millis(500))
+        .build_resolver()
+        .expect("valid options");
+    let w = SetWatcher::new(resolver.resolve("refill"));
+    w.wait("three listed", Duration::from_secs(10), |s| s.len() == 3).await;
+
+    // While the client is cut off, etcd loses its data and is refilled past the client's revision:
+    // neither the revision nor the raft term went backwards, but the history is another one.
+    proxy.cut();
+    etcd.restart_empty().await;
+    let mut c = etcd.client().await.expect("connect");
+    c.put("/unrelated", "x", None).await.expect("put");
+    c.put(format!("{p}a"), value(8011), None).await.expect("put");
+    c.put(format!("{p}b"), value(8002), None).await.expect("put");
+    c.put(format!("{p}d"), value(8004), None).await.expect("put");
+    proxy.resume();
+
+    w.wait("the new history listed", Duration::from_secs(15), |s| {
+        let ids: Vec<&str> = s.iter().map(|e| e.id().as_str()).collect();
+        ids == ["a", "b", "d"] && s.get(&"a".into()).is_some_and(|e| e.addr().port() == 8011)
+    })
+    .await;
+}

@@ -4,21 +4,24 @@
 //! - the first list yields an [`Update::Reset`]; each watch batch yields `Add`/`Remove`;
 //! - after a broken connection the watch resumes from the last revision delivered, so nothing is
 //!   missed and nothing is relisted — unless that revision was compacted (the watch is cancelled
-//!   with `compact_revision` set) or the store went back in time (etcd restored or restarted with
-//!   empty data: its current revision or raft term is below ours), in which case it relists and
-//!   emits a `Reset`, which the pool diffs so unchanged endpoints keep their connections. A store
-//!   that lost its data *and* got past our revision and term before we reconnected cannot be told
-//!   apart by its header; the periodic resync of the cache bounds how long that goes unnoticed;
+//!   with `compact_revision` set) or the store's history is not the one watched (etcd restored from
+//!   a backup, or restarted with empty data: its revision or raft term went backwards, or a
+//!   keys-only listing shows keys changed at or before our revision that we never saw), in which
+//!   case it relists and emits a `Reset`, which the pool diffs so unchanged endpoints keep their
+//!   connections. What no check can see is a refilled store whose keys coincide, key and
+//!   `mod_revision`, with the old ones; the cache's periodic resync bounds that;
 //! - once a watch is (re)established it sends an empty `Add`, telling the [cache](crate::cache)
 //!   that the data is current again.
 //!
 //! A value that does not decode is skipped, logged and counted (see [`super::schema`]); if it
 //! replaces a valid value, the previous value stays in use.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
 use futures_util::Stream;
@@ -137,7 +140,11 @@ impl std::error::Error for WatchError {}
 
 async fn run(cfg: SharedConfig, service: String, tx: Tx) {
     let prefix = cfg.service_prefix(&service);
-    let mut state = WatchState { last_rev: None, term: 0 };
+    let mut state = WatchState {
+        last_rev: None,
+        term: 0,
+        known: HashMap::new(),
+    };
     let mut backoff = Backoff::new(cfg.backoff);
     loop {
         match session(&cfg, &prefix, &mut state, &tx, &mut backoff).await {
@@ -164,6 +171,8 @@ struct WatchState {
     last_rev: Option<i64>,
     /// The highest raft term seen; within one cluster's history it never decreases.
     term: u64,
+    /// Every key under the prefix (valid value or not) and its `mod_revision`, as delivered.
+    known: HashMap<Vec<u8>, i64>,
 }
 
 async fn session(cfg: &Config, prefix: &str, st: &mut WatchState, tx: &Tx, backoff: &mut Backoff) -> End {
@@ -173,33 +182,18 @@ async fn session(cfg: &Config, prefix: &str, st: &mut WatchState, tx: &Tx, backo
     };
     let t = cfg.request_timeout;
     if let Some(rev) = st.last_rev {
-        // A cheap read of the current revision tells whether ours still exists in this store.
-        let probe = GetOptions::new().with_prefix().with_count_only();
-        match tokio::time::timeout(t, client.get(prefix, Some(probe))).await {
-            Ok(Ok(r)) => {
-                let (now, term) = r.header().map_or((0, 0), |h| (h.revision(), h.raft_term()));
-                if now < rev || term < st.term {
-                    warn!(
-                        prefix,
-                        ours = rev,
-                        theirs = now,
-                        our_term = st.term,
-                        their_term = term,
-                        "etcd's history went backwards (restored or emptied); relisting"
-                    );
-                    st.last_rev = None;
-                }
-                st.term = term;
-            }
-            Ok(Err(e)) => return e.into(),
-            Err(_) => return End::Failed("revision probe timed out".into(), None),
+        match same_history(&mut client, prefix, rev, st, t).await {
+            Ok(true) => {}
+            Ok(false) => st.last_rev = None,
+            Err(e) => return e,
         }
     }
     let rev = match st.last_rev {
         Some(rev) => rev,
         None => match list(&mut client, prefix, t).await {
-            Ok((endpoints, rev, term)) => {
+            Ok((endpoints, rev, term, known)) => {
                 st.term = st.term.max(term);
+                st.known = known;
                 debug!(prefix, endpoints = endpoints.len(), revision = rev, "listed");
                 if tx.send(Ok(Update::Reset(endpoints))).is_err() {
                     return End::Failed("consumer gone".into(), None);
@@ -252,11 +246,13 @@ async fn session(cfg: &Config, prefix: &str, st: &mut WatchState, tx: &Tx, backo
             st.last_rev = Some(st.last_rev.unwrap_or(0).max(kv.mod_revision()));
             match ev.event_type() {
                 EventType::Put => {
+                    st.known.insert(kv.key().to_vec(), kv.mod_revision());
                     if let Some(ep) = decode_kv(prefix, kv) {
                         batch.add(ep, tx);
                     }
                 }
                 EventType::Delete => {
+                    st.known.remove(kv.key());
                     if let Some(id) = key_id(prefix, kv.key()) {
                         batch.remove(EndpointId::new(id), tx);
                     }
@@ -264,6 +260,50 @@ async fn session(cfg: &Config, prefix: &str, st: &mut WatchState, tx: &Tx, backo
             }
         }
         batch.flush(tx);
+    }
+}
+
+/// Whether the store still holds the history we watched up to `rev`, so the watch can resume from
+/// `rev + 1`. A keys-only listing (no values) is compared with what was delivered: every key last
+/// modified at or before `rev` must be known with that same `mod_revision`. A store restored from a
+/// backup, or emptied and refilled, fails this even when its revision has caught up with ours
+/// (then neither the revision nor the raft term went backwards); a relist follows.
+async fn same_history(client: &mut Client, prefix: &str, rev: i64, st: &mut WatchState, t: Duration) -> Result<bool, End> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut at = 0;
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_keys_only().with_limit(PAGE * 10);
+        if at > 0 {
+            opts = opts.with_revision(at);
+        }
+        let resp = match tokio::time::timeout(t, client.get(from.clone(), Some(opts))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(End::Failed("history check timed out".into(), None)),
+        };
+        if at == 0 {
+            let (now, term) = resp.header().map_or((0, 0), |h| (h.revision(), h.raft_term()));
+            if now < rev || term < st.term {
+                warn!(prefix, ours = rev, theirs = now, our_term = st.term, their_term = term, "etcd's history went backwards (restored or emptied); relisting");
+                return Ok(false);
+            }
+            st.term = term;
+            at = now;
+        }
+        for kv in resp.kvs() {
+            if kv.mod_revision() <= rev && st.known.get(kv.key()) != Some(&kv.mod_revision()) {
+                warn!(prefix, key = %String::from_utf8_lossy(kv.key()), ours = rev, "etcd's history differs from what was watched (restored or refilled); relisting");
+                return Ok(false);
+            }
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(true),
+        }
     }
 }
 
@@ -300,9 +340,10 @@ impl Batch {
 }
 
 /// Lists every instance at one revision, a page at a time.
-async fn list(client: &mut Client, prefix: &str, t: std::time::Duration) -> Result<(Vec<Endpoint>, i64, u64), End> {
+async fn list(client: &mut Client, prefix: &str, t: Duration) -> Result<(Vec<Endpoint>, i64, u64, HashMap<Vec<u8>, i64>), End> {
     let end = prefix_end(prefix.as_bytes());
     let mut out = Vec::new();
+    let mut known = HashMap::new();
     let mut from: Vec<u8> = prefix.as_bytes().to_vec();
     let (mut rev, mut term) = (0, 0);
     loop {
@@ -319,6 +360,7 @@ async fn list(client: &mut Client, prefix: &str, t: std::time::Duration) -> Resu
             (rev, term) = resp.header().map_or((0, 0), |h| (h.revision(), h.raft_term()));
         }
         for kv in resp.kvs() {
+            known.insert(kv.key().to_vec(), kv.mod_revision());
             if let Some(ep) = decode_kv(prefix, kv) {
                 out.push(ep);
             }
@@ -328,7 +370,7 @@ async fn list(client: &mut Client, prefix: &str, t: std::time::Duration) -> Resu
                 from = last.key().to_vec();
                 from.push(0);
             }
-            _ => return Ok((out, rev, term)),
+            _ => return Ok((out, rev, term, known)),
         }
     }
 }
