@@ -134,7 +134,29 @@ where
     }
 
     /// Sends `req` to one endpoint; see the [module docs](self).
-    pub async fn send(&self, mut req: Request<B>, ctx: PickContext) -> Result<Response<TrackedBody<Incoming>>, Error> {
+    pub async fn send(&self, req: Request<B>, ctx: PickContext) -> Result<Response<TrackedBody<Incoming>>, Error> {
+        self.send_inner(req, ctx, None).await
+    }
+
+    /// Like [`Balancer::send`], and when the server refused the stream unprocessed (`REFUSED_STREAM`,
+    /// or a graceful `GOAWAY` above its last stream id) after hyper had consumed the request,
+    /// re-sends a copy from `replay` to another endpoint. HTTP/2 lets a server say it did not process
+    /// a stream (RFC 9113 §8.7), so this is as safe as re-sending a request that never left.
+    pub async fn send_replayable(
+        &self,
+        req: Request<B>,
+        ctx: PickContext,
+        replay: &(dyn Fn() -> Request<B> + Send + Sync),
+    ) -> Result<Response<TrackedBody<Incoming>>, Error> {
+        self.send_inner(req, ctx, Some(replay)).await
+    }
+
+    async fn send_inner(
+        &self,
+        mut req: Request<B>,
+        ctx: PickContext,
+        replay: Option<&(dyn Fn() -> Request<B> + Send + Sync)>,
+    ) -> Result<Response<TrackedBody<Incoming>>, Error> {
         let inner = &*self.inner;
         let started = Instant::now();
         let deadline = started + inner.failfast;
@@ -176,12 +198,26 @@ where
                     // connection from its close signal. Counting it would let one benign close (a
                     // server's max connection age) under many concurrent callers look like a burst
                     // of failures and eject a healthy endpoint.
-                    guard.set_outcome(if e.is_unsent() { Outcome::Cancelled } else { Outcome::Failure });
+                    let unprocessed = e.is_unsent() || refused_unprocessed(e.error());
+                    guard.set_outcome(if unprocessed { Outcome::Cancelled } else { Outcome::Failure });
                     drop(guard);
-                    match e.take_request() {
+                    let unsent = match e.take_request() {
+                        Some(r) => Some(r),
+                        None => match replay {
+                            Some(replay) if refused_unprocessed(e.error()) => {
+                                let mut r = replay();
+                                if host_from_endpoint {
+                                    r.headers_mut().remove(http::header::HOST);
+                                }
+                                Some(r)
+                            }
+                            _ => None,
+                        },
+                    };
+                    match unsent {
                         Some(unsent) if reroutes < inner.max_reroutes => {
                             reroutes += 1;
-                            tracing::debug!(endpoint = %endpoint.addr(), error = %e.error(), "request not sent; re-sending to another endpoint");
+                            tracing::debug!(endpoint = %endpoint.addr(), error = %e.error(), "request not processed; re-sending to another endpoint");
                             excluded = Some(endpoint.id().clone());
                             req = unsent;
                         }
@@ -245,4 +281,21 @@ where
         }
         Ok(())
     }
+}
+
+/// True when HTTP/2 says the server did not process the stream: a `REFUSED_STREAM` reset, or the
+/// error h2 gives streams above the last stream id of a graceful (`NO_ERROR`) `GOAWAY` — a graceful
+/// shutdown promises to finish every stream at or below that id, so a stream failing with it was not
+/// taken.
+pub fn refused_unprocessed(error: &BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)));
+        }
+        source = e.source();
+    }
+    false
 }

@@ -251,7 +251,11 @@ impl LbChannel {
         self.inner.balancer.pool().target()
     }
 
-    async fn call_once(&self, req: http::Request<Body>) -> Result<http::Response<ResponseBody>, Error> {
+    async fn call_once(
+        &self,
+        req: http::Request<Body>,
+        replay: Option<&(dyn Fn() -> http::Request<Body> + Send + Sync)>,
+    ) -> Result<http::Response<ResponseBody>, Error> {
         let ctx = match &self.inner.hash_header {
             Some(h) => req
                 .headers()
@@ -260,7 +264,13 @@ impl LbChannel {
                 .unwrap_or_default(),
             None => PickContext::default(),
         };
-        let fut = self.inner.balancer.send(req, ctx);
+        let balancer = &self.inner.balancer;
+        let fut = async move {
+            match replay {
+                Some(replay) => balancer.send_replayable(req, ctx, replay).await,
+                None => balancer.send(req, ctx).await,
+            }
+        };
         let rsp = match self.inner.request_timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {
                 Ok(r) => r,
@@ -271,19 +281,26 @@ impl LbChannel {
         rsp.map(|r| r.map(ResponseBody::new)).map_err(Error::from_hyper)
     }
 
-    async fn call_with_retry(self, req: http::Request<Body>) -> Result<http::Response<ResponseBody>, Error> {
-        let Some(policy) = self.inner.retry.clone() else {
-            return self.call_once(req).await;
-        };
+    async fn call(self, req: http::Request<Body>) -> Result<http::Response<ResponseBody>, Error> {
+        let policy = self.inner.retry.clone();
+        let limit = policy.as_ref().map_or(REPLAY_LIMIT, |p| p.max_buffer_bytes());
         let (parts, body) = req.into_parts();
-        let bytes = match buffer_ready(body, policy.max_buffer_bytes()) {
+        // A body that is complete at once (every unary call) is kept, so a stream the server
+        // refused unprocessed can be re-sent elsewhere, and a retry policy can re-send it.
+        let bytes = match buffer_ready(body, limit) {
             Buffered::Complete(bytes) => bytes,
-            Buffered::Partial(body) => return self.call_once(http::Request::from_parts(parts, body)).await,
+            Buffered::Partial(body) => return self.call_once(http::Request::from_parts(parts, body), None).await,
         };
+        let template = Template::of(&parts);
+        let first = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes.clone())));
+        let replay = move || template.request(&bytes);
+        let Some(policy) = policy else {
+            return self.call_once(first, Some(&replay)).await;
+        };
+        let mut req = first;
         let mut attempt = 1;
         loop {
-            let req = rebuild(&parts, &bytes);
-            let result = self.call_once(req).await;
+            let result = self.call_once(req, Some(&replay)).await;
             if attempt >= policy.max_attempts() {
                 return result;
             }
@@ -301,18 +318,41 @@ impl LbChannel {
             drop(result);
             tokio::time::sleep(policy.delay(attempt)).await;
             attempt += 1;
+            req = replay();
         }
     }
 }
 
-fn rebuild(parts: &http::request::Parts, bytes: &bytes::Bytes) -> http::Request<Body> {
-    let mut req = http::Request::new(Body::new(http_body_util::Full::new(bytes.clone())));
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    // Extensions are not `Clone`; tonic puts none on client requests that the transport needs.
-    req
+/// Bodies up to this size are kept for re-sending streams a server refused unprocessed.
+const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// What is needed to rebuild a request. `http::request::Parts` is not `Clone` (extensions are
+/// not); the transport needs none of tonic's extensions, so re-sent copies go without them.
+struct Template {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Template {
+    fn of(parts: &http::request::Parts) -> Self {
+        Template {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    fn request(&self, bytes: &bytes::Bytes) -> http::Request<Body> {
+        let mut req = http::Request::new(Body::new(http_body_util::Full::new(bytes.clone())));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }
 
 impl tower_service::Service<http::Request<Body>> for LbChannel {
@@ -327,7 +367,7 @@ impl tower_service::Service<http::Request<Body>> for LbChannel {
 
     fn call(&mut self, req: http::Request<Body>) -> ResponseFuture {
         ResponseFuture {
-            inner: Box::pin(self.clone().call_with_retry(req)),
+            inner: Box::pin(self.clone().call(req)),
         }
     }
 }

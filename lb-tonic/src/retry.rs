@@ -85,27 +85,44 @@ pub(crate) enum Buffered {
 
 /// Reads the frames of `body` that are available without waiting, up to `limit` bytes.
 pub(crate) fn buffer_ready(mut body: Body, limit: usize) -> Buffered {
-    let mut buf = BytesMut::new();
     let waker = futures_util::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
+    // The usual case, one data frame, is kept without copying.
+    let mut single: Option<Bytes> = None;
+    let mut many: Option<BytesMut> = None;
+    let taken = |single: &mut Option<Bytes>, many: &mut Option<BytesMut>| match many.take() {
+        Some(m) => m.freeze(),
+        None => single.take().unwrap_or_default(),
+    };
     loop {
-        if buf.len() > limit {
-            return Buffered::Partial(prepend(buf.freeze(), body));
+        let len = many.as_ref().map_or_else(|| single.as_ref().map_or(0, |b| b.len()), |m| m.len());
+        if len > limit {
+            return Buffered::Partial(prepend(taken(&mut single, &mut many), body));
         }
         match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(None) => return Buffered::Complete(buf.freeze()),
+            Poll::Ready(None) => return Buffered::Complete(taken(&mut single, &mut many)),
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => buf.extend_from_slice(&data),
-                // Request trailers are not part of gRPC; a body with them is not retried.
+                Ok(data) => match (&mut single, &mut many) {
+                    (_, Some(m)) => m.extend_from_slice(&data),
+                    (None, None) => single = Some(data),
+                    (Some(first), None) => {
+                        let mut m = BytesMut::with_capacity(first.len() + data.len());
+                        m.extend_from_slice(first);
+                        m.extend_from_slice(&data);
+                        single = None;
+                        many = Some(m);
+                    }
+                },
+                // Request trailers are not part of gRPC; a body with them is not replayed.
                 Err(frame) => {
-                    let rest = prepend_frame(buf.freeze(), frame, body);
+                    let rest = prepend_frame(taken(&mut single, &mut many), frame, body);
                     return Buffered::Partial(rest);
                 }
             },
             Poll::Ready(Some(Err(status))) => {
                 return Buffered::Partial(Body::new(futures_body(vec![], Some(status), None)));
             }
-            Poll::Pending => return Buffered::Partial(prepend(buf.freeze(), body)),
+            Poll::Pending => return Buffered::Partial(prepend(taken(&mut single, &mut many), body)),
         }
     }
 }

@@ -209,3 +209,41 @@ async fn a_call_in_flight_on_a_removed_endpoint_finishes() {
     let reply = call.await.expect("no panic").expect("the in-flight call completes");
     assert_eq!(reply.into_inner().backend, bs[0].addr.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_server_shutdown_loses_no_calls() {
+    let mut bs = Vec::new();
+    for _ in 0..3 {
+        bs.push(support::GracefulBackend::start(Duration::from_millis(5)).await);
+    }
+    let target = format!("static:///{}", bs.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>().join(","));
+    let channel = LbChannel::builder().policy(RoundRobin::new()).build_from_target(&target).expect("valid target");
+    wait_healthy(&channel, 3, Duration::from_secs(5)).await;
+
+    let stop = Instant::now() + Duration::from_millis(1200);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut client = EchoClient::new(channel.clone());
+        tasks.spawn(async move {
+            let (mut ok, mut errors) = (0usize, Vec::new());
+            while Instant::now() < stop {
+                match client.unary(EchoRequest::default()).await {
+                    Ok(_) => ok += 1,
+                    Err(s) => errors.push(s),
+                }
+            }
+            (ok, errors)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let served_before = bs[2].served.load(Ordering::Relaxed);
+    bs[2].shutdown().await;
+    let (mut ok, mut errors) = (0, Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        let (o, e) = r.expect("caller does not panic");
+        ok += o;
+        errors.extend(e);
+    }
+    assert!(errors.is_empty(), "a graceful shutdown (GOAWAY, in-flight calls finish) must lose no call: {errors:?}");
+    assert!(served_before > 0 && ok > served_before, "load ran before and after the shutdown");
+}

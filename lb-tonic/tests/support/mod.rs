@@ -222,3 +222,54 @@ pub async fn load(
     }
     (per, errors)
 }
+
+/// A tonic `Server` backend that shuts down gracefully (GOAWAY, in-flight calls finish) on signal.
+pub struct GracefulBackend {
+    pub addr: SocketAddr,
+    pub served: Arc<AtomicUsize>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GracefulBackend {
+    pub async fn start(delay: Duration) -> GracefulBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("bound socket has an address");
+        let served = Arc::new(AtomicUsize::new(0));
+        let echo = EchoServer::new(EchoSvc {
+            addr,
+            delay,
+            served: served.clone(),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(echo)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        GracefulBackend {
+            addr,
+            served,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    /// Starts a graceful shutdown and waits until the server has finished.
+    pub async fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for GracefulBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
