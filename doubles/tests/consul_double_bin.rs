@@ -71,3 +71,44 @@ fn serves_registration_and_health_with_the_token_it_was_given() {
     let (status, _, body) = http(addr, "PUT", "/v1/agent/check/pass/service:nope", Some("t0k"), "");
     assert_eq!(status, 404, "{body}");
 }
+
+fn index_of(head: &str) -> u64 {
+    head.lines()
+        .find_map(|l| l.strip_prefix("x-consul-index: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("an X-Consul-Index header")
+}
+
+#[test]
+fn blocking_queries_return_on_change_or_after_wait_and_ttl_passes_do_not_wake_them() {
+    let (_double, addr) = start(&[]);
+    let reg = r#"{"ID":"api-1","Name":"api","Address":"127.0.0.1","Port":9090,"Check":{"TTL":"30s","Status":"passing"}}"#;
+    assert_eq!(http(addr, "PUT", "/v1/agent/service/register", None, reg).0, 200);
+    let (_, head, _) = http(addr, "GET", "/v1/health/service/api?passing", None, "");
+    let index = index_of(&head);
+
+    // Nothing changes but a TTL pass: the query is held for the whole wait (plus at most wait/16).
+    let passer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        http(addr, "PUT", "/v1/agent/check/pass/service:api-1", None, "").0
+    });
+    let t = std::time::Instant::now();
+    let (status, head, _) = http(addr, "GET", &format!("/v1/health/service/api?passing&index={index}&wait=1s"), None, "");
+    let held = t.elapsed();
+    assert_eq!((status, passer.join().expect("passer")), (200, 200));
+    assert_eq!(index_of(&head), index, "a TTL pass with the same output is not a change");
+    assert!(held >= Duration::from_millis(950) && held < Duration::from_millis(3000), "held {held:?}");
+
+    // A registration is a change: the query returns at once with a higher index.
+    let registrar = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let reg = r#"{"ID":"api-2","Name":"api","Address":"127.0.0.1","Port":9091}"#;
+        http(addr, "PUT", "/v1/agent/service/register", None, reg).0
+    });
+    let t = std::time::Instant::now();
+    let (_, head, body) = http(addr, "GET", &format!("/v1/health/service/api?passing&index={index}&wait=10s"), None, "");
+    assert_eq!(registrar.join().expect("registrar"), 200);
+    assert!(t.elapsed() < Duration::from_secs(5), "returned on the change, not after the wait");
+    assert!(index_of(&head) > index);
+    assert!(body.contains("api-2"), "{body}");
+}
