@@ -227,13 +227,15 @@ fn forwarded_traffic_is_balanced_and_hairpin_is_masqueraded() {
     let lab = lab_with_servers(2);
     // The client namespace becomes the backends' router: their VIP traffic arrives on its
     // prerouting hook. Redirects would teach the backends to bypass it.
-    for (ns, key) in [
-        (&lab.client, "net.ipv4.ip_forward=1"),
-        (&lab.client, "net.ipv4.conf.all.send_redirects=0"),
-        (&lab.client, "net.ipv4.conf.vc.send_redirects=0"),
-        (&lab.backends, "net.ipv4.conf.all.accept_redirects=0"),
+    // Through /proc rather than sysctl(8), which a minimal Debian lacks; /proc/sys/net is the
+    // namespace's own under `ip netns exec`.
+    for (ns, key, value) in [
+        (&lab.client, "ipv4/ip_forward", "1"),
+        (&lab.client, "ipv4/conf/all/send_redirects", "0"),
+        (&lab.client, "ipv4/conf/vc/send_redirects", "0"),
+        (&lab.backends, "ipv4/conf/all/accept_redirects", "0"),
     ] {
-        ns.exec(&["sysctl", "-q", "-w", key]);
+        ns.exec(&["sh", "-c", &format!("echo {value} > /proc/sys/net/{key}")]);
     }
     lab.write_config(&format!(
         "[[service]]\nvip = \"10.96.0.30:80\"\ntarget = \"{}\"\n[[service]]\nvip = \"10.96.0.31:80\"\ntarget = \"{}\"\n",
@@ -279,4 +281,19 @@ fn topology_prefers_this_node_and_falls_back() {
     lab.write_config(&cfg(&format!("{b2};node=n3;zone=z2")));
     lab.agent_ok(&["--once"]);
     assert_eq!(lab.tcp_spread(vip(TCP_VIP), 20).keys().collect::<Vec<_>>(), vec!["b2"], "then anywhere");
+}
+
+#[test]
+fn a_bad_config_fails_clearly_and_touches_nothing() {
+    skip_unless_capable!();
+    let lab = lab_with_servers(1);
+    lab.write_config(&config("nftables", &[0], &[0]));
+    lab.agent_ok(&["--once"]);
+    let table = lab.client.exec(&["nft", "list", "table", "ip", "lb_agent"]);
+    lab.write_config(&format!("{}\n[[service]]\nvip = \"10.96.0.99\"\ntarget = \"static:///10.200.0.11:1\"\n", config("nftables", &[0], &[0])));
+    let out = lab.agent(&["--once"]);
+    assert!(!out.status.success(), "a bad config must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vip `10.96.0.99` is not an IPv4 ip:port"), "{err}");
+    assert_eq!(lab.client.exec(&["nft", "list", "table", "ip", "lb_agent"]), table, "the kernel is untouched");
 }
