@@ -75,16 +75,33 @@ fn two_threads(iters: u64, f: impl Fn() + Sync) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
-    let listeners: Vec<TcpListener> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
-    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").to_string())
+        .collect();
     let target = format!("static:///{}", addrs.join(","));
 
     // Rust: the pool directly.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let endpoints = addrs.iter().map(|a| Endpoint::new(a.parse().expect("addr"))).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let endpoints = addrs
+        .iter()
+        .map(|a| Endpoint::new(a.parse().expect("addr")))
+        .collect();
     let pool = {
         let _g = rt.enter();
-        Pool::spawn(lb_core::discover::fixed(endpoints), NoConnect, P2c::peak_ewma(), PoolConfig::new(&target))
+        Pool::spawn(
+            lb_core::discover::fixed(endpoints),
+            NoConnect,
+            P2c::peak_ewma(),
+            PoolConfig::new(&target),
+        )
     };
     assert!(rt.block_on(pool.ready_timeout(Duration::from_secs(5))));
     let rust_round_trip = || {
@@ -98,16 +115,30 @@ fn bench(c: &mut Criterion) {
     let o = CString::new(r#"{"policy":"p2c-ewma","probe":false}"#).expect("no NUL");
     let mut b = ptr::null_mut();
     // SAFETY: valid strings and out-pointer.
-    assert_eq!(unsafe { lb_balancer_new(t.as_ptr(), o.as_ptr(), &mut b) }, lb_status::LB_OK);
+    assert_eq!(
+        unsafe { lb_balancer_new(t.as_ptr(), o.as_ptr(), &mut b) },
+        lb_status::LB_OK
+    );
     let cb = CBalancer(b);
     // SAFETY: a live balancer.
-    assert_eq!(unsafe { lb_balancer_wait_ready(cb.0, 5000) }, lb_status::LB_OK);
+    assert_eq!(
+        unsafe { lb_balancer_wait_ready(cb.0, 5000) },
+        lb_status::LB_OK
+    );
 
     let mut g = c.benchmark_group("pick_report");
-    g.bench_function(BenchmarkId::new("rust", "1 thread"), |bch| bch.iter(rust_round_trip));
-    g.bench_function(BenchmarkId::new("c_abi", "1 thread"), |bch| bch.iter(|| cb.round_trip()));
-    g.bench_function(BenchmarkId::new("rust", "2 threads"), |bch| bch.iter_custom(|n| two_threads(n, rust_round_trip)));
-    g.bench_function(BenchmarkId::new("c_abi", "2 threads"), |bch| bch.iter_custom(|n| two_threads(n, || cb.round_trip())));
+    g.bench_function(BenchmarkId::new("rust", "1 thread"), |bch| {
+        bch.iter(rust_round_trip)
+    });
+    g.bench_function(BenchmarkId::new("c_abi", "1 thread"), |bch| {
+        bch.iter(|| cb.round_trip())
+    });
+    g.bench_function(BenchmarkId::new("rust", "2 threads"), |bch| {
+        bch.iter_custom(|n| two_threads(n, rust_round_trip))
+    });
+    g.bench_function(BenchmarkId::new("c_abi", "2 threads"), |bch| {
+        bch.iter_custom(|n| two_threads(n, || cb.round_trip()))
+    });
     g.finish();
     drop(cb);
     drop(pool);

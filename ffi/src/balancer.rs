@@ -72,7 +72,10 @@ pub struct lb_pick {
 
 impl fmt::Debug for lb_pick {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("lb_pick").field("token", &self.token).field("port", &self.port).finish()
+        f.debug_struct("lb_pick")
+            .field("token", &self.token)
+            .field("port", &self.port)
+            .finish()
     }
 }
 
@@ -92,7 +95,11 @@ impl lb_pick {
 
 /// Writes `ip` and `ip:port` (IPv6 as `[ip]:port`) as NUL-terminated strings. IPv4, the common
 /// case, is formatted by hand: `fmt` machinery costs as much as the rest of a pick.
-fn write_addr(addr: SocketAddr, ip_out: &mut [c_char; LB_IP_LEN], addr_out: &mut [c_char; LB_ADDR_LEN]) {
+fn write_addr(
+    addr: SocketAddr,
+    ip_out: &mut [c_char; LB_IP_LEN],
+    addr_out: &mut [c_char; LB_ADDR_LEN],
+) {
     match addr {
         SocketAddr::V4(v4) => {
             let mut buf = ArrayString::<LB_ADDR_LEN>::new();
@@ -126,7 +133,10 @@ struct ArrayString<const N: usize> {
 
 impl<const N: usize> ArrayString<N> {
     fn new() -> Self {
-        ArrayString { buf: [0; N], len: 0 }
+        ArrayString {
+            buf: [0; N],
+            len: 0,
+        }
     }
 
     /// Appends an ASCII byte (dropped when full; addresses always fit).
@@ -209,7 +219,12 @@ pub(crate) fn runtime(name: &str) -> Result<Runtime, Error> {
         .enable_io()
         .enable_time()
         .build()
-        .map_err(|e| Error::new(lb_status::LB_ERR_RUNTIME, format!("cannot start the balancer's runtime: {e}")))
+        .map_err(|e| {
+            Error::new(
+                lb_status::LB_ERR_RUNTIME,
+                format!("cannot start the balancer's runtime: {e}"),
+            )
+        })
 }
 
 impl lb_balancer {
@@ -219,7 +234,11 @@ impl lb_balancer {
         let policy = opts.policy()?;
         let config = opts.pool_config(target);
         let discover = lb_registry::resolve(&parsed).map_err(Error::registry)?;
-        let connector = ProbeConnect::new(opts.probe, Duration::from_millis(opts.probe_interval_ms), config.connect_timeout);
+        let connector = ProbeConnect::new(
+            opts.probe,
+            Duration::from_millis(opts.probe_interval_ms),
+            config.connect_timeout,
+        );
         let runtime = runtime("lb-balancer")?;
         let pending = Arc::new(Pending::new(opts.report_timeout()));
         let pool = {
@@ -252,7 +271,9 @@ impl lb_balancer {
             Some(p) => p,
             None => self.pick_slow(&ctx)?,
         };
-        let Picked { endpoint, guard, .. } = picked;
+        let Picked {
+            endpoint, guard, ..
+        } = picked;
         Ok((self.pending.insert(guard), endpoint))
     }
 
@@ -286,7 +307,12 @@ impl lb_balancer {
         }
     }
 
-    pub(crate) fn report(&self, token: u64, outcome: Outcome, latency: Option<Duration>) -> Result<(), Error> {
+    pub(crate) fn report(
+        &self,
+        token: u64,
+        outcome: Outcome,
+        latency: Option<Duration>,
+    ) -> Result<(), Error> {
         let mut guard = self.pending.take(token).map_err(|e| match e {
             TokenError::Unknown => Error::new(
                 lb_status::LB_ERR_UNKNOWN_TOKEN,
@@ -429,7 +455,10 @@ pub unsafe extern "C" fn lb_balancer_new(
 /// # Safety
 /// `b` is NULL or a live balancer.
 #[no_mangle]
-pub unsafe extern "C" fn lb_balancer_wait_ready(b: *const lb_balancer, timeout_ms: u64) -> lb_status {
+pub unsafe extern "C" fn lb_balancer_wait_ready(
+    b: *const lb_balancer,
+    timeout_ms: u64,
+) -> lb_status {
     guard(|| {
         // SAFETY: forwarded contract.
         let b = unsafe { balancer(b) }?;
@@ -510,17 +539,18 @@ pub unsafe extern "C" fn lb_balancer_report(
     guard(|| {
         // SAFETY: forwarded contract.
         let b = unsafe { balancer(b) }?;
-        let outcome = match outcome {
-            0 => Outcome::Success,
-            1 => Outcome::Failure,
-            2 => Outcome::Cancelled,
-            other => {
-                return Err(Error::new(
+        let outcome =
+            match outcome {
+                0 => Outcome::Success,
+                1 => Outcome::Failure,
+                2 => Outcome::Cancelled,
+                other => return Err(Error::new(
                     lb_status::LB_ERR_INVALID_ARGUMENT,
-                    format!("outcome {other} is not an lb_outcome (0 success, 1 failure, 2 cancelled)"),
-                ))
-            }
-        };
+                    format!(
+                        "outcome {other} is not an lb_outcome (0 success, 1 failure, 2 cancelled)"
+                    ),
+                )),
+            };
         let latency = u64::try_from(latency_us).ok().map(Duration::from_micros);
         b.report(token, outcome, latency)
     })
@@ -536,7 +566,10 @@ pub unsafe extern "C" fn lb_balancer_report(
 /// # Safety
 /// `b` is NULL or a live balancer; `out` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn lb_balancer_endpoints(b: *const lb_balancer, out: *mut *mut c_char) -> lb_status {
+pub unsafe extern "C" fn lb_balancer_endpoints(
+    b: *const lb_balancer,
+    out: *mut *mut c_char,
+) -> lb_status {
     guard(|| {
         // SAFETY: forwarded contract.
         let b = unsafe { balancer(b) }?;
@@ -544,7 +577,10 @@ pub unsafe extern "C" fn lb_balancer_endpoints(b: *const lb_balancer, out: *mut 
             return Err(Error::null("out"));
         }
         let json = CString::new(b.endpoints_json()).map_err(|_| {
-            Error::new(lb_status::LB_ERR_PANIC, "endpoint JSON contained a NUL byte (serde_json escapes them)")
+            Error::new(
+                lb_status::LB_ERR_PANIC,
+                "endpoint JSON contained a NUL byte (serde_json escapes them)",
+            )
         })?;
         // SAFETY: `out` is non-NULL and writable; ownership of the string passes to the caller.
         unsafe { out.write(json.into_raw()) };
@@ -580,7 +616,14 @@ mod tests {
 
     #[test]
     fn addresses_are_formatted_like_std() {
-        for a in ["127.0.0.1:80", "0.0.0.0:0", "255.255.255.255:65535", "10.20.3.4:50051", "[::1]:8080", "[fe80::1%2]:9"] {
+        for a in [
+            "127.0.0.1:80",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.20.3.4:50051",
+            "[::1]:8080",
+            "[fe80::1%2]:9",
+        ] {
             let addr: SocketAddr = a.parse().expect("valid");
             let (mut ip, mut full) = ([1 as c_char; LB_IP_LEN], [1 as c_char; LB_ADDR_LEN]);
             write_addr(addr, &mut ip, &mut full);

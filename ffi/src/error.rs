@@ -63,7 +63,10 @@ impl Error {
     }
 
     pub(crate) fn null(arg: &str) -> Self {
-        Error::new(lb_status::LB_ERR_NULL_ARGUMENT, format!("`{arg}` must not be NULL"))
+        Error::new(
+            lb_status::LB_ERR_NULL_ARGUMENT,
+            format!("`{arg}` must not be NULL"),
+        )
     }
 
     pub(crate) fn options(message: impl fmt::Display) -> Self {
@@ -121,7 +124,9 @@ pub(crate) fn guard(f: impl FnOnce() -> Result<(), Error>) -> lb_status {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic payload".to_string());
-            set_last_error(&format!("internal error (panic caught at the C boundary): {what}"));
+            set_last_error(&format!(
+                "internal error (panic caught at the C boundary): {what}"
+            ));
             lb_status::LB_ERR_PANIC
         }
     }
@@ -147,6 +152,11 @@ mod tests {
         guard_void(|| panic!("also caught"));
         with_last_error(|m| assert!(m.contains("also caught"), "{m}"));
         assert_eq!(guard(|| Ok(())), lb_status::LB_OK);
-        with_last_error(|m| assert!(m.contains("also caught"), "success leaves the last error: {m}"));
+        with_last_error(|m| {
+            assert!(
+                m.contains("also caught"),
+                "success leaves the last error: {m}"
+            )
+        });
     }
 }

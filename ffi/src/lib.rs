@@ -15,7 +15,12 @@
 //! This is the only crate of the workspace with `unsafe` code: each block dereferences a pointer the
 //! C caller handed over, and says why that is sound.
 
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![allow(non_camel_case_types)]
 
@@ -30,8 +35,9 @@ pub mod registration;
 use std::ffi::c_char;
 
 pub use crate::balancer::{
-    lb_balancer, lb_balancer_endpoints, lb_balancer_free, lb_balancer_new, lb_balancer_pick, lb_balancer_report,
-    lb_balancer_wait_ready, lb_outcome, lb_pick, LB_ADDR_LEN, LB_IP_LEN, LB_LABEL_LEN, LB_NODE_LEN,
+    lb_balancer, lb_balancer_endpoints, lb_balancer_free, lb_balancer_new, lb_balancer_pick,
+    lb_balancer_report, lb_balancer_wait_ready, lb_outcome, lb_pick, LB_ADDR_LEN, LB_IP_LEN,
+    LB_LABEL_LEN, LB_NODE_LEN,
 };
 pub use crate::error::lb_status;
 pub use crate::registration::{lb_registration, lb_registration_free, lb_registration_new};

@@ -132,10 +132,14 @@ fn ms(v: u64) -> Duration {
 impl Options {
     /// Parses `options_json`; `None` gives the defaults.
     pub(crate) fn parse(json: Option<&str>) -> Result<Options, Error> {
-        let Some(json) = json else { return Ok(Options::default()) };
+        let Some(json) = json else {
+            return Ok(Options::default());
+        };
         let opts: Options = from_object(json, "options_json")?;
         if opts.interval_is_zero() {
-            return Err(Error::options("options_json: outlier.interval_ms must be greater than 0"));
+            return Err(Error::options(
+                "options_json: outlier.interval_ms must be greater than 0",
+            ));
         }
         Ok(opts)
     }
@@ -176,7 +180,11 @@ impl Options {
         if self.locality.is_none() && self.topology.is_none() {
             return Ok(inner);
         }
-        let caller = self.locality.as_ref().map(LocalityOpt::to_locality).unwrap_or_default();
+        let caller = self
+            .locality
+            .as_ref()
+            .map(LocalityOpt::to_locality)
+            .unwrap_or_default();
         let mut topo = Topology::new(inner, caller);
         if let Some(keys) = &self.topology {
             let mut levels = Vec::with_capacity(keys.len());
@@ -203,9 +211,12 @@ impl Options {
 /// Parses a JSON object. serde would also accept an array for a struct (fields by position), which
 /// no caller means; only an object is accepted.
 fn from_object<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T, Error> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| Error::options(format!("{what}: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| Error::options(format!("{what}: {e}")))?;
     if !value.is_object() {
-        return Err(Error::options(format!("{what}: expected a JSON object, got `{value}`")));
+        return Err(Error::options(format!(
+            "{what}: expected a JSON object, got `{value}`"
+        )));
     }
     serde_json::from_value(value).map_err(|e| Error::options(format!("{what}: {e}")))
 }
@@ -228,10 +239,9 @@ pub(crate) struct Instance {
 impl Instance {
     pub(crate) fn parse(json: &str) -> Result<Endpoint, Error> {
         let i: Instance = from_object(json, "instance_json")?;
-        let addr: SocketAddr = i
-            .addr
-            .parse()
-            .map_err(|_| Error::options(format!("instance_json: addr `{}` is not ip:port", i.addr)))?;
+        let addr: SocketAddr = i.addr.parse().map_err(|_| {
+            Error::options(format!("instance_json: addr `{}` is not ip:port", i.addr))
+        })?;
         let mut ep = Endpoint::new(addr);
         if let Some(id) = i.id {
             ep = ep.with_id(id);
@@ -273,9 +283,13 @@ mod tests {
         let o = Options::parse(None).expect("defaults");
         assert_eq!(o.failfast(), Duration::from_secs(3));
         assert!(o.pool_config("t").outlier.is_some());
-        let o = Options::parse(Some(r#"{"policy":"rr","failfast_ms":5,"outlier":null}"#)).expect("valid");
+        let o = Options::parse(Some(r#"{"policy":"rr","failfast_ms":5,"outlier":null}"#))
+            .expect("valid");
         assert_eq!(o.failfast(), Duration::from_millis(5));
-        assert!(o.pool_config("t").outlier.is_none(), "null disables outlier detection");
+        assert!(
+            o.pool_config("t").outlier.is_none(),
+            "null disables outlier detection"
+        );
         let o = Options::parse(Some(r#"{"outlier":{"consecutive_failures":2}}"#)).expect("valid");
         let c = o.pool_config("t").outlier.expect("enabled");
         assert_eq!(c.consecutive_failures, 2);
@@ -295,15 +309,23 @@ mod tests {
             assert!(format!("{err:?}").contains(needle), "{json}: {err:?}");
         }
         let o = Options::parse(Some(r#"{"topology":["zone","planet"]}"#)).expect("syntax is fine");
-        assert!(o.policy().is_err(), "unknown level is rejected when the policy is built");
+        assert!(
+            o.policy().is_err(),
+            "unknown level is rejected when the policy is built"
+        );
     }
 
     #[test]
     fn instance() {
-        let ep = Instance::parse(r#"{"addr":"127.0.0.1:9","zone":"a","weight":7,"metadata":{"v":"1"}}"#).expect("valid");
+        let ep =
+            Instance::parse(r#"{"addr":"127.0.0.1:9","zone":"a","weight":7,"metadata":{"v":"1"}}"#)
+                .expect("valid");
         assert_eq!(ep.weight(), 7);
         assert_eq!(ep.locality().zone.as_deref(), Some("a"));
         assert!(Instance::parse(r#"{"addr":"nowhere"}"#).is_err());
-        assert!(Instance::parse(r#"{"zone":"a"}"#).is_err(), "addr is required");
+        assert!(
+            Instance::parse(r#"{"zone":"a"}"#).is_err(),
+            "addr is required"
+        );
     }
 }

@@ -100,7 +100,12 @@ impl Pending {
         let tag = (RandomState::new().hash_one(0x6c62u64) & 0xffff).max(1);
         Pending {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(Shard { next: 1, pending: Map::default() }))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        next: 1,
+                        pending: Map::default(),
+                    })
+                })
                 .collect(),
             tag,
             timeout,
@@ -110,7 +115,9 @@ impl Pending {
     fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
         // A panic never happens while a shard is held (insert/remove only), but if one did the map
         // is still consistent: take it rather than poison every later call.
-        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stores `guard` and returns its token (never zero).
@@ -187,10 +194,16 @@ mod tests {
         drop(p.take(t1).expect("pending"));
         assert_eq!(p.take(t1).expect_err("twice"), TokenError::Spent);
         assert_eq!(p.take(0).expect_err("zero"), TokenError::Unknown);
-        assert_eq!(p.take(t2 + 100).expect_err("not issued yet"), TokenError::Unknown);
+        assert_eq!(
+            p.take(t2 + 100).expect_err("not issued yet"),
+            TokenError::Unknown
+        );
         let mut other = Pending::new(Duration::from_secs(10));
         other.tag = p.tag % 0xffff + 1;
-        assert_eq!(p.take(other.insert(load.start())).expect_err("foreign"), TokenError::Unknown);
+        assert_eq!(
+            p.take(other.insert(load.start())).expect_err("foreign"),
+            TokenError::Unknown
+        );
 
         tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(p.expire(Instant::now()), 0);
@@ -198,8 +211,20 @@ mod tests {
         assert_eq!(p.expire(Instant::now()), 1);
         assert_eq!(p.take(t2).expect_err("expired"), TokenError::Spent);
         assert_eq!(p.len(), 0);
-        assert_eq!(load.in_flight(), 1, "only the foreign-balancer pick is still in flight");
-        assert_eq!(load.consecutive_failures(), 0, "an expired pick is not a failure");
-        assert_eq!(load.rtt_estimate(), untouched.rtt_estimate(), "nor a latency sample");
+        assert_eq!(
+            load.in_flight(),
+            1,
+            "only the foreign-balancer pick is still in flight"
+        );
+        assert_eq!(
+            load.consecutive_failures(),
+            0,
+            "an expired pick is not a failure"
+        );
+        assert_eq!(
+            load.rtt_estimate(),
+            untouched.rtt_estimate(),
+            "nor a latency sample"
+        );
     }
 }

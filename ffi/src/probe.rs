@@ -55,14 +55,18 @@ async fn probe_once(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
             Ok(())
         }
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("probe timed out after {timeout:?}"))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("probe timed out after {timeout:?}"),
+        )),
     }
 }
 
 impl Connect for ProbeConnect {
     type Connection = Probed;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Connected<Probed>, io::Error>> + Send + 'static>>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Connected<Probed>, io::Error>> + Send + 'static>>;
 
     fn connect(&self, endpoint: &Endpoint) -> Self::Future {
         let addr = endpoint.addr();

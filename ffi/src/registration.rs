@@ -27,16 +27,22 @@ pub struct lb_registration {
 
 impl fmt::Debug for lb_registration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("lb_registration").field("registration", &self.registration).finish()
+        f.debug_struct("lb_registration")
+            .field("registration", &self.registration)
+            .finish()
     }
 }
 
 impl Drop for lb_registration {
     fn drop(&mut self) {
-        let Some(rt) = self.runtime.take() else { return };
+        let Some(rt) = self.runtime.take() else {
+            return;
+        };
         if let Some(reg) = self.registration.take() {
             // The timer must be created inside the runtime, hence the async block.
-            let _ = rt.block_on(async { tokio::time::timeout(DEREGISTER_TIMEOUT, reg.deregister()).await });
+            let _ = rt.block_on(async {
+                tokio::time::timeout(DEREGISTER_TIMEOUT, reg.deregister()).await
+            });
         }
         rt.shutdown_timeout(Duration::from_secs(5));
     }
@@ -74,7 +80,10 @@ pub unsafe extern "C" fn lb_registration_new(
         let instance = Instance::parse(instance)?;
         let rt = runtime("lb-registration")?;
         let registration = rt
-            .block_on(async { tokio::time::timeout(REGISTER_TIMEOUT, lb_registry::register(&target, instance)).await })
+            .block_on(async {
+                tokio::time::timeout(REGISTER_TIMEOUT, lb_registry::register(&target, instance))
+                    .await
+            })
             .map_err(|_| {
                 Error::new(
                     lb_status::LB_ERR_TIMEOUT,
@@ -106,4 +115,3 @@ pub unsafe extern "C" fn lb_registration_free(r: *mut lb_registration) {
         }
     })
 }
-

@@ -18,14 +18,39 @@ fn null_arguments_are_errors() {
     let t = c"static:///127.0.0.1:1";
     // SAFETY: NULL is allowed by the contract and must be rejected, not dereferenced.
     unsafe {
-        assert_eq!(lb_balancer_new(ptr::null(), ptr::null(), &mut out), lb_status::LB_ERR_NULL_ARGUMENT);
-        assert!(last_error().contains("`target` must not be NULL"), "{}", last_error());
-        assert_eq!(lb_balancer_new(t.as_ptr(), ptr::null(), ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
-        assert_eq!(lb_balancer_wait_ready(ptr::null(), 1), lb_status::LB_ERR_NULL_ARGUMENT);
-        assert_eq!(lb_balancer_pick(ptr::null(), ptr::null(), 0, ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
-        assert_eq!(lb_balancer_report(ptr::null(), 1, 0, 0), lb_status::LB_ERR_NULL_ARGUMENT);
-        assert_eq!(lb_balancer_endpoints(ptr::null(), ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
-        assert_eq!(lb_registration_new(ptr::null(), ptr::null(), ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
+        assert_eq!(
+            lb_balancer_new(ptr::null(), ptr::null(), &mut out),
+            lb_status::LB_ERR_NULL_ARGUMENT
+        );
+        assert!(
+            last_error().contains("`target` must not be NULL"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            lb_balancer_new(t.as_ptr(), ptr::null(), ptr::null_mut()),
+            lb_status::LB_ERR_NULL_ARGUMENT
+        );
+        assert_eq!(
+            lb_balancer_wait_ready(ptr::null(), 1),
+            lb_status::LB_ERR_NULL_ARGUMENT
+        );
+        assert_eq!(
+            lb_balancer_pick(ptr::null(), ptr::null(), 0, ptr::null_mut()),
+            lb_status::LB_ERR_NULL_ARGUMENT
+        );
+        assert_eq!(
+            lb_balancer_report(ptr::null(), 1, 0, 0),
+            lb_status::LB_ERR_NULL_ARGUMENT
+        );
+        assert_eq!(
+            lb_balancer_endpoints(ptr::null(), ptr::null_mut()),
+            lb_status::LB_ERR_NULL_ARGUMENT
+        );
+        assert_eq!(
+            lb_registration_new(ptr::null(), ptr::null(), ptr::null_mut()),
+            lb_status::LB_ERR_NULL_ARGUMENT
+        );
         lb_balancer_free(ptr::null_mut());
         lb_registration_free(ptr::null_mut());
         lb_string_free(ptr::null_mut());
@@ -34,8 +59,14 @@ fn null_arguments_are_errors() {
     let b = Bal::new("static:///127.0.0.1:1", r#"{"probe":false}"#).expect("valid");
     // SAFETY: a live balancer; NULL out / NULL key with a length must be rejected.
     unsafe {
-        assert_eq!(lb_balancer_pick(b.0, ptr::null(), 0, ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
-        assert_eq!(lb_balancer_endpoints(b.0, ptr::null_mut()), lb_status::LB_ERR_NULL_ARGUMENT);
+        assert_eq!(
+            lb_balancer_pick(b.0, ptr::null(), 0, ptr::null_mut()),
+            lb_status::LB_ERR_NULL_ARGUMENT
+        );
+        assert_eq!(
+            lb_balancer_endpoints(b.0, ptr::null_mut()),
+            lb_status::LB_ERR_NULL_ARGUMENT
+        );
     }
     assert!(b.pick(None).is_ok(), "a valid pick still works");
     let mut p = std::mem::MaybeUninit::<lb_pick>::uninit();
@@ -52,7 +83,11 @@ fn invalid_utf8_is_an_error() {
     // SAFETY: a NUL-terminated (non-UTF-8) byte string.
     let s = unsafe { lb_balancer_new(bad.as_ptr().cast(), ptr::null(), &mut out) };
     assert_eq!(s, lb_status::LB_ERR_INVALID_UTF8);
-    assert!(last_error().contains("`target` is not valid UTF-8"), "{}", last_error());
+    assert!(
+        last_error().contains("`target` is not valid UTF-8"),
+        "{}",
+        last_error()
+    );
     let t = c"static:///127.0.0.1:1";
     // SAFETY: as above, for the options.
     let s = unsafe { lb_balancer_new(t.as_ptr(), bad.as_ptr().cast(), &mut out) };
@@ -63,15 +98,55 @@ fn invalid_utf8_is_an_error() {
 #[test]
 fn malformed_json_and_targets_are_errors_that_say_why() {
     for (target, options, status, needle) in [
-        ("static:///127.0.0.1:1", "{", lb_status::LB_ERR_INVALID_OPTIONS, "EOF"),
-        ("static:///127.0.0.1:1", "[]", lb_status::LB_ERR_INVALID_OPTIONS, "expected a JSON object"),
-        ("static:///127.0.0.1:1", "null", lb_status::LB_ERR_INVALID_OPTIONS, "expected a JSON object"),
-        ("static:///127.0.0.1:1", r#"{"polcy":"rr"}"#, lb_status::LB_ERR_INVALID_OPTIONS, "unknown field `polcy`"),
-        ("static:///127.0.0.1:1", r#"{"policy":"random"}"#, lb_status::LB_ERR_INVALID_OPTIONS, "unknown variant"),
-        ("static:///127.0.0.1:1", r#"{"topology":["galaxy"]}"#, lb_status::LB_ERR_INVALID_OPTIONS, "galaxy"),
-        ("static:///not-an-address", "", lb_status::LB_ERR_INVALID_TARGET, "not-an-address"),
+        (
+            "static:///127.0.0.1:1",
+            "{",
+            lb_status::LB_ERR_INVALID_OPTIONS,
+            "EOF",
+        ),
+        (
+            "static:///127.0.0.1:1",
+            "[]",
+            lb_status::LB_ERR_INVALID_OPTIONS,
+            "expected a JSON object",
+        ),
+        (
+            "static:///127.0.0.1:1",
+            "null",
+            lb_status::LB_ERR_INVALID_OPTIONS,
+            "expected a JSON object",
+        ),
+        (
+            "static:///127.0.0.1:1",
+            r#"{"polcy":"rr"}"#,
+            lb_status::LB_ERR_INVALID_OPTIONS,
+            "unknown field `polcy`",
+        ),
+        (
+            "static:///127.0.0.1:1",
+            r#"{"policy":"random"}"#,
+            lb_status::LB_ERR_INVALID_OPTIONS,
+            "unknown variant",
+        ),
+        (
+            "static:///127.0.0.1:1",
+            r#"{"topology":["galaxy"]}"#,
+            lb_status::LB_ERR_INVALID_OPTIONS,
+            "galaxy",
+        ),
+        (
+            "static:///not-an-address",
+            "",
+            lb_status::LB_ERR_INVALID_TARGET,
+            "not-an-address",
+        ),
         ("greeter", "", lb_status::LB_ERR_INVALID_TARGET, "no scheme"),
-        ("zookeeper://h/x", "", lb_status::LB_ERR_UNSUPPORTED_SCHEME, "zookeeper"),
+        (
+            "zookeeper://h/x",
+            "",
+            lb_status::LB_ERR_UNSUPPORTED_SCHEME,
+            "zookeeper",
+        ),
     ] {
         let (s, msg) = Bal::new(target, options).err().expect(options);
         assert_eq!(s, status, "{target} {options}: {msg}");
@@ -84,8 +159,14 @@ fn malformed_json_and_targets_are_errors_that_say_why() {
     let s = unsafe { lb_registration_new(t.as_ptr(), c"{\"addr\":".as_ptr(), &mut reg) };
     assert_eq!(s, lb_status::LB_ERR_INVALID_OPTIONS);
     // SAFETY: as above.
-    let s = unsafe { lb_registration_new(t.as_ptr(), c"{\"addr\":\"127.0.0.1:1\"}".as_ptr(), &mut reg) };
-    assert_eq!(s, lb_status::LB_ERR_INVALID_TARGET, "static targets cannot register");
+    let s = unsafe {
+        lb_registration_new(t.as_ptr(), c"{\"addr\":\"127.0.0.1:1\"}".as_ptr(), &mut reg)
+    };
+    assert_eq!(
+        s,
+        lb_status::LB_ERR_INVALID_TARGET,
+        "static targets cannot register"
+    );
     assert!(last_error().contains("cannot register"), "{}", last_error());
     assert!(reg.is_null());
 }
@@ -99,38 +180,71 @@ fn a_token_is_reported_once_and_unknown_tokens_are_refused() {
     assert_ne!(p.token, 0);
     assert_eq!(addr(&p), backend.addr.to_string());
     assert_eq!(p.port, backend.addr.port());
-    assert_eq!(b.endpoints()["endpoints"][0]["in_flight"], 1, "a pick counts as in flight");
+    assert_eq!(
+        b.endpoints()["endpoints"][0]["in_flight"],
+        1,
+        "a pick counts as in flight"
+    );
 
     assert_eq!(b.report(p.token, 3, 0), lb_status::LB_ERR_INVALID_ARGUMENT);
     assert_eq!(b.report(p.token, -1, 0), lb_status::LB_ERR_INVALID_ARGUMENT);
-    assert_eq!(b.endpoints()["pending_reports"], 1, "a rejected report leaves the token pending");
+    assert_eq!(
+        b.endpoints()["pending_reports"],
+        1,
+        "a rejected report leaves the token pending"
+    );
     assert_eq!(b.report(p.token, 0, 250_000), lb_status::LB_OK);
     assert_eq!(b.report(p.token, 0, 250_000), lb_status::LB_ERR_TOKEN_SPENT);
-    assert!(last_error().contains("already reported"), "{}", last_error());
+    assert!(
+        last_error().contains("already reported"),
+        "{}",
+        last_error()
+    );
     assert_eq!(b.report(0, 0, 0), lb_status::LB_ERR_UNKNOWN_TOKEN);
-    assert_eq!(b.report(p.token + 1_000, 0, 0), lb_status::LB_ERR_UNKNOWN_TOKEN, "not issued yet");
-    assert_eq!(b.report(p.token ^ (1 << 60), 0, 0), lb_status::LB_ERR_UNKNOWN_TOKEN, "another balancer's tag");
+    assert_eq!(
+        b.report(p.token + 1_000, 0, 0),
+        lb_status::LB_ERR_UNKNOWN_TOKEN,
+        "not issued yet"
+    );
+    assert_eq!(
+        b.report(p.token ^ (1 << 60), 0, 0),
+        lb_status::LB_ERR_UNKNOWN_TOKEN,
+        "another balancer's tag"
+    );
 
     let ep = &b.endpoints()["endpoints"][0];
     assert_eq!(ep["in_flight"], 0);
-    assert!(ep["rtt_us"].as_u64().expect("rtt") >= 240_000, "the reported latency was recorded: {ep}");
+    assert!(
+        ep["rtt_us"].as_u64().expect("rtt") >= 240_000,
+        "the reported latency was recorded: {ep}"
+    );
 }
 
 #[test]
 fn an_unreported_pick_expires_as_cancelled() {
     let backend = Backend::start(false);
-    let b = Bal::new(&static_target(&[&backend]), r#"{"report_timeout_ms":50,"outlier":{"consecutive_failures":1}}"#)
-        .expect("valid");
+    let b = Bal::new(
+        &static_target(&[&backend]),
+        r#"{"report_timeout_ms":50,"outlier":{"consecutive_failures":1}}"#,
+    )
+    .expect("valid");
     assert_eq!(b.ready(5000), lb_status::LB_OK);
     let p = b.pick(None).expect("a pick");
     let deadline = Instant::now() + Duration::from_secs(5);
     while b.endpoints()["pending_reports"] != 0 {
-        assert!(Instant::now() < deadline, "the pick never expired: {}", b.endpoints());
+        assert!(
+            Instant::now() < deadline,
+            "the pick never expired: {}",
+            b.endpoints()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let ep = &b.endpoints()["endpoints"][0];
     assert_eq!(ep["in_flight"], 0, "expiry released the in-flight count");
-    assert_eq!(ep["phase"], "ready", "an expired pick is not a failure (one failure would eject here)");
+    assert_eq!(
+        ep["phase"], "ready",
+        "an expired pick is not a failure (one failure would eject here)"
+    );
     assert_eq!(b.report(p.token, 1, 0), lb_status::LB_ERR_TOKEN_SPENT);
     assert!(last_error().contains("expired"), "{}", last_error());
 }
@@ -138,22 +252,40 @@ fn an_unreported_pick_expires_as_cancelled() {
 #[test]
 fn no_endpoint_fails_fast_and_wait_ready_times_out() {
     // Nothing listens on the port the dropped listener had: every probe is refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let b = Bal::new(&format!("static:///127.0.0.1:{port}"), r#"{"failfast_ms":200}"#).expect("valid");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let b = Bal::new(
+        &format!("static:///127.0.0.1:{port}"),
+        r#"{"failfast_ms":200}"#,
+    )
+    .expect("valid");
     assert_eq!(b.ready(100), lb_status::LB_ERR_TIMEOUT);
     assert!(last_error().contains("not ready"), "{}", last_error());
     let start = Instant::now();
     assert_eq!(b.pick(None).err(), Some(lb_status::LB_ERR_UNAVAILABLE));
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(190) && waited < Duration::from_secs(3), "waited {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(190) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
     assert!(last_error().contains("no endpoint"), "{}", last_error());
     let ep = &b.endpoints()["endpoints"][0];
-    assert_eq!(ep["healthy"], false, "a refused endpoint is out of rotation: {ep}");
+    assert_eq!(
+        ep["healthy"], false,
+        "a refused endpoint is out of rotation: {ep}"
+    );
 }
 
 #[test]
 fn hash_keys_stick_to_one_endpoint() {
-    let backends = [Backend::start(false), Backend::start(false), Backend::start(false)];
+    let backends = [
+        Backend::start(false),
+        Backend::start(false),
+        Backend::start(false),
+    ];
     let refs: Vec<&Backend> = backends.iter().collect();
     let b = Bal::new(&static_target(&refs), r#"{"policy":"hash"}"#).expect("valid");
     assert_eq!(b.ready(5000), lb_status::LB_OK);
@@ -175,24 +307,46 @@ fn hash_keys_stick_to_one_endpoint() {
 #[test]
 fn locality_is_returned_and_preferred() {
     let backends = [Backend::start(false), Backend::start(false)];
-    let target = format!("static:///{};zone=a;region=r;node=n1,{};zone=b;region=r", backends[0].addr, backends[1].addr);
-    let b = Bal::new(&target, r#"{"policy":"rr","locality":{"region":"r","zone":"b"}}"#).expect("valid");
+    let target = format!(
+        "static:///{};zone=a;region=r;node=n1,{};zone=b;region=r",
+        backends[0].addr, backends[1].addr
+    );
+    let b = Bal::new(
+        &target,
+        r#"{"policy":"rr","locality":{"region":"r","zone":"b"}}"#,
+    )
+    .expect("valid");
     assert_eq!(b.ready(5000), lb_status::LB_OK);
     for _ in 0..20 {
         let p = b.pick(None).expect("pick");
-        assert_eq!(addr(&p), backends[1].addr.to_string(), "the caller's zone wins");
+        assert_eq!(
+            addr(&p),
+            backends[1].addr.to_string(),
+            "the caller's zone wins"
+        );
         // SAFETY: NUL-terminated fields.
         let (zone, region, node) = unsafe {
-            (CStr::from_ptr(p.zone.as_ptr()), CStr::from_ptr(p.region.as_ptr()), CStr::from_ptr(p.node.as_ptr()))
+            (
+                CStr::from_ptr(p.zone.as_ptr()),
+                CStr::from_ptr(p.region.as_ptr()),
+                CStr::from_ptr(p.node.as_ptr()),
+            )
         };
-        assert_eq!((zone.to_str(), region.to_str(), node.to_str()), (Ok("b"), Ok("r"), Ok("")));
+        assert_eq!(
+            (zone.to_str(), region.to_str(), node.to_str()),
+            (Ok("b"), Ok("r"), Ok(""))
+        );
         assert_eq!(b.report(p.token, 0, -1), lb_status::LB_OK);
     }
 }
 
 #[test]
 fn concurrent_picks_and_reports_from_many_threads() {
-    let backends = [Backend::start(false), Backend::start(false), Backend::start(false)];
+    let backends = [
+        Backend::start(false),
+        Backend::start(false),
+        Backend::start(false),
+    ];
     let refs: Vec<&Backend> = backends.iter().collect();
     let b = Bal::new(&static_target(&refs), r#"{"policy":"p2c"}"#).expect("valid");
     assert_eq!(b.ready(5000), lb_status::LB_OK);
@@ -202,7 +356,10 @@ fn concurrent_picks_and_reports_from_many_threads() {
             s.spawn(|| {
                 for _ in 0..2_000 {
                     let p = b.pick(None).expect("pick");
-                    assert!(tokens.lock().expect("lock").insert(p.token), "tokens are unique");
+                    assert!(
+                        tokens.lock().expect("lock").insert(p.token),
+                        "tokens are unique"
+                    );
                     assert_eq!(b.report(p.token, 0, 100), lb_status::LB_OK);
                 }
             });
@@ -239,7 +396,11 @@ fn probes_take_a_dead_endpoint_out_of_rotation_and_bring_it_back() {
     let stays = Backend::start(false);
     let dies = Backend::start(false);
     let dead_addr = dies.addr;
-    let b = Bal::new(&static_target(&[&stays, &dies]), r#"{"policy":"rr","probe_interval_ms":100}"#).expect("valid");
+    let b = Bal::new(
+        &static_target(&[&stays, &dies]),
+        r#"{"policy":"rr","probe_interval_ms":100}"#,
+    )
+    .expect("valid");
     assert_eq!(b.ready(5000), lb_status::LB_OK);
     let healthy = |b: &Bal| -> bool {
         let eps = b.endpoints();
@@ -255,7 +416,11 @@ fn probes_take_a_dead_endpoint_out_of_rotation_and_bring_it_back() {
     let wait = |what: &str, want: bool| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while healthy(&b) != want {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}: {}", b.endpoints());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what}: {}",
+                b.endpoints()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
@@ -265,10 +430,18 @@ fn probes_take_a_dead_endpoint_out_of_rotation_and_bring_it_back() {
     drop(dies);
     let gone = Instant::now();
     wait("the dead endpoint is out of rotation", false);
-    assert!(gone.elapsed() < Duration::from_secs(3), "noticed after {:?}", gone.elapsed());
+    assert!(
+        gone.elapsed() < Duration::from_secs(3),
+        "noticed after {:?}",
+        gone.elapsed()
+    );
     for _ in 0..20 {
         let p = b.pick(None).expect("pick");
-        assert_eq!(addr(&p), stays.addr.to_string(), "picks avoid the dead endpoint");
+        assert_eq!(
+            addr(&p),
+            stays.addr.to_string(),
+            "picks avoid the dead endpoint"
+        );
         assert_eq!(b.report(p.token, 0, -1), lb_status::LB_OK);
     }
 

@@ -16,30 +16,60 @@ fn run(cmd: &mut Command) -> Tally {
     let out = cmd.output().expect("run the C example");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the C example failed ({}):\n{stdout}\n{stderr}", out.status);
-    assert!(stdout.contains("last_error "), "the error-contract walk ran:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "the C example failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("last_error "),
+        "the error-contract walk ran:\n{stdout}"
+    );
     Tally::parse(&stdout)
 }
 
 #[test]
 fn c_picks_are_balanced_across_threads() {
-    let backends = [Backend::start(false), Backend::start(false), Backend::start(false)];
+    let backends = [
+        Backend::start(false),
+        Backend::start(false),
+        Backend::start(false),
+    ];
     let refs: Vec<&Backend> = backends.iter().collect();
-    let t = run(Command::new(example()).args([&static_target(&refs), r#"{"policy":"rr"}"#, "300", "3"]));
+    let t = run(Command::new(example()).args([
+        &static_target(&refs),
+        r#"{"policy":"rr"}"#,
+        "300",
+        "3",
+    ]));
     assert_eq!(t.unavailable, 0);
     for b in &backends {
         let n = t.served(b);
         // Round robin over three: 300 picks (plus the one the contract walk made) split evenly.
-        assert!((99..=101).contains(&n), "{} served {n} of 300: {:?}", b.addr, t.served);
-        assert_eq!(b.served(), n, "the backend itself saw every request the example counted");
+        assert!(
+            (99..=101).contains(&n),
+            "{} served {n} of 300: {:?}",
+            b.addr,
+            t.served
+        );
+        assert_eq!(
+            b.served(),
+            n,
+            "the backend itself saw every request the example counted"
+        );
     }
 }
 
 #[test]
 fn c_reports_steer_load_away_from_a_failing_endpoint() {
-    let backends = [Backend::start(false), Backend::start(false), Backend::start(true)];
+    let backends = [
+        Backend::start(false),
+        Backend::start(false),
+        Backend::start(true),
+    ];
     let refs: Vec<&Backend> = backends.iter().collect();
-    let options = r#"{"policy":"p2c-ewma","outlier":{"consecutive_failures":3,"base_ejection_ms":60000}}"#;
+    let options =
+        r#"{"policy":"p2c-ewma","outlier":{"consecutive_failures":3,"base_ejection_ms":60000}}"#;
     let t = run(Command::new(example()).args([&static_target(&refs), options, "300", "2"]));
     let failing = &backends[2];
     let bad = t.served(failing);
@@ -48,9 +78,21 @@ fn c_reports_steer_load_away_from_a_failing_endpoint() {
     // estimates fall, so P2C stops choosing it) and, at three consecutive failures, ejection. Which
     // acts first depends on timing; either way it gets a handful of requests at most.
     assert!(bad >= 1, "the failing endpoint was tried: {:?}", t.served);
-    assert!(bad <= 30, "the failing endpoint kept getting traffic: {bad} of 300: {:?}", t.served);
-    assert_eq!(t.served.get(&failing.addr.to_string()).map(|s| s.1), Some(bad), "every answer from it was a failure");
-    assert_eq!(t.served(&backends[0]) + t.served(&backends[1]), 300 - bad, "the rest went to the healthy two");
+    assert!(
+        bad <= 30,
+        "the failing endpoint kept getting traffic: {bad} of 300: {:?}",
+        t.served
+    );
+    assert_eq!(
+        t.served.get(&failing.addr.to_string()).map(|s| s.1),
+        Some(bad),
+        "every answer from it was a failure"
+    );
+    assert_eq!(
+        t.served(&backends[0]) + t.served(&backends[1]),
+        300 - bad,
+        "the rest went to the healthy two"
+    );
     if bad >= 3 {
         assert_eq!(t.phase(failing), "ejected", "three failures in a row eject");
     }
@@ -68,7 +110,11 @@ fn c_example_is_clean_under_valgrind() {
     let backends = [Backend::start(false), Backend::start(false)];
     let refs: Vec<&Backend> = backends.iter().collect();
     let t = run(Command::new("valgrind")
-        .args(["--leak-check=full", "--error-exitcode=1", "--errors-for-leak-kinds=definite,indirect,possible"])
+        .args([
+            "--leak-check=full",
+            "--error-exitcode=1",
+            "--errors-for-leak-kinds=definite,indirect,possible",
+        ])
         .arg(example())
         .args([&static_target(&refs), r#"{"policy":"rr"}"#, "40", "2"]));
     assert_eq!(t.served.values().map(|s| s.0).sum::<u64>(), 40);

@@ -47,14 +47,23 @@ fn register(target: &str, instance: &str) -> *mut lb_registration {
 #[test]
 fn registered_instances_are_discovered_and_free_deregisters() {
     let rt = tokio::runtime::Runtime::new().expect("runtime for the double");
-    let double = rt.block_on(ConsulDouble::start()).expect("start the Consul double");
+    let double = rt
+        .block_on(ConsulDouble::start())
+        .expect("start the Consul double");
     let (a, b) = (Backend::start(false), Backend::start(false));
     let service = format!("consul://{}/ffi-greeter", double.authority());
     let reg_target = format!("{service}?ttl=300ms&deregister_after=2s");
-    let reg_a = register(&reg_target, &format!(r#"{{"addr":"{}","zone":"z1"}}"#, a.addr));
-    let reg_b = register(&reg_target, &format!(r#"{{"addr":"{}","zone":"z2"}}"#, b.addr));
+    let reg_a = register(
+        &reg_target,
+        &format!(r#"{{"addr":"{}","zone":"z1"}}"#, a.addr),
+    );
+    let reg_b = register(
+        &reg_target,
+        &format!(r#"{{"addr":"{}","zone":"z2"}}"#, b.addr),
+    );
 
-    let bal = Bal::new(&format!("{service}?wait=2s"), r#"{"policy":"rr"}"#).expect("a Consul balancer");
+    let bal =
+        Bal::new(&format!("{service}?wait=2s"), r#"{"policy":"rr"}"#).expect("a Consul balancer");
     assert_eq!(bal.ready(15_000), lb_status::LB_OK, "{}", last_error());
     let mut both = vec![a.addr.to_string(), b.addr.to_string()];
     both.sort();
@@ -66,8 +75,13 @@ fn registered_instances_are_discovered_and_free_deregisters() {
     // Freeing deregisters through the agent API; discovery drops the instance.
     // SAFETY: from lb_registration_new, freed once.
     unsafe { lb_registration_free(reg_a) };
-    assert!(double.deregistrations() >= 1, "the double saw the deregistration");
-    wait_until("the freed instance is gone", || listed(&bal) == vec![b.addr.to_string()]);
+    assert!(
+        double.deregistrations() >= 1,
+        "the double saw the deregistration"
+    );
+    wait_until("the freed instance is gone", || {
+        listed(&bal) == vec![b.addr.to_string()]
+    });
     // SAFETY: as above.
     unsafe { lb_registration_free(reg_b) };
     drop(bal);

@@ -24,20 +24,27 @@ struct Etcd {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 impl Etcd {
     fn start() -> Etcd {
         let (port, peer) = (free_port(), free_port());
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ffi-etcd-{}-{port}", std::process::id()));
-        let mut cmd = Command::new(std::env::var("LB_TEST_ETCD_BIN").unwrap_or_else(|_| "etcd".into()));
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("ffi-etcd-{}-{port}", std::process::id()));
+        let mut cmd =
+            Command::new(std::env::var("LB_TEST_ETCD_BIN").unwrap_or_else(|_| "etcd".into()));
         cmd.arg("--name=ffi")
             .arg(format!("--data-dir={}", dir.display()))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{port}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
             .arg(format!("--initial-cluster=ffi=http://127.0.0.1:{peer}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -45,7 +52,9 @@ impl Etcd {
         if cfg!(target_arch = "aarch64") {
             cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
         }
-        let child = cmd.spawn().expect("start etcd (Debian package etcd-server)");
+        let child = cmd
+            .spawn()
+            .expect("start etcd (Debian package etcd-server)");
         let etcd = Etcd { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !etcd.healthy() {
@@ -57,7 +66,9 @@ impl Etcd {
 
     /// etcd's own `/health` endpoint, over plain HTTP/1.0.
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
             return false;
@@ -121,8 +132,14 @@ fn registered_instances_are_discovered_and_free_deregisters() {
     let etcd = Etcd::start();
     let (a, b) = (Backend::start(false), Backend::start(false));
     let service = format!("etcd://127.0.0.1:{}/ffi-greeter", etcd.port);
-    let reg_a = Reg::new(&format!("{service}?ttl=2s"), &format!(r#"{{"addr":"{}","zone":"z1"}}"#, a.addr));
-    let _reg_b = Reg::new(&format!("{service}?ttl=2s"), &format!(r#"{{"addr":"{}","zone":"z2"}}"#, b.addr));
+    let reg_a = Reg::new(
+        &format!("{service}?ttl=2s"),
+        &format!(r#"{{"addr":"{}","zone":"z1"}}"#, a.addr),
+    );
+    let _reg_b = Reg::new(
+        &format!("{service}?ttl=2s"),
+        &format!(r#"{{"addr":"{}","zone":"z2"}}"#, b.addr),
+    );
 
     let bal = Bal::new(&service, r#"{"policy":"rr"}"#).expect("an etcd balancer");
     assert_eq!(bal.ready(10_000), lb_status::LB_OK, "{}", last_error());
@@ -137,8 +154,14 @@ fn registered_instances_are_discovered_and_free_deregisters() {
     // its 2 s TTL could have run out.
     let freed = Instant::now();
     drop(reg_a);
-    wait_until("the freed instance is gone", || listed(&bal) == vec![b.addr.to_string()]);
-    assert!(freed.elapsed() < Duration::from_secs(2), "deregistered in {:?}", freed.elapsed());
+    wait_until("the freed instance is gone", || {
+        listed(&bal) == vec![b.addr.to_string()]
+    });
+    assert!(
+        freed.elapsed() < Duration::from_secs(2),
+        "deregistered in {:?}",
+        freed.elapsed()
+    );
     for _ in 0..10 {
         let p = bal.pick(None).expect("pick");
         assert_eq!(addr(&p), b.addr.to_string());

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 #[test]
 fn header_is_fresh() {
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("ffi/cbindgen.toml parses");
+    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
+        .expect("ffi/cbindgen.toml parses");
     let bindings = cbindgen::Builder::new()
         .with_crate(&crate_dir)
         .with_config(config)
@@ -29,7 +30,10 @@ fn header_is_fresh() {
             .lines()
             .zip(generated.lines())
             .position(|(a, b)| a != b)
-            .map_or_else(|| current.lines().count().min(generated.lines().count()) + 1, |i| i + 1);
+            .map_or_else(
+                || current.lines().count().min(generated.lines().count()) + 1,
+                |i| i + 1,
+            );
         panic!(
             "ffi/include/lb.h is stale (first difference at line {line}).\n\
              Regenerate it with:\n\n    LB_BLESS=1 cargo test -p lb-ffi --test header\n"

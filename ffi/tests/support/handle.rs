@@ -10,7 +10,9 @@ pub fn last_error() -> String {
     // SAFETY: `buf` is 512 writable bytes.
     unsafe { lb_last_error_message(buf.as_mut_ptr(), buf.len()) };
     // SAFETY: lb_last_error_message always NUL-terminates within `buf`.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// An owned balancer for tests: freed on drop.
@@ -62,9 +64,15 @@ impl Bal {
     pub fn endpoints(&self) -> serde_json::Value {
         let mut out = ptr::null_mut();
         // SAFETY: a live balancer and a writable out-pointer.
-        assert_eq!(unsafe { lb_balancer_endpoints(self.0, &mut out) }, lb_status::LB_OK);
+        assert_eq!(
+            unsafe { lb_balancer_endpoints(self.0, &mut out) },
+            lb_status::LB_OK
+        );
         // SAFETY: LB_OK means `out` is a NUL-terminated string from the library.
-        let json = unsafe { CStr::from_ptr(out) }.to_str().expect("UTF-8").to_string();
+        let json = unsafe { CStr::from_ptr(out) }
+            .to_str()
+            .expect("UTF-8")
+            .to_string();
         // SAFETY: the string came from lb_balancer_endpoints and is freed once.
         unsafe { lb_string_free(out) };
         serde_json::from_str(&json).expect("valid JSON")
@@ -80,5 +88,7 @@ impl Drop for Bal {
 
 pub fn addr(p: &lb_pick) -> String {
     // SAFETY: the library NUL-terminates every string field.
-    unsafe { CStr::from_ptr(p.addr.as_ptr()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(p.addr.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }

@@ -88,8 +88,14 @@ pub fn static_target(backends: &[&Backend]) -> String {
 /// target dir or profile. A library from a plain `cargo build` (one level up) is the fallback.
 pub fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("path of the test executable");
-    let deps = exe.parent().expect("the test executable has a directory").to_path_buf();
-    for dir in [deps.clone(), deps.parent().map(Path::to_path_buf).unwrap_or_default()] {
+    let deps = exe
+        .parent()
+        .expect("the test executable has a directory")
+        .to_path_buf();
+    for dir in [
+        deps.clone(),
+        deps.parent().map(Path::to_path_buf).unwrap_or_default(),
+    ] {
         if dir.join("liblb_ffi.so").exists() {
             return dir;
         }
@@ -108,7 +114,15 @@ pub fn build_c_example() -> PathBuf {
     let bin = out_dir.join(format!("lb_demo-{}", std::process::id()));
     let lib = lib_dir();
     let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+        .args([
+            "-std=c11",
+            "-D_POSIX_C_SOURCE=200809L",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-g",
+            "-O1",
+        ])
         .arg("-I")
         .arg(crate_dir.join("include"))
         .arg(crate_dir.join("examples/lb_demo.c"))
@@ -158,7 +172,10 @@ impl Tally {
     }
 
     pub fn phase(&self, b: &Backend) -> String {
-        let json = self.endpoints_json.as_ref().expect("the example printed its endpoints");
+        let json = self
+            .endpoints_json
+            .as_ref()
+            .expect("the example printed its endpoints");
         json["endpoints"]
             .as_array()
             .expect("endpoints array")
