@@ -175,3 +175,58 @@ impl http_body::Body for Chain {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn collect(body: Body) -> Bytes {
+        body.collect().await.expect("body reads").to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_complete_body_is_kept() {
+        let body = Body::new(http_body_util::Full::new(Bytes::from_static(b"hello")));
+        match buffer_ready(body, 1024) {
+            Buffered::Complete(b) => assert_eq!(b, Bytes::from_static(b"hello")),
+            Buffered::Partial(_) => panic!("a full body is available at once"),
+        }
+    }
+
+    #[tokio::test]
+    async fn several_frames_are_joined() {
+        let frames = futures_util::stream::iter(
+            ["a", "b", "c"].map(|s| Ok::<_, tonic::Status>(http_body::Frame::data(Bytes::from(s)))),
+        );
+        let body = Body::new(http_body_util::StreamBody::new(frames));
+        match buffer_ready(body, 1024) {
+            Buffered::Complete(b) => assert_eq!(b, Bytes::from_static(b"abc")),
+            Buffered::Partial(_) => panic!("every frame was ready"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_passes_through_intact() {
+        let body = Body::new(http_body_util::Full::new(Bytes::from(vec![7u8; 100])));
+        match buffer_ready(body, 10) {
+            Buffered::Partial(rest) => assert_eq!(collect(rest).await, Bytes::from(vec![7u8; 100])),
+            Buffered::Complete(_) => panic!("over the limit"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_still_producing_is_not_waited_for() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, tonic::Status>>(4);
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"first")))).await.expect("open");
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        let body = Body::new(http_body_util::StreamBody::new(stream));
+        let rest = match buffer_ready(body, 1024) {
+            Buffered::Partial(rest) => rest,
+            Buffered::Complete(_) => panic!("the stream has not ended"),
+        };
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"-second")))).await.expect("open");
+        drop(tx);
+        assert_eq!(collect(rest).await, Bytes::from_static(b"first-second"), "nothing lost or reordered");
+    }
+}

@@ -7,7 +7,10 @@
 //! configured number: when every open connection carries that many streams, one more connection is
 //! opened in the background (the request at hand is not delayed; it goes on the least-loaded one).
 //! The default, 100, is the smallest limit RFC 9113 §6.5.2 recommends servers to allow, so by
-//! default no request waits in h2's hidden queue behind a conforming server.
+//! default no request waits in h2's hidden queue behind a conforming server. (hyper makes that
+//! queue worse than h2's: while one stream waits to open, its dispatcher accepts no further request
+//! on the connection.) Extra connections stay open until the server closes them or the endpoint's
+//! handle is replaced; a closed extra is forgotten.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
