@@ -27,3 +27,11 @@ pub mod table;
 pub mod pb {
     tonic::include_proto!("helloworld");
 }
+
+/// True when `error` is (or wraps) a write to a closed pipe, e.g. output piped into `head`.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}

@@ -154,8 +154,10 @@ impl Backend {
         }
         match (&mut self.task).await {
             Ok(result) => result,
-            // The server task only ends by returning; a panic in it is a bug worth surfacing.
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
+            // A panic in the server task is a bug worth surfacing; a cancelled task (the runtime is
+            // shutting down) has nothing left to report.
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => Ok(()),
         }
     }
 }

@@ -59,6 +59,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    match run(args).await {
+        // `quickstart | head` closes stdout early: that is the reader's choice, not an error.
+        Err(e) if lb_examples::is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let style = Style::detect();
 
     let mut infos = Vec::new();
@@ -148,7 +156,8 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.json {
         let backends: Vec<&str> = infos.iter().map(|b| b.addr.as_str()).collect();
-        println!("{}", serde_json::json!({ "backends": backends, "scenarios": json }));
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::json!({ "backends": backends, "scenarios": json }))?;
     }
     Ok(())
 }

@@ -98,6 +98,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    match run(args).await {
+        // `quickstart | head` closes stdout early: that is the reader's choice, not an error.
+        Err(e) if lb_examples::is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let settings = if args.quick {
         Settings { calls: 300, concurrency: 6, slow_ms: 80 }
     } else {
@@ -160,15 +168,17 @@ async fn main() -> anyhow::Result<()> {
         .connect()
         .await
         .context("cannot connect through the L4 balancer")?;
-    let (report, elapsed) = run(GreeterClient::new(channel), budget, settings.concurrency).await;
+    let (report, elapsed) = send_load(GreeterClient::new(channel), budget, settings.concurrency).await;
     let connections = l4.connections();
     let (top, top_share) = busiest(&infos, &report);
+    let idle = infos.iter().filter(|b| report.share(&b.addr) == 0.0).count();
+    let opened = connections.iter().sum::<u64>();
     let finding = format!(
-        "{top} answered {:.0}% of calls: tonic sent them all over {} HTTP/2 connection{}, and an L4 \
-         balancer picks a backend per connection, not per call.",
+        "{top} answered {:.0}% of calls and {idle} of {} backends sat idle: tonic sent every call over \
+         {opened} HTTP/2 connection{}, and an L4 balancer picks a backend per connection, not per call.",
         top_share * 100.0,
-        connections.iter().sum::<u64>(),
-        if connections.iter().sum::<u64>() == 1 { "" } else { "s" },
+        infos.len(),
+        if opened == 1 { "" } else { "s" },
     );
     results.push(Scenario {
         key: "l4",
@@ -281,7 +291,7 @@ fn print_scenario(style: Style, infos: &[BackendInfo], results: &[Scenario], fin
     Ok(())
 }
 
-async fn run<T>(client: GreeterClient<T>, budget: Budget, concurrency: usize) -> (Report, Duration)
+async fn send_load<T>(client: GreeterClient<T>, budget: Budget, concurrency: usize) -> (Report, Duration)
 where
     GreeterClient<T>: Clone + Send + Sync + 'static,
     T: tonic::client::GrpcService<tonic::body::Body> + Send + 'static,
@@ -317,7 +327,7 @@ async fn run_lb(
     while Instant::now() < deadline && !channel.endpoints().iter().all(|e| e.healthy) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(run(GreeterClient::new(channel), budget, concurrency).await)
+    Ok(send_load(GreeterClient::new(channel), budget, concurrency).await)
 }
 
 fn busiest<'a>(infos: &'a [BackendInfo], report: &Report) -> (&'a str, f64) {
