@@ -23,6 +23,7 @@ async fn round_robin_is_even_within_five_percent() {
     assert!(errors.is_empty(), "errors: {errors:?}");
     assert_eq!(per.len(), 4, "every backend served: {per:?}");
     let mean = total as f64 / 4.0;
+    eprintln!("round robin: {per:?}");
     for (backend, n) in &per {
         let dev = (*n as f64 - mean).abs() / mean;
         assert!(dev <= 0.05, "{backend} got {n} of {total} ({:.1}% off the mean): {per:?}", dev * 100.0);
@@ -48,6 +49,7 @@ async fn peak_ewma_starves_a_slow_backend() {
     let (per, errors) = load(&channel, total, 16).await;
     assert!(errors.is_empty(), "errors: {errors:?}");
     let got = per.get(&slow).copied().unwrap_or(0);
+    eprintln!("P2C PeakEWMA, slow backend share: {got} of {total}: {per:?}");
     assert!(got > 0, "the slow backend is still probed: {per:?}");
     assert!(
         (got as f64) <= 0.10 * total as f64,
