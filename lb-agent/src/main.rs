@@ -84,7 +84,26 @@ fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        run::run(cfg, opts, health, &mut stdout, shutdown).await?;
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        let path = cli.config.clone();
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match Config::load(&path) {
+                        Ok(cfg) => {
+                            if reload_tx.send(cfg).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "SIGHUP: configuration rejected; keeping the current one");
+                            metrics::counter!(lb_agent::metrics::ERRORS, "kind" => "config").increment(1);
+                        }
+                    }
+                }
+            });
+        }
+        run::run(cfg, opts, health, &mut stdout, shutdown, reload_rx).await?;
         std::io::stdout().flush().ok();
         Ok(())
     })

@@ -8,7 +8,7 @@ pub const SYNCS: &str = "lb_agent_syncs_total";
 pub const OBJECTS: &str = "lb_agent_objects_programmed";
 /// Gauge: services configured.
 pub const SERVICES: &str = "lb_agent_services";
-/// Counter: errors, label `kind` (`sync`, `discovery`, `conntrack`, `skipped_endpoint`).
+/// Counter: errors, label `kind` (`sync`, `discovery`, `conntrack`, `skipped_endpoint`, `config`).
 pub const ERRORS: &str = "lb_agent_errors_total";
 
 /// Describes the metrics for the exporter.

@@ -6,6 +6,10 @@
 //! had its first full snapshot (syncing earlier would delete the rules of services not yet known),
 //! then batches changes arriving within `min_sync_interval` into one transaction.
 //!
+//! `SIGHUP` reloads the configuration file: discovery restarts for the new list of services and
+//! the next sync compares everything, so services that left the file are removed and unchanged ones
+//! write nothing.
+//!
 //! A failed transaction changed nothing (it is atomic), but the agent re-reads its own objects
 //! before retrying with backoff, in case something else changed them.
 
@@ -62,36 +66,17 @@ pub async fn run(
     health: Arc<Health>,
     out: &mut (dyn Write + Send),
     shutdown: impl std::future::Future<Output = ()>,
+    mut reload: mpsc::UnboundedReceiver<Config>,
 ) -> Result<(), Error> {
     let once = opts.once || opts.dry_run;
     let mut backend = backend_for(&cfg);
     tokio::task::block_in_place(|| backend.load())?;
     metrics::gauge!(crate::metrics::SERVICES).set(cfg.services.len() as f64);
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Update)>();
-    for (i, svc) in cfg.services.iter().enumerate() {
-        let mut stream = lb_registry::resolve(&svc.target)
-            .map_err(|e| Error::config(format!("service {}: {e}", svc.name)))?;
-        let (tx, name) = (tx.clone(), svc.name.clone());
-        tokio::spawn(async move {
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(update) => {
-                        if tx.send((i, update)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        // Transient by the Resolver contract: keep the last-known-good set.
-                        tracing::warn!(service = %name, error = %e, "discovery error; keeping the last known endpoints");
-                        metrics::counter!(crate::metrics::ERRORS, "kind" => "discovery").increment(1);
-                    }
-                }
-            }
-            tracing::warn!(service = %name, "discovery stream ended; keeping the last known endpoints");
-        });
-    }
-    drop(tx);
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, usize, Update)>();
+    let mut generation = 0;
+    let mut cfg = cfg;
+    let mut tasks = spawn_discovery(&cfg, generation, &tx)?;
 
     let mut sets: Vec<EndpointSet> = cfg.services.iter().map(|_| EndpointSet::new()).collect();
     let mut desired = Desired::new();
@@ -122,8 +107,41 @@ pub async fn run(
                 tracing::info!("shutting down; the kernel keeps the rules (run `lb-agent cleanup` to remove them)");
                 return Ok(());
             }
-            msg = rx.recv(), if !rx.is_closed() || !rx.is_empty() => {
-                let Some((i, update)) = msg else { continue };
+            Some(next) = reload.recv(), if !once => {
+                if (next.backend, &next.table, next.max_slots) != (cfg.backend, &cfg.table, cfg.max_slots) {
+                    tracing::warn!("backend, table and max_slots change only on restart; applying the rest");
+                }
+                let next = Config { backend: cfg.backend, table: cfg.table.clone(), max_slots: cfg.max_slots, ..next };
+                match spawn_discovery(&next, generation + 1, &tx) {
+                    Ok(new_tasks) => {
+                        for t in tasks.drain(..) {
+                            t.abort();
+                        }
+                        tasks = new_tasks;
+                        generation += 1;
+                        cfg = next;
+                        metrics::gauge!(crate::metrics::SERVICES).set(cfg.services.len() as f64);
+                        sets = cfg.services.iter().map(|_| EndpointSet::new()).collect();
+                        // Services that left the configuration are absent from the new desired
+                        // state; the full comparison at the next sync removes them.
+                        desired.clear();
+                        changed.clear();
+                        full = true;
+                        dirty = true;
+                        next_sync = None;
+                        tracing::info!(services = cfg.services.len(), "configuration reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reloaded configuration rejected; keeping the current one");
+                        metrics::counter!(crate::metrics::ERRORS, "kind" => "config").increment(1);
+                    }
+                }
+            }
+            msg = rx.recv() => {
+                let Some((gen, i, update)) = msg else { continue };
+                if gen != generation {
+                    continue; // from a discovery task of the previous configuration
+                }
                 sets[i].apply(update);
                 if sets[i].is_initialized() {
                     let svc = &cfg.services[i];
@@ -207,6 +225,40 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Starts one discovery task per service; nothing is started unless every target resolves.
+fn spawn_discovery(
+    cfg: &Config,
+    generation: u64,
+    tx: &mpsc::UnboundedSender<(u64, usize, Update)>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
+    let mut streams = Vec::with_capacity(cfg.services.len());
+    for svc in &cfg.services {
+        streams.push(lb_registry::resolve(&svc.target).map_err(|e| Error::config(format!("service {}: {e}", svc.name)))?);
+    }
+    let mut tasks = Vec::with_capacity(streams.len());
+    for (i, (mut stream, svc)) in streams.into_iter().zip(&cfg.services).enumerate() {
+        let (tx, name) = (tx.clone(), svc.name.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(update) => {
+                        if tx.send((generation, i, update)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // Transient by the Resolver contract: keep the last-known-good set.
+                        tracing::warn!(service = %name, error = %e, "discovery error; keeping the last known endpoints");
+                        metrics::counter!(crate::metrics::ERRORS, "kind" => "discovery").increment(1);
+                    }
+                }
+            }
+            tracing::warn!(service = %name, "discovery stream ended; keeping the last known endpoints");
+        }));
+    }
+    Ok(tasks)
 }
 
 /// Removes everything the agent created for `cfg`'s backend.

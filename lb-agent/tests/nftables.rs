@@ -297,3 +297,40 @@ fn a_bad_config_fails_clearly_and_touches_nothing() {
     assert!(err.contains("vip `10.96.0.99` is not an IPv4 ip:port"), "{err}");
     assert_eq!(lab.client.exec(&["nft", "list", "table", "ip", "lb_agent"]), table, "the kernel is untouched");
 }
+
+#[test]
+fn sighup_reloads_the_configuration() {
+    skip_unless_capable!();
+    let lab = lab_with_servers(3);
+    lab.write_config(&config("nftables", &[0, 1, 2], &[0, 1, 2]));
+    let mut agent = lab.spawn_agent(&[]);
+    let stderr = agent.stderr.take().expect("stderr");
+    std::thread::spawn(move || std::io::copy(&mut BufReader::new(stderr), &mut std::io::sink()));
+    let hup = |agent: &std::process::Child| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::SIGHUP).expect("SIGHUP");
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < Duration::from_secs(15), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the first sync", &|| lab.tcp_who(vip(TCP_VIP)).is_ok());
+
+    // An invalid file is rejected and the agent keeps balancing.
+    lab.write_config("[[service]]\nvip = \"nonsense\"\n");
+    hup(&agent);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lab.tcp_spread(vip(TCP_VIP), 30).len(), 3, "still balancing after a bad reload");
+
+    let mut cfg = config("nftables", &[1, 2], &[0, 1, 2]);
+    cfg.push_str(&format!("[[service]]\nvip = \"10.96.0.40:80\"\ntarget = \"{}\"\n", target(&[backend(0, 8080)])));
+    lab.write_config(&cfg);
+    hup(&agent);
+    wait_for("b0 to leave the TCP VIP", &|| !lab.tcp_spread(vip(TCP_VIP), 20).contains_key("b0"));
+    assert_eq!(lab.tcp_who(vip("10.96.0.40:80")).expect("the added service"), "b0");
+    assert_eq!(lab.agent_ok(&["--dry-run"]), "", "kernel matches the reloaded configuration");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
