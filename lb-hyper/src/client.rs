@@ -35,6 +35,7 @@ pub struct Builder {
     max_streams: Option<usize>,
     max_connections: Option<usize>,
     hash_header: Option<http::HeaderName>,
+    keep_alive: Option<(Duration, Duration)>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -65,7 +66,16 @@ impl Builder {
             max_streams: None,
             max_connections: None,
             hash_header: None,
+            keep_alive: None,
         }
+    }
+
+    /// HTTP/2: sends a PING every `interval` and drops a connection whose PING is not answered within
+    /// `timeout`, so a peer that vanished without closing (a dead host, a black-holed network) is
+    /// noticed without waiting for TCP. Off by default.
+    pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keep_alive = Some((interval, timeout));
+        self
     }
 
     /// For hashing policies (`lb_core::policy::RingHash`): the request header whose value is the
@@ -181,6 +191,7 @@ impl Builder {
             tls_server_name: self.tls_server_name.clone(),
             max_streams: self.max_streams,
             max_connections: self.max_connections,
+            keep_alive: self.keep_alive,
         };
         let connector = parts.connector::<B>()?;
         let pool = spawn_pool(
@@ -215,6 +226,8 @@ pub struct ConnectorParts {
     pub max_streams: Option<usize>,
     /// Connections per endpoint.
     pub max_connections: Option<usize>,
+    /// HTTP/2 keep-alive PING interval and timeout.
+    pub keep_alive: Option<(Duration, Duration)>,
 }
 
 impl ConnectorParts {
@@ -232,6 +245,9 @@ impl ConnectorParts {
         }
         if let Some(n) = self.max_connections {
             c = c.max_connections(n);
+        }
+        if let Some((interval, timeout)) = self.keep_alive {
+            c = c.http2_keep_alive(interval, timeout);
         }
         Ok(c)
     }

@@ -32,6 +32,7 @@ pub struct Builder {
     max_streams: Option<usize>,
     max_connections: Option<usize>,
     hash_header: Option<http::HeaderName>,
+    keep_alive: Option<(Duration, Duration)>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -64,7 +65,16 @@ impl Builder {
             max_streams: None,
             max_connections: None,
             hash_header: None,
+            keep_alive: None,
         }
+    }
+
+    /// Sends an HTTP/2 PING every `interval` and drops a connection whose PING is not answered within
+    /// `timeout`, so a backend that vanished without closing (a dead host, a black-holed network) is
+    /// noticed without waiting for TCP. Off by default.
+    pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keep_alive = Some((interval, timeout));
+        self
     }
 
     /// For hashing policies (`lb_core::policy::RingHash`): the request metadata key whose value is
@@ -175,6 +185,7 @@ impl Builder {
             tls_server_name: self.tls_server_name.clone(),
             max_streams: self.max_streams,
             max_connections: self.max_connections,
+            keep_alive: self.keep_alive,
         };
         let connector = parts.connector::<Body>().map_err(Error::from_hyper)?;
         let health: Option<Arc<dyn HealthCheck<HttpConnection<Body>>>> = match self.health {

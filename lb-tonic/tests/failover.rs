@@ -247,3 +247,41 @@ async fn graceful_server_shutdown_loses_no_calls() {
     assert!(errors.is_empty(), "a graceful shutdown (GOAWAY, in-flight calls finish) must lose no call: {errors:?}");
     assert!(served_before > 0 && ok > served_before, "load ran before and after the shutdown");
 }
+
+/// Accepts TCP connections and never answers: a host that died without closing its sockets.
+async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_notices_a_silent_backend() {
+    let (addr, task) = black_hole().await;
+    let target = format!("static:///{addr}");
+    let watch = |channel: LbChannel| async move {
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            if channel.endpoints().iter().any(|e| e.phase == EndpointPhase::Ejected) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    let without = LbChannel::builder().build_from_target(&target).expect("valid target");
+    let with = LbChannel::builder()
+        .http2_keep_alive(Duration::from_millis(100), Duration::from_millis(100))
+        .build_from_target(&target)
+        .expect("valid target");
+    let (seen_without, seen_with) = tokio::join!(watch(without), watch(with));
+    assert!(!seen_without, "without keep-alive a silent peer looks connected");
+    assert!(seen_with, "keep-alive PINGs went unanswered, so the connection was dropped and the endpoint backed off");
+    task.abort();
+}
