@@ -114,3 +114,15 @@ async fn with_health_checks_an_endpoint_waits_for_its_first_serving() {
     assert!(channel.ready(Duration::from_secs(2)).await);
     EchoClient::new(channel).unary(EchoRequest::default()).await.expect("served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_the_health_service_counts_as_serving() {
+    // gRFC A17: UNIMPLEMENTED from Health/Watch means "no health checking here", not "unhealthy".
+    let backend = support::GracefulBackend::start(Duration::ZERO).await;
+    let channel = LbChannel::builder()
+        .health_check(true)
+        .build_from_target(&format!("static:///{}", backend.addr))
+        .expect("valid target");
+    assert!(channel.ready(Duration::from_secs(5)).await, "{:?}", channel.endpoints());
+    EchoClient::new(channel).unary(EchoRequest::default()).await.expect("served");
+}
