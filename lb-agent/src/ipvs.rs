@@ -208,3 +208,46 @@ fn run_shell_words(cmd: &str) -> Result<(), Error> {
     let args: Vec<&str> = w.collect();
     exec::run(program, &args, None).map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Destination, ServiceState};
+
+    fn key(port: u16) -> ServiceKey {
+        ServiceKey { protocol: Protocol::Tcp, vip: SocketAddrV4::new([10, 96, 0, 10].into(), port) }
+    }
+
+    fn ep(last: u8) -> SocketAddrV4 {
+        SocketAddrV4::new([10, 0, 0, last].into(), 8080)
+    }
+
+    #[test]
+    fn plans_virtual_servers_and_drains_with_weight_zero() {
+        let mut ipvs = Ipvs::new();
+        let mut desired = Desired::new();
+        desired.insert(
+            key(80),
+            ServiceState {
+                destinations: vec![Destination { addr: ep(1), weight: 100 }],
+                keep_flows: [ep(1), ep(2)].into(),
+            },
+        );
+        desired.insert(key(81), ServiceState::default());
+        let r = ipvs.sync(&desired, true).expect("dry run needs no kernel");
+        assert_eq!(r.commands, vec!["ip link add lb-ipvs0 type dummy", "ip addr add 10.96.0.10/32 dev lb-ipvs0"]);
+        assert_eq!(
+            r.transaction,
+            "-A -t 10.96.0.10:80 -s wrr\n-a -t 10.96.0.10:80 -r 10.0.0.1:8080 -m -w 100\n-a -t 10.96.0.10:80 -r 10.0.0.2:8080 -m -w 0\n",
+            "a service without endpoints gets no virtual server, so its local VIP refuses"
+        );
+
+        // As if committed: removing the service and the VIP.
+        ipvs.link = true;
+        ipvs.vips = [*key(80).vip.ip()].into();
+        ipvs.services = Ipvs::want(&desired);
+        let r = ipvs.sync(&Desired::new(), true).expect("dry run");
+        assert_eq!(r.transaction, "-D -t 10.96.0.10:80\n");
+        assert_eq!(r.commands, vec!["ip addr del 10.96.0.10/32 dev lb-ipvs0"]);
+    }
+}

@@ -161,3 +161,58 @@ fn addr(i: &Value, p: &Value) -> Result<SocketAddrV4, String> {
     let port = u16::try_from(num(p)?).map_err(|_| format!("`{p}` is not a port"))?;
     Ok(SocketAddrV4::new(ip(i)?, port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(be_elems: &str, svc_target: &str, hairpin: &str) -> String {
+        let chain = |name: &str, rules: usize| {
+            let mut s = format!(r#"{{"chain": {{"family": "ip", "table": "t", "name": "{name}"}}}},"#);
+            for _ in 0..rules {
+                s.push_str(&format!(r#"{{"rule": {{"family": "ip", "table": "t", "chain": "{name}"}}}},"#));
+            }
+            s
+        };
+        let mut items = String::new();
+        for c in CHAINS {
+            items.push_str(&chain(c, 1));
+        }
+        items.push_str(&chain("slots_2", 2));
+        format!(
+            r#"{{"nftables": [{{"metainfo": {{}}}}, {items}
+            {{"map": {{"name": "svc_tcp", "elem": [[{{"concat": ["10.96.0.10", 80]}}, {{"goto": {{"target": "{svc_target}"}}}}]]}}}},
+            {{"map": {{"name": "svc_udp"}}}},
+            {{"map": {{"name": "be_tcp", "elem": [{be_elems}]}}}},
+            {{"map": {{"name": "be_udp"}}}},
+            {{"set": {{"name": "hairpin", "elem": [{hairpin}]}}}}]}}"#
+        )
+    }
+
+    const TWO: &str = r#"[{"concat": ["10.96.0.10", 80, 0]}, {"concat": ["10.0.0.1", 8080]}], [{"concat": ["10.96.0.10", 80, 1]}, {"concat": ["10.0.0.2", 8080]}]"#;
+    const PAIRS: &str = r#"{"concat": ["10.0.0.1", "10.0.0.1"]}, {"concat": ["10.0.0.2", "10.0.0.2"]}"#;
+
+    #[test]
+    fn reads_back_what_the_agent_writes() {
+        let c = parse(&listing(TWO, "slots_2", PAIRS)).expect("consistent");
+        let key = ServiceKey { protocol: Protocol::Tcp, vip: "10.96.0.10:80".parse().expect("addr") };
+        let slots: Vec<String> = c.services[&key].slots.iter().map(ToString::to_string).collect();
+        assert_eq!(slots, ["10.0.0.1:8080", "10.0.0.2:8080"]);
+        assert_eq!(c.objects(), 1 + 2 + 2);
+    }
+
+    #[test]
+    fn anything_unexpected_is_inconsistent() {
+        let one = r#"[{"concat": ["10.96.0.10", 80, 0]}, {"concat": ["10.0.0.1", 8080]}]"#;
+        for (json, why) in [
+            (listing(one, "slots_2", PAIRS), "slot 1 of 10.96.0.10:80 is missing"),
+            (listing(TWO, "slots_2", r#"{"concat": ["10.0.0.1", "10.0.0.1"]}"#), "hairpin set does not match"),
+            (listing(TWO, "no_endpoints", PAIRS), "slots belong to no service"),
+            (listing(TWO, "elsewhere", PAIRS), "unexpected chain `elsewhere`"),
+            ("{}".to_string(), "no `nftables` array"),
+        ] {
+            let err = parse(&json).expect_err(why);
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+}
