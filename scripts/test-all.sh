@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On Debian, as root, it first installs what the tests need
 # (etcd, protoc for etcd-client's build script, nftables/iptables/iproute2 for the agent, valgrind
-# for the C ABI) when missing.
+# for the C ABI, nginx for the benchmark report) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,8 @@ command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# nginx: the central gRPC proxy lb-report (bench/) compares LbChannel with; it starts its own.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
