@@ -1,7 +1,8 @@
 //! The README's main command, run the way the suite can afford (`--quick`): it must work with
 //! nothing but the binaries, print the readable table, and show the expected shapes — the L4 row
-//! on one backend, round robin even, PeakEWMA shunning the slow backend, topology staying in the
-//! caller's zone. Assertions are on where calls went, never on timings.
+//! on one backend, tonic's balance_list spread over all, round robin even, PeakEWMA shunning the
+//! slow backend, topology staying in the caller's zone. Assertions are on where calls went, never
+//! on timings.
 
 use std::process::Command;
 
@@ -41,9 +42,10 @@ fn quickstart_shows_the_four_shapes() {
     // The human-readable part: every scenario, the bars and the summary are there.
     for text in [
         "1. Plain tonic Channel through an L4 connection balancer",
-        "2. lb LbChannel, round robin per request",
-        "3. lb LbChannel, power of two choices with PeakEWMA",
-        "4. lb LbChannel, topology-aware",
+        "2. tonic's own Channel::balance_list",
+        "3. lb LbChannel, round robin per request",
+        "4. lb LbChannel, power of two choices with PeakEWMA",
+        "5. lb LbChannel, topology-aware",
         "Side by side",
         "100.0%",
         "█",
@@ -82,6 +84,11 @@ fn quickstart_shows_the_four_shapes() {
         let share = rr.share(&b.addr);
         assert!((share - 0.25).abs() <= 0.05, "round robin gave {} {share:.3}: {rr:?}", b.label);
     }
+
+    // tonic's balance_list is per request too, but random: every backend answers some calls. (Its
+    // slow-backend share is random around 25%, so it is shown, not asserted.)
+    let tonic_list = scenario("tonic-balance-list");
+    assert_eq!(tonic_list.per_backend.len(), 4, "{tonic_list:?}");
 
     // 3. PeakEWMA: the slow backend gets little, far less than its round-robin share.
     let ewma = scenario("p2c-ewma");

@@ -5,13 +5,15 @@
 //! ```
 //!
 //! Starts four greeter backends in this process (two in zone-a, two in zone-b, one of them slow),
-//! then sends the same closed-loop load four ways and shows where the calls went:
+//! then sends the same closed-loop load five ways and shows where the calls went:
 //!
 //! 1. a plain tonic `Channel` through an in-process L4 balancer that balances *connections* round
 //!    robin, as kube-proxy does — HTTP/2 puts every call on one connection, so one backend gets all;
-//! 2. lb's `LbChannel` with per-request round robin — even, but the slow backend drags p99;
-//! 3. `LbChannel` with P2C PeakEWMA (the default) — the slow backend is avoided;
-//! 4. `LbChannel` with the caller in zone-a — same-zone backends take the traffic.
+//! 2. tonic's own `Channel::balance_list` — per request, but its P2C sees a load of 0 everywhere,
+//!    so it picks at random and the slow backend keeps its share;
+//! 3. lb's `LbChannel` with per-request round robin — even, but the slow backend drags p99;
+//! 4. `LbChannel` with P2C PeakEWMA (the default) — the slow backend is avoided;
+//! 5. `LbChannel` with the caller in zone-a — same-zone backends take the traffic.
 //!
 //! Nothing to install: the protobuf code is generated without `protoc`, and everything listens on
 //! 127.0.0.1 ephemeral ports. `--quick` shortens the run (the test suite uses it); `--json` adds one
@@ -190,9 +192,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     print_scenario(style, &infos, &results, &finding)?;
     drop(l4);
 
-    // 2. Per-request round robin.
-    let (report, elapsed) = run_lb(&target, RoundRobin::new(), None, budget, settings.concurrency).await?;
+    // 2. tonic's own balancer: per request, but its P2C compares loads that are always zero.
+    let endpoints = addrs
+        .iter()
+        .map(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")))
+        .collect::<Result<Vec<_>, _>>()
+        .context("backend addresses are valid URIs")?;
+    let channel = tonic::transport::Channel::balance_list(endpoints.into_iter());
+    let (report, elapsed) = send_load(GreeterClient::new(channel), budget, settings.concurrency).await;
     let slow = slow_backend(&infos);
+    let finding = format!(
+        "per request, but blind: the slow {} still got {:.0}% of calls. tonic's balancer is tower's P2C \
+         over connections whose load is always 0, so every pick is a coin toss.",
+        slow.label,
+        report.share(&slow.addr) * 100.0,
+    );
+    results.push(Scenario {
+        key: "tonic-balance-list",
+        short: "tonic balance_list",
+        title: "tonic's own Channel::balance_list",
+        report,
+        elapsed,
+    });
+    print_scenario(style, &infos, &results, &finding)?;
+
+    // 3. Per-request round robin.
+    let (report, elapsed) = run_lb(&target, RoundRobin::new(), None, budget, settings.concurrency).await?;
     let finding = format!(
         "even: every backend got {}. But one call in {} waits for the slow {}, which drags p99 \
          and holds up the callers.",
@@ -209,9 +234,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     print_scenario(style, &infos, &results, &finding)?;
 
-    // 3. P2C PeakEWMA.
+    // 4. P2C PeakEWMA.
     let (report, elapsed) = run_lb(&target, P2c::peak_ewma(), None, budget, settings.concurrency).await?;
-    let rr = &results[1];
+    let rr = results.iter().find(|s| s.key == "rr").expect("round robin ran before");
     let speedup = rr.elapsed.as_secs_f64() / elapsed.as_secs_f64().max(1e-9);
     let mut finding = format!(
         "the slow {} got {:.1}% of calls: its latency estimate keeps it out of most picks",
@@ -234,7 +259,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     print_scenario(style, &infos, &results, &finding)?;
 
-    // 4. Topology-aware: the caller is in zone-a.
+    // 5. Topology-aware: the caller is in zone-a.
     let caller = Locality::unknown().with_zone(CALLER_ZONE);
     let (report, elapsed) = run_lb(&target, P2c::peak_ewma(), Some(caller), budget, settings.concurrency).await?;
     let local: f64 = infos.iter().filter(|b| b.zone == CALLER_ZONE).map(|b| report.share(&b.addr)).sum();
