@@ -1,5 +1,8 @@
 //! The pool's background task: discovery, connections, health, outliers, and snapshot publication.
 
+mod outliers;
+mod publish;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,12 +16,12 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{Connect, Connected, EndpointPhase, Entry, HealthCheck, Shared, Snapshot};
+use super::{Connect, Connected, EndpointPhase, HealthCheck, Shared};
 use crate::discover::{BoxDiscover, Diff, EndpointSet};
 use crate::endpoint::{Endpoint, EndpointId, EndpointState};
 use crate::load::Load;
 use crate::metrics as m;
-use crate::policy::{Candidate, Policy};
+use crate::policy::Policy;
 use crate::BoxError;
 
 type ConnectResult<C> = (EndpointId, u64, Result<Connected<C>, BoxError>);
@@ -446,198 +449,6 @@ impl<K: Connect> PoolTask<K> {
         }
         slot.health = Some(ok);
         self.dirty = true;
-    }
-
-    // ----- outliers and timers -----------------------------------------------------------------
-
-    fn eject_consecutive(&mut self) {
-        let Some(cfg) = self.shared.config.outlier.clone() else { return };
-        if cfg.consecutive_failures == 0 {
-            return;
-        }
-        let ids: Vec<EndpointId> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| matches!(s.phase, Phase::Ready(_)) && s.load.consecutive_failures() >= cfg.consecutive_failures)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
-            self.eject(&id, "consecutive failures");
-        }
-    }
-
-    fn outlier_sweep(&mut self) {
-        let Some(cfg) = self.shared.config.outlier.clone() else { return };
-        let mut eject = Vec::new();
-        for (id, slot) in self.slots.iter_mut() {
-            let (s, f) = slot.load.take_outcomes();
-            if matches!(slot.phase, Phase::Ready(_)) {
-                if cfg.rate_exceeded(s, f) {
-                    eject.push(id.clone());
-                } else if !slot.ejected_this_interval {
-                    slot.ejections = slot.ejections.saturating_sub(1);
-                }
-            }
-            slot.ejected_this_interval = false;
-        }
-        for id in eject {
-            self.eject(&id, "failure rate");
-        }
-    }
-
-    fn eject(&mut self, id: &EndpointId, reason: &'static str) {
-        let Some(cfg) = self.shared.config.outlier.clone() else { return };
-        let target = Arc::clone(&self.shared.config.target);
-        let in_rotation = self
-            .slots
-            .values()
-            .filter(|s| s.endpoint.state() != EndpointState::Terminating)
-            .count();
-        let ejected = self
-            .slots
-            .values()
-            .filter(|s| matches!(s.phase, Phase::Ejected { outlier: true, .. }))
-            .count();
-        let Some(slot) = self.slots.get_mut(id) else { return };
-        if ejected >= cfg.max_ejected(in_rotation) {
-            slot.load.reset_failures();
-            warn!(target_uri = %target, endpoint = %slot.endpoint.addr(), reason, ejected, "not ejecting: ejection cap reached");
-            return;
-        }
-        let Phase::Ready(conn) = std::mem::replace(&mut slot.phase, Phase::Idle) else {
-            return;
-        };
-        slot.ejections += 1;
-        slot.ejected_this_interval = true;
-        let duration = cfg.ejection_time(slot.ejections);
-        slot.load.reset_failures();
-        m::ejection(&target);
-        warn!(
-            target_uri = %target,
-            endpoint = %slot.endpoint.addr(),
-            reason,
-            ejections = slot.ejections,
-            duration = ?duration,
-            "endpoint ejected"
-        );
-        slot.phase = Phase::Ejected {
-            conn: Some(conn),
-            until: Instant::now() + duration,
-            outlier: true,
-        };
-        self.dirty = true;
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        let ejected = self
-            .slots
-            .values()
-            .filter_map(|s| match s.phase {
-                Phase::Ejected { until, .. } => Some(until),
-                _ => None,
-            })
-            .min();
-        let drain = (!self.drained.is_empty()).then(|| Instant::now() + Duration::from_secs(1));
-        match (ejected, drain) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    fn on_timers(&mut self) {
-        let now = Instant::now();
-        let target = Arc::clone(&self.shared.config.target);
-        let mut reconnect = Vec::new();
-        for (id, slot) in self.slots.iter_mut() {
-            let Phase::Ejected { until, .. } = slot.phase else { continue };
-            if until > now {
-                continue;
-            }
-            let Phase::Ejected { conn, .. } = std::mem::replace(&mut slot.phase, Phase::Idle) else {
-                continue;
-            };
-            self.dirty = true;
-            match conn {
-                Some(c) => {
-                    info!(target_uri = %target, endpoint = %slot.endpoint.addr(), "ejection ended");
-                    slot.load.reset_failures();
-                    slot.phase = Phase::Ready(c);
-                }
-                None => reconnect.push(id.clone()),
-            }
-        }
-        for id in reconnect {
-            self.start_connect(&id);
-        }
-        let timeout = self.shared.config.drain_timeout;
-        self.drained
-            .retain(|d| d.load.in_flight() > 0 && now.saturating_duration_since(d.since) < timeout);
-    }
-
-    // ----- publication -------------------------------------------------------------------------
-
-    fn publish(&mut self) {
-        self.dirty = false;
-        let has_checker = self.health.is_some();
-        let healthy_slot = |s: &Slot<K::Connection>| {
-            matches!(s.phase, Phase::Ready(_)) && (if has_checker { s.health == Some(true) } else { s.health != Some(false) })
-        };
-        // Kubernetes' fallback: serving-but-terminating endpoints only while no ready one is usable.
-        let ready_usable = self
-            .slots
-            .values()
-            .any(|s| s.endpoint.state() == EndpointState::Ready && healthy_slot(s));
-        let serving_usable = self
-            .slots
-            .values()
-            .any(|s| s.endpoint.state() == EndpointState::Serving && healthy_slot(s));
-        let group = if !ready_usable && serving_usable {
-            EndpointState::Serving
-        } else {
-            EndpointState::Ready
-        };
-        let mut entries = Vec::with_capacity(self.slots.len());
-        let mut candidates = Vec::with_capacity(self.slots.len());
-        let mut healthy = 0;
-        let mut phases = [0usize; 5];
-        for slot in self.slots.values() {
-            phases[slot.phase.public() as usize] += 1;
-            if slot.endpoint.state() != group {
-                continue;
-            }
-            let ok = healthy_slot(slot);
-            healthy += usize::from(ok);
-            let connection = match &slot.phase {
-                Phase::Ready(c) => Some(c.clone()),
-                Phase::Ejected { conn, .. } => conn.clone(),
-                _ => None,
-            };
-            candidates.push(Candidate {
-                endpoint: Arc::clone(&slot.endpoint),
-                load: Arc::clone(&slot.load),
-                healthy: ok,
-            });
-            entries.push(Entry {
-                endpoint: Arc::clone(&slot.endpoint),
-                load: Arc::clone(&slot.load),
-                connection,
-                phase: slot.phase.public(),
-                healthy: ok,
-            });
-        }
-        let picker = self.policy.build(&candidates);
-        self.version += 1;
-        let snapshot = Snapshot {
-            entries,
-            picker,
-            version: self.version,
-            initialized: self.set.is_initialized(),
-            healthy,
-        };
-        debug!(target_uri = %self.target(), version = self.version, healthy, total = self.slots.len(), "published snapshot");
-        m::endpoints(self.target(), &phases, self.drained.len());
-        self.shared.snapshot.store(Arc::new(snapshot));
-        self.shared.version.send_replace(self.version);
     }
 }
 

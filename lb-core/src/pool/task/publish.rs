@@ -1,0 +1,77 @@
+//! Building and publishing the immutable snapshot request paths pick from.
+
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::{Phase, PoolTask, Slot};
+use crate::endpoint::EndpointState;
+use crate::metrics as m;
+use crate::policy::Candidate;
+use crate::pool::{Connect, Entry, Snapshot};
+
+impl<K: Connect> PoolTask<K> {
+    pub(super) fn publish(&mut self) {
+        self.dirty = false;
+        let has_checker = self.health.is_some();
+        let healthy_slot = |s: &Slot<K::Connection>| {
+            matches!(s.phase, Phase::Ready(_)) && (if has_checker { s.health == Some(true) } else { s.health != Some(false) })
+        };
+        // Kubernetes' fallback: serving-but-terminating endpoints only while no ready one is usable.
+        let ready_usable = self
+            .slots
+            .values()
+            .any(|s| s.endpoint.state() == EndpointState::Ready && healthy_slot(s));
+        let serving_usable = self
+            .slots
+            .values()
+            .any(|s| s.endpoint.state() == EndpointState::Serving && healthy_slot(s));
+        let group = if !ready_usable && serving_usable {
+            EndpointState::Serving
+        } else {
+            EndpointState::Ready
+        };
+        let mut entries = Vec::with_capacity(self.slots.len());
+        let mut candidates = Vec::with_capacity(self.slots.len());
+        let mut healthy = 0;
+        let mut phases = [0usize; 5];
+        for slot in self.slots.values() {
+            phases[slot.phase.public() as usize] += 1;
+            if slot.endpoint.state() != group {
+                continue;
+            }
+            let ok = healthy_slot(slot);
+            healthy += usize::from(ok);
+            let connection = match &slot.phase {
+                Phase::Ready(c) => Some(c.clone()),
+                Phase::Ejected { conn, .. } => conn.clone(),
+                _ => None,
+            };
+            candidates.push(Candidate {
+                endpoint: Arc::clone(&slot.endpoint),
+                load: Arc::clone(&slot.load),
+                healthy: ok,
+            });
+            entries.push(Entry {
+                endpoint: Arc::clone(&slot.endpoint),
+                load: Arc::clone(&slot.load),
+                connection,
+                phase: slot.phase.public(),
+                healthy: ok,
+            });
+        }
+        let picker = self.policy.build(&candidates);
+        self.version += 1;
+        let snapshot = Snapshot {
+            entries,
+            picker,
+            version: self.version,
+            initialized: self.set.is_initialized(),
+            healthy,
+        };
+        debug!(target_uri = %self.target(), version = self.version, healthy, total = self.slots.len(), "published snapshot");
+        m::endpoints(self.target(), &phases, self.drained.len());
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.shared.version.send_replace(self.version);
+    }
+}
