@@ -12,6 +12,7 @@
 //! reported next to its baseline from the same run, as a ratio, because the machine is shared
 //! (2 cores running client, backends and proxy) and absolute numbers are noise.
 
+mod churn;
 mod drive;
 mod procs;
 mod scenarios;
@@ -71,7 +72,8 @@ async fn report(quick: bool, out: PathBuf) -> anyhow::Result<()> {
     sections.push(scenarios::l4(settings).await.context("scenario 2")?);
     eprintln!("scenario 3: slow backend");
     sections.push(scenarios::slow(settings).await.context("scenario 3")?);
-    sections.push(scenarios::not_measured());
+    eprintln!("scenario 4: etcd churn and etcd restart");
+    sections.push(churn::churn(settings).await.context("scenario 4")?);
     eprintln!("scenario 5: backend SIGKILL");
     sections.push(scenarios::faults(settings).await.context("scenario 5")?);
     let took = started.elapsed();

@@ -94,7 +94,9 @@ pub(crate) fn stable_port() -> u16 {
         .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))
         .unwrap_or(32768);
     let span = low.max(10_001) - 10_000;
-    let seed = std::process::id();
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Ports handed out but not bound yet (etcd's client and peer ports) must differ.
+    let seed = std::process::id().wrapping_add(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 104_729);
     for i in 0..2000u32 {
         let port = 10_000 + (seed.wrapping_mul(7919).wrapping_add(i * 13)) % span;
         let port = u16::try_from(port).expect("ports below the ephemeral range fit in u16");

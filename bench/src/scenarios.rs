@@ -59,7 +59,7 @@ pub(crate) struct Section {
 }
 
 impl Section {
-    fn chart(&mut self, file: &str, title: &str, bars: &[Bar]) {
+    pub(crate) fn push_chart(&mut self, file: &str, title: &str, bars: &[Bar]) {
         let _ = writeln!(self.body, "\n![{title}]({file})\n");
         self.charts.push((file.to_string(), bar_chart(title, bars)));
     }
@@ -234,12 +234,12 @@ pub(crate) async fn centralized(s: Settings) -> anyhow::Result<Section> {
         sec.headlines.push(h);
     }
     let measured: Vec<(&str, Fig)> = names.iter().zip(&med).filter_map(|(n, f)| f.map(|f| (*n, f))).collect();
-    sec.chart(
+    sec.push_chart(
         "s1-throughput.svg",
         "Scenario 1: throughput (calls/s, higher is better)",
         &measured.iter().map(|(n, f)| Bar { label: n.to_string(), value: f.rps, text: format!("{:.0}", f.rps) }).collect::<Vec<_>>(),
     );
-    sec.chart(
+    sec.push_chart(
         "s1-p99.svg",
         "Scenario 1: p99 latency (ms, lower is better)",
         &measured.iter().map(|(n, f)| Bar { label: n.to_string(), value: f.p99, text: format!("{:.2} ms", f.p99) }).collect::<Vec<_>>(),
@@ -323,7 +323,7 @@ pub(crate) async fn l4(s: Settings) -> anyhow::Result<Section> {
         lb_run.throughput()
     );
     sec.headlines.push(h);
-    sec.chart("s2-share.svg", "Scenario 2: share of calls per backend (%)", &bars);
+    sec.push_chart("s2-share.svg", "Scenario 2: share of calls per backend (%)", &bars);
     drop(l4);
     drop(backends);
     Ok(sec)
@@ -404,7 +404,7 @@ pub(crate) async fn slow(s: Settings) -> anyhow::Result<Section> {
     );
     let _ = writeln!(sec.body, "\n**{h}.**");
     sec.headlines.push(h);
-    sec.chart(
+    sec.push_chart(
         "s3-p99.svg",
         "Scenario 3: p99 latency with one 10x slower backend (ms)",
         &runs.iter().map(|(n, r)| {
@@ -412,7 +412,7 @@ pub(crate) async fn slow(s: Settings) -> anyhow::Result<Section> {
             Bar { label: n.to_string(), value: p, text: format!("{p:.2} ms") }
         }).collect::<Vec<_>>(),
     );
-    sec.chart(
+    sec.push_chart(
         "s3-slow-share.svg",
         "Scenario 3: share of calls sent to the slow backend (%)",
         &runs.iter().map(|(n, r)| {
@@ -525,7 +525,7 @@ pub(crate) async fn faults(s: Settings) -> anyhow::Result<Section> {
         let _ = writeln!(sec.body, "\n**{h}.**");
         sec.headlines.push(h);
     }
-    sec.chart(
+    sec.push_chart(
         "s5-failed.svg",
         "Scenario 5: failed calls after a backend SIGKILL",
         &out.iter().map(|f| Bar { label: f.name.into(), value: f.failed as f64, text: f.failed.to_string() }).collect::<Vec<_>>(),
@@ -533,15 +533,3 @@ pub(crate) async fn faults(s: Settings) -> anyhow::Result<Section> {
     Ok(sec)
 }
 
-/// Scenario 4 and the etcd half of scenario 5, which this version does not measure.
-pub(crate) fn not_measured() -> Section {
-    Section {
-        title: "4. Churn in etcd, and etcd stopped during load".into(),
-        body: "Not measured in this version: registering and deregistering instances in etcd during load (errors, \
-               propagation time) and stopping/restarting etcd during load are not part of this harness yet. The etcd \
-               provider's behaviour under those events is covered by lb-registry's integration tests (against a real \
-               etcd), which assert correctness, not timings.\n"
-            .into(),
-        ..Default::default()
-    }
-}

@@ -39,6 +39,8 @@ fn quick_report_has_every_section_and_chart() {
         "| LbChannel P2C least-request |",
         "| backend 4 |",
         "| LbChannel (defaults) |",
+        "| churn (first half) |",
+        "| added → first call",
     ] {
         assert!(md.contains(row), "missing row `{row}` in:\n{md}");
     }
