@@ -1,14 +1,17 @@
-//! End-to-end unary gRPC on loopback: 4 tonic backends, 64 concurrent callers, side by side in one
-//! run:
+//! End-to-end unary gRPC on loopback: 4 tonic backends (in a child process, as backends are other
+//! processes in real life), 64 concurrent callers, side by side in one run:
 //!
 //! - `LbChannel` (P2C PeakEWMA, the default);
 //! - tonic's `Channel::balance_list` over the same 4 backends (tower's P2C behind one `Buffer` task);
 //! - one direct tonic `Channel` to a single backend: the floor (no balancing at all);
-//! - `LbChannel` over that same single backend, which isolates the cost of lb's request path.
+//! - `LbChannel` over that same single backend, which isolates the cost of lb's request path;
+//! - `LbChannel` with round robin, which separates the policy's effect from the request path's.
 //!
-//! Each mode runs `LB_BENCH_SECS` seconds (default 4) after a 1 s warm-up; the modes run
-//! interleaved, `LB_BENCH_ROUNDS` rounds (default 2), and each figure is the median over rounds.
-//! Results are ratios, because the machine is shared and absolute numbers are noise.
+//! Each mode runs `LB_BENCH_SECS` seconds (default 3) after a 1 s warm-up; the modes run
+//! interleaved, `LB_BENCH_ROUNDS` rounds (default 3), and each figure is the median over rounds.
+//! Results are ratios, because the machine is shared and absolute numbers are noise. Besides
+//! throughput and latency it reports the client process's CPU time per call (from /proc), the
+//! figure least disturbed by other load: it is what the request path itself costs.
 //!
 //! Run: `cargo bench -p lb-tonic --bench grpc`
 
@@ -65,6 +68,18 @@ struct Figures {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// This (client) process's CPU time per call, in microseconds.
+    cpu_us: f64,
+}
+
+/// User + system CPU time of this process (all threads), from /proc (Linux), in seconds.
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 async fn run<T>(client: EchoClient<T>, secs: f64) -> Figures
@@ -107,7 +122,9 @@ where
     };
     go(Duration::from_secs(1)).await;
     let dur = Duration::from_secs_f64(secs);
+    let cpu0 = process_cpu();
     let (mut lat, errors) = go(dur).await;
+    let cpu = process_cpu() - cpu0;
     assert_eq!(errors, 0, "benchmark calls failed");
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64;
@@ -115,24 +132,61 @@ where
         rps: lat.len() as f64 / secs,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        cpu_us: cpu * 1e6 / lat.len().max(1) as f64,
     }
 }
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
+}
+
+/// The child process: serves the backends and prints their addresses on one line.
+fn serve_backends() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut addrs = Vec::new();
+        for _ in 0..BACKENDS {
+            addrs.push(start_backend().await.to_string());
+        }
+        println!("{}", addrs.join(","));
+        // Serve until the parent closes our stdin.
+        let mut buf = [0u8; 1];
+        let _ = tokio::io::AsyncReadExt::read(&mut tokio::io::stdin(), &mut buf).await;
+    });
+}
+
+fn spawn_backends() -> (std::process::Child, Vec<SocketAddr>) {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = std::process::Command::new(exe)
+        .env("LB_BENCH_SERVE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("backend process starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).expect("addresses line");
+    let addrs = line.trim().split(',').map(|a| a.parse().expect("an address")).collect();
+    (child, addrs)
 }
 
 fn main() {
+    if std::env::var_os("LB_BENCH_SERVE").is_some() {
+        return serve_backends();
+    }
     // `cargo bench` passes `--bench`; nothing to parse.
-    let secs: f64 = std::env::var("LB_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4.0);
-    let rounds: usize = std::env::var("LB_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let (mut child, addrs) = spawn_backends();
+    let secs: f64 = std::env::var("LB_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let rounds: usize = std::env::var("LB_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
-        let mut addrs = Vec::new();
-        for _ in 0..BACKENDS {
-            addrs.push(start_backend().await);
-        }
         let target = format!("static:///{}", addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","));
         let lb = lb_tonic::LbChannel::from_target(&target).expect("valid target");
         assert!(lb.ready(Duration::from_secs(5)).await);
@@ -151,22 +205,53 @@ fn main() {
         let lb_one = lb_tonic::LbChannel::from_target(&format!("static:///{}", addrs[0])).expect("valid target");
         assert!(lb_one.ready(Duration::from_secs(5)).await);
 
+        let lb_rr = lb_tonic::LbChannel::builder()
+            .policy(lb_core::policy::RoundRobin::new())
+            .build_from_target(&target)
+            .expect("valid target");
+        assert!(lb_rr.ready(Duration::from_secs(5)).await);
+
         let names = [
             "LbChannel (P2C PeakEWMA)",
             "tonic balance_list",
             "direct Channel (floor)",
             "LbChannel, 1 backend",
+            "LbChannel (round robin)",
         ];
-        let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 4];
+        let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 5];
+        // `LB_BENCH_ONLY=i` runs only mode `i` (for profiling one client with `perf stat -i`).
+        let only: Option<usize> = std::env::var("LB_BENCH_ONLY").ok().and_then(|s| s.parse().ok());
+        if let Some(i) = only {
+            let f = match i {
+                0 => run(EchoClient::new(lb.clone()), secs).await,
+                1 => run(EchoClient::new(balance_list.clone()), secs).await,
+                2 => run(EchoClient::new(direct.clone()), secs).await,
+                3 => run(EchoClient::new(lb_one.clone()), secs).await,
+                _ => run(EchoClient::new(lb_rr.clone()), secs).await,
+            };
+            println!(
+                "{}: {:.0} calls/s, p50 {:.0} us, p99 {:.0} us, client CPU {:.1} us/call",
+                names[i.min(4)],
+                f.rps,
+                f.p50_us,
+                f.p99_us,
+                f.cpu_us
+            );
+            return;
+        }
         for round in 0..rounds {
             results[0].push(run(EchoClient::new(lb.clone()), secs).await);
             results[1].push(run(EchoClient::new(balance_list.clone()), secs).await);
             results[2].push(run(EchoClient::new(direct.clone()), secs).await);
             results[3].push(run(EchoClient::new(lb_one.clone()), secs).await);
+            results[4].push(run(EchoClient::new(lb_rr.clone()), secs).await);
             eprintln!("round {} of {rounds}:", round + 1);
             for (n, r) in names.iter().zip(&results) {
                 let f = r[round];
-                eprintln!("  {n:<28} {:>10.0} calls/s  p50 {:>7.0} us  p99 {:>7.0} us", f.rps, f.p50_us, f.p99_us);
+                eprintln!(
+                    "  {n:<28} {:>10.0} calls/s  p50 {:>7.0} us  p99 {:>7.0} us  client CPU {:>5.1} us/call",
+                    f.rps, f.p50_us, f.p99_us, f.cpu_us
+                );
             }
         }
         let fig: Vec<Figures> = results
@@ -175,14 +260,15 @@ fn main() {
                 rps: median(&mut r.iter().map(|f| f.rps).collect::<Vec<_>>()),
                 p50_us: median(&mut r.iter().map(|f| f.p50_us).collect::<Vec<_>>()),
                 p99_us: median(&mut r.iter().map(|f| f.p99_us).collect::<Vec<_>>()),
+                cpu_us: median(&mut r.iter().map(|f| f.cpu_us).collect::<Vec<_>>()),
             })
             .collect();
-        println!("unary gRPC, {BACKENDS} loopback backends, {CALLERS} callers, {secs} s x {rounds} rounds (medians)");
-        println!("{:<28} {:>10} {:>10} {:>10}", "client", "calls/s", "p50 us", "p99 us");
+        println!("unary gRPC, {BACKENDS} loopback backends (another process), {CALLERS} callers, {secs} s x {rounds} rounds (medians)");
+        println!("{:<28} {:>10} {:>10} {:>10} {:>16}", "client", "calls/s", "p50 us", "p99 us", "client CPU us/call");
         for (n, f) in names.iter().zip(&fig) {
-            println!("{n:<28} {:>10.0} {:>10.0} {:>10.0}", f.rps, f.p50_us, f.p99_us);
+            println!("{n:<28} {:>10.0} {:>10.0} {:>10.0} {:>16.1}", f.rps, f.p50_us, f.p99_us, f.cpu_us);
         }
-        let (l, b, d, one) = (fig[0], fig[1], fig[2], fig[3]);
+        let (l, b, d, one, rr) = (fig[0], fig[1], fig[2], fig[3], fig[4]);
         println!(
             "LbChannel / balance_list: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
             l.rps / b.rps,
@@ -196,10 +282,18 @@ fn main() {
             l.p99_us / d.p99_us
         );
         println!(
+            "LbChannel round robin / balance_list: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+            rr.rps / b.rps,
+            rr.p50_us / b.p50_us,
+            rr.p99_us / b.p99_us
+        );
+        println!(
             "same single backend, LbChannel / direct: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
             one.rps / d.rps,
             one.p50_us / d.p50_us,
             one.p99_us / d.p99_us
         );
     });
+    let _ = child.kill();
+    let _ = child.wait();
 }
