@@ -37,8 +37,8 @@
 mod body;
 mod channel;
 mod error;
-mod health;
-mod retry;
+pub mod health;
+pub mod retry;
 
 pub use self::body::ResponseBody;
 pub use self::channel::{Builder, LbChannel, ResponseFuture};
