@@ -86,7 +86,12 @@ async fn register(target: &Target, addr: SocketAddr) -> anyhow::Result<Registrat
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+    let m = d.as_secs_f64() * 1e3;
+    if m < 10.0 {
+        format!("{m:.1} ms")
+    } else {
+        format!("{m:.0} ms")
+    }
 }
 
 fn median(v: &[Duration]) -> Option<Duration> {
@@ -169,7 +174,13 @@ pub(crate) async fn churn(s: Settings) -> anyhow::Result<Section> {
     };
     let last_after = |a: SocketAddr, t: Duration| {
         // The last call it answered before it was registered again (if it was).
-        let back = added.iter().filter(|(b, at)| *b == a && *at > t).map(|(_, at)| *at).min().unwrap_or(total);
+        let back = added
+            .iter()
+            .chain(after_restart.iter())
+            .filter(|(b, at)| *b == a && *at > t)
+            .map(|(_, at)| *at)
+            .min()
+            .unwrap_or(total);
         run.events
             .iter()
             .filter(|e| e.backend == Some(a) && e.at < back)
@@ -192,7 +203,8 @@ pub(crate) async fn churn(s: Settings) -> anyhow::Result<Section> {
          the oldest instance, register another one (deregistered backends keep running, so a failed call is the \
          client's fault). Then etcd is SIGKILLed at {} and restarted with the same data at {}; one more instance is \
          registered after the restart. *Added → first call*: from `register()` returning to the first call it answered; \
-         *removed → last call*: from `deregister()` returning to the last call it answered.\n",
+         *removed → last call*: from `deregister()` returning to the last call it answered (0 when the client had \
+         already stopped before `deregister()` returned: the watch event can arrive before the revoke's reply).\n",
         etcd_version(),
         total.as_secs_f64(),
         ms(killed),

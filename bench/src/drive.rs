@@ -56,6 +56,12 @@ impl Run {
         lb_examples::load::percentile(&lat, q).as_secs_f64() * 1e3
     }
 
+    /// Mean latency over every call, in milliseconds.
+    pub(crate) fn mean_ms(&self) -> f64 {
+        let n = self.events.len().max(1) as f64;
+        self.events.iter().map(|e| e.latency.as_secs_f64()).sum::<f64>() / n * 1e3
+    }
+
     /// Successful calls by backend.
     pub(crate) fn per_backend(&self) -> BTreeMap<SocketAddr, u64> {
         let mut m = BTreeMap::new();

@@ -38,6 +38,7 @@ fn quick_report_has_every_section_and_chart() {
         "| LbChannel round robin |",
         "| LbChannel P2C least-request |",
         "| backend 4 |",
+        "LbChannel round robin share",
         "| LbChannel (defaults) |",
         "| churn (first half) |",
         "| added → first call",
