@@ -33,8 +33,20 @@ pub(crate) fn bar_chart(title: &str, bars: &[Bar]) -> String {
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(s, r#"<text x="8" y="20" font-size="15" font-weight="bold">{}</text>"#, escape(title));
+    // Bars labelled `<contender>, <detail>` share their contender's colour; others get one each.
+    let mut groups: Vec<&str> = Vec::new();
     for (i, b) in bars.iter().enumerate() {
         let y = TOP + ROW_H * i as f64;
+        let colour = match b.label.split_once(", ") {
+            Some((group, _)) => match groups.iter().position(|g| *g == group) {
+                Some(k) => k,
+                None => {
+                    groups.push(group);
+                    groups.len() - 1
+                }
+            },
+            None => i,
+        };
         let w = if max > 0.0 && b.value.is_finite() { (b.value / max * BAR_W).max(1.0) } else { 1.0 };
         let _ = writeln!(
             s,
@@ -48,7 +60,7 @@ pub(crate) fn bar_chart(title: &str, bars: &[Bar]) -> String {
             r#"<rect x="{LABEL_W}" y="{}" width="{w:.1}" height="{}" fill="{}"/>"#,
             y + 3.0,
             ROW_H - 8.0,
-            palette[i % palette.len()]
+            palette[colour % palette.len()]
         );
         let _ = writeln!(s, r#"<text x="{:.1}" y="{}">{}</text>"#, LABEL_W + w + 6.0, y + 15.0, escape(&b.text));
     }
