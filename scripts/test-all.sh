@@ -23,8 +23,15 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}"
+    # The tests start their own etcd and nginx on loopback: keep the packages' system services
+    # (port 80, port 2379) from starting, where nothing already prevents it.
+    created_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && created_policy=1
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    [ -z "$created_policy" ] || rm -f /usr/sbin/policy-rc.d
   else
     echo "missing packages: ${need[*]} (run as root on Debian to install them)" >&2
     exit 1
