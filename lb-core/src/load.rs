@@ -114,10 +114,16 @@ impl Load {
 
     /// Starts tracking one request. The returned guard records latency and outcome when dropped.
     pub fn start(self: &Arc<Self>) -> LoadGuard {
+        self.start_at(Instant::now())
+    }
+
+    /// Like [`Load::start`], with a start time the caller has just read.
+    #[inline]
+    pub fn start_at(self: &Arc<Self>, now: Instant) -> LoadGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         LoadGuard {
             load: Arc::clone(self),
-            start: Instant::now(),
+            start: now,
             outcome: Outcome::Cancelled,
             latency: None,
         }

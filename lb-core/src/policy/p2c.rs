@@ -121,12 +121,12 @@ impl P2cPicker {
     }
 }
 
-impl Picker for P2cPicker {
+impl P2cPicker {
     #[inline]
-    fn pick(&self, _: &PickContext) -> Option<usize> {
+    fn choose(&self, now: impl FnOnce() -> Instant) -> usize {
         let n = self.slots.len();
         if n == 1 {
-            return Some(self.slots[0].index as usize);
+            return self.slots[0].index as usize;
         }
         let a = self.rng.below(n);
         let mut b = self.rng.below(n - 1);
@@ -135,11 +135,23 @@ impl Picker for P2cPicker {
         }
         let now = match self.cost {
             Cost::LeastRequest => None,
-            Cost::PeakEwma => Some(Instant::now()),
+            Cost::PeakEwma => Some(now()),
         };
         let (sa, sb) = (&self.slots[a], &self.slots[b]);
         let chosen = if self.cost_of(sb, now) < self.cost_of(sa, now) { sb } else { sa };
-        Some(chosen.index as usize)
+        chosen.index as usize
+    }
+}
+
+impl Picker for P2cPicker {
+    #[inline]
+    fn pick(&self, _: &PickContext) -> Option<usize> {
+        Some(self.choose(Instant::now))
+    }
+
+    #[inline]
+    fn pick_at(&self, _: &PickContext, now: Instant) -> Option<usize> {
+        Some(self.choose(|| now))
     }
 }
 

@@ -303,8 +303,9 @@ struct TopologyPicker {
     rng: SharedRng,
 }
 
-impl Picker for TopologyPicker {
-    fn pick(&self, ctx: &PickContext) -> Option<usize> {
+impl TopologyPicker {
+    #[inline]
+    fn choose(&self, pick: impl Fn(&dyn Picker) -> Option<usize>) -> Option<usize> {
         let tier = if self.tiers.len() == 1 {
             &self.tiers[0]
         } else {
@@ -314,12 +315,22 @@ impl Picker for TopologyPicker {
         };
         // A tier is only listed with a healthy member, but its inner policy may still decline (a
         // custom policy); fall back to the other tiers in order rather than fail the request.
-        if let Some(i) = tier.picker.pick(ctx) {
+        if let Some(i) = pick(&*tier.picker) {
             return Some(tier.map[i] as usize);
         }
         self.tiers
             .iter()
-            .find_map(|t| t.picker.pick(ctx).map(|i| t.map[i] as usize))
+            .find_map(|t| pick(&*t.picker).map(|i| t.map[i] as usize))
+    }
+}
+
+impl Picker for TopologyPicker {
+    fn pick(&self, ctx: &PickContext) -> Option<usize> {
+        self.choose(|p| p.pick(ctx))
+    }
+
+    fn pick_at(&self, ctx: &PickContext, now: tokio::time::Instant) -> Option<usize> {
+        self.choose(|p| p.pick_at(ctx, now))
     }
 }
 

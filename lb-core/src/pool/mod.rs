@@ -228,12 +228,14 @@ impl<C: Clone> Snapshot<C> {
     /// (apart from whatever cloning the connection handle costs).
     #[inline]
     pub fn pick(&self, ctx: &PickContext) -> Option<Picked<C>> {
-        let i = self.picker.pick(ctx)?;
+        // One clock read serves the policy (PeakEWMA) and the request's start time.
+        let now = Instant::now();
+        let i = self.picker.pick_at(ctx, now)?;
         let entry = self.entries.get(i)?;
         let connection = entry.connection.clone()?;
         Some(Picked {
             endpoint: Arc::clone(&entry.endpoint),
-            guard: entry.load.start(),
+            guard: entry.load.start_at(now),
             connection,
         })
     }
