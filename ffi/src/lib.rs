@@ -28,6 +28,7 @@ pub mod balancer;
 mod error;
 mod options;
 mod pending;
+mod pick;
 mod probe;
 mod ptr;
 pub mod registration;
@@ -36,10 +37,10 @@ use std::ffi::c_char;
 
 pub use crate::balancer::{
     lb_balancer, lb_balancer_endpoints, lb_balancer_free, lb_balancer_new, lb_balancer_pick,
-    lb_balancer_report, lb_balancer_wait_ready, lb_outcome, lb_pick, LB_ADDR_LEN, LB_IP_LEN,
-    LB_LABEL_LEN, LB_NODE_LEN,
+    lb_balancer_report, lb_balancer_wait_ready, lb_outcome,
 };
 pub use crate::error::lb_status;
+pub use crate::pick::{lb_pick, LB_ADDR_LEN, LB_IP_LEN, LB_LABEL_LEN, LB_NODE_LEN};
 pub use crate::registration::{lb_registration, lb_registration_free, lb_registration_new};
 
 /// The library version, e.g. "0.1.0": a static NUL-terminated string; do not free it. Thread-safe.
