@@ -14,6 +14,8 @@
 
 mod churn;
 mod drive;
+mod l4;
+mod netns;
 mod procs;
 mod scenarios;
 mod svg;
@@ -49,6 +51,20 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         delay_us: u64,
     },
+    /// Internal: scenario 2's client side, run inside the client network namespace.
+    #[command(hide = true)]
+    NetnsClient {
+        /// lb-agent's configuration (the VIP and its backends).
+        #[arg(long)]
+        agent_config: PathBuf,
+        /// The backends' addresses, for the per-request contenders.
+        #[arg(long, value_delimiter = ',')]
+        backends: Vec<SocketAddr>,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long)]
+        warmup_ms: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +75,10 @@ fn main() -> anyhow::Result<()> {
         return rt.block_on(procs::serve_backend(listen, Duration::from_micros(delay_us)));
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("runtime")?;
+    if let Some(Cmd::NetnsClient { agent_config, backends, secs, warmup_ms }) = args.command {
+        let s = scenarios::Settings { secs, warmup: Duration::from_millis(warmup_ms), ..scenarios::Settings::quick() };
+        return rt.block_on(l4::netns_client(&agent_config, &backends, s));
+    }
     rt.block_on(report(args.quick, args.out))
 }
 
@@ -69,7 +89,7 @@ async fn report(quick: bool, out: PathBuf) -> anyhow::Result<()> {
     eprintln!("scenario 1: nginx vs LbChannel vs balance_list vs direct");
     sections.push(scenarios::centralized(settings).await.context("scenario 1")?);
     eprintln!("scenario 2: L4 vs per-request");
-    sections.push(scenarios::l4(settings).await.context("scenario 2")?);
+    sections.push(l4::l4(settings).await.context("scenario 2")?);
     eprintln!("scenario 3: slow backend");
     sections.push(scenarios::slow(settings).await.context("scenario 3")?);
     eprintln!("scenario 4: etcd churn and etcd restart");

@@ -19,14 +19,28 @@ use tokio::process::{Child, Command};
 pub(crate) struct BackendProc {
     addr: SocketAddr,
     delay: Duration,
+    netns: Option<String>,
     child: Option<Child>,
 }
 
 impl BackendProc {
     /// Starts `lb-report backend --listen <listen> --delay-ms <delay>` and waits for its address.
     pub(crate) async fn start(listen: SocketAddr, delay: Duration) -> anyhow::Result<BackendProc> {
+        BackendProc::start_in(None, listen, delay).await
+    }
+
+    /// Like [`BackendProc::start`], inside the network namespace `netns` (`ip netns exec`).
+    pub(crate) async fn start_in(netns: Option<&str>, listen: SocketAddr, delay: Duration) -> anyhow::Result<BackendProc> {
         let exe = std::env::current_exe().context("locate the lb-report binary")?;
-        let mut child = Command::new(exe)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
             .arg("backend")
             .arg("--listen")
             .arg(listen.to_string())
@@ -48,7 +62,7 @@ impl BackendProc {
             .strip_prefix("listening ")
             .and_then(|a| a.trim().parse().ok())
             .with_context(|| format!("unexpected backend output `{line}`"))?;
-        Ok(BackendProc { addr, delay, child: Some(child) })
+        Ok(BackendProc { addr, delay, netns: netns.map(str::to_string), child: Some(child) })
     }
 
     /// The backend's address (also the address its replies name).
@@ -66,7 +80,7 @@ impl BackendProc {
     /// Starts the backend again on the same address after [`BackendProc::kill`].
     pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;
-        let again = BackendProc::start(self.addr, self.delay).await?;
+        let again = BackendProc::start_in(self.netns.as_deref(), self.addr, self.delay).await?;
         *self = again;
         Ok(())
     }
@@ -255,7 +269,8 @@ impl Drop for Nginx {
     }
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root.
+pub(crate) fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")
         .output()

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lb_core::policy::{P2c, RoundRobin};
-use lb_examples::l4::L4Balancer;
 use lb_examples::pb::greeter_client::GreeterClient;
 use lb_tonic::LbChannel;
 use tonic::transport::{Channel, Endpoint};
@@ -40,7 +39,7 @@ impl Settings {
         Settings { secs: 0.7, warmup: Duration::from_millis(200), rounds: 1, fault_secs: 3.0 }
     }
 
-    fn dur(&self) -> Duration {
+    pub(crate) fn dur(&self) -> Duration {
         Duration::from_secs_f64(self.secs)
     }
 }
@@ -65,7 +64,7 @@ impl Section {
     }
 }
 
-async fn start_backends(n: usize, delays: &[Duration], stable: bool) -> anyhow::Result<Vec<BackendProc>> {
+pub(crate) async fn start_backends(n: usize, delays: &[Duration], stable: bool) -> anyhow::Result<Vec<BackendProc>> {
     let mut v = Vec::with_capacity(n);
     for i in 0..n {
         let port = if stable { stable_port() } else { 0 };
@@ -80,7 +79,7 @@ fn static_target(addrs: &[SocketAddr]) -> String {
     format!("static:///{}", list.join(","))
 }
 
-async fn lb_channel(addrs: &[SocketAddr], policy: Option<Box<dyn lb_core::Policy>>) -> anyhow::Result<LbChannel> {
+pub(crate) async fn lb_channel(addrs: &[SocketAddr], policy: Option<Box<dyn lb_core::Policy>>) -> anyhow::Result<LbChannel> {
     let mut b = LbChannel::builder();
     if let Some(p) = policy {
         b = b.policy(p);
@@ -99,7 +98,7 @@ fn balance_list(addrs: &[SocketAddr]) -> anyhow::Result<Channel> {
     Ok(Channel::balance_list(eps.into_iter()))
 }
 
-async fn direct(addr: SocketAddr) -> anyhow::Result<Channel> {
+pub(crate) async fn direct(addr: SocketAddr) -> anyhow::Result<Channel> {
     Endpoint::from_shared(format!("http://{addr}"))
         .context("endpoint URI")?
         .tcp_nodelay(true)
@@ -250,116 +249,6 @@ pub(crate) async fn centralized(s: Settings) -> anyhow::Result<Section> {
     }
     drop(backends);
     Ok(sec)
-}
-
-/// Scenario 2: HTTP/2 clients through an L4 connection balancer vs LbChannel: per-backend share.
-pub(crate) async fn l4(s: Settings) -> anyhow::Result<Section> {
-    const BACKENDS: usize = 4;
-    const CLIENTS: usize = 5;
-    const CALLERS: usize = 8;
-    let backends = start_backends(BACKENDS, &[], false).await?;
-    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
-    let l4 = L4Balancer::start(SocketAddr::from(([127, 0, 0, 1], 0)), addrs.clone()).await?;
-
-    let mut l4_clients = Vec::new();
-    let mut rr_clients = Vec::new();
-    let mut lb_clients = Vec::new();
-    for _ in 0..CLIENTS {
-        l4_clients.push(direct(l4.addr()).await?);
-        rr_clients.push(lb_channel(&addrs, Some(Box::new(RoundRobin::new()))).await?);
-        lb_clients.push(lb_channel(&addrs, None).await?);
-    }
-    let l4_run = many(l4_clients, CALLERS, s).await;
-    let rr_run = many(rr_clients, CALLERS, s).await;
-    let lb_run = many(lb_clients, CALLERS, s).await;
-
-    let mut sec = Section { title: "2. L4 connection balancing vs per-request balancing".into(), ..Default::default() };
-    let _ = writeln!(
-        sec.body,
-        "{CLIENTS} clients in one process, each with its own channel (for the L4 run a tonic `Channel`: one HTTP/2 \
-         connection through the proxy; for the lb runs an `LbChannel` over the {BACKENDS} backends), {CALLERS} callers each, \
-         {:.1} s, over {BACKENDS} identical backends. The L4 baseline is `lb_examples::l4::L4Balancer`, an in-process TCP \
-         proxy that balances connections round robin as kube-proxy does (the agent's nftables VIP inside a network \
-         namespace is not used in this version). Per-request round robin is the even split; PeakEWMA (lb's default) \
-         deliberately follows latency, so on a busy 2-core machine it shifts calls away from whichever backend process \
-         is descheduled at the moment. Shares are counted from the backend each reply names.\n",
-        s.secs
-    );
-    let _ = writeln!(sec.body, "| backend | L4 connections | L4 share | LbChannel round robin share | LbChannel PeakEWMA share |");
-    let _ = writeln!(sec.body, "|---|---:|---:|---:|---:|");
-    let conns = l4.connections();
-    let mut bars = Vec::new();
-    for (i, a) in addrs.iter().enumerate() {
-        let _ = writeln!(
-            sec.body,
-            "| backend {} | {} | {:.1}% | {:.1}% | {:.1}% |",
-            i + 1,
-            conns.get(i).copied().unwrap_or(0),
-            l4_run.share(*a) * 100.0,
-            rr_run.share(*a) * 100.0,
-            lb_run.share(*a) * 100.0
-        );
-    }
-    for (name, run) in [("L4", &l4_run), ("LbChannel RR", &rr_run), ("LbChannel EWMA", &lb_run)] {
-        for (i, a) in addrs.iter().enumerate() {
-            let y = run.share(*a) * 100.0;
-            bars.push(Bar { label: format!("{name}, backend {}", i + 1), value: y, text: format!("{y:.1}%") });
-        }
-    }
-    let spread = |r: &Run| {
-        let shares: Vec<f64> = addrs.iter().map(|a| r.share(*a)).collect();
-        let max = shares.iter().copied().fold(0.0, f64::max);
-        let min = shares.iter().copied().fold(1.0, f64::min);
-        (max, if min > 0.0 { format!("{:.2}x", max / min) } else { "inf (a backend got nothing)".into() })
-    };
-    let (l4max, l4r) = spread(&l4_run);
-    let (rrmax, rrr) = spread(&rr_run);
-    let (lbmax, lbr) = spread(&lb_run);
-    let h = format!(
-        "L4 vs per-request: busiest backend's share L4 {:.1}% vs LbChannel round robin {:.1}% (even = {:.1}%); \
-         busiest/idlest L4 {l4r}, round robin {rrr} (PeakEWMA, which follows latency: {:.1}%, {lbr})",
-        l4max * 100.0,
-        rrmax * 100.0,
-        100.0 / BACKENDS as f64,
-        lbmax * 100.0,
-    );
-    let _ = writeln!(
-        sec.body,
-        "\nErrors: L4 {}, round robin {}, PeakEWMA {}. Throughput: L4 {:.0} calls/s, round robin {:.0} calls/s, PeakEWMA {:.0} calls/s.\n\n**{h}.**",
-        l4_run.errors(),
-        rr_run.errors(),
-        lb_run.errors(),
-        l4_run.throughput(),
-        rr_run.throughput(),
-        lb_run.throughput()
-    );
-    sec.headlines.push(h);
-    sec.push_chart("s2-share.svg", "Scenario 2: share of calls per backend (%)", &bars);
-    drop(l4);
-    drop(backends);
-    Ok(sec)
-}
-
-async fn many<T>(clients: Vec<T>, callers: usize, s: Settings) -> Run
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::codegen::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-{
-    let mut set = tokio::task::JoinSet::new();
-    for c in clients {
-        set.spawn(closed_loop(GreeterClient::new(c), callers, s.warmup, s.dur()));
-    }
-    let mut all = Run::default();
-    while let Some(r) = set.join_next().await {
-        if let Ok(r) = r {
-            all.events.extend(r.events);
-            all.elapsed = all.elapsed.max(r.elapsed);
-        }
-    }
-    all
 }
 
 /// Scenario 3: one of five backends ten times slower.
