@@ -53,6 +53,15 @@ fn quick_report_has_every_section_and_chart() {
     } else {
         assert!(md.contains("nginx is not installed"), "the report must say nginx was not measured:\n{md}");
     }
+    // Scenario 2's L4 baseline is the agent's nftables VIP wherever namespaces can be made (root
+    // with `ip` and `nft`, as scripts/test-all.sh provides); the report says which one it measured.
+    let capable = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        && Command::new("sh").args(["-c", "command -v nft && command -v ip"]).output().is_ok_and(|o| o.status.success());
+    if capable {
+        assert!(md.contains("L4 (lb-agent's nftables VIP) vs per-request"), "scenario 2 did not use the agent's VIP:\n{md}");
+    } else {
+        assert!(md.contains("L4 (the in-process TCP proxy) vs per-request"), "scenario 2 must name its baseline:\n{md}");
+    }
     // Every chart the report references exists and is an SVG with bars.
     let mut charts = 0;
     for part in md.split("](").skip(1) {
