@@ -5,6 +5,13 @@
 //! `balance_channel`), rewrite the URI to it, send, and wrap the response body so the pick's
 //! [`LoadGuard`](lb_core::LoadGuard) lives until the body ends.
 //!
+//! The request goes out addressed to the authority the caller gave — a fixed one set with
+//! [`Balancer::with_authority`], else the one in the request's URI — and only without either to
+//! the chosen endpoint's `ip:port`, the way a client addresses a virtual host and not a socket.
+//! Over HTTP/2 that authority is the `:authority`; over HTTP/1.1 it is `Host` (a `Host` header the
+//! caller set is kept) and the request-target is in origin-form (`/path?query`): a server that
+//! receives absolute-form must ignore `Host` (RFC 9112 §3.2.2).
+//!
 //! A request that never reached a backend — the connection was closed, refused, or the endpoint
 //! vanished between the pick and the send — comes back from hyper's `try_send_request` unsent and is
 //! sent to another endpoint, up to `max_reroutes` times; a request that may have reached a backend
@@ -55,6 +62,7 @@ struct Inner<B> {
     classify: Classify,
     protocol: Protocol,
     scheme: Scheme,
+    authority: Option<Authority>,
 }
 
 /// Picks an endpoint per request and sends over its connection; see the [module docs](self).
@@ -96,8 +104,33 @@ where
                 classify,
                 protocol,
                 scheme: if tls { Scheme::HTTPS } else { Scheme::HTTP },
+                authority: None,
             }),
         }
+    }
+
+    /// Addresses every request to `authority` (`:authority` over HTTP/2, `Host` over HTTP/1.1
+    /// unless the request carries one), whatever its URI says; `None` restores the default: the
+    /// URI's authority, else the chosen endpoint's `ip:port`. Servers and proxies that route on
+    /// the authority (virtual hosts, sidecars) need the service's name here, not an address.
+    pub fn with_authority(self, authority: Option<Authority>) -> Self {
+        let i = &*self.inner;
+        Balancer {
+            inner: Arc::new(Inner {
+                pool: i.pool.clone(),
+                failfast: i.failfast,
+                max_reroutes: i.max_reroutes,
+                classify: i.classify.clone(),
+                protocol: i.protocol,
+                scheme: i.scheme.clone(),
+                authority,
+            }),
+        }
+    }
+
+    /// The fixed authority requests are addressed to, if one was set.
+    pub fn authority(&self) -> Option<&Authority> {
+        self.inner.authority.as_ref()
     }
 
     /// The pool.
@@ -160,10 +193,12 @@ where
         let inner = &*self.inner;
         let started = Instant::now();
         let deadline = started + inner.failfast;
-        // HTTP/1.1 needs a Host header; keep the caller's, else the authority the caller addressed.
+        // The authority the caller addresses: the configured one, else the URI's; without either,
+        // each attempt's endpoint. HTTP/1.1 needs a Host header: the caller's, else that authority.
+        let addressed: Option<Authority> = inner.authority.clone().or_else(|| req.uri().authority().cloned());
         let mut host_from_endpoint = false;
         if inner.protocol == Protocol::Http1 && !req.headers().contains_key(http::header::HOST) {
-            match req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            match addressed.as_ref().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
                 Some(h) => {
                     req.headers_mut().insert(http::header::HOST, h);
                 }
@@ -186,7 +221,7 @@ where
                 connection,
                 mut guard,
             } = picked;
-            self.rewrite(&mut req, connection.authority(), host_from_endpoint)?;
+            self.rewrite(&mut req, connection.authority(), addressed.as_ref(), host_from_endpoint)?;
             match connection.send(req).await {
                 Ok((rsp, slot)) => {
                     let head = inner.classify.head(rsp.status(), rsp.headers());
@@ -266,16 +301,32 @@ where
         }
     }
 
-    fn rewrite(&self, req: &mut Request<B>, authority: &Authority, host_from_endpoint: bool) -> Result<(), Error> {
+    /// Points `req` at `endpoint`: origin-form over HTTP/1.1 (with `Host` set to the endpoint when
+    /// nothing else named the authority), `scheme://authority/path` over HTTP/2.
+    fn rewrite(
+        &self,
+        req: &mut Request<B>,
+        endpoint: &Authority,
+        addressed: Option<&Authority>,
+        host_from_endpoint: bool,
+    ) -> Result<(), Error> {
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(self.inner.scheme.clone());
-        parts.authority = Some(authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
+        match self.inner.protocol {
+            Protocol::Http1 => {
+                parts.scheme = None;
+                parts.authority = None;
+            }
+            Protocol::Http2 => {
+                parts.scheme = Some(self.inner.scheme.clone());
+                parts.authority = Some(addressed.unwrap_or(endpoint).clone());
+            }
+        }
         *req.uri_mut() = Uri::from_parts(parts).map_err(|e| Error::config(format!("cannot build request URI: {e}")))?;
         if host_from_endpoint {
-            if let Ok(h) = HeaderValue::from_str(authority.as_str()) {
+            if let Ok(h) = HeaderValue::from_str(endpoint.as_str()) {
                 req.headers_mut().insert(http::header::HOST, h);
             }
         }

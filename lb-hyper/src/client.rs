@@ -36,6 +36,7 @@ pub struct Builder {
     max_connections: Option<usize>,
     hash_header: Option<http::HeaderName>,
     keep_alive: Option<(Duration, Duration)>,
+    authority: Option<http::uri::Authority>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -67,6 +68,7 @@ impl Builder {
             max_connections: None,
             hash_header: None,
             keep_alive: None,
+            authority: None,
         }
     }
 
@@ -76,6 +78,18 @@ impl Builder {
     pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keep_alive = Some((interval, timeout));
         self
+    }
+
+    /// Addresses every request to `authority` (e.g. `orders.internal` or `orders.internal:8080`):
+    /// `Host` over HTTP/1.1 unless the request sets one, `:authority` over HTTP/2, whatever the
+    /// request URI says. Without it a request goes to its URI's authority, and a path-only URI to
+    /// the chosen endpoint's `ip:port`. Servers and proxies that route on the authority (virtual
+    /// hosts, sidecars) need this.
+    pub fn authority(mut self, authority: &str) -> Result<Self, Error> {
+        let parsed = http::uri::Authority::try_from(authority)
+            .map_err(|e| Error::config(format!("invalid authority `{authority}`: {e}")))?;
+        self.authority = Some(parsed);
+        Ok(self)
     }
 
     /// For hashing policies (`lb_core::policy::RingHash`): the request header whose value is the
@@ -204,7 +218,8 @@ impl Builder {
             self.outlier,
             health,
         );
-        let balancer = Balancer::new(pool, self.protocol, self.tls.is_some(), Classify::http(), self.failfast);
+        let balancer = Balancer::new(pool, self.protocol, self.tls.is_some(), Classify::http(), self.failfast)
+            .with_authority(self.authority);
         Ok(LbClient {
             balancer,
             request_timeout: self.request_timeout,
@@ -284,11 +299,13 @@ where
 
 /// A hyper client that balances every request over a target's endpoints.
 ///
-/// The request URI's scheme and authority are rewritten to the chosen endpoint; its path and query
-/// are kept. `Host` (HTTP/1.1): a `Host` header the caller set is kept; otherwise it is set to the
-/// authority of the URI the caller gave (`http://orders.internal/x` → `Host: orders.internal`), so
-/// virtual hosting on the backends keeps working; a URI with only a path gets the chosen endpoint's
-/// `ip:port`. Over HTTP/2 the `:authority` is the endpoint's address and headers are left alone.
+/// The request goes to the chosen endpoint's connection with its path and query kept, addressed
+/// to the authority the caller named: [`Builder::authority`] if set, else the request URI's
+/// (`http://orders.internal/x` → `orders.internal`), else — a path-only URI — the endpoint's
+/// `ip:port`. Over HTTP/1.1 that authority is the `Host` header (a `Host` the caller set is kept)
+/// and the request-target is origin-form (`GET /x`), since a server given absolute-form must ignore
+/// `Host`; over HTTP/2 it is the `:authority`. Virtual hosting on the backends, and sidecars that
+/// route on the authority, keep working.
 ///
 /// Unavailable (no endpoint within the failfast time) is [`Error::is_unavailable`]; an HTTP server
 /// fronting this client should answer it with 503.

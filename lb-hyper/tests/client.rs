@@ -55,12 +55,17 @@ async fn round_robin_over(protocol: Protocol) {
             let backend = parts.next().expect("address").to_string();
             let host = parts.next().expect("host").to_string();
             let version = parts.next().expect("version").to_string();
+            let target = parts.next().expect("request target").to_string();
             match protocol {
                 Protocol::Http1 => {
                     assert_eq!(version, "HTTP/1.1");
                     assert_eq!(host, backend, "a path-only URI gets the endpoint as Host");
+                    assert_eq!(target, "/echo", "origin-form request-target");
                 }
-                Protocol::Http2 => assert_eq!(version, "HTTP/2.0"),
+                Protocol::Http2 => {
+                    assert_eq!(version, "HTTP/2.0");
+                    assert_eq!(target, format!("http://{backend}/echo"), "a path-only URI gets the endpoint as :authority");
+                }
             }
             *per.entry(backend).or_default() += 1;
         }
@@ -86,17 +91,62 @@ async fn round_robin_over_http2() {
     round_robin_over(Protocol::Http2).await;
 }
 
+/// `(host, request-target)` the backend saw for `req`.
+async fn seen(client: &LbClient<Empty<Bytes>>, req: Request<Empty<Bytes>>) -> (String, String) {
+    let rsp = client.request(req).await.expect("response");
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let parts: Vec<&str> = body.split(' ').collect();
+    (parts[1].to_string(), parts[3].to_string())
+}
+
+fn req(uri: &str) -> Request<Empty<Bytes>> {
+    Request::get(uri).body(Empty::new()).expect("valid request")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_header_rules() {
+async fn http1_keeps_the_addressed_host_and_sends_origin_form() {
     let bs = backends(1, Duration::ZERO).await;
     let client = LbClient::builder().build_from_target::<Empty<Bytes>>(&static_target(&bs)).expect("valid");
     wait_healthy(&client, 1).await;
-    let (_, body) = get(&client, "http://orders.internal/echo").await;
-    assert!(body.contains(" orders.internal "), "the caller's authority becomes Host: {body}");
-    let req = Request::get("/echo").header("host", "explicit.example").body(Empty::new()).expect("valid");
-    let rsp = client.request(req).await.expect("ok");
-    let body = rsp.into_body().collect().await.expect("body").to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains(" explicit.example "), "the caller's Host is kept");
+    // Absolute-form would make the server ignore Host (RFC 9112 §3.2.2): the target must be a path.
+    assert_eq!(seen(&client, req("http://orders.internal/echo?x=1")).await, ("orders.internal".into(), "/echo?x=1".into()));
+    let explicit = Request::get("/echo").header("host", "explicit.example").body(Empty::new()).expect("valid");
+    assert_eq!(seen(&client, explicit).await, ("explicit.example".into(), "/echo".into()), "the caller's Host is kept");
+
+    let fixed = LbClient::builder()
+        .authority("orders.internal:8080")
+        .expect("valid authority")
+        .build_from_target::<Empty<Bytes>>(&static_target(&bs))
+        .expect("valid");
+    wait_healthy(&fixed, 1).await;
+    assert_eq!(seen(&fixed, req("/echo")).await.0, "orders.internal:8080", "the configured authority becomes Host");
+    assert_eq!(seen(&fixed, req("http://other.example/echo")).await.0, "orders.internal:8080", "and wins over the URI's");
+    let explicit = Request::get("/echo").header("host", "explicit.example").body(Empty::new()).expect("valid");
+    assert_eq!(seen(&fixed, explicit).await.0, "explicit.example", "a Host the caller set still wins");
+    assert!(LbClient::builder().authority("bad authority").is_err(), "an invalid authority is a config error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_sends_the_addressed_authority() {
+    let bs = backends(1, Duration::ZERO).await;
+    let client = LbClient::builder()
+        .protocol(Protocol::Http2)
+        .build_from_target::<Empty<Bytes>>(&static_target(&bs))
+        .expect("valid");
+    wait_healthy(&client, 1).await;
+    assert_eq!(seen(&client, req("http://orders.internal/echo")).await.1, "http://orders.internal/echo");
+    assert_eq!(seen(&client, req("/echo")).await.1, format!("http://{}/echo", bs[0].addr));
+
+    let fixed = LbClient::builder()
+        .protocol(Protocol::Http2)
+        .authority("orders.internal:8080")
+        .expect("valid authority")
+        .build_from_target::<Empty<Bytes>>(&static_target(&bs))
+        .expect("valid");
+    wait_healthy(&fixed, 1).await;
+    assert_eq!(seen(&fixed, req("/echo")).await.1, "http://orders.internal:8080/echo");
+    assert_eq!(seen(&fixed, req("http://other.example/echo")).await.1, "http://orders.internal:8080/echo");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,7 @@ pub struct Builder {
     max_connections: Option<usize>,
     hash_header: Option<http::HeaderName>,
     keep_alive: Option<(Duration, Duration)>,
+    authority: Option<http::uri::Authority>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -66,6 +67,7 @@ impl Builder {
             max_connections: None,
             hash_header: None,
             keep_alive: None,
+            authority: None,
         }
     }
 
@@ -75,6 +77,17 @@ impl Builder {
     pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keep_alive = Some((interval, timeout));
         self
+    }
+
+    /// The `:authority` of every call (e.g. `greeter.default.svc:50051`), as gRPC clients send the
+    /// service's name rather than an address. Without it the `:authority` is the chosen endpoint's
+    /// `ip:port` (a tonic client's requests carry only a path). Servers and proxies that route on
+    /// the authority (virtual hosts, sidecars, gateways) need this.
+    pub fn authority(mut self, authority: &str) -> Result<Self, Error> {
+        let parsed = http::uri::Authority::try_from(authority)
+            .map_err(|e| Error::config(format!("invalid authority `{authority}`: {e}")))?;
+        self.authority = Some(parsed);
+        Ok(self)
     }
 
     /// For hashing policies (`lb_core::policy::RingHash`): the request metadata key whose value is
@@ -202,7 +215,8 @@ impl Builder {
             self.outlier,
             health,
         );
-        let balancer = Balancer::new(pool, Protocol::Http2, self.tls.is_some(), Classify::grpc(), self.failfast);
+        let balancer = Balancer::new(pool, Protocol::Http2, self.tls.is_some(), Classify::grpc(), self.failfast)
+            .with_authority(self.authority);
         Ok(LbChannel {
             inner: Arc::new(Inner {
                 balancer,

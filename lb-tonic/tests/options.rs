@@ -75,3 +75,33 @@ async fn request_timeout_is_deadline_exceeded() {
     // The abandoned call is no longer counted against the backend.
     assert_eq!(channel.endpoints()[0].in_flight, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authority_names_the_service_instead_of_the_endpoint() {
+    let bs = backends(&[0, 0]).await;
+    let call = |channel: LbChannel| async move {
+        EchoClient::new(channel).unary(EchoRequest { message: "hi".into(), ..Default::default() }).await.expect("call succeeds")
+    };
+    let plain = LbChannel::builder().policy(RoundRobin::new()).build_from_target(&static_target(&bs)).expect("builds");
+    wait_healthy(&plain, 2, Duration::from_secs(5)).await;
+    let backend = call(plain.clone()).await.into_inner().backend;
+    let seen: Vec<String> = bs.iter().filter_map(|b| b.authorities.lock().expect("lock").last().cloned()).collect();
+    assert_eq!(seen, vec![backend], "by default the endpoint's address");
+
+    let named = LbChannel::builder()
+        .policy(RoundRobin::new())
+        .authority("greeter.default.svc:50051")
+        .expect("valid authority")
+        .build_from_target(&static_target(&bs))
+        .expect("builds");
+    wait_healthy(&named, 2, Duration::from_secs(5)).await;
+    for _ in 0..4 {
+        call(named.clone()).await;
+    }
+    for b in &bs {
+        let seen = b.authorities.lock().expect("lock").clone();
+        assert!(seen.len() >= 2, "round robin reached {}: {seen:?}", b.addr);
+        assert!(seen.iter().rev().take(2).all(|a| a == "greeter.default.svc:50051"), "{seen:?}");
+    }
+    assert!(LbChannel::builder().authority("not an authority").is_err());
+}

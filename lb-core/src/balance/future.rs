@@ -60,9 +60,9 @@ where
 }
 
 /// Subscribes *before* picking, so a snapshot published in between is not missed.
-fn pick_or_wait<C: Clone + Send + Sync + 'static, Req>(pool: &Pool<C>, ctx: &PickContext) -> State<C, Req>
+fn pick_or_wait<C, Req>(pool: &Pool<C>, ctx: &PickContext) -> State<C, Req>
 where
-    C: Service<Req>,
+    C: Service<Req> + Clone + Send + Sync + 'static,
 {
     if let Some(picked) = pool.pick(ctx) {
         return State::Readying { picked: Some(picked) };

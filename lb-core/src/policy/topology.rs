@@ -394,8 +394,8 @@ mod tests {
     #[test]
     fn list_without_any_stops_at_its_last_key() {
         let mut c = fleet();
-        for i in 0..5 {
-            c[i].healthy = false;
+        for e in c.iter_mut().take(5) {
+            e.healthy = false;
         }
         let p = Topology::new(RoundRobin::new(), caller())
             .with_levels([Level::Node, Level::Zone, Level::Region])

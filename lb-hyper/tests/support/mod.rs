@@ -52,7 +52,9 @@ impl Backend {
                         s.fetch_add(1, Ordering::Relaxed);
                         let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
                         let status = if f.load(Ordering::Relaxed) { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
-                        let body = format!("{addr} {host} {:?}", req.version());
+                        // The request-target as the server parsed it: origin-form stays a path;
+                        // absolute-form over HTTP/1.1, and HTTP/2's :scheme/:authority, give a full URI.
+                        let body = format!("{addr} {host} {:?} {}", req.version(), req.uri());
                         Ok(Response::builder().status(status).body(Full::new(Bytes::from(body))).expect("valid"))
                     }
                 });

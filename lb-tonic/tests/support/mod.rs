@@ -79,6 +79,8 @@ impl Echo for EchoSvc {
 pub struct Backend {
     pub addr: SocketAddr,
     pub served: Arc<AtomicUsize>,
+    /// The `:authority` of every request, in arrival order.
+    pub authorities: Arc<Mutex<Vec<String>>>,
     health: HealthReporter,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
@@ -94,6 +96,7 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound socket has an address");
         let served = Arc::new(AtomicUsize::new(0));
+        let authorities = Arc::new(Mutex::new(Vec::new()));
         let (health, health_svc) = tonic_health::server::health_reporter();
         let echo = EchoServer::new(EchoSvc {
             addr,
@@ -103,11 +106,19 @@ impl Backend {
         let routes = tonic::service::Routes::new(echo).add_service(health_svc);
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let conns = tasks.clone();
+        let recorded = authorities.clone();
         tasks.lock().expect("not poisoned").spawn(async move {
+            let authorities = recorded;
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(routes.clone());
+                let grpc = TowerToHyperService::new(routes.clone());
+                let seen = authorities.clone();
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let authority = req.uri().authority().map(ToString::to_string).unwrap_or_default();
+                    seen.lock().expect("not poisoned").push(authority);
+                    hyper::service::Service::call(&grpc, req)
+                });
                 let tls = tls.clone();
                 conns.lock().expect("not poisoned").spawn(async move {
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -126,6 +137,7 @@ impl Backend {
         Backend {
             addr,
             served,
+            authorities,
             health,
             tasks,
         }
