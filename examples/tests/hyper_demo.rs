@@ -45,4 +45,5 @@ fn hyper_demo_balances_over_http1_and_http2() {
     assert_eq!((http2.report.ok, http2.report.errors), (300, 0), "{:?}", http2.report);
     assert_eq!(http2.report.per_backend.len(), 3, "every server took requests: {:?}", http2.report);
     assert_eq!(http2.seen_version, "HTTP/2.0");
+    assert_eq!(http2.seen_host, "greeter.internal", "HTTP/2 sends the caller's authority as :authority");
 }
