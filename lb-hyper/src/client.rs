@@ -37,6 +37,7 @@ pub struct Builder {
     hash_header: Option<http::HeaderName>,
     keep_alive: Option<(Duration, Duration)>,
     authority: Option<http::uri::Authority>,
+    idle_timeout: Option<Option<Duration>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -69,6 +70,7 @@ impl Builder {
             hash_header: None,
             keep_alive: None,
             authority: None,
+            idle_timeout: None,
         }
     }
 
@@ -174,6 +176,14 @@ impl Builder {
         self
     }
 
+    /// Closes an endpoint's connections beyond its first once they have been idle this long
+    /// (default 90 s); `None` keeps them until the server closes them. Extra connections are opened
+    /// under load (see [`Builder::max_connections_per_endpoint`]); this gives them back after it.
+    pub fn connection_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
     /// Builds a client for a target URI (`static:///10.0.0.1:80,10.0.0.2:80`, `etcd://…`, …).
     /// Must be called inside a Tokio runtime.
     pub fn build_from_target<B>(self, target: &str) -> Result<LbClient<B>, Error>
@@ -206,6 +216,7 @@ impl Builder {
             max_streams: self.max_streams,
             max_connections: self.max_connections,
             keep_alive: self.keep_alive,
+            idle_timeout: self.idle_timeout,
         };
         let connector = parts.connector::<B>()?;
         let pool = spawn_pool(
@@ -243,6 +254,8 @@ pub struct ConnectorParts {
     pub max_connections: Option<usize>,
     /// HTTP/2 keep-alive PING interval and timeout.
     pub keep_alive: Option<(Duration, Duration)>,
+    /// Idle timeout of connections beyond an endpoint's first (`None`: the connector's default).
+    pub idle_timeout: Option<Option<Duration>>,
 }
 
 impl ConnectorParts {
@@ -263,6 +276,9 @@ impl ConnectorParts {
         }
         if let Some((interval, timeout)) = self.keep_alive {
             c = c.http2_keep_alive(interval, timeout);
+        }
+        if let Some(timeout) = self.idle_timeout {
+            c = c.idle_timeout(timeout);
         }
         Ok(c)
     }

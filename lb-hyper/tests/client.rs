@@ -229,3 +229,71 @@ async fn killed_http1_backend_requests_go_elsewhere() {
         assert!(body.starts_with(&bs[0].addr.to_string()));
     }
 }
+
+/// Sends `waves` bursts of `n` concurrent slow requests.
+async fn bursts(client: &LbClient<Empty<Bytes>>, waves: usize, n: usize) {
+    for _ in 0..waves {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let client = client.clone();
+            set.spawn(async move { get(&client, "/echo").await.0 });
+        }
+        while let Some(status) = set.join_next().await {
+            assert_eq!(status.expect("no panic"), 200);
+        }
+    }
+}
+
+async fn surplus_connections_close_when_idle(protocol: Protocol) {
+    let bs = backends(1, Duration::from_millis(40)).await;
+    let build = |idle: Option<Duration>| {
+        LbClient::builder()
+            .protocol(protocol)
+            .max_streams_per_connection(2)
+            .max_connections_per_endpoint(3)
+            .connection_idle_timeout(idle)
+            .build_from_target::<Empty<Bytes>>(&static_target(&bs))
+            .expect("valid")
+    };
+    let open = |b: &support::Backend| b.open.load(std::sync::atomic::Ordering::Relaxed);
+
+    // Without an idle timeout the connections a burst opened stay.
+    let keep = build(None);
+    wait_healthy(&keep, 1).await;
+    bursts(&keep, 3, 12).await;
+    assert_eq!(keep.endpoints()[0].connections, 3, "a burst of 12 opens the 3 allowed connections");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!((keep.endpoints()[0].connections, open(&bs[0])), (3, 3), "kept without an idle timeout");
+    drop(keep);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while open(&bs[0]) != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "a dropped client closes its connections");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // With one, the surplus closes once idle; the endpoint's first connection stays and serves.
+    let client = build(Some(Duration::from_millis(200)));
+    wait_healthy(&client, 1).await;
+    bursts(&client, 3, 12).await;
+    assert_eq!(client.endpoints()[0].connections, 3, "a burst of 12 opens the 3 allowed connections");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while open(&bs[0]) != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "idle surplus connections were not closed: {} open", open(&bs[0]));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(client.endpoints()[0].connections, 1);
+    let accepted = bs[0].accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(get(&client, "/echo").await.0, 200);
+    assert_eq!(bs[0].accepted.load(std::sync::atomic::Ordering::Relaxed), accepted, "served on the kept connection");
+    assert!(client.endpoints()[0].healthy, "closing idle extras is not a disconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surplus_http1_connections_close_when_idle() {
+    surplus_connections_close_when_idle(Protocol::Http1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_http2_connections_close_when_idle() {
+    surplus_connections_close_when_idle(Protocol::Http2).await;
+}

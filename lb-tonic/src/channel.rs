@@ -34,6 +34,7 @@ pub struct Builder {
     hash_header: Option<http::HeaderName>,
     keep_alive: Option<(Duration, Duration)>,
     authority: Option<http::uri::Authority>,
+    idle_timeout: Option<Option<Duration>>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -68,6 +69,7 @@ impl Builder {
             hash_header: None,
             keep_alive: None,
             authority: None,
+            idle_timeout: None,
         }
     }
 
@@ -180,6 +182,14 @@ impl Builder {
         self
     }
 
+    /// Closes an endpoint's connections beyond its first once they have been idle this long
+    /// (default 90 s); `None` keeps them until the server closes them. Extra connections are opened
+    /// under load (see [`Builder::max_connections_per_endpoint`]); this gives them back after it.
+    pub fn connection_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
     /// Builds a channel for a target URI (`static:///127.0.0.1:50051,127.0.0.1:50052`, and
     /// `etcd://`, `consul://`, `kubernetes:///` with the cargo features of those names).
     /// Must be called inside a Tokio runtime.
@@ -199,6 +209,7 @@ impl Builder {
             max_streams: self.max_streams,
             max_connections: self.max_connections,
             keep_alive: self.keep_alive,
+            idle_timeout: self.idle_timeout,
         };
         let connector = parts.connector::<Body>().map_err(Error::from_hyper)?;
         let health: Option<Arc<dyn HealthCheck<HttpConnection<Body>>>> = match self.health {

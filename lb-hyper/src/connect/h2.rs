@@ -9,12 +9,16 @@
 //! The default, 100, is the smallest limit RFC 9113 §6.5.2 recommends servers to allow, so by
 //! default no request waits in h2's hidden queue behind a conforming server. (hyper makes that
 //! queue worse than h2's: while one stream waits to open, its dispatcher accepts no further request
-//! on the connection.) Extra connections stay open until the server closes them or the endpoint's
-//! handle is replaced; a closed extra is forgotten.
+//! on the connection.) An extra connection that carried no stream at any check for the idle
+//! timeout (checked every quarter of it) is let go: the pool drops its handle and hyper closes the
+//! connection once the streams already on it finish. Requests prefer the least-loaded connection
+//! and, on a tie, the primary, so extras fall idle when the pressure that opened them ends. The
+//! primary stays for as long as the endpoint does; a closed extra is forgotten.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
@@ -37,6 +41,7 @@ pub(crate) struct H2Pool<B> {
     dialer: Dialer,
     max_streams: usize,
     max_connections: usize,
+    idle_timeout: Option<Duration>,
 }
 
 struct Decrement(Arc<AtomicUsize>);
@@ -59,6 +64,7 @@ where
         dialer: Dialer,
         max_streams: usize,
         max_connections: usize,
+        idle_timeout: Option<Duration>,
     ) -> Self {
         let sub = Arc::new(Sub {
             send: primary,
@@ -71,6 +77,7 @@ where
             dialer,
             max_streams: max_streams.max(1),
             max_connections: max_connections.max(1),
+            idle_timeout,
         }
     }
 
@@ -122,6 +129,7 @@ where
         let weak: Weak<Self> = Arc::downgrade(self);
         let dialer = self.dialer.clone();
         let addr = self.addr;
+        let idle_timeout = self.idle_timeout;
         tokio::spawn(async move {
             let result = dialer.h2::<B>(addr).await;
             let Some(pool) = weak.upgrade() else { return };
@@ -140,12 +148,26 @@ where
                     });
                     tracing::debug!(endpoint = %addr, connections = pool.connections(), "opened an extra http/2 connection");
                     drop(pool);
+                    drop(sub);
                     tokio::spawn(async move {
-                        driver.await;
-                        // Forget the closed extra so it is not scanned on every request.
-                        if let (Some(pool), Some(sub)) = (weak.upgrade(), added.upgrade()) {
-                            pool.subs.rcu(|subs| subs.iter().filter(|s| !Arc::ptr_eq(s, &sub)).cloned().collect::<Vec<_>>());
+                        let mut driver = std::pin::pin!(driver);
+                        if let Some(timeout) = idle_timeout {
+                            tokio::select! {
+                                _ = &mut driver => {}
+                                _ = until_idle(&added, timeout) => {
+                                    // Dropping the pool's handle lets hyper close the connection
+                                    // once the streams still on it (if any) are done.
+                                    forget(&weak, &added);
+                                    tracing::debug!(endpoint = %addr, "closing an idle extra http/2 connection");
+                                    driver.await;
+                                    return;
+                                }
+                            }
+                        } else {
+                            driver.await;
                         }
+                        // Forget the closed extra so it is not scanned on every request.
+                        forget(&weak, &added);
                     });
                 }
                 Err(error) => {
@@ -153,5 +175,24 @@ where
                 }
             }
         });
+    }
+}
+
+/// Resolves once `sub` has had no stream in flight at every check for `timeout` (checks every
+/// quarter of it), or at once when it is gone.
+async fn until_idle<B>(sub: &Weak<Sub<B>>, timeout: Duration) {
+    let tick = (timeout / 4).max(Duration::from_millis(1));
+    let mut idle = Duration::ZERO;
+    while idle < timeout {
+        tokio::time::sleep(tick).await;
+        let Some(s) = sub.upgrade() else { return };
+        idle = if s.in_flight.load(Ordering::Relaxed) == 0 { idle + tick } else { Duration::ZERO };
+    }
+}
+
+/// Removes `sub` from `pool`'s connections.
+fn forget<B>(pool: &Weak<H2Pool<B>>, sub: &Weak<Sub<B>>) {
+    if let (Some(pool), Some(sub)) = (pool.upgrade(), sub.upgrade()) {
+        pool.subs.rcu(|subs| subs.iter().filter(|s| !Arc::ptr_eq(s, &sub)).cloned().collect::<Vec<_>>());
     }
 }

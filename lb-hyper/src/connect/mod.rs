@@ -45,6 +45,7 @@ pub struct HttpConnector<B> {
     tls_config: Option<Arc<rustls::ClientConfig>>,
     max_streams: usize,
     max_connections: usize,
+    idle_timeout: Option<Duration>,
     _body: std::marker::PhantomData<fn(B)>,
 }
 
@@ -56,6 +57,7 @@ impl<B> Clone for HttpConnector<B> {
             tls_config: self.tls_config.clone(),
             max_streams: self.max_streams,
             max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
             _body: std::marker::PhantomData,
         }
     }
@@ -68,6 +70,7 @@ impl<B> fmt::Debug for HttpConnector<B> {
             .field("tls", &self.dialer.tls.is_some())
             .field("max_streams", &self.max_streams)
             .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -76,6 +79,9 @@ impl<B> HttpConnector<B> {
     /// In-flight streams per HTTP/2 connection at which another connection is opened (see
     /// [`HttpConnector::max_streams_per_connection`]).
     pub const DEFAULT_MAX_STREAMS: usize = 100;
+    /// How long a connection beyond an endpoint's first may sit idle before it is closed (90 s,
+    /// as hyper-util's pool).
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
     /// Most HTTP/2 connections per endpoint.
     pub const DEFAULT_MAX_H2_CONNECTIONS: usize = 4;
     /// Most HTTP/1.1 connections per endpoint.
@@ -106,6 +112,7 @@ impl<B> HttpConnector<B> {
                 Protocol::Http1 => Self::DEFAULT_MAX_H1_CONNECTIONS,
                 Protocol::Http2 => Self::DEFAULT_MAX_H2_CONNECTIONS,
             },
+            idle_timeout: Some(Self::DEFAULT_IDLE_TIMEOUT),
             _body: std::marker::PhantomData,
         }
     }
@@ -169,6 +176,15 @@ impl<B> HttpConnector<B> {
         self
     }
 
+    /// Closes connections beyond an endpoint's first one — extra HTTP/2 connections opened under
+    /// stream pressure, surplus HTTP/1.1 connections after a burst — once they have been idle this
+    /// long (default [`HttpConnector::DEFAULT_IDLE_TIMEOUT`]); `None` keeps them until the server
+    /// closes them. An endpoint's first connection is kept for as long as the endpoint is.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+
     /// HTTP/2 keep-alive PINGs at this interval, failing the connection when one is not answered
     /// within `timeout`. Off by default.
     pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
@@ -192,7 +208,7 @@ where
         let addr = endpoint.addr();
         let dialer = self.dialer.clone();
         let protocol = self.protocol;
-        let (max_streams, max_connections) = (self.max_streams, self.max_connections);
+        let (max_streams, max_connections, idle_timeout) = (self.max_streams, self.max_connections, self.idle_timeout);
         Box::pin(async move {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let inner = match protocol {
@@ -202,7 +218,7 @@ where
                         driver.await;
                         let _ = tx.send(());
                     });
-                    Inner::H2(Arc::new(h2::H2Pool::new(addr, send, dialer, max_streams, max_connections)))
+                    Inner::H2(Arc::new(h2::H2Pool::new(addr, send, dialer, max_streams, max_connections, idle_timeout)))
                 }
                 Protocol::Http1 => {
                     let (send, driver) = dialer.h1::<B>(addr).await?;
@@ -210,7 +226,7 @@ where
                         driver.await;
                         let _ = tx.send(());
                     });
-                    Inner::H1(Arc::new(h1::H1Pool::new(addr, send, dialer, max_connections)))
+                    Inner::H1(Arc::new(h1::H1Pool::new(addr, send, dialer, max_connections, idle_timeout)))
                 }
             };
             let closed = async move {

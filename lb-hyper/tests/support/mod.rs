@@ -22,6 +22,9 @@ pub struct Backend {
     pub served: Arc<AtomicUsize>,
     pub healthy: Arc<AtomicBool>,
     pub fail: Arc<AtomicBool>,
+    /// Connections accepted so far, and those still open.
+    pub accepted: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -32,6 +35,8 @@ impl Backend {
         let served = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
         let fail = Arc::new(AtomicBool::new(false));
+        let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (accepted_in, open_in) = (accepted.clone(), open.clone());
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let conns = tasks.clone();
         let (s, h, f) = (served.clone(), healthy.clone(), fail.clone());
@@ -58,9 +63,13 @@ impl Backend {
                         Ok(Response::builder().status(status).body(Full::new(Bytes::from(body))).expect("valid"))
                     }
                 });
+                accepted_in.fetch_add(1, Ordering::Relaxed);
+                open_in.fetch_add(1, Ordering::Relaxed);
+                let open = open_in.clone();
                 conns.lock().expect("not poisoned").spawn(async move {
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    open.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
@@ -69,6 +78,8 @@ impl Backend {
             served,
             healthy,
             fail,
+            accepted,
+            open,
             tasks,
         }
     }
