@@ -1,11 +1,17 @@
 //! The `consul-double` binary's contract with the tests of other crates: the first stdout line is
 //! the bound address, and Consul's HTTP API answers there (checked with raw HTTP/1.1, so a broken
-//! client library cannot hide a broken double).
+//! client library cannot hide a broken double), over plain TCP or, with `--tls-cert`, rustls.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+
+use lb_doubles::consul::rustls;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 struct Double(Child);
 
@@ -111,4 +117,77 @@ fn blocking_queries_return_on_change_or_after_wait_and_ttl_passes_do_not_wake_th
     assert!(t.elapsed() < Duration::from_secs(5), "returned on the change, not after the wait");
     assert!(index_of(&head) > index);
     assert!(body.contains("api-2"), "{body}");
+}
+
+/// A certificate for `names` signed by `ca`, and its key (both PEM).
+fn issue(ca: &(rcgen::Certificate, KeyPair), names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
+    let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+    params.extended_key_usages = vec![usage];
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca.0, &ca.1).expect("signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn new_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("self-signed");
+    (cert, key)
+}
+
+/// One HTTPS request with rustls; the status, or the error that stopped it.
+fn https(addr: SocketAddr, ca_pem: &str, identity: Option<(&str, &str)>, path: &str) -> Result<u16, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca")).expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("cert")],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key"),
+            )
+            .expect("identity"),
+    };
+    let name = ServerName::from(addr.ip());
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
+    raw.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status line in {raw:?}"))
+}
+
+#[test]
+fn serves_https_and_requires_client_certificates_when_given_a_client_ca() {
+    let ca = new_ca("double CA");
+    let clients = new_ca("client CA");
+    let (cert, key) = issue(&ca, &["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = issue(&clients, &["client"], ExtendedKeyUsagePurpose::ClientAuth);
+    let dir = std::env::temp_dir().join(format!("consul-double-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = |name: &str, content: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, content).expect("write");
+        p.to_string_lossy().into_owned()
+    };
+    let (cert_file, key_file, client_ca_file) = (file("cert.pem", &cert), file("key.pem", &key), file("client-ca.pem", &clients.0.pem()));
+
+    let (_tls, addr) = start(&["--tls-cert", &cert_file, "--tls-key", &key_file]);
+    assert_eq!(https(addr, &ca.0.pem(), None, "/v1/health/service/web"), Ok(200));
+    let err = https(addr, &clients.0.pem(), None, "/v1/health/service/web").expect_err("a CA that did not sign it");
+    assert!(err.contains("certificate"), "{err}");
+
+    let (_mtls, addr) = start(&["--tls-cert", &cert_file, "--tls-key", &key_file, "--tls-client-ca", &client_ca_file]);
+    assert_eq!(https(addr, &ca.0.pem(), Some((&client_cert, &client_key)), "/v1/health/service/web"), Ok(200));
+    https(addr, &ca.0.pem(), None, "/v1/health/service/web").expect_err("a client certificate is required");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,6 +24,10 @@
 //! Test controls: [`ConsulDouble::restart_with_reset_index`] (forgets every registration, resets the
 //! index and drops open connections, like an agent restarted without its data), [`Fault`]s injected
 //! into health responses (500s, garbage, malformed entries, empty lists), and counters.
+//!
+//! [`ConsulDouble::start_tls`] serves the same API over HTTPS with a caller-made [`rustls`] server
+//! configuration (its certificate, and optionally client-certificate verification, as Consul's
+//! `verify_incoming`); [`ConsulDouble::start`] and [`ConsulDouble::start_with`] serve plain HTTP.
 
 mod server;
 mod state;
@@ -35,6 +39,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+pub use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 
 use self::state::State;
 
@@ -163,13 +169,15 @@ impl Shared {
 pub struct ConsulDouble {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// `http`, or `https` when started with [`ConsulDouble::start_tls`].
+    scheme: &'static str,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ConsulDouble {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsulDouble").field("addr", &self.addr).finish()
+        f.debug_struct("ConsulDouble").field("addr", &self.addr).field("scheme", &self.scheme).finish()
     }
 }
 
@@ -181,6 +189,18 @@ impl ConsulDouble {
 
     /// Starts a double with options.
     pub async fn start_with(config: DoubleConfig) -> io::Result<Self> {
+        Self::start_inner(config, None).await
+    }
+
+    /// Starts a double that serves HTTPS only (as an agent with `tls.https` and `ports.https`),
+    /// with this rustls server configuration: its certificate, and whether and how it verifies
+    /// client certificates (Consul's `verify_incoming`). A failed handshake closes that connection.
+    pub async fn start_tls(config: DoubleConfig, tls: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        Self::start_inner(config, Some(TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_inner(config: DoubleConfig, tls: Option<TlsAcceptor>) -> io::Result<Self> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -190,11 +210,12 @@ impl ConsulDouble {
             config,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let accept = tokio::spawn(server::accept_loop(listener, Arc::clone(&shared), shutdown_rx));
+        let accept = tokio::spawn(server::accept_loop(listener, Arc::clone(&shared), shutdown_rx, tls));
         let reaper = tokio::spawn(reap_loop(Arc::clone(&shared)));
         Ok(ConsulDouble {
             shared,
             addr,
+            scheme,
             shutdown,
             tasks: vec![accept, reaper],
         })
@@ -208,6 +229,12 @@ impl ConsulDouble {
     /// `host:port` for a `consul://` target URI.
     pub fn authority(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// `http://host:port`, or `https://host:port` for a double started with
+    /// [`ConsulDouble::start_tls`].
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Simulates an agent restarted without its data: every service and check is forgotten, the

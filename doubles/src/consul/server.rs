@@ -13,6 +13,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use super::state::{parse_go_duration, validate_meta, Check, Service};
 use super::{CheckStatus, Fault, Shared};
@@ -34,7 +35,12 @@ impl std::error::Error for Dropped {}
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
-pub(super) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+pub(super) async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -45,18 +51,38 @@ pub(super) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<S
             }
         };
         let shared = Arc::clone(&shared);
-        let mut shutdown = shutdown.clone();
-        // A restart closes every connection, idle keep-alive ones included, as a real restart does.
-        let mut generation = shared.generation.subscribe();
+        let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = shutdown.wait_for(|stop| *stop) => {}
-                _ = generation.changed() => {}
+            match tls {
+                None => serve(stream, shared, shutdown).await,
+                Some(acceptor) => {
+                    // The handshake runs in the connection's task, so a client that stalls or
+                    // fails it holds up no one else.
+                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => serve(stream, shared, shutdown).await,
+                        Ok(Err(error)) => tracing::debug!(%error, "consul double: TLS handshake failed"),
+                        Err(_) => tracing::debug!("consul double: TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+async fn serve<S>(stream: S, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // A restart closes every connection, idle keep-alive ones included, as a real restart does.
+    let mut generation = shared.generation.subscribe();
+    let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+        _ = generation.changed() => {}
     }
 }
 

@@ -1,5 +1,5 @@
 //! The thin HTTP client: one request at a time to the current agent, failing over on transport
-//! errors, with the ACL token header and a deadline on every request.
+//! errors, with the ACL token header and a deadline on every request, over plain HTTP or TLS.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use lb_core::BoxError;
 
+use super::tls::{Connector, TlsSettings};
 use crate::Error;
 
 /// A response reduced to what the callers look at.
@@ -45,16 +46,20 @@ impl Reply {
 
 #[derive(Clone)]
 pub(crate) struct Client {
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<Connector, Full<Bytes>>,
+    /// `http` or `https`, for every agent.
+    scheme: &'static str,
     addrs: Arc<[String]>,
     current: Arc<AtomicUsize>,
     token: Option<Arc<str>>,
+    tls: Option<TlsSettings>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the token.
         f.debug_struct("Client")
+            .field("scheme", &self.scheme)
             .field("addrs", &self.addrs)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .finish()
@@ -62,9 +67,10 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    pub(crate) fn new(addrs: Vec<String>, token: Option<String>) -> Result<Self, Error> {
+    pub(crate) fn new(addrs: Vec<String>, token: Option<String>, tls: Option<TlsSettings>) -> Result<Self, Error> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         for a in &addrs {
-            let uri = format!("http://{a}/");
+            let uri = format!("{scheme}://{a}/");
             uri.parse::<hyper::Uri>()
                 .map_err(|e| Error::invalid_target(format!("`{a}` is not a Consul agent address: {e}")))?;
         }
@@ -77,12 +83,14 @@ impl Client {
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let http = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+            .build(Connector::new(connector, tls.clone()));
         Ok(Client {
             http,
+            scheme,
             addrs: addrs.into(),
             current: Arc::new(AtomicUsize::new(0)),
             token: token.map(Arc::from),
+            tls,
         })
     }
 
@@ -104,7 +112,7 @@ impl Client {
         let addr = self.addr().to_string();
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("http://{addr}{path_and_query}"))
+            .uri(format!("{}://{addr}{path_and_query}", self.scheme))
             .header(hyper::header::USER_AGENT, concat!("lb-registry/", env!("CARGO_PKG_VERSION")));
         if let Some(token) = &self.token {
             req = req.header("X-Consul-Token", &**token);
@@ -129,7 +137,12 @@ impl Client {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
                 self.fail_over();
-                Err(format!("consul agent {addr}: {}", chain(&*e)).into())
+                let hint = if self.tls.as_ref().is_some_and(TlsSettings::client_cert_wanted) {
+                    " (the agent asked for a client certificate and none is configured: set tls_identity_files, or CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)"
+                } else {
+                    ""
+                };
+                Err(format!("consul agent {addr}: {}{hint}", chain(&*e)).into())
             }
             Err(_) => {
                 self.fail_over();

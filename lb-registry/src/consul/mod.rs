@@ -7,8 +7,8 @@
 //! ```
 //!
 //! The authority lists Consul agents (`host:port`, comma-separated; the next one is tried after a
-//! transport error). When it is empty, `CONSUL_HTTP_ADDR` is used, then `127.0.0.1:8500`. Plain
-//! HTTP only: TLS to the agent is not implemented yet. The path is the Consul service name.
+//! transport error). When it is empty, `CONSUL_HTTP_ADDR` is used, then `127.0.0.1:8500`. HTTP by
+//! default; see [TLS](#tls) for HTTPS agents. The path is the Consul service name.
 //!
 //! | query key | used by | meaning (default) |
 //! |---|---|---|
@@ -20,9 +20,41 @@
 //! | `ttl` | registration | TTL of the check; it is passed every `ttl/3` (`10s`) |
 //! | `deregister_after` | registration | `DeregisterCriticalServiceAfter` (`1m`; Consul enforces at least a minute) |
 //!
+//! No query key configures TLS: as with etcd, it comes from the agent addresses' scheme, the
+//! builders and the environment (see [TLS](#tls)).
+//!
 //! The ACL token never goes in the URI (a `token` key is rejected: URIs end up in logs): it comes
 //! from the builders' `token` option or the `CONSUL_HTTP_TOKEN` environment variable, and is sent
 //! in the `X-Consul-Token` header.
+//!
+//! # TLS
+//!
+//! Agents listening on HTTPS (`ports.https`, usually 8501) are reached over TLS (rustls, TLS 1.2
+//! and 1.3), with the same options and names as etcd's TLS. Like the token, key material and TLS
+//! settings never go in the URI, so a target-only client (`lb_registry::resolve`) takes them from
+//! Consul's own environment variables ([`env`](mod@env)), which the builders read too for every option
+//! they do not set. For each option, a builder call wins over the environment:
+//!
+//! | builder option | environment variable | meaning |
+//! |---|---|---|
+//! | an `https://host:port` [`address`](ConsulResolverBuilder::address) | `CONSUL_HTTP_ADDR=https://…` | this agent speaks TLS |
+//! | any `tls_*` option below | `CONSUL_HTTP_SSL=true` | agents given as a bare `host:port` speak TLS |
+//! | `tls_ca_pem`, `tls_ca_file` | `CONSUL_CACERT` | PEM CA(s) the agent's certificate must chain to; without one, the platform's roots |
+//! | `tls_identity_pem`, `tls_identity_files` | `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY` | client certificate and key (PEM), for agents with `verify_incoming` |
+//! | `tls_domain` | `CONSUL_TLS_SERVER_NAME` | name the certificate must carry, instead of the address's host (an IP is checked against IP SANs) |
+//!
+//! TLS is on when the addresses say `https://`; else when a `tls_*` option is set on the builder;
+//! else when `CONSUL_HTTP_SSL` is true. An explicit `http://` address stays plain (the TLS
+//! variables are then ignored, as Consul's CLI does), but `http://` with a builder `tls_*` option,
+//! or `http://` and `https://` agents in one list, is a configuration error. Errors in the material
+//! — an unreadable file, a PEM without a certificate or key, a key that does not match its
+//! certificate, no CA and no platform roots — fail `build`, never a request. A handshake that fails
+//! (an untrusted or misnamed agent, a refused client certificate) is a transport error: the
+//! registrar retries, discovery keeps its last good set, and the next agent of the list is tried.
+//! When an agent asked for a client certificate and none is configured, the error says so (with
+//! TLS 1.3 the agent refuses only after the handshake, often by just closing the connection).
+//! Consul's `CONSUL_CAPATH` and `CONSUL_HTTP_SSL_VERIFY=false` are not read: name the CA file, and
+//! verification cannot be turned off.
 //!
 //! # Where the data lives
 //!
@@ -79,8 +111,10 @@ mod client;
 mod entries;
 mod registrar;
 mod resolver;
+mod tls;
 mod watch;
 
+use std::path::Path;
 use std::time::Duration;
 
 use lb_core::discover::BoxDiscover;
@@ -96,6 +130,26 @@ pub const INVALID_ENTRIES: &str = "lb_registry_invalid_entries_total";
 pub const REREGISTRATIONS: &str = "lb_registry_reregistrations_total";
 
 const DEFAULT_ADDR: &str = "127.0.0.1:8500";
+
+/// The environment variables of Consul's own CLI and API client that are read when the builder
+/// does not set the option (see the [module docs](super#tls)).
+pub mod env {
+    /// Agent address(es) when the builder and the target name none: `host:port` or a
+    /// `http://` / `https://` URL.
+    pub const HTTP_ADDR: &str = "CONSUL_HTTP_ADDR";
+    /// The ACL token.
+    pub const HTTP_TOKEN: &str = "CONSUL_HTTP_TOKEN";
+    /// `true` turns TLS on for agent addresses given without a scheme.
+    pub const HTTP_SSL: &str = "CONSUL_HTTP_SSL";
+    /// PEM file of the CA that signed the agent's certificate.
+    pub const CACERT: &str = "CONSUL_CACERT";
+    /// PEM client certificate (with [`CLIENT_KEY`]) for agents that verify clients.
+    pub const CLIENT_CERT: &str = "CONSUL_CLIENT_CERT";
+    /// PEM private key of [`CLIENT_CERT`].
+    pub const CLIENT_KEY: &str = "CONSUL_CLIENT_KEY";
+    /// Server name to verify the agent's certificate against, instead of the address's host.
+    pub const TLS_SERVER_NAME: &str = "CONSUL_TLS_SERVER_NAME";
+}
 
 pub(crate) fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
     let service = service_name(target)?;
@@ -117,13 +171,23 @@ fn service_name(target: &Target) -> Result<&str, Error> {
     Ok(name)
 }
 
-/// Settings both sides share: where the agents are, the token, the namespace.
+/// Settings both sides share: where the agents are, the token, the namespace, TLS.
 #[derive(Clone, Debug, Default)]
 struct Common {
     addrs: Vec<String>,
     token: Option<String>,
     namespace: Option<String>,
     tags: Vec<String>,
+    tls: tls::TlsOptions,
+    /// The first option that could not be applied (an unreadable file), reported by `build`.
+    error: Option<String>,
+}
+
+/// Whether an agent address named its scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
 }
 
 impl Common {
@@ -141,35 +205,101 @@ impl Common {
                 .param("tag")
                 .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect())
                 .unwrap_or_default(),
+            tls: tls::TlsOptions::default(),
+            error: None,
         })
+    }
+
+    fn fail(&mut self, message: String) {
+        self.error.get_or_insert(message);
+    }
+
+    fn tls_ca_pem(&mut self, pem: Vec<u8>) {
+        self.tls.ca_pem = Some(pem);
+    }
+
+    fn tls_ca_file(&mut self, path: &Path) {
+        match std::fs::read(path) {
+            Ok(pem) => self.tls_ca_pem(pem),
+            Err(e) => self.fail(format!("cannot read the Consul CA file {}: {e}", path.display())),
+        }
+    }
+
+    fn tls_identity_pem(&mut self, cert: Vec<u8>, key: Vec<u8>) {
+        self.tls.identity_pem = Some((cert, key));
+    }
+
+    fn tls_identity_files(&mut self, cert: &Path, key: &Path) {
+        match (std::fs::read(cert), std::fs::read(key)) {
+            (Ok(c), Ok(k)) => self.tls_identity_pem(c, k),
+            (Err(e), _) => self.fail(format!("cannot read the Consul client certificate {}: {e}", cert.display())),
+            (_, Err(e)) => self.fail(format!("cannot read the Consul client key {}: {e}", key.display())),
+        }
+    }
+
+    fn tls_domain(&mut self, domain: String) {
+        self.tls.domain = Some(domain);
     }
 
     /// Fills in the environment's defaults and builds the HTTP client.
     fn client(&self) -> Result<client::Client, Error> {
+        if let Some(e) = &self.error {
+            return Err(Error::invalid_target(e.clone()));
+        }
         let mut addrs = self.addrs.clone();
         if addrs.is_empty() {
-            addrs.push(std::env::var("CONSUL_HTTP_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.to_string()));
+            addrs.push(std::env::var(env::HTTP_ADDR).unwrap_or_else(|_| DEFAULT_ADDR.to_string()));
         }
         let addrs = addrs.iter().map(|a| normalize_addr(a)).collect::<Result<Vec<_>, _>>()?;
+        let use_tls = self.use_tls(&addrs)?;
+        let tls = if use_tls { Some(tls::settings(&self.tls)?) } else { None };
         let token = self
             .token
             .clone()
-            .or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok())
+            .or_else(|| std::env::var(env::HTTP_TOKEN).ok())
             .filter(|t| !t.is_empty());
-        client::Client::new(addrs, token)
+        client::Client::new(addrs.into_iter().map(|(_, a)| a).collect(), token, tls)
+    }
+
+    /// TLS is on when the addresses say `https://`, else when a TLS option is set on the builder,
+    /// else when `CONSUL_HTTP_SSL` says so.
+    fn use_tls(&self, addrs: &[(Option<Scheme>, String)]) -> Result<bool, Error> {
+        let mut explicit = addrs.iter().filter_map(|(s, _)| *s);
+        match explicit.next() {
+            Some(first) => {
+                if explicit.any(|s| s != first) {
+                    return Err(Error::invalid_target(
+                        "the Consul agent addresses mix http:// and https://; one client speaks one of them",
+                    ));
+                }
+                if first == Scheme::Http && self.tls.is_set() {
+                    return Err(Error::invalid_target(
+                        "TLS options are set but the Consul agent address says http://; use https:// or a bare host:port",
+                    ));
+                }
+                Ok(first == Scheme::Https)
+            }
+            None if self.tls.is_set() => Ok(true),
+            None => Ok(tls::env_enabled()?.unwrap_or(false)),
+        }
     }
 }
 
-fn normalize_addr(addr: &str) -> Result<String, Error> {
+/// Splits an agent address into its scheme, when given, and `host:port`.
+fn normalize_addr(addr: &str) -> Result<(Option<Scheme>, String), Error> {
     let addr = addr.trim();
-    if addr.starts_with("https://") {
-        return Err(Error::invalid_target(format!("`{addr}`: TLS to the Consul agent is not supported yet")));
+    let (scheme, rest) = if let Some(rest) = addr.strip_prefix("https://") {
+        (Some(Scheme::Https), rest)
+    } else if let Some(rest) = addr.strip_prefix("http://") {
+        (Some(Scheme::Http), rest)
+    } else {
+        (None, addr)
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains("://") {
+        return Err(Error::invalid_target(format!("`{addr}` is not a Consul agent address ([http[s]://]host:port)")));
     }
-    let addr = addr.strip_prefix("http://").unwrap_or(addr).trim_end_matches('/');
-    if addr.is_empty() || addr.contains('/') {
-        return Err(Error::invalid_target(format!("`{addr}` is not a Consul agent address (host:port)")));
-    }
-    Ok(addr.to_string())
+    Ok((scheme, rest.to_string()))
 }
 
 /// Parses a duration option: `500ms`, `10s`, `5m`, `1h` (a bare number is seconds).
@@ -232,8 +362,65 @@ mod tests {
     }
 
     #[test]
-    fn https_agents_are_refused_clearly() {
-        assert!(normalize_addr("https://c:8501").expect_err("tls").is_invalid_target());
-        assert_eq!(normalize_addr("http://c:8500/").expect("http"), "c:8500");
+    fn agent_addresses_keep_their_scheme() {
+        assert_eq!(normalize_addr("http://c:8500/").expect("http"), (Some(Scheme::Http), "c:8500".into()));
+        assert_eq!(normalize_addr(" https://c:8501 ").expect("https"), (Some(Scheme::Https), "c:8501".into()));
+        assert_eq!(normalize_addr("c:8500").expect("bare"), (None, "c:8500".into()));
+        for bad in ["", "https://", "c:8500/v1", "ftp://c:21", "https://https://c:1"] {
+            assert!(normalize_addr(bad).expect_err(bad).is_invalid_target(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_scheme_and_the_builder_options_choose_tls() {
+        let addrs = |list: &[&str]| list.iter().map(|a| normalize_addr(a)).collect::<Result<Vec<_>, _>>().expect("valid");
+        let plain = Common::default();
+        let with_ca = Common {
+            tls: tls::TlsOptions {
+                ca_pem: Some(b"pem".to_vec()),
+                ..Default::default()
+            },
+            ..Common::default()
+        };
+        assert!(plain.use_tls(&addrs(&["https://a:8501", "b:8501"])).expect("https"));
+        assert!(!plain.use_tls(&addrs(&["http://a:8500"])).expect("http"));
+        assert!(with_ca.use_tls(&addrs(&["a:8501"])).expect("a CA turns TLS on"));
+        assert!(with_ca.use_tls(&addrs(&["https://a:8501"])).expect("agreeing"));
+        let mixed = plain.use_tls(&addrs(&["https://a:8501", "http://b:8500"])).expect_err("mixed schemes");
+        assert!(mixed.is_invalid_target() && mixed.to_string().contains("mix"), "{mixed}");
+        let contradiction = with_ca.use_tls(&addrs(&["http://a:8500"])).expect_err("TLS options on http://");
+        assert!(contradiction.is_invalid_target(), "{contradiction}");
+    }
+
+    #[test]
+    fn bad_tls_material_fails_the_build() {
+        let err = ConsulResolver::builder()
+            .address("https://127.0.0.1:8501")
+            .tls_ca_file("/nonexistent/consul-ca.pem")
+            .build()
+            .expect_err("unreadable CA file");
+        assert!(err.is_invalid_target() && err.to_string().contains("/nonexistent/consul-ca.pem"), "{err}");
+
+        let err = ConsulRegistrar::builder()
+            .address("127.0.0.1:8501")
+            .tls_ca_pem("not a certificate")
+            .build()
+            .expect_err("PEM without a certificate");
+        assert!(err.is_invalid_target() && err.to_string().contains("CA"), "{err}");
+
+        let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n";
+        let err = ConsulRegistrar::builder().tls_ca_pem(broken).build().expect_err("truncated PEM");
+        assert!(err.is_invalid_target(), "{err}");
+
+        let err = ConsulResolver::builder()
+            .address("127.0.0.1:8501")
+            .tls_identity_files("/nonexistent/client.pem", "/nonexistent/client-key.pem")
+            .build()
+            .expect_err("unreadable client certificate");
+        assert!(err.is_invalid_target() && err.to_string().contains("client certificate"), "{err}");
+
+        // The private key never shows in debug output.
+        let b = ConsulResolver::builder().tls_identity_pem("cert", "PRIVATE KEY MATERIAL");
+        assert!(!format!("{b:?}").contains("PRIVATE KEY MATERIAL"));
     }
 }

@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +107,7 @@ impl ConsulRegistrarBuilder {
         Ok(b)
     }
 
-    /// Adds a Consul agent address (`host:port`).
+    /// Adds a Consul agent address (`host:port`, `http://host:port` or `https://host:port`).
     pub fn address(mut self, addr: impl Into<String>) -> Self {
         self.common.addrs.push(addr.into());
         self
@@ -115,6 +116,39 @@ impl ConsulRegistrarBuilder {
     /// The ACL token, sent as `X-Consul-Token` (default: `CONSUL_HTTP_TOKEN`).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.common.token = Some(token.into());
+        self
+    }
+
+    /// Enables TLS, trusting the CA in this PEM (default: `CONSUL_CACERT`, else the platform's
+    /// roots). See the [module docs](super#tls).
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.common.tls_ca_pem(pem.into());
+        self
+    }
+
+    /// Enables TLS, trusting the CA in this PEM file. An unreadable file fails [`build`](Self::build).
+    pub fn tls_ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.common.tls_ca_file(path.as_ref());
+        self
+    }
+
+    /// Enables TLS and presents this client certificate and key (PEM) to agents that verify
+    /// clients (`verify_incoming`; default: `CONSUL_CLIENT_CERT` and `CONSUL_CLIENT_KEY`).
+    pub fn tls_identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.common.tls_identity_pem(cert.into(), key.into());
+        self
+    }
+
+    /// Enables TLS and presents the client certificate and key in these PEM files.
+    pub fn tls_identity_files(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
+        self.common.tls_identity_files(cert.as_ref(), key.as_ref());
+        self
+    }
+
+    /// Enables TLS and verifies the agent's certificate against this name instead of the
+    /// address's host (default: `CONSUL_TLS_SERVER_NAME`).
+    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.common.tls_domain(domain.into());
         self
     }
 

@@ -1,5 +1,6 @@
 //! [`ConsulResolver`]: discovery by `/v1/health/service/<name>?passing` blocking queries.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +92,8 @@ impl ConsulResolverBuilder {
         Ok(b)
     }
 
-    /// Adds a Consul agent address (`host:port`); several are tried in turn after failures.
+    /// Adds a Consul agent address (`host:port`, `http://host:port` or `https://host:port`); several
+    /// are tried in turn after failures.
     pub fn address(mut self, addr: impl Into<String>) -> Self {
         self.common.addrs.push(addr.into());
         self
@@ -100,6 +102,39 @@ impl ConsulResolverBuilder {
     /// The ACL token, sent as `X-Consul-Token` (default: `CONSUL_HTTP_TOKEN`).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.common.token = Some(token.into());
+        self
+    }
+
+    /// Enables TLS, trusting the CA in this PEM (default: `CONSUL_CACERT`, else the platform's
+    /// roots). See the [module docs](super#tls).
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.common.tls_ca_pem(pem.into());
+        self
+    }
+
+    /// Enables TLS, trusting the CA in this PEM file. An unreadable file fails [`build`](Self::build).
+    pub fn tls_ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.common.tls_ca_file(path.as_ref());
+        self
+    }
+
+    /// Enables TLS and presents this client certificate and key (PEM) to agents that verify
+    /// clients (`verify_incoming`; default: `CONSUL_CLIENT_CERT` and `CONSUL_CLIENT_KEY`).
+    pub fn tls_identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.common.tls_identity_pem(cert.into(), key.into());
+        self
+    }
+
+    /// Enables TLS and presents the client certificate and key in these PEM files.
+    pub fn tls_identity_files(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
+        self.common.tls_identity_files(cert.as_ref(), key.as_ref());
+        self
+    }
+
+    /// Enables TLS and verifies the agent's certificate against this name instead of the
+    /// address's host (default: `CONSUL_TLS_SERVER_NAME`).
+    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.common.tls_domain(domain.into());
         self
     }
 
