@@ -81,10 +81,14 @@ impl Builder {
         self
     }
 
-    /// The `:authority` of every call (e.g. `greeter.default.svc:50051`), as gRPC clients send the
-    /// service's name rather than an address. Without it the `:authority` is the chosen endpoint's
-    /// `ip:port` (a tonic client's requests carry only a path). Servers and proxies that route on
-    /// the authority (virtual hosts, sidecars, gateways) need this.
+    /// The `:authority` of every call (e.g. `greeter.default.svc:50051`). Servers and proxies that
+    /// route on the authority (virtual hosts, sidecars, gateways) need the service's name there.
+    ///
+    /// Without it, a channel built from a target that names a service sends that name, as gRPC
+    /// clients send their target's name: `etcd://…/greeter` and `consul://…/greeter` send
+    /// `greeter`, `kubernetes:///greeter.default:50051` sends `greeter.default:50051` (a named port,
+    /// `greeter.default:grpc`, is dropped: `greeter.default`). A `static:///` list, or
+    /// [`Builder::build`] over a discovery stream, sends the chosen endpoint's `ip:port`.
     pub fn authority(mut self, authority: &str) -> Result<Self, Error> {
         let parsed = http::uri::Authority::try_from(authority)
             .map_err(|e| Error::config(format!("invalid authority `{authority}`: {e}")))?;
@@ -196,7 +200,11 @@ impl Builder {
     pub fn build_from_target(self, target: &str) -> Result<LbChannel, Error> {
         let parsed = lb_registry::Target::parse(target).map_err(|e| Error::invalid_target(target, e))?;
         let discover = lb_registry::resolve(&parsed).map_err(|e| Error::invalid_target(target, e))?;
-        self.build(discover, target)
+        let mut this = self;
+        if this.authority.is_none() {
+            this.authority = service_authority(&parsed);
+        }
+        this.build(discover, target)
     }
 
     /// Builds a channel over any discovery stream; `name` labels logs, metrics and errors.
@@ -424,5 +432,42 @@ impl Future for ResponseFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
+    }
+}
+
+/// The authority a channel built from `target` sends by default: the service the target names
+/// (see [`Builder::authority`]), or `None` for address lists.
+fn service_authority(target: &lb_registry::Target) -> Option<http::uri::Authority> {
+    let name = target.path().trim();
+    if target.scheme() == "static" || name.is_empty() || name.contains([',', '/']) {
+        return None;
+    }
+    // `svc.ns:grpc`: a port name is not an authority's port; keep the host.
+    let name = match name.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && !port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => name,
+    };
+    http::uri::Authority::try_from(name).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_authority;
+
+    fn of(target: &str) -> Option<String> {
+        let t = lb_registry::Target::parse(target).expect("a valid target");
+        service_authority(&t).map(|a| a.to_string())
+    }
+
+    #[test]
+    fn a_named_service_is_the_default_authority() {
+        assert_eq!(of("etcd://127.0.0.1:2379/greeter?prefix=/lb").as_deref(), Some("greeter"));
+        assert_eq!(of("consul://127.0.0.1:8500/greeter?dc=eu1").as_deref(), Some("greeter"));
+        assert_eq!(of("kubernetes:///greeter.default:50051").as_deref(), Some("greeter.default:50051"));
+        assert_eq!(of("kubernetes:///greeter.default:grpc").as_deref(), Some("greeter.default"), "named ports are dropped");
+        assert_eq!(of("static:///127.0.0.1:50051,127.0.0.1:50052"), None, "addresses name no service");
+        assert_eq!(of("static:///127.0.0.1:50051"), None);
+        assert_eq!(of("etcd://127.0.0.1:2379/"), None);
+        assert_eq!(of("etcd://127.0.0.1:2379/bad name"), None, "not an authority: the endpoint's address is sent");
     }
 }
