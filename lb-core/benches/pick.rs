@@ -10,6 +10,8 @@
 //! - `pick-only/…`: the pick alone (the guard is dropped without an outcome, recording nothing).
 //! - `…/2-threads/…`: two threads doing the same at once on one shared balancer (the tower one behind
 //!   a `Mutex`, since it needs `&mut self`); time is per pick per thread.
+//! - `hash-build/<policy>/<n>`: `Policy::build` alone for the two consistent-hashing policies over
+//!   `n` healthy candidates (what every membership change costs them).
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented fn
 
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lb_core::discover::{self, Update};
 use lb_core::pool::{Connect, Connected, PoolConfig};
-use lb_core::policy::{hash_key, P2c, PickContext, RingHash, RoundRobin, Topology, WeightedRoundRobin};
+use lb_core::policy::{hash_key, Candidate, Maglev, P2c, PickContext, RingHash, RoundRobin, Topology, WeightedRoundRobin};
 use lb_core::{Endpoint, Locality, Outcome, Policy, Pool};
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
@@ -77,6 +79,7 @@ fn policies() -> Vec<(&'static str, fn() -> Box<dyn Policy>)> {
         ("p2c-least-request", || Box::new(P2c::least_request())),
         ("p2c-peak-ewma", || Box::new(P2c::peak_ewma())),
         ("ring-hash", || Box::new(RingHash::new())),
+        ("maglev", || Box::new(Maglev::new())),
         ("topology-p2c-peak-ewma", || {
             Box::new(Topology::new(P2c::peak_ewma(), Locality::unknown().with_zone("a")))
         }),
@@ -191,6 +194,18 @@ fn bench(c: &mut Criterion) {
         });
     }
     only.finish();
+
+    // Building a picker, for the two hashing policies (their builds are the expensive ones).
+    let mut build = c.benchmark_group("hash-build");
+    build.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300)).sample_size(10);
+    for n in [10, 100, 1_000] {
+        let candidates: Vec<Candidate> = endpoints(n).into_iter().map(Candidate::new).collect();
+        let hashing: [(&str, Box<dyn Policy>); 2] = [("ring-hash", Box::new(RingHash::new())), ("maglev", Box::new(Maglev::new()))];
+        for (name, policy) in hashing {
+            build.bench_with_input(BenchmarkId::new(name, n), &n, |bch, _| bch.iter(|| policy.build(&candidates)));
+        }
+    }
+    build.finish();
 }
 
 criterion_group!(benches, bench);

@@ -13,6 +13,7 @@
 //! | [`P2c::least_request`] | Mitzenmacher's power of two choices; gRPC A48 `least_request`, Envoy |
 //! | [`P2c::peak_ewma`] | Finagle's PeakEWMA, as in linkerd and tower |
 //! | [`RingHash`] | Karger's consistent hashing; gRPC A42 `ring_hash`, Envoy |
+//! | [`Maglev`] | Google's Maglev lookup table (NSDI 2016); Envoy `MAGLEV` |
 //! | [`Topology`] | Envoy priority levels (overprovisioning 1.4, panic threshold 50%) over Kubernetes' node → zone → region keys |
 //!
 //! Policies compose: `Topology::new(P2c::peak_ewma(), caller)` balances by PeakEWMA inside the
@@ -27,6 +28,7 @@ use crate::endpoint::Endpoint;
 use crate::load::Load;
 
 mod hash;
+mod maglev;
 mod p2c;
 mod rng;
 mod round_robin;
@@ -34,6 +36,7 @@ mod topology;
 mod weighted;
 
 pub use self::hash::{hash_key, RingHash};
+pub use self::maglev::Maglev;
 pub use self::p2c::{Cost, P2c};
 pub use self::round_robin::RoundRobin;
 pub use self::topology::{Level, Topology, TopologyKeyError};
