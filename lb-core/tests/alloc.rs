@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lb_core::discover::{self, Update};
 use lb_core::pool::{Connect, Connected, PoolConfig};
-use lb_core::policy::{hash_key, Maglev, P2c, PickContext, RingHash, RoundRobin, Topology, WeightedRoundRobin};
+use lb_core::policy::{hash_key, Maglev, P2c, PickContext, RingHash, RoundRobin, SlowStart, Topology, WeightedRoundRobin};
 use lb_core::{Endpoint, Locality, Outcome, Policy, Pool};
 
 /// Allocations made by `f` on this thread (allocation-counter installs the counting allocator).
@@ -61,6 +61,7 @@ async fn a_pick_allocates_nothing() {
         ("p2c peak ewma", Box::new(P2c::peak_ewma())),
         ("ring hash", Box::new(RingHash::new())),
         ("maglev", Box::new(Maglev::new())),
+        ("slow start(p2c least request)", Box::new(SlowStart::new(P2c::least_request(), std::time::Duration::from_secs(30)))),
         ("topology(p2c peak ewma)", Box::new(Topology::new(P2c::peak_ewma(), Locality::unknown().with_zone("a")))),
     ];
     assert!(allocations_during(|| drop(Box::new(7u64))) >= 1, "the counting allocator is installed");

@@ -15,6 +15,7 @@
 //! | [`RingHash`] | Karger's consistent hashing; gRPC A42 `ring_hash`, Envoy |
 //! | [`Maglev`] | Google's Maglev lookup table (NSDI 2016); Envoy `MAGLEV` |
 //! | [`Topology`] | Envoy priority levels (overprovisioning 1.4, panic threshold 50%) over Kubernetes' node → zone → region keys |
+//! | [`SlowStart`] | Envoy's slow start: a newly connected endpoint's share ramps up over a window (wraps any non-hashing policy) |
 //!
 //! Policies compose: `Topology::new(P2c::peak_ewma(), caller)` balances by PeakEWMA inside the
 //! nearest tier that can take the traffic.
@@ -32,6 +33,7 @@ mod maglev;
 mod p2c;
 mod rng;
 mod round_robin;
+mod slow_start;
 mod topology;
 mod weighted;
 
@@ -39,6 +41,7 @@ pub use self::hash::{hash_key, RingHash};
 pub use self::maglev::Maglev;
 pub use self::p2c::{Cost, P2c};
 pub use self::round_robin::RoundRobin;
+pub use self::slow_start::SlowStart;
 pub use self::topology::{Level, Topology, TopologyKeyError};
 pub use self::weighted::WeightedRoundRobin;
 
@@ -52,6 +55,9 @@ pub struct Candidate {
     /// False while the endpoint cannot take requests (connecting, ejected, failing health checks).
     /// Unhealthy candidates are never picked; the [`Topology`] policy counts them to size its tiers.
     pub healthy: bool,
+    /// When its current connection was established (`None` when unknown): [`SlowStart`] ramps an
+    /// endpoint up from then.
+    pub ready_since: Option<Instant>,
 }
 
 impl Candidate {
@@ -61,6 +67,7 @@ impl Candidate {
             endpoint: Arc::new(endpoint),
             load: Arc::new(Load::default()),
             healthy: true,
+            ready_since: None,
         }
     }
 }

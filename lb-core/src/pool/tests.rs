@@ -12,7 +12,7 @@ use super::*;
 use crate::discover::{self, Update};
 use crate::endpoint::{EndpointState, Locality};
 use crate::load::Outcome;
-use crate::policy::{RoundRobin, Topology};
+use crate::policy::{RoundRobin, SlowStart, Topology};
 
 /// A connection handle that records which endpoint it belongs to.
 #[derive(Clone, Debug)]
@@ -344,6 +344,35 @@ async fn topology_prefers_the_callers_zone_through_the_pool() {
     assert!(pool.ready_timeout(Duration::from_secs(1)).await);
     settle().await;
     assert_eq!(picks(&pool, 50), HashMap::from([(1, 50)]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_a_new_endpoint_up_from_its_connection() {
+    let (tx, rx) = discover::channel();
+    let policy = SlowStart::new(RoundRobin::new(), Duration::from_secs(10));
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), policy, config());
+    tx.send(Update::Reset(vec![ep(1), ep(2), ep(3)]));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    settle().await;
+    // A starting pool is all new: balanced as usual.
+    let start = picks(&pool, 3_000);
+    assert!(start.values().all(|n| (900..=1100).contains(n)), "{start:?}");
+
+    tokio::time::advance(Duration::from_secs(60)).await;
+    tx.send(Update::Add(vec![ep(4)]));
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 4);
+    // Round robin re-picks move a refused pick to the next endpoint: the newcomer's share is
+    // f / (3 + f) for a factor f — 3.2 % at f = 0.1 (the floor), 14 % at 0.5, 25 % at 1.
+    let share = |m: &HashMap<u16, usize>| m.get(&4).copied().unwrap_or(0) as f64 / m.values().sum::<usize>() as f64;
+    let at_1s = share(&picks(&pool, 20_000));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let at_5s = share(&picks(&pool, 20_000));
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let after = share(&picks(&pool, 20_000));
+    assert!(at_1s > 0.015 && at_1s < 0.05, "just connected: {at_1s}");
+    assert!(at_5s > 0.11 && at_5s < 0.18, "half way through the window: {at_5s}");
+    assert!((after - 0.25).abs() < 0.01, "after the window: {after}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -51,6 +51,7 @@ impl<K: Connect> PoolTask<K> {
                 endpoint: Arc::clone(&slot.endpoint),
                 load: Arc::clone(&slot.load),
                 healthy: ok,
+                ready_since: slot.connected_at,
             });
             entries.push(Entry {
                 endpoint: Arc::clone(&slot.endpoint),
