@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use lb_core::policy::{P2c, RingHash, RoundRobin, WeightedRoundRobin};
+use lb_core::policy::{Maglev, P2c, RingHash, RoundRobin, WeightedRoundRobin};
 use lb_core::Policy;
 
 /// A policy name as the command line spells it.
@@ -20,17 +20,25 @@ pub enum PolicyName {
     P2cPeakEwma,
     /// `hash`: consistent hashing (ring hash).
     RingHash,
+    /// `maglev`: consistent hashing (Maglev lookup table).
+    Maglev,
 }
 
 impl PolicyName {
     /// Every name, in the order the help text lists them.
-    pub const ALL: [PolicyName; 5] = [
+    pub const ALL: [PolicyName; 6] = [
         PolicyName::RoundRobin,
         PolicyName::WeightedRoundRobin,
         PolicyName::P2cLeastRequest,
         PolicyName::P2cPeakEwma,
         PolicyName::RingHash,
+        PolicyName::Maglev,
     ];
+
+    /// Whether the policy hashes a request key (`hash`, `maglev`).
+    pub fn is_hashing(self) -> bool {
+        matches!(self, PolicyName::RingHash | PolicyName::Maglev)
+    }
 
     /// The command-line spelling.
     pub fn as_str(self) -> &'static str {
@@ -40,6 +48,7 @@ impl PolicyName {
             PolicyName::P2cLeastRequest => "p2c",
             PolicyName::P2cPeakEwma => "p2c-ewma",
             PolicyName::RingHash => "hash",
+            PolicyName::Maglev => "maglev",
         }
     }
 
@@ -52,6 +61,7 @@ impl PolicyName {
             PolicyName::P2cLeastRequest => Arc::new(P2c::least_request()),
             PolicyName::P2cPeakEwma => Arc::new(P2c::peak_ewma()),
             PolicyName::RingHash => Arc::new(RingHash::new()),
+            PolicyName::Maglev => Arc::new(Maglev::new()),
         }
     }
 }

@@ -267,7 +267,9 @@ unsafe fn balancer<'a>(b: *const lb_balancer) -> Result<&'a lb_balancer, Error> 
 ///   the same names).
 /// - `options_json`: NULL or "" for the defaults, else a JSON object; every key is optional and an
 ///   unknown key is an error:
-///   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash"), `seed` (u64),
+///   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash", "maglev"), `seed` (u64),
+///   `slow_start_ms` (a newly connected endpoint's share ramps up over this window; not for the
+///   hashing policies),
 ///   `locality` ({"region","zone","node"}: the caller's own, enables topology preference),
 ///   `topology` (levels nearest first, e.g. ["node","zone","region","any"]), `overprovisioning`,
 ///   `panic_threshold`, `failfast_ms` (how long a pick waits for an endpoint, default 3000),
@@ -333,7 +335,7 @@ pub unsafe extern "C" fn lb_balancer_wait_ready(
 
 /// Picks an endpoint for one request and fills `*out`.
 ///
-/// - `hash_key`, `hash_key_len`: the request's affinity key for the "hash" policy (a user id, a
+/// - `hash_key`, `hash_key_len`: the request's affinity key for the "hash" and "maglev" policies (a user id, a
 ///   session); NULL with length 0 when there is none. Other policies ignore it.
 /// - `out`: caller-allocated; filled on `LB_OK`, untouched otherwise.
 ///

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lb_core::policy::{Level, P2c, RingHash, RoundRobin, Topology, WeightedRoundRobin};
+use lb_core::policy::{Level, Maglev, P2c, RingHash, RoundRobin, SlowStart, Topology, WeightedRoundRobin};
 use lb_core::pool::OutlierConfig;
 use lb_core::{Endpoint, EndpointState, Locality, Policy, PoolConfig};
 use serde::Deserialize;
@@ -22,6 +22,8 @@ pub(crate) struct Options {
     policy: PolicyName,
     /// Seeds the random choices of `p2c`/`p2c-ewma`/`hash` (reproducible runs).
     seed: Option<u64>,
+    /// Slow start: a newly connected endpoint's share ramps up over this many milliseconds.
+    slow_start_ms: Option<u64>,
     /// The caller's own locality; when given, the policy is wrapped in topology preference.
     locality: Option<LocalityOpt>,
     /// Preference levels, nearest first (`node`, `zone`, `region`, `any` or the Kubernetes keys).
@@ -42,6 +44,7 @@ impl Default for Options {
         Options {
             policy: PolicyName::P2cEwma,
             seed: None,
+            slow_start_ms: None,
             locality: None,
             topology: None,
             overprovisioning: None,
@@ -72,6 +75,8 @@ enum PolicyName {
     P2cEwma,
     #[serde(rename = "hash", alias = "ring_hash")]
     Hash,
+    #[serde(rename = "maglev")]
+    Maglev,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +181,16 @@ impl Options {
             (PolicyName::P2cEwma, None) => Box::new(P2c::peak_ewma()),
             (PolicyName::P2cEwma, Some(s)) => Box::new(P2c::peak_ewma().with_seed(s)),
             (PolicyName::Hash, _) => Box::new(RingHash::new()),
+            (PolicyName::Maglev, _) => Box::new(Maglev::new()),
+        };
+        let inner: Box<dyn Policy> = match self.slow_start_ms {
+            None | Some(0) => inner,
+            Some(_) if matches!(self.policy, PolicyName::Hash | PolicyName::Maglev) => {
+                return Err(Error::options(
+                    "options_json: slow_start_ms does not apply to the hashing policies (a re-pick would break affinity)",
+                ))
+            }
+            Some(ms_) => Box::new(SlowStart::new(inner, ms(ms_))),
         };
         if self.locality.is_none() && self.topology.is_none() {
             return Ok(inner);

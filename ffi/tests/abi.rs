@@ -135,6 +135,12 @@ fn malformed_json_and_targets_are_errors_that_say_why() {
             "galaxy",
         ),
         (
+            "static:///127.0.0.1:1",
+            r#"{"policy":"maglev","slow_start_ms":30000}"#,
+            lb_status::LB_ERR_INVALID_OPTIONS,
+            "slow_start_ms does not apply to the hashing policies",
+        ),
+        (
             "static:///not-an-address",
             "",
             lb_status::LB_ERR_INVALID_TARGET,
@@ -281,13 +287,19 @@ fn no_endpoint_fails_fast_and_wait_ready_times_out() {
 
 #[test]
 fn hash_keys_stick_to_one_endpoint() {
+    for policy in ["hash", "maglev"] {
+        hash_keys_stick_to_one_endpoint_with(policy);
+    }
+}
+
+fn hash_keys_stick_to_one_endpoint_with(policy: &str) {
     let backends = [
         Backend::start(false),
         Backend::start(false),
         Backend::start(false),
     ];
     let refs: Vec<&Backend> = backends.iter().collect();
-    let b = Bal::new(&static_target(&refs), r#"{"policy":"hash"}"#).expect("valid");
+    let b = Bal::new(&static_target(&refs), &format!(r#"{{"policy":"{policy}"}}"#)).expect("valid");
     assert_eq!(b.ready(5000), lb_status::LB_OK);
     let mut seen = std::collections::BTreeSet::new();
     for user in 0..30 {
@@ -296,12 +308,12 @@ fn hash_keys_stick_to_one_endpoint() {
         assert_eq!(b.report(first.token, 0, -1), lb_status::LB_OK);
         for _ in 0..5 {
             let again = b.pick(Some(key.as_bytes())).expect("pick");
-            assert_eq!(addr(&again), addr(&first), "{key} moved");
+            assert_eq!(addr(&again), addr(&first), "{policy}: {key} moved");
             assert_eq!(b.report(again.token, 2, -1), lb_status::LB_OK);
         }
         seen.insert(addr(&first));
     }
-    assert_eq!(seen.len(), 3, "30 keys spread over the three endpoints");
+    assert_eq!(seen.len(), 3, "{policy}: 30 keys spread over the three endpoints");
 }
 
 #[test]
@@ -348,7 +360,8 @@ fn concurrent_picks_and_reports_from_many_threads() {
         Backend::start(false),
     ];
     let refs: Vec<&Backend> = backends.iter().collect();
-    let b = Bal::new(&static_target(&refs), r#"{"policy":"p2c"}"#).expect("valid");
+    // Slow start wraps the policy; all endpoints start together, so it holds nothing back.
+    let b = Bal::new(&static_target(&refs), r#"{"policy":"p2c","slow_start_ms":30000}"#).expect("valid");
     assert_eq!(b.ready(5000), lb_status::LB_OK);
     let tokens = std::sync::Mutex::new(std::collections::HashSet::new());
     std::thread::scope(|s| {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! greeter-client --target TARGET (--requests N | --duration-secs S) --concurrency C
-//!                --policy rr|wrr|p2c|p2c-ewma|hash [--zone Z] [--region R] [--node N]
+//!                --policy rr|wrr|p2c|p2c-ewma|hash|maglev [--zone Z] [--region R] [--node N]
 //! ```
 //!
 //! With `--policy hash`, call i carries the affinity key `key-<i mod --keys>` in the `x-lb-key`
@@ -140,7 +140,7 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
     if locality != Locality::unknown() {
         builder = builder.locality(locality);
     }
-    let hashing = args.policy == PolicyName::RingHash;
+    let hashing = args.policy.is_hashing();
     if hashing {
         builder = builder.hash_header(HASH_HEADER)?;
     }
