@@ -28,7 +28,7 @@
 //! whichever exporter it already uses (Prometheus, StatsD, OpenTelemetry). A library cannot know
 //! the application's registry, which is what `prometheus-client` would need passed in; with the
 //! facade nothing is recorded, at the cost of one atomic load, until an exporter is installed.
-//! Names are listed in [`metrics`](crate::metrics).
+//! Names are listed in [`metrics`].
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]

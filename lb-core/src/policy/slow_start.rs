@@ -27,7 +27,12 @@ use super::{Candidate, PickContext, Picker, Policy};
 /// Picks made before a warming endpoint is accepted anyway.
 const MAX_ATTEMPTS: usize = 4;
 
-/// Wraps a policy so that newly connected endpoints ramp up; see the [module docs](self).
+/// Wraps a policy so that newly connected endpoints ramp up over a window (Envoy's slow start).
+///
+/// A pick that lands on an endpoint connected `t` ago is kept with probability
+/// `max(min_weight, (t / window)^(1 / aggression))` (`t` at least one second) and otherwise made
+/// again, at most [`SlowStart::MAX_ATTEMPTS`] picks in all; nothing is held back while every healthy
+/// endpoint is warming. Do not wrap hashing policies: a re-pick would break their affinity.
 #[derive(Debug)]
 pub struct SlowStart<P> {
     inner: P,

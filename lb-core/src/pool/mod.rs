@@ -41,7 +41,7 @@ pub use self::outlier::OutlierConfig;
 /// Opens connections to endpoints; implemented by protocol crates.
 ///
 /// A connection is a cheap `Clone` handle (hyper's `SendRequest`, a tonic `Channel`): every request
-/// clones it, so no request waits on another. [`Connected::closed`] tells the pool when the
+/// clones it, so no request waits on another. The close signal given to [`Connected::new`] tells the pool when the
 /// connection can no longer carry requests, so it reconnects without waiting for a request to fail.
 pub trait Connect: Send + Sync + 'static {
     /// The per-endpoint connection handle.
