@@ -4,8 +4,9 @@
 //! - [`Resolver`]: discovery — a stream of [`lb_core::Update`]s, full set first, then changes.
 //! - [`Registrar`]: registration with heartbeats, returning a [`Registration`] that deregisters on
 //!   [`Registration::deregister`] (graceful shutdown) or drop.
-//! - Providers: [`fixed`] (`static:///`) always; etcd, Consul and Kubernetes behind the cargo
-//!   features of the same names (each feature only adds a provider).
+//! - Providers: [`fixed`] (`static:///`) and [`dns`] (`dns:///`, periodic A/AAAA re-resolution)
+//!   always; etcd, Consul and Kubernetes behind the cargo features of the same names (each feature
+//!   only adds a provider).
 //!
 //! [`resolve`] turns any target URI into a discovery stream.
 
@@ -13,8 +14,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod dns;
 mod error;
 pub mod fixed;
+mod options;
 
 #[cfg(feature = "consul")]
 pub mod consul;
@@ -42,11 +45,12 @@ pub trait Resolver: Send + Sync + 'static {
 
 /// Builds a discovery stream for a target URI, with the provider's default options.
 ///
-/// Schemes: `static` always; `etcd`, `consul`, `kubernetes` when the crate is built with the feature of
-/// that name. An unknown or disabled scheme is an error naming the feature to enable.
+/// Schemes: `static` and `dns` always; `etcd`, `consul`, `kubernetes` when the crate is built with the
+/// feature of that name. An unknown or disabled scheme is an error naming the feature to enable.
 pub fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
     match target.scheme() {
         "static" => Ok(lb_core::discover::fixed(fixed::parse_list(target.path())?)),
+        "dns" => dns::resolve(target),
         #[cfg(feature = "etcd")]
         "etcd" => etcd::resolve(target),
         #[cfg(feature = "consul")]
@@ -60,15 +64,15 @@ pub fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
 /// Registers `instance` in the registry a target URI names (`etcd://…/<service>`,
 /// `consul://…/<service>`), with that provider's default options plus those in the URI's query.
 ///
-/// `static` and `kubernetes` targets cannot register: a static list is fixed, and Kubernetes lists
-/// pods through its own readiness probes.
+/// `static`, `dns` and `kubernetes` targets cannot register: a static list is fixed, DNS records are
+/// published by whoever owns the zone, and Kubernetes lists pods through its own readiness probes.
 pub async fn register(target: &Target, instance: Endpoint) -> Result<Registration, Error> {
     match target.scheme() {
         #[cfg(feature = "etcd")]
         "etcd" => etcd::register(target, instance).await,
         #[cfg(feature = "consul")]
         "consul" => consul::register(target, instance).await,
-        "static" | "kubernetes" => {
+        "static" | "dns" | "kubernetes" => {
             let _ = instance;
             Err(Error::invalid_target(format!(
                 "`{}` targets cannot register instances (only etcd and consul can)",

@@ -5,14 +5,16 @@
 //! etcd://127.0.0.1:2379/greeter              etcd://h1:2379,h2:2379/greeter?prefix=/lb/services
 //! consul://127.0.0.1:8500/greeter?dc=eu1
 //! kubernetes:///greeter.default:grpc
+//! dns:///greeter.default.svc.cluster.local:50051?refresh=30s
 //! ```
 //!
 //! The authority is the registry's own address list (comma-separated, possibly empty); the path,
-//! without its leading `/`, names the service (or, for `static`, lists the addresses). Options that
-//! belong in the URI — so that one string configures the CLI, the C ABI and the agent alike — go in
-//! the query string; each provider documents the keys it reads and rejects none it does not know
-//! (they may be meant for another layer, such as `policy`). Credentials never go in the URI: they
-//! come from builder options or environment variables.
+//! without its leading `/`, names the service (or, for `static`, lists the addresses, and for `dns`,
+//! the `host:port` names to resolve). Options that belong in the URI — so that one string
+//! configures the CLI, the C ABI and the agent alike — go in the query string; each provider
+//! documents the keys it reads and rejects none it does not know (they may be meant for another
+//! layer, such as `policy`). Credentials never go in the URI: they come from builder options or
+//! environment variables.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -122,6 +122,7 @@ use lb_core::Endpoint;
 
 pub use self::registrar::{ConsulRegistrar, ConsulRegistrarBuilder};
 pub use self::resolver::{ConsulResolver, ConsulResolverBuilder};
+use crate::options::{parse_bool, parse_duration};
 use crate::{Error, Registrar as _, Registration, Resolver as _, Target};
 
 /// Counter of malformed registry entries skipped, label `registry="consul"`.
@@ -302,33 +303,9 @@ fn normalize_addr(addr: &str) -> Result<(Option<Scheme>, String), Error> {
     Ok((scheme, rest.to_string()))
 }
 
-/// Parses a duration option: `500ms`, `10s`, `5m`, `1h` (a bare number is seconds).
-fn parse_duration(key: &str, value: &str) -> Result<Duration, Error> {
-    let v = value.trim();
-    let bad = || Error::invalid_target(format!("`{key}={value}` is not a duration (e.g. 500ms, 10s, 5m)"));
-    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
-    let n: f64 = v[..split].parse().map_err(|_| bad())?;
-    let scale = match &v[split..] {
-        "ms" => 1e-3,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
-}
-
 /// Formats a duration the way Consul (Go's `time.ParseDuration`) reads it.
 fn go_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
-}
-
-fn parse_bool(key: &str, value: &str) -> Result<bool, Error> {
-    match value {
-        "" | "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(Error::invalid_target(format!("`{key}={value}` is not true or false"))),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,882 @@
+//! DNS: discovery by periodic A/AAAA re-resolution, as gRPC's DNS resolver and the `ginepro` crate
+//! do — for headless Kubernetes Services, docker-compose service names, or any name whose address
+//! records list the instances.
+//!
+//! # Target URI
+//!
+//! ```text
+//! dns:///greeter.default.svc.cluster.local:50051
+//! dns:///a.example:443,b.example:443?refresh=10s&family=ipv4
+//! dns:///localhost:50051,10.0.0.7:50051,[::1]:50051
+//! ```
+//!
+//! The path lists one or more `host:port`, comma-separated; a port is required (there is no
+//! default port). A host may be an IP literal (IPv6 in brackets), used as is without a lookup. The
+//! authority must be empty: names go to the system resolver (`getaddrinfo`, so `/etc/hosts`,
+//! `/etc/resolv.conf` and nsswitch apply), and a DNS server in the authority, as grpc-go's
+//! `dns://8.8.8.8/name:port`, is refused with an error saying so.
+//!
+//! | query key | meaning (default) |
+//! |---|---|
+//! | `refresh` | re-resolution interval, a duration such as `30s` or `5m` (`30s`, gRPC's minimum re-resolution interval; at least `1s`) |
+//! | `family` | `ipv4`, `ipv6` or `any`: which addresses of an answer are kept (`any`) |
+//! | `allow_empty` | `true` applies an answer that would empty a non-empty set (`false`) |
+//!
+//! # What is re-resolved, and when
+//!
+//! Every name is looked up at start, then again `refresh` (±10 % jitter, so that many clients
+//! started together do not query in lockstep) after the previous round finished. Names of one
+//! round are looked up concurrently, each bounded by a timeout (5 s,
+//! [`DnsResolverBuilder::lookup_timeout`]). The union of every name's addresses — deduplicated and
+//! sorted — is one [`Update::Reset`](lb_core::Update), emitted the first time and then only when
+//! the union changed; the pool diffs it against what it serves.
+//!
+//! Endpoints are identified by their socket address (`10.0.0.7:50051`, `[fd00::7]:50051`), as
+//! [`Endpoint::new`](lb_core::Endpoint::new) does: an address that stays in the answers keeps its
+//! connections and load history across rounds, and an address that two names resolve to is one
+//! endpoint, not two. Locality is unknown and the weight is the default: address records carry
+//! neither.
+//!
+//! # Failures
+//!
+//! A lookup that fails or times out leaves that name's last addresses in place (other names still
+//! update), is logged with `warn!` and counted in
+//! `lb_registry_lookup_failures_total{registry="dns", reason="error"|"timeout"}`. When every name
+//! fails in a round, an error goes on the stream instead of an update: at start that leaves the pool
+//! uninitialized rather than empty, later it keeps the last set and starts the
+//! [cache](crate::cache)'s staleness clock; the next successful round is then emitted even if
+//! unchanged, to confirm the set. `getaddrinfo` does not tell a name that no longer exists from a
+//! resolver outage, so both count as failures: a name that stops resolving keeps its last
+//! addresses until it resolves again (an answer with no address of the wanted family, by contrast,
+//! is an empty answer).
+//!
+//! The stream runs behind the crate's [`Cache`]: an answer that would empty a non-empty set is
+//! refused unless `allow_empty` is set. Dropping the stream stops the re-resolution (a
+//! `getaddrinfo` call already running on tokio's blocking pool finishes, and its answer is
+//! discarded).
+//!
+//! # Compared with gRPC's DNS resolver
+//!
+//! Like gRPC's: A/AAAA records through the system resolver, a 30 s minimum between resolutions, a
+//! `dns:///host:port` syntax. Unlike it: no SRV records (grpclb), no service config from TXT
+//! records, no custom DNS server in the authority, and re-resolution runs on a timer rather than
+//! being triggered by connection failures — the pool's own health handling deals with an instance
+//! that went away before the next round notices.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lb_registry::Error> {
+//! use std::time::Duration;
+//! use lb_registry::dns::DnsResolver;
+//! use lb_registry::Resolver as _;
+//!
+//! let resolver = DnsResolver::builder().refresh(Duration::from_secs(10)).build();
+//! let updates = resolver.resolve("greeter.default.svc.cluster.local:50051"); // hand it to lb_core::Pool::spawn
+//! # let _ = updates; Ok(()) }
+//! ```
+
+use std::collections::BTreeSet;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::BuildHasher as _;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{join_all, BoxFuture};
+use futures_util::StreamExt as _;
+use lb_core::discover::BoxDiscover;
+use lb_core::{BoxError, Endpoint, Update};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::cache::{Cache, Cached};
+use crate::options::{parse_bool, parse_duration};
+use crate::{Error, Resolver, Target};
+
+/// Counter: failed or timed-out lookups, labels `registry="dns"`, `reason` (`error`, `timeout`).
+pub const LOOKUP_FAILURES: &str = "lb_registry_lookup_failures_total";
+
+/// gRPC's minimum re-resolution interval, used as the default refresh.
+const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+// Periods are added to `Instant`s; a year keeps that far from overflowing.
+const MAX_PERIOD: Duration = Duration::from_secs(365 * 86_400);
+const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The refresh interval varies by up to this fraction either way.
+const JITTER: f64 = 0.1;
+
+/// Which addresses of an answer are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 and IPv6 (the default).
+    #[default]
+    Any,
+    /// IPv4 only (A records).
+    Ipv4,
+    /// IPv6 only (AAAA records).
+    Ipv6,
+}
+
+impl Family {
+    fn keeps(self, ip: IpAddr) -> bool {
+        match self {
+            Family::Any => true,
+            Family::Ipv4 => ip.is_ipv4(),
+            Family::Ipv6 => ip.is_ipv6(),
+        }
+    }
+}
+
+/// A name lookup: the system resolver, or a double in tests.
+pub(crate) trait Lookup: Send + Sync + 'static {
+    fn lookup(&self, host: &str, port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>>;
+}
+
+/// `tokio::net::lookup_host`: `getaddrinfo` on tokio's blocking pool.
+struct SystemLookup;
+
+impl Lookup for SystemLookup {
+    fn lookup(&self, host: &str, port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        let host = host.to_string();
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), port)).await?.collect()) })
+    }
+}
+
+/// Discovery by periodic DNS re-resolution. See the [module docs](self) for the target syntax and the
+/// failure rules.
+#[derive(Clone, Debug)]
+pub struct DnsResolver {
+    cfg: Arc<Config>,
+}
+
+struct Config {
+    refresh: Duration,
+    lookup_timeout: Duration,
+    allow_empty: bool,
+    family: Family,
+    lookup: Arc<dyn Lookup>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("refresh", &self.refresh)
+            .field("lookup_timeout", &self.lookup_timeout)
+            .field("allow_empty", &self.allow_empty)
+            .field("family", &self.family)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a [`DnsResolver`].
+#[derive(Clone)]
+pub struct DnsResolverBuilder {
+    refresh: Duration,
+    lookup_timeout: Duration,
+    allow_empty: bool,
+    family: Family,
+    lookup: Option<Arc<dyn Lookup>>,
+}
+
+impl fmt::Debug for DnsResolverBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsResolverBuilder")
+            .field("refresh", &self.refresh)
+            .field("lookup_timeout", &self.lookup_timeout)
+            .field("allow_empty", &self.allow_empty)
+            .field("family", &self.family)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DnsResolver {
+    /// A builder with the defaults: the system resolver, a 30 s refresh, 5 s lookup timeout, both
+    /// address families, empty answers refused.
+    pub fn builder() -> DnsResolverBuilder {
+        DnsResolverBuilder {
+            refresh: DEFAULT_REFRESH,
+            lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
+            allow_empty: false,
+            family: Family::Any,
+            lookup: None,
+        }
+    }
+
+    /// A resolver configured by a `dns:///` target's query (see the module docs).
+    pub fn from_target(target: &Target) -> Result<Self, Error> {
+        Ok(DnsResolverBuilder::from_target(target)?.build())
+    }
+
+    /// Watches `names` (`host:port[,host:port…]`, the path of a `dns:///` target), validating it
+    /// first.
+    pub fn watch(&self, names: &str) -> Result<BoxDiscover, Error> {
+        Ok(self.watch_cached(names)?.boxed())
+    }
+
+    /// Like [`watch`](Self::watch), returning the [`Cached`] stream so its
+    /// [`CacheHandle`](crate::cache::CacheHandle) (staleness) can be read.
+    pub fn watch_cached(&self, names: &str) -> Result<Cached, Error> {
+        let parsed = parse_names(names, self.cfg.family)?;
+        let label = format!("dns:///{names}");
+        let rounds = Rounds::new(Arc::clone(&self.cfg), parsed, Arc::from(label.as_str()));
+        Ok(Cache::builder()
+            .name(&label)
+            .allow_empty(self.cfg.allow_empty)
+            .wrap(rounds.into_stream()))
+    }
+}
+
+impl Resolver for DnsResolver {
+    fn resolve(&self, service: &str) -> BoxDiscover {
+        match self.watch(service) {
+            Ok(d) => d,
+            // The trait cannot fail: report the mistake on the stream, where the pool logs it.
+            Err(e) => Box::pin(
+                futures_util::stream::iter([Err(BoxError::from(e))]).chain(futures_util::stream::pending()),
+            ),
+        }
+    }
+}
+
+impl DnsResolverBuilder {
+    /// The builder for a `dns:///` target's query (see the module docs). A non-empty authority (a
+    /// DNS server) is an error: only the system resolver is used.
+    pub fn from_target(target: &Target) -> Result<Self, Error> {
+        if !target.authority().is_empty() {
+            return Err(Error::invalid_target(format!(
+                "dns target `{target}` names a DNS server (`{}`); only the system resolver is used, write dns:///{}",
+                target.authority(),
+                target.path()
+            )));
+        }
+        let mut b = DnsResolver::builder();
+        if let Some(r) = target.param("refresh") {
+            let refresh = parse_duration("refresh", r)?;
+            if refresh < MIN_REFRESH {
+                return Err(Error::invalid_target(format!(
+                    "`refresh={r}` is below the 1s minimum of dns targets"
+                )));
+            }
+            b = b.refresh(refresh);
+        }
+        if let Some(a) = target.param("allow_empty") {
+            b = b.allow_empty(parse_bool("allow_empty", a)?);
+        }
+        if let Some(f) = target.param("family") {
+            b = b.family(match f {
+                "any" => Family::Any,
+                "ipv4" => Family::Ipv4,
+                "ipv6" => Family::Ipv6,
+                _ => return Err(Error::invalid_target(format!("`family={f}` is not ipv4, ipv6 or any"))),
+            });
+        }
+        Ok(b)
+    }
+
+    /// The re-resolution interval (default 30 s; at least 1 s). Each wait is jittered by ±10 %.
+    pub fn refresh(mut self, refresh: Duration) -> Self {
+        self.refresh = refresh.clamp(MIN_REFRESH, MAX_PERIOD);
+        self
+    }
+
+    /// The longest one lookup may take before it counts as failed (default 5 s).
+    pub fn lookup_timeout(mut self, timeout: Duration) -> Self {
+        self.lookup_timeout = timeout.clamp(Duration::from_millis(1), MAX_PERIOD);
+        self
+    }
+
+    /// Whether an answer that would empty a non-empty set is applied (default `false`).
+    pub fn allow_empty(mut self, allow: bool) -> Self {
+        self.allow_empty = allow;
+        self
+    }
+
+    /// Which addresses of an answer are kept (default [`Family::Any`]).
+    pub fn family(mut self, family: Family) -> Self {
+        self.family = family;
+        self
+    }
+
+    /// Replaces the system resolver (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn lookup(mut self, lookup: Arc<dyn Lookup>) -> Self {
+        self.lookup = Some(lookup);
+        self
+    }
+
+    /// Builds the resolver. Nothing is looked up until a stream is polled.
+    pub fn build(self) -> DnsResolver {
+        DnsResolver {
+            cfg: Arc::new(Config {
+                refresh: self.refresh,
+                lookup_timeout: self.lookup_timeout,
+                allow_empty: self.allow_empty,
+                family: self.family,
+                lookup: self.lookup.unwrap_or_else(|| Arc::new(SystemLookup)),
+            }),
+        }
+    }
+}
+
+/// `dns:///host:port[,…]` with the default options plus the query's.
+pub(crate) fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
+    DnsResolver::from_target(target)?.watch(target.path())
+}
+
+/// One `host:port` of a target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Name {
+    host: Host,
+    port: u16,
+    /// As written, for logs and errors.
+    label: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Host {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+fn parse_names(list: &str, family: Family) -> Result<Vec<Name>, Error> {
+    let mut out: Vec<Name> = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let name = parse_name(entry)?;
+        if let Host::Ip(ip) = name.host {
+            if !family.keeps(ip) {
+                return Err(Error::invalid_target(format!(
+                    "`{entry}` is an address of the family excluded by family={}",
+                    match family {
+                        Family::Ipv4 => "ipv4",
+                        Family::Ipv6 => "ipv6",
+                        Family::Any => "any",
+                    }
+                )));
+            }
+        }
+        if !out.iter().any(|n| n.host == name.host && n.port == name.port) {
+            out.push(name);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::invalid_target(
+            "a dns target needs at least one host:port, e.g. dns:///greeter.default.svc.cluster.local:50051",
+        ));
+    }
+    Ok(out)
+}
+
+fn parse_name(entry: &str) -> Result<Name, Error> {
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (ip, port) = rest
+            .split_once("]:")
+            .ok_or_else(|| Error::invalid_target(format!("`{entry}` has no port (expected [ipv6]:port)")))?;
+        let ip: Ipv6Addr = ip
+            .parse()
+            .map_err(|_| Error::invalid_target(format!("`{entry}` is not a bracketed IPv6 address and port")))?;
+        (Host::Ip(IpAddr::V6(ip)), port)
+    } else {
+        let (host, port) = entry
+            .rsplit_once(':')
+            .ok_or_else(|| Error::invalid_target(format!("`{entry}` has no port (expected host:port)")))?;
+        if host.contains(':') {
+            return Err(Error::invalid_target(format!(
+                "`{entry}` looks like an IPv6 address: write it in brackets, e.g. [::1]:50051"
+            )));
+        }
+        let host = match host.parse::<Ipv4Addr>() {
+            Ok(ip) => Host::Ip(IpAddr::V4(ip)),
+            Err(_) if is_host_name(host) => Host::Dns(host.to_string()),
+            Err(_) => return Err(Error::invalid_target(format!("`{host}` of `{entry}` is not a host name"))),
+        };
+        (host, port)
+    };
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| Error::invalid_target(format!("port `{port}` of `{entry}` is not a port number (1-65535)")))?;
+    Ok(Name {
+        host,
+        port,
+        label: entry.to_string(),
+    })
+}
+
+/// Letters, digits, `-` and `_` in dot-separated labels, an optional final dot (a fully qualified
+/// name), at most 253 characters.
+fn is_host_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// The resolution loop of one target: rounds of lookups, reporting what changed.
+struct Rounds {
+    cfg: Arc<Config>,
+    names: Vec<Name>,
+    target: Arc<str>,
+    /// Each name's last good answer (`None` until it first resolves).
+    last: Vec<Option<BTreeSet<SocketAddr>>>,
+    /// The union last emitted.
+    emitted: Option<BTreeSet<SocketAddr>>,
+    /// Set by a round where every name failed: the next good round is emitted even if unchanged,
+    /// to confirm the set.
+    stale: bool,
+    next_round: Option<Instant>,
+    rng: u64,
+}
+
+impl Rounds {
+    fn new(cfg: Arc<Config>, names: Vec<Name>, target: Arc<str>) -> Self {
+        let last = vec![None; names.len()];
+        Rounds {
+            cfg,
+            names,
+            target,
+            last,
+            emitted: None,
+            stale: false,
+            next_round: None,
+            rng: RandomState::new().hash_one(0u8),
+        }
+    }
+
+    fn into_stream(self) -> BoxDiscover {
+        Box::pin(futures_util::stream::unfold(self, |mut r| async move {
+            let item = r.next().await;
+            Some((item, r))
+        }))
+    }
+
+    /// Resolves until there is something to report: a changed set, or every name failing.
+    async fn next(&mut self) -> Result<Update, BoxError> {
+        loop {
+            if let Some(at) = self.next_round.take() {
+                tokio::time::sleep_until(at).await;
+            }
+            let outcome = self.round().await;
+            let wait = self.jittered_refresh();
+            self.next_round = Some(Instant::now() + wait);
+            if let Some(item) = outcome {
+                return item;
+            }
+        }
+    }
+
+    async fn round(&mut self) -> Option<Result<Update, BoxError>> {
+        let cfg = Arc::clone(&self.cfg);
+        let answers = join_all(self.names.iter().map(|n| lookup(&cfg, n))).await;
+        let mut failures = Vec::new();
+        for (i, answer) in answers.into_iter().enumerate() {
+            let name = &self.names[i];
+            match answer {
+                Ok(addrs) => {
+                    let kept: BTreeSet<SocketAddr> = addrs.into_iter().filter(|a| cfg.family.keeps(a.ip())).collect();
+                    debug!(target_uri = %self.target, name = %name.label, addresses = kept.len(), "dns answer");
+                    self.last[i] = Some(kept);
+                }
+                Err(failure) => {
+                    let reason = if failure.kind() == io::ErrorKind::TimedOut { "timeout" } else { "error" };
+                    metrics::counter!(LOOKUP_FAILURES, "registry" => "dns", "reason" => reason).increment(1);
+                    warn!(
+                        target_uri = %self.target,
+                        name = %name.label,
+                        error = %failure,
+                        kept = self.last[i].as_ref().map_or(0, BTreeSet::len),
+                        "dns lookup failed; keeping the name's last addresses"
+                    );
+                    failures.push(format!("{}: {failure}", name.label));
+                }
+            }
+        }
+        if failures.len() == self.names.len() {
+            self.stale = true;
+            let message = if self.emitted.is_none() {
+                format!("no name of {} resolved yet ({})", self.target, failures.join("; "))
+            } else {
+                format!("no name of {} resolved; keeping the last addresses ({})", self.target, failures.join("; "))
+            };
+            return Some(Err(BoxError::from(DnsError(message))));
+        }
+        let union: BTreeSet<SocketAddr> = self.last.iter().flatten().flatten().copied().collect();
+        if !self.stale && self.emitted.as_ref() == Some(&union) {
+            return None;
+        }
+        if self.stale {
+            info!(target_uri = %self.target, endpoints = union.len(), "dns names resolve again");
+        }
+        self.stale = false;
+        let update = Update::Reset(union.iter().copied().map(Endpoint::new).collect());
+        self.emitted = Some(union);
+        Some(Ok(update))
+    }
+
+    /// `refresh` scaled by a uniform factor in [1 - JITTER, 1 + JITTER).
+    fn jittered_refresh(&mut self) -> Duration {
+        // splitmix64: enough to spread clients apart, no dependency needed.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+        self.cfg.refresh.mul_f64(1.0 - JITTER + 2.0 * JITTER * unit)
+    }
+}
+
+/// One name's addresses: IP literals as they are, names through the lookup, bounded by the timeout.
+async fn lookup(cfg: &Config, name: &Name) -> io::Result<Vec<SocketAddr>> {
+    match &name.host {
+        Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, name.port)]),
+        Host::Dns(host) => match tokio::time::timeout(cfg.lookup_timeout, cfg.lookup.lookup(host, name.port)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {} ms", cfg.lookup_timeout.as_millis()),
+            )),
+        },
+    }
+}
+
+/// Every name of a target failed to resolve in one round.
+#[derive(Debug)]
+struct DnsError(String);
+
+impl fmt::Display for DnsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DnsError {}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use lb_core::EndpointId;
+
+    use super::*;
+
+    /// A scripted double of the system resolver: each name answers what the test last set, and every
+    /// call is recorded with its (tokio) time.
+    #[derive(Clone, Default)]
+    struct ScriptedResolver {
+        script: Arc<Mutex<Script>>,
+    }
+
+    #[derive(Default)]
+    struct Script {
+        answers: HashMap<String, Answer>,
+        calls: Vec<(String, Instant)>,
+    }
+
+    #[derive(Clone)]
+    enum Answer {
+        Addrs(Vec<IpAddr>),
+        Fail,
+        Hang,
+    }
+
+    impl ScriptedResolver {
+        fn set(&self, host: &str, answer: Answer) {
+            self.lock().answers.insert(host.to_string(), answer);
+        }
+
+        fn addrs(&self, host: &str, ips: &[&str]) {
+            self.set(host, Answer::Addrs(ips.iter().map(|ip| ip.parse().expect("test IP")).collect()));
+        }
+
+        fn calls(&self, host: &str) -> Vec<Instant> {
+            self.lock().calls.iter().filter(|(h, _)| h == host).map(|(_, at)| *at).collect()
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
+            self.script.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+
+    impl Lookup for ScriptedResolver {
+        fn lookup(&self, host: &str, port: u16) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+            let answer = {
+                let mut s = self.lock();
+                s.calls.push((host.to_string(), Instant::now()));
+                s.answers.get(host).cloned().unwrap_or(Answer::Fail)
+            };
+            Box::pin(async move {
+                match answer {
+                    Answer::Addrs(ips) => Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect()),
+                    Answer::Fail => Err(io::Error::other("scripted failure (name not known)")),
+                    Answer::Hang => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    const REFRESH: Duration = Duration::from_secs(10);
+
+    fn resolver(dns: &ScriptedResolver, allow_empty: bool) -> DnsResolver {
+        DnsResolver::builder()
+            .refresh(REFRESH)
+            .allow_empty(allow_empty)
+            .lookup(Arc::new(dns.clone()))
+            .build()
+    }
+
+    /// The next item within one refresh round: refresh + the largest jitter + a lookup that times
+    /// out + a margin. Shorter than two rounds (2 × refresh × 0.9).
+    async fn next_in_round(stream: &mut BoxDiscover) -> Option<Result<Update, BoxError>> {
+        let round = REFRESH.mul_f64(1.0 + JITTER) + DEFAULT_LOOKUP_TIMEOUT + Duration::from_millis(500);
+        tokio::time::timeout(round, stream.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn reset_addrs(item: Option<Result<Update, BoxError>>) -> Vec<String> {
+        match item {
+            Some(Ok(Update::Reset(eps))) => {
+                for ep in &eps {
+                    assert_eq!(ep.id(), &EndpointId::from(ep.addr()), "ids are the socket address");
+                    assert_eq!(ep.weight(), Endpoint::DEFAULT_WEIGHT);
+                    assert!(ep.locality().zone.is_none());
+                }
+                eps.iter().map(|e| e.addr().to_string()).collect()
+            }
+            other => panic!("expected a reset, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_round_emits_the_union_then_only_changes() {
+        let dns = ScriptedResolver::default();
+        dns.addrs("a.test", &["10.0.0.2", "10.0.0.1"]);
+        dns.addrs("b.test", &["10.0.0.3", "10.0.0.1", "fd00::1"]);
+        let mut s = resolver(&dns, false).watch("a.test:80,b.test:80").expect("valid");
+
+        // Deduplicated (10.0.0.1 is behind both names) and sorted.
+        let first = reset_addrs(next_in_round(&mut s).await);
+        assert_eq!(first, ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "[fd00::1]:80"]);
+
+        // An unchanged round emits nothing, but it did run.
+        assert!(next_in_round(&mut s).await.is_none(), "unchanged round emitted something");
+        assert_eq!(dns.calls("a.test").len(), 2);
+
+        // One address added, one removed: a reset whose unchanged members keep their ids.
+        dns.addrs("a.test", &["10.0.0.1", "10.0.0.4"]);
+        let second = reset_addrs(next_in_round(&mut s).await);
+        assert_eq!(second, ["10.0.0.1:80", "10.0.0.3:80", "10.0.0.4:80", "[fd00::1]:80"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_name_keeps_its_addresses_while_the_others_update() {
+        let dns = ScriptedResolver::default();
+        dns.addrs("a.test", &["10.0.0.1"]);
+        dns.addrs("b.test", &["10.0.0.2"]);
+        let mut s = resolver(&dns, false).watch("a.test:80,b.test:80").expect("valid");
+        assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.1:80", "10.0.0.2:80"]);
+
+        dns.set("a.test", Answer::Fail);
+        dns.addrs("b.test", &["10.0.0.3"]);
+        assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.1:80", "10.0.0.3:80"]);
+
+        // A lookup that never answers times out and counts as a failure too.
+        dns.set("a.test", Answer::Hang);
+        dns.addrs("b.test", &["10.0.0.4"]);
+        assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.1:80", "10.0.0.4:80"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_name_failing_is_an_error_not_an_empty_set() {
+        let dns = ScriptedResolver::default();
+        dns.set("a.test", Answer::Fail);
+        dns.set("b.test", Answer::Hang);
+        let mut s = resolver(&dns, true).watch("a.test:80,b.test:80").expect("valid");
+        match next_in_round(&mut s).await {
+            Some(Err(e)) => {
+                let msg = e.to_string();
+                assert!(msg.contains("a.test:80") && msg.contains("b.test:80") && msg.contains("no answer"), "{msg}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+
+        // Once a name answers, its set arrives; when every name fails again, an error (the pool
+        // keeps its set) and the next good round confirms the set although it did not change.
+        dns.addrs("a.test", &["10.0.0.1"]);
+        assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.1:80"]);
+        dns.set("a.test", Answer::Fail);
+        assert!(matches!(next_in_round(&mut s).await, Some(Err(_))));
+        dns.addrs("a.test", &["10.0.0.1"]);
+        assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.1:80"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_answer_over_a_non_empty_set_needs_allow_empty() {
+        for allow_empty in [false, true] {
+            let dns = ScriptedResolver::default();
+            dns.addrs("a.test", &["10.0.0.1"]);
+            let mut s = resolver(&dns, allow_empty).watch("a.test:80").expect("valid");
+            assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.1:80"]);
+
+            dns.addrs("a.test", &[]);
+            let item = next_in_round(&mut s).await;
+            if allow_empty {
+                assert!(reset_addrs(item).is_empty());
+            } else {
+                assert!(item.is_none(), "an empty reset went through: {item:?}");
+                // The set comes back as soon as the name answers again.
+                dns.addrs("a.test", &["10.0.0.2"]);
+                assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.2:80"]);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ip_literals_are_not_looked_up_and_family_filters_answers() {
+        let dns = ScriptedResolver::default();
+        dns.addrs("a.test", &["10.0.0.1", "fd00::1"]);
+        let r = DnsResolver::builder().family(Family::Ipv6).lookup(Arc::new(dns.clone())).build();
+        let mut s = r.watch("a.test:80,[fd00::9]:81").expect("valid");
+        assert_eq!(reset_addrs(s.next().await), ["[fd00::1]:80", "[fd00::9]:81"]);
+        assert!(dns.calls("fd00::9").is_empty());
+
+        let err = r.watch("a.test:80,10.0.0.9:81").err().expect("IPv4 literal with family=ipv6");
+        assert!(err.is_invalid_target(), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn re_resolves_every_refresh_with_jitter_and_stops_when_dropped() {
+        let dns = ScriptedResolver::default();
+        dns.addrs("a.test", &["10.0.0.1"]);
+        let mut s = resolver(&dns, false).watch("a.test:80").expect("valid");
+        assert!(matches!(s.next().await, Some(Ok(Update::Reset(_)))));
+
+        // Nothing changes for about eight rounds.
+        let quiet = tokio::time::timeout(REFRESH * 8, s.next()).await;
+        assert!(quiet.is_err(), "nothing changed, yet: {quiet:?}");
+        let calls = dns.calls("a.test");
+        assert!((7..=9).contains(&calls.len()), "{} lookups in 8 refresh periods", calls.len());
+        let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+        for gap in &gaps {
+            assert!(
+                *gap >= REFRESH.mul_f64(1.0 - JITTER) && *gap <= REFRESH.mul_f64(1.0 + JITTER),
+                "gap {gap:?} outside refresh ±10%"
+            );
+        }
+        assert!(gaps.windows(2).any(|w| w[0] != w[1]), "no jitter: {gaps:?}");
+
+        drop(s);
+        let before = dns.calls("a.test").len();
+        tokio::time::sleep(REFRESH * 5).await;
+        assert_eq!(dns.calls("a.test").len(), before, "lookups went on after the stream was dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_counted_by_reason() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+
+        #[derive(Default)]
+        struct Rec {
+            error: Arc<AtomicU64>,
+            timeout: Arc<AtomicU64>,
+        }
+        impl Recorder for Rec {
+            fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+                let label = |k: &str| key.labels().find(|l| l.key() == k).map(|l| l.value().to_string());
+                match (key.name(), label("registry").as_deref(), label("reason").as_deref()) {
+                    (LOOKUP_FAILURES, Some("dns"), Some("error")) => Counter::from_arc(Arc::clone(&self.error)),
+                    (LOOKUP_FAILURES, Some("dns"), Some("timeout")) => Counter::from_arc(Arc::clone(&self.timeout)),
+                    _ => Counter::noop(),
+                }
+            }
+            fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+                Gauge::noop()
+            }
+            fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+                Histogram::noop()
+            }
+        }
+
+        let dns = ScriptedResolver::default();
+        dns.set("a.test", Answer::Fail);
+        dns.set("b.test", Answer::Hang);
+        dns.addrs("c.test", &["10.0.0.3"]);
+        let cfg = Arc::clone(&resolver(&dns, false).cfg);
+        let names = parse_names("a.test:80,b.test:80,c.test:80", Family::Any).expect("valid");
+        // The uncached rounds, polled on this thread only, so the local recorder sees every count.
+        let mut rounds = Rounds::new(cfg, names, Arc::from("dns:///test"));
+        let rec = Rec::default();
+        let update = {
+            let _guard = metrics::set_default_local_recorder(&rec);
+            rounds.next().await
+        };
+        assert_eq!(reset_addrs(Some(update)), ["10.0.0.3:80"]);
+        assert_eq!((rec.error.load(Ordering::Relaxed), rec.timeout.load(Ordering::Relaxed)), (1, 1));
+    }
+
+    #[test]
+    fn target_parsing() {
+        let names = parse_names("a.test:80, 10.0.0.1:81,[::1]:82,svc.ns.svc.cluster.local.:83,a.test:80", Family::Any)
+            .expect("valid");
+        assert_eq!(names.len(), 4, "the repeated name is looked up once");
+        assert_eq!(names[0].host, Host::Dns("a.test".into()));
+        assert_eq!(names[1].host, Host::Ip("10.0.0.1".parse().expect("ip")));
+        assert_eq!((names[2].host.clone(), names[2].port), (Host::Ip("::1".parse().expect("ip")), 82));
+
+        for (bad, says) in [
+            ("a.test", "no port"),
+            ("a.test:", "port"),
+            ("a.test:http", "port"),
+            ("a.test:70000", "port"),
+            ("a.test:0", "port"),
+            ("[::1]", "no port"),
+            ("[::1]:", "port"),
+            ("[nope]:80", "IPv6"),
+            ("::1:80", "brackets"),
+            ("a b:80", "host name"),
+            (":80", "host name"),
+            ("", "at least one"),
+        ] {
+            let err = parse_names(bad, Family::Any).expect_err(bad);
+            assert!(err.is_invalid_target() && err.to_string().contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn target_options() {
+        let t = Target::parse("dns:///a.test:80?refresh=5s&allow_empty=true&family=ipv4").expect("valid");
+        let b = DnsResolverBuilder::from_target(&t).expect("valid");
+        assert_eq!((b.refresh, b.allow_empty, b.family), (Duration::from_secs(5), true, Family::Ipv4));
+
+        let t = Target::parse("dns:///a.test:80").expect("valid");
+        let b = DnsResolverBuilder::from_target(&t).expect("valid");
+        assert_eq!((b.refresh, b.allow_empty, b.family), (DEFAULT_REFRESH, false, Family::Any));
+
+        for (bad, says) in [
+            ("dns://8.8.8.8/a.test:80", "system resolver"),
+            ("dns:///a.test:80?refresh=soon", "not a duration"),
+            ("dns:///a.test:80?refresh=200ms", "1s minimum"),
+            ("dns:///a.test:80?allow_empty=maybe", "true or false"),
+            ("dns:///a.test:80?family=ipv5", "ipv4, ipv6 or any"),
+        ] {
+            let t = Target::parse(bad).expect("parses as a URI");
+            let err = DnsResolverBuilder::from_target(&t).expect_err(bad);
+            assert!(err.is_invalid_target() && err.to_string().contains(says), "{bad}: {err}");
+        }
+        // The builder clamps instead.
+        assert_eq!(DnsResolver::builder().refresh(Duration::ZERO).refresh, MIN_REFRESH);
+    }
+}
