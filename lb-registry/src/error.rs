@@ -30,7 +30,7 @@ impl Error {
             "etcd" | "consul" | "kubernetes" => {
                 format!("target scheme `{scheme}` needs lb-registry's `{scheme}` feature")
             }
-            _ => format!("unknown target scheme `{scheme}` (expected static, etcd, consul or kubernetes)"),
+            _ => format!("unknown target scheme `{scheme}` (expected static, dns, etcd, consul or kubernetes)"),
         };
         Error {
             kind: Kind::UnsupportedScheme,
