@@ -38,6 +38,7 @@ pub struct Builder {
     keep_alive: Option<(Duration, Duration)>,
     authority: Option<http::uri::Authority>,
     idle_timeout: Option<Option<Duration>>,
+    ewma: Option<lb_core::load::EwmaConfig>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -71,6 +72,7 @@ impl Builder {
             keep_alive: None,
             authority: None,
             idle_timeout: None,
+            ewma: None,
         }
     }
 
@@ -184,6 +186,15 @@ impl Builder {
         self
     }
 
+    /// The latency estimate's tuning: the decay time constant τ (default 10 s, linkerd's) and the
+    /// estimate before an endpoint's first answer (default 30 ms). A shorter τ forgets a latency
+    /// spike sooner (see docs/how-it-works.md on PeakEWMA and spikes) at the cost of probing slow
+    /// endpoints more often.
+    pub fn peak_ewma_config(mut self, config: lb_core::load::EwmaConfig) -> Self {
+        self.ewma = Some(config);
+        self
+    }
+
     /// Builds a client for a target URI (`static:///10.0.0.1:80,10.0.0.2:80`, `etcd://…`, …).
     /// Must be called inside a Tokio runtime.
     pub fn build_from_target<B>(self, target: &str) -> Result<LbClient<B>, Error>
@@ -227,6 +238,7 @@ impl Builder {
             self.locality,
             self.connect_timeout,
             self.outlier,
+            self.ewma,
             health,
         );
         let balancer = Balancer::new(pool, self.protocol, self.tls.is_some(), Classify::http(), self.failfast)
@@ -295,6 +307,7 @@ pub fn spawn_pool<B>(
     locality: Option<Locality>,
     connect_timeout: Duration,
     outlier: Option<OutlierConfig>,
+    ewma: Option<lb_core::load::EwmaConfig>,
     health: Option<Arc<dyn HealthCheck<HttpConnection<B>>>>,
 ) -> Pool<HttpConnection<B>>
 where
@@ -310,6 +323,9 @@ where
     let mut config = PoolConfig::new(name);
     config.connect_timeout = connect_timeout;
     config.outlier = outlier;
+    if let Some(ewma) = ewma {
+        config.ewma = ewma;
+    }
     Pool::spawn_with_health(discover, connector, policy, config, health)
 }
 

@@ -35,6 +35,7 @@ pub struct Builder {
     keep_alive: Option<(Duration, Duration)>,
     authority: Option<http::uri::Authority>,
     idle_timeout: Option<Option<Duration>>,
+    ewma: Option<lb_core::load::EwmaConfig>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -70,6 +71,7 @@ impl Builder {
             keep_alive: None,
             authority: None,
             idle_timeout: None,
+            ewma: None,
         }
     }
 
@@ -194,6 +196,15 @@ impl Builder {
         self
     }
 
+    /// The latency estimate's tuning: the decay time constant τ (default 10 s, linkerd's) and the
+    /// estimate before an endpoint's first answer (default 30 ms). A shorter τ forgets a latency
+    /// spike sooner (see docs/how-it-works.md on PeakEWMA and spikes) at the cost of probing slow
+    /// endpoints more often.
+    pub fn peak_ewma_config(mut self, config: lb_core::load::EwmaConfig) -> Self {
+        self.ewma = Some(config);
+        self
+    }
+
     /// Builds a channel for a target URI (`static:///127.0.0.1:50051,127.0.0.1:50052`, and
     /// `etcd://`, `consul://`, `kubernetes:///` with the cargo features of those names).
     /// Must be called inside a Tokio runtime.
@@ -232,6 +243,7 @@ impl Builder {
             self.locality,
             self.connect_timeout,
             self.outlier,
+            self.ewma,
             health,
         );
         let balancer = Balancer::new(pool, Protocol::Http2, self.tls.is_some(), Classify::grpc(), self.failfast)

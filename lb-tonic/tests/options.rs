@@ -105,3 +105,18 @@ async fn authority_names_the_service_instead_of_the_endpoint() {
     }
     assert!(LbChannel::builder().authority("not an authority").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_config_sets_the_latency_estimate() {
+    let bs = backends(&[0]).await;
+    let config = lb_core::load::EwmaConfig { default_rtt: Duration::from_millis(7), decay: Duration::from_secs(2) };
+    let channel = LbChannel::builder().peak_ewma_config(config).build_from_target(&static_target(&bs)).expect("builds");
+    wait_healthy(&channel, 1, Duration::from_secs(5)).await;
+    // Before any call the estimate is the configured default, decaying with τ (2 s) from the start.
+    let rtt = channel.endpoints()[0].rtt;
+    assert!(rtt <= Duration::from_millis(7) && rtt > Duration::from_millis(3), "configured: {rtt:?}");
+    let default = LbChannel::builder().build_from_target(&static_target(&bs)).expect("builds");
+    wait_healthy(&default, 1, Duration::from_secs(5)).await;
+    let rtt = default.endpoints()[0].rtt;
+    assert!(rtt <= Duration::from_millis(30) && rtt > Duration::from_millis(20), "linkerd's 30 ms, τ 10 s: {rtt:?}");
+}
