@@ -110,8 +110,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .policy(policy)
             .build_from_target(&target)
             .context("cannot build the LbClient")?;
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline && !client.endpoints().iter().all(|e| e.healthy) {
+        // Every connection up first (an empty list is not "all healthy": discovery may not have answered).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let endpoints = client.endpoints();
+            if Instant::now() >= deadline || (!endpoints.is_empty() && endpoints.iter().all(|e| e.healthy)) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // What the servers saw, from one request: the Host / :authority and the version.

@@ -348,8 +348,13 @@ async fn run_lb(
     let channel = builder.build_from_target(target).context("cannot build the LbChannel")?;
     // Let every connection come up first, so the first calls do not all land on whichever backend
     // answered the handshake first; a long-running client is in this state nearly all the time.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && !channel.endpoints().iter().all(|e| e.healthy) {
+    // (An empty list is not "all healthy": right after `build` discovery may not have answered.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let endpoints = channel.endpoints();
+        if Instant::now() >= deadline || (!endpoints.is_empty() && endpoints.iter().all(|e| e.healthy)) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(send_load(GreeterClient::new(channel), budget, concurrency).await)
