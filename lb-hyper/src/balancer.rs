@@ -6,8 +6,9 @@
 //! [`LoadGuard`](lb_core::LoadGuard) lives until the body ends.
 //!
 //! The request goes out addressed to the authority the caller gave — a fixed one set with
-//! [`Balancer::with_authority`], else the one in the request's URI — and only without either to
-//! the chosen endpoint's `ip:port`, the way a client addresses a virtual host and not a socket.
+//! [`Balancer::with_authority`], else the one in the request's URI, else (HTTP/2) its `Host`
+//! header — and only without any to the chosen endpoint's `ip:port`, the way a client addresses a
+//! virtual host and not a socket.
 //! Over HTTP/2 that authority is the `:authority`; over HTTP/1.1 it is `Host` (a `Host` header the
 //! caller set is kept) and the request-target is in origin-form (`/path?query`): a server that
 //! receives absolute-form must ignore `Host` (RFC 9112 §3.2.2).
@@ -193,9 +194,20 @@ where
         let inner = &*self.inner;
         let started = Instant::now();
         let deadline = started + inner.failfast;
-        // The authority the caller addresses: the configured one, else the URI's; without either,
-        // each attempt's endpoint. HTTP/1.1 needs a Host header: the caller's, else that authority.
-        let addressed: Option<Authority> = inner.authority.clone().or_else(|| req.uri().authority().cloned());
+        // The authority the caller addresses: the configured one, else the URI's, else (HTTP/2) a
+        // Host header the caller set, so `:authority` and `Host` never disagree (RFC 9113 §8.3.1);
+        // without any, each attempt's endpoint. HTTP/1.1 needs a Host header: the caller's, else
+        // that authority.
+        let addressed: Option<Authority> = inner.authority.clone().or_else(|| req.uri().authority().cloned()).or_else(|| {
+            match inner.protocol {
+                Protocol::Http2 => req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| Authority::try_from(h).ok()),
+                Protocol::Http1 => None,
+            }
+        });
         let mut host_from_endpoint = false;
         if inner.protocol == Protocol::Http1 && !req.headers().contains_key(http::header::HOST) {
             match addressed.as_ref().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {

@@ -333,8 +333,8 @@ where
 ///
 /// The request goes to the chosen endpoint's connection with its path and query kept, addressed
 /// to the authority the caller named: [`Builder::authority`] if set, else the request URI's
-/// (`http://orders.internal/x` → `orders.internal`), else — a path-only URI — the endpoint's
-/// `ip:port`. Over HTTP/1.1 that authority is the `Host` header (a `Host` the caller set is kept)
+/// (`http://orders.internal/x` → `orders.internal`), else — over HTTP/2, a path-only URI with a
+/// `Host` header — that header's value, else the endpoint's `ip:port`. Over HTTP/1.1 that authority is the `Host` header (a `Host` the caller set is kept)
 /// and the request-target is origin-form (`GET /x`), since a server given absolute-form must ignore
 /// `Host`; over HTTP/2 it is the `:authority`. Virtual hosting on the backends, and sidecars that
 /// route on the authority, keep working.

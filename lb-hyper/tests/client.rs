@@ -137,6 +137,8 @@ async fn http2_sends_the_addressed_authority() {
     wait_healthy(&client, 1).await;
     assert_eq!(seen(&client, req("http://orders.internal/echo")).await.1, "http://orders.internal/echo");
     assert_eq!(seen(&client, req("/echo")).await.1, format!("http://{}/echo", bs[0].addr));
+    let with_host = Request::get("/echo").header("host", "explicit.example").body(Empty::new()).expect("valid");
+    assert_eq!(seen(&client, with_host).await.1, "http://explicit.example/echo", "a Host the caller set becomes :authority");
 
     let fixed = LbClient::builder()
         .protocol(Protocol::Http2)
