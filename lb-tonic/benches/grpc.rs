@@ -5,7 +5,9 @@
 //! - tonic's `Channel::balance_list` over the same 4 backends (tower's P2C behind one `Buffer` task);
 //! - one direct tonic `Channel` to a single backend: the floor (no balancing at all);
 //! - `LbChannel` over that same single backend, which isolates the cost of lb's request path;
-//! - `LbChannel` with round robin, which separates the policy's effect from the request path's.
+//! - `LbChannel` with round robin, which separates the policy's effect from the request path's;
+//! - `LbChannel` with PeakEWMA forgetting faster (τ = 1 s instead of linkerd's 10 s), which shows
+//!   how much of PeakEWMA's result on identical backends is its memory of latency spikes.
 //!
 //! Each mode runs `LB_BENCH_SECS` seconds (default 3) after a 1 s warm-up; the modes run
 //! interleaved, `LB_BENCH_ROUNDS` rounds (default 3), and each figure is the median over rounds.
@@ -211,14 +213,21 @@ fn main() {
             .expect("valid target");
         assert!(lb_rr.ready(Duration::from_secs(5)).await);
 
+        let lb_fast = lb_tonic::LbChannel::builder()
+            .peak_ewma_config(lb_core::load::EwmaConfig { decay: Duration::from_secs(1), ..Default::default() })
+            .build_from_target(&target)
+            .expect("valid target");
+        assert!(lb_fast.ready(Duration::from_secs(5)).await);
+
         let names = [
             "LbChannel (P2C PeakEWMA)",
             "tonic balance_list",
             "direct Channel (floor)",
             "LbChannel, 1 backend",
             "LbChannel (round robin)",
+            "LbChannel (PeakEWMA, τ 1 s)",
         ];
-        let mut results: Vec<Vec<Figures>> = vec![Vec::new(); 5];
+        let mut results: Vec<Vec<Figures>> = vec![Vec::new(); names.len()];
         // `LB_BENCH_ONLY=i` runs only mode `i` (for profiling one client with `perf stat -i`).
         let only: Option<usize> = std::env::var("LB_BENCH_ONLY").ok().and_then(|s| s.parse().ok());
         if let Some(i) = only {
@@ -227,11 +236,12 @@ fn main() {
                 1 => run(EchoClient::new(balance_list.clone()), secs).await,
                 2 => run(EchoClient::new(direct.clone()), secs).await,
                 3 => run(EchoClient::new(lb_one.clone()), secs).await,
-                _ => run(EchoClient::new(lb_rr.clone()), secs).await,
+                4 => run(EchoClient::new(lb_rr.clone()), secs).await,
+                _ => run(EchoClient::new(lb_fast.clone()), secs).await,
             };
             println!(
                 "{}: {:.0} calls/s, p50 {:.0} us, p99 {:.0} us, client CPU {:.1} us/call",
-                names[i.min(4)],
+                names[i.min(names.len() - 1)],
                 f.rps,
                 f.p50_us,
                 f.p99_us,
@@ -245,6 +255,7 @@ fn main() {
             results[2].push(run(EchoClient::new(direct.clone()), secs).await);
             results[3].push(run(EchoClient::new(lb_one.clone()), secs).await);
             results[4].push(run(EchoClient::new(lb_rr.clone()), secs).await);
+            results[5].push(run(EchoClient::new(lb_fast.clone()), secs).await);
             eprintln!("round {} of {rounds}:", round + 1);
             for (n, r) in names.iter().zip(&results) {
                 let f = r[round];
@@ -268,7 +279,7 @@ fn main() {
         for (n, f) in names.iter().zip(&fig) {
             println!("{n:<28} {:>10.0} {:>10.0} {:>10.0} {:>16.1}", f.rps, f.p50_us, f.p99_us, f.cpu_us);
         }
-        let (l, b, d, one, rr) = (fig[0], fig[1], fig[2], fig[3], fig[4]);
+        let (l, b, d, one, rr, fast) = (fig[0], fig[1], fig[2], fig[3], fig[4], fig[5]);
         println!(
             "LbChannel / balance_list: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
             l.rps / b.rps,
@@ -286,6 +297,12 @@ fn main() {
             rr.rps / b.rps,
             rr.p50_us / b.p50_us,
             rr.p99_us / b.p99_us
+        );
+        println!(
+            "LbChannel PeakEWMA τ 1 s / balance_list: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+            fast.rps / b.rps,
+            fast.p50_us / b.p50_us,
+            fast.p99_us / b.p99_us
         );
         println!(
             "same single backend, LbChannel / direct: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
