@@ -27,7 +27,14 @@ fn parse_entry(entry: &str) -> Result<Endpoint, Error> {
     let addr_str = parts.next().unwrap_or_default().trim();
     let addr = addr_str
         .parse()
-        .map_err(|_| Error::invalid_target(format!("`{addr_str}` is not a socket address (expected ip:port)")))?;
+        .map_err(|_| {
+            let hint = if addr_str.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+                format!("; for a host name use dns:///{addr_str}")
+            } else {
+                String::new()
+            };
+            Error::invalid_target(format!("`{addr_str}` is not a socket address (expected ip:port{hint})"))
+        })?;
     let mut ep = Endpoint::new(addr);
     let mut locality = Locality::unknown();
     for attr in parts {
@@ -81,5 +88,8 @@ mod tests {
         assert!(err.to_string().contains("nonsense"), "{err}");
         assert!(parse_list("127.0.0.1:1;weight=-3").is_err());
         assert!(parse_list("").is_err());
+        let named = parse_list("greeter.default.svc:50051").expect_err("a host name");
+        assert!(named.to_string().contains("use dns:///greeter.default.svc:50051"), "{named}");
+        assert!(!err.to_string().contains("dns:///"), "no hint without a port: {err}");
     }
 }
