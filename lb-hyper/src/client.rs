@@ -378,18 +378,50 @@ where
 {
     /// Sends one request.
     pub async fn request(&self, req: Request<B>) -> Result<Response<TrackedBody<Incoming>>, Error> {
-        let ctx = match &self.hash_header {
+        let ctx = self.context(&req);
+        let fut = self.balancer.send(req, ctx);
+        match self.request_timeout {
+            Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::timeout(t))?,
+            None => fut.await,
+        }
+    }
+
+    /// Like [`LbClient::request`], for a body that can be cloned (`Full<Bytes>`, `Empty`, …): when
+    /// an HTTP/2 server says it did not process the request — a `REFUSED_STREAM` reset, or a
+    /// graceful `GOAWAY` above its last stream id, as during a rolling restart — a copy goes to
+    /// another endpoint instead of failing (RFC 9113 §8.7 makes that safe for any method). A
+    /// request that a server may have processed is never re-sent. The copy carries the method,
+    /// URI, version, headers and body, not the request's extensions.
+    pub async fn request_replayable(&self, req: Request<B>) -> Result<Response<TrackedBody<Incoming>>, Error>
+    where
+        B: Clone + Sync,
+    {
+        let ctx = self.context(&req);
+        let (method, uri, version, headers, body) =
+            (req.method().clone(), req.uri().clone(), req.version(), req.headers().clone(), req.body().clone());
+        let replay = move || {
+            let mut r = Request::new(body.clone());
+            *r.method_mut() = method.clone();
+            *r.uri_mut() = uri.clone();
+            *r.version_mut() = version;
+            *r.headers_mut() = headers.clone();
+            r
+        };
+        let fut = self.balancer.send_replayable(req, ctx, &replay);
+        match self.request_timeout {
+            Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::timeout(t))?,
+            None => fut.await,
+        }
+    }
+
+    fn context(&self, req: &Request<B>) -> PickContext {
+        match &self.hash_header {
             Some(h) => req
                 .headers()
                 .get(h)
                 .map(|v| PickContext::with_hash(lb_core::policy::hash_key(v.as_bytes())))
                 .unwrap_or_default(),
             None => PickContext::default(),
-        };
-        let fut = self.balancer.send(req, ctx);
-        match self.request_timeout {
-            Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::timeout(t))?,
-            None => fut.await,
         }
     }
 
