@@ -18,6 +18,9 @@ use tokio::sync::mpsc;
 use crate::endpoint::{Endpoint, EndpointId};
 use crate::BoxError;
 
+pub mod subsetting;
+pub use self::subsetting::subset;
+
 /// One discovery event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {

@@ -39,6 +39,7 @@ pub struct Builder {
     authority: Option<http::uri::Authority>,
     idle_timeout: Option<Option<Duration>>,
     ewma: Option<lb_core::load::EwmaConfig>,
+    subset: Option<(usize, String)>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -73,6 +74,7 @@ impl Builder {
             authority: None,
             idle_timeout: None,
             ewma: None,
+            subset: None,
         }
     }
 
@@ -195,6 +197,16 @@ impl Builder {
         self
     }
 
+    /// Deterministic subsetting for large fleets: connect to only `size` of the target's endpoints,
+    /// chosen by rendezvous hashing on `client_id` (see [`lb_core::discover::subsetting`]). Give each
+    /// client instance its own stable id (a pod name): clients sharing an id share a subset, and
+    /// across many clients every endpoint gets about `clients · size / endpoints` of them. Removing
+    /// an endpoint replaces at most one member of a subset. `size` 0 turns it off.
+    pub fn subset(mut self, size: usize, client_id: impl Into<String>) -> Self {
+        self.subset = Some((size, client_id.into()));
+        self
+    }
+
     /// Builds a client for a target URI (`static:///10.0.0.1:80,10.0.0.2:80`, `etcd://…`, …).
     /// Must be called inside a Tokio runtime.
     pub fn build_from_target<B>(self, target: &str) -> Result<LbClient<B>, Error>
@@ -216,6 +228,10 @@ impl Builder {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
+        let discover = match &self.subset {
+            Some((size, client)) if *size > 0 => lb_core::discover::subset(discover, *size, client),
+            _ => discover,
+        };
         let health: Option<Arc<dyn HealthCheck<HttpConnection<B>>>> = match &self.health_path {
             Some((path, interval)) => Some(Arc::new(HttpHealthCheck::new(path, *interval, self.tls.is_some())?)),
             None => None,

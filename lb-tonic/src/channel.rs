@@ -36,6 +36,7 @@ pub struct Builder {
     authority: Option<http::uri::Authority>,
     idle_timeout: Option<Option<Duration>>,
     ewma: Option<lb_core::load::EwmaConfig>,
+    subset: Option<(usize, String)>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -72,6 +73,7 @@ impl Builder {
             authority: None,
             idle_timeout: None,
             ewma: None,
+            subset: None,
         }
     }
 
@@ -205,6 +207,16 @@ impl Builder {
         self
     }
 
+    /// Deterministic subsetting for large fleets: connect to only `size` of the target's endpoints,
+    /// chosen by rendezvous hashing on `client_id` (see [`lb_core::discover::subsetting`]). Give each
+    /// client instance its own stable id (a pod name): clients sharing an id share a subset, and
+    /// across many clients every endpoint gets about `clients · size / endpoints` of them. Removing
+    /// an endpoint replaces at most one member of a subset. `size` 0 turns it off.
+    pub fn subset(mut self, size: usize, client_id: impl Into<String>) -> Self {
+        self.subset = Some((size, client_id.into()));
+        self
+    }
+
     /// Builds a channel for a target URI (`static:///127.0.0.1:50051,127.0.0.1:50052`, and
     /// `etcd://`, `consul://`, `kubernetes:///` with the cargo features of those names).
     /// Must be called inside a Tokio runtime.
@@ -221,6 +233,10 @@ impl Builder {
     /// Builds a channel over any discovery stream; `name` labels logs, metrics and errors.
     /// Must be called inside a Tokio runtime.
     pub fn build(self, discover: BoxDiscover, name: &str) -> Result<LbChannel, Error> {
+        let discover = match &self.subset {
+            Some((size, client)) if *size > 0 => lb_core::discover::subset(discover, *size, client),
+            _ => discover,
+        };
         let parts = ConnectorParts {
             protocol: Protocol::Http2,
             tls: self.tls.clone(),

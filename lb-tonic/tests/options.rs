@@ -120,3 +120,32 @@ async fn peak_ewma_config_sets_the_latency_estimate() {
     let rtt = default.endpoints()[0].rtt;
     assert!(rtt <= Duration::from_millis(30) && rtt > Duration::from_millis(20), "linkerd's 30 ms, τ 10 s: {rtt:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subset_connects_to_a_stable_share_of_the_fleet() {
+    let bs = backends(&[0, 0, 0, 0, 0]).await;
+    let build = |client: &str| {
+        LbChannel::builder()
+            .policy(RoundRobin::new())
+            .subset(2, client)
+            .build_from_target(&static_target(&bs))
+            .expect("builds")
+    };
+    let a = build("pod-a");
+    wait_healthy(&a, 2, Duration::from_secs(5)).await;
+    let members: BTreeSet<String> = a.endpoints().iter().map(|e| e.endpoint.addr().to_string()).collect();
+    assert_eq!(members.len(), 2, "only the subset is connected: {:?}", a.endpoints());
+    let all: Vec<Endpoint> = bs.iter().map(|b| Endpoint::new(b.addr)).collect();
+    let expected: BTreeSet<String> =
+        lb_core::discover::subsetting::choose(&all, 2, b"pod-a").iter().map(|e| e.addr().to_string()).collect();
+    assert_eq!(members, expected, "the rendezvous choice for this client id");
+
+    let (per, errors) = support::load(&a, 100, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(per.keys().cloned().collect::<BTreeSet<_>>(), members, "calls stay inside the subset");
+
+    let again = build("pod-a");
+    wait_healthy(&again, 2, Duration::from_secs(5)).await;
+    let same: BTreeSet<String> = again.endpoints().iter().map(|e| e.endpoint.addr().to_string()).collect();
+    assert_eq!(same, members, "the same id gets the same subset");
+}
