@@ -142,6 +142,8 @@ void lb_string_free(char *s);
 //   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash", "maglev"), `seed` (u64),
 //   `slow_start_ms` (a newly connected endpoint's share ramps up over this window; not for the
 //   hashing policies),
+//   `subset_size` + `subset_client_id` (connect to only that many endpoints, chosen
+//   deterministically for this client's id, e.g. its pod name),
 //   `locality` ({"region","zone","node"}: the caller's own, enables topology preference),
 //   `topology` (levels nearest first, e.g. ["node","zone","region","any"]), `overprovisioning`,
 //   `panic_threshold`, `failfast_ms` (how long a pick waits for an endpoint, default 3000),

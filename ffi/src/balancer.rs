@@ -92,6 +92,10 @@ impl lb_balancer {
         let policy = opts.policy()?;
         let config = opts.pool_config(target);
         let discover = lb_registry::resolve(&parsed).map_err(Error::registry)?;
+        let discover = match opts.subset()? {
+            Some((size, client_id)) => lb_core::discover::subset(discover, size, client_id),
+            None => discover,
+        };
         let connector = ProbeConnect::new(
             opts.probe,
             Duration::from_millis(opts.probe_interval_ms),
@@ -270,6 +274,8 @@ unsafe fn balancer<'a>(b: *const lb_balancer) -> Result<&'a lb_balancer, Error> 
 ///   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash", "maglev"), `seed` (u64),
 ///   `slow_start_ms` (a newly connected endpoint's share ramps up over this window; not for the
 ///   hashing policies),
+///   `subset_size` + `subset_client_id` (connect to only that many endpoints, chosen
+///   deterministically for this client's id, e.g. its pod name),
 ///   `locality` ({"region","zone","node"}: the caller's own, enables topology preference),
 ///   `topology` (levels nearest first, e.g. ["node","zone","region","any"]), `overprovisioning`,
 ///   `panic_threshold`, `failfast_ms` (how long a pick waits for an endpoint, default 3000),

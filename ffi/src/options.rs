@@ -24,6 +24,10 @@ pub(crate) struct Options {
     seed: Option<u64>,
     /// Slow start: a newly connected endpoint's share ramps up over this many milliseconds.
     slow_start_ms: Option<u64>,
+    /// Deterministic subsetting: connect to only this many endpoints, chosen for `subset_client_id`.
+    subset_size: Option<usize>,
+    /// This client instance's stable id (a pod name) for subsetting.
+    subset_client_id: Option<String>,
     /// The caller's own locality; when given, the policy is wrapped in topology preference.
     locality: Option<LocalityOpt>,
     /// Preference levels, nearest first (`node`, `zone`, `region`, `any` or the Kubernetes keys).
@@ -45,6 +49,8 @@ impl Default for Options {
             policy: PolicyName::P2cEwma,
             seed: None,
             slow_start_ms: None,
+            subset_size: None,
+            subset_client_id: None,
             locality: None,
             topology: None,
             overprovisioning: None,
@@ -147,6 +153,18 @@ impl Options {
             ));
         }
         Ok(opts)
+    }
+
+    /// `(size, client id)` when subsetting is on; both keys or neither.
+    pub(crate) fn subset(&self) -> Result<Option<(usize, &str)>, Error> {
+        match (self.subset_size, self.subset_client_id.as_deref()) {
+            (None | Some(0), None) => Ok(None),
+            (Some(0), Some(_)) => Ok(None),
+            (Some(size), Some(id)) if !id.is_empty() => Ok(Some((size, id))),
+            _ => Err(Error::options(
+                "options_json: subset_size and subset_client_id go together (a non-empty id, e.g. the pod name)",
+            )),
+        }
     }
 
     fn interval_is_zero(&self) -> bool {

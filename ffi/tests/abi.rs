@@ -136,6 +136,12 @@ fn malformed_json_and_targets_are_errors_that_say_why() {
         ),
         (
             "static:///127.0.0.1:1",
+            r#"{"subset_size":3}"#,
+            lb_status::LB_ERR_INVALID_OPTIONS,
+            "subset_size and subset_client_id go together",
+        ),
+        (
+            "static:///127.0.0.1:1",
             r#"{"policy":"maglev","slow_start_ms":30000}"#,
             lb_status::LB_ERR_INVALID_OPTIONS,
             "slow_start_ms does not apply to the hashing policies",
@@ -462,4 +468,31 @@ fn probes_take_a_dead_endpoint_out_of_rotation_and_bring_it_back() {
     let listener = std::net::TcpListener::bind(dead_addr).expect("rebind the same port");
     wait("the endpoint is back", true);
     drop(listener);
+}
+
+#[test]
+fn subsetting_connects_to_only_part_of_the_fleet() {
+    let backends = [
+        Backend::start(false),
+        Backend::start(false),
+        Backend::start(false),
+        Backend::start(false),
+    ];
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let b = Bal::new(
+        &static_target(&refs),
+        r#"{"policy":"rr","subset_size":2,"subset_client_id":"pod-a"}"#,
+    )
+    .expect("valid");
+    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    let eps = b.endpoints();
+    let listed = eps["endpoints"].as_array().expect("array").len();
+    assert_eq!(listed, 2, "only the subset is known to the balancer: {eps}");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let p = b.pick(None).expect("pick");
+        seen.insert(addr(&p));
+        assert_eq!(b.report(p.token, 0, 100), lb_status::LB_OK);
+    }
+    assert_eq!(seen.len(), 2, "picks stay inside the subset: {seen:?}");
 }
