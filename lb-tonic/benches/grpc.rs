@@ -280,36 +280,20 @@ fn main() {
             println!("{n:<28} {:>10.0} {:>10.0} {:>10.0} {:>16.1}", f.rps, f.p50_us, f.p99_us, f.cpu_us);
         }
         let (l, b, d, one, rr, fast) = (fig[0], fig[1], fig[2], fig[3], fig[4], fig[5]);
-        println!(
-            "LbChannel / balance_list: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
-            l.rps / b.rps,
-            l.p50_us / b.p50_us,
-            l.p99_us / b.p99_us
-        );
-        println!(
-            "LbChannel / direct:       throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
-            l.rps / d.rps,
-            l.p50_us / d.p50_us,
-            l.p99_us / d.p99_us
-        );
-        println!(
-            "LbChannel round robin / balance_list: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
-            rr.rps / b.rps,
-            rr.p50_us / b.p50_us,
-            rr.p99_us / b.p99_us
-        );
-        println!(
-            "LbChannel PeakEWMA τ 1 s / balance_list: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
-            fast.rps / b.rps,
-            fast.p50_us / b.p50_us,
-            fast.p99_us / b.p99_us
-        );
-        println!(
-            "same single backend, LbChannel / direct: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
-            one.rps / d.rps,
-            one.p50_us / d.p50_us,
-            one.p99_us / d.p99_us
-        );
+        for (label, x, y) in [
+            ("LbChannel / balance_list", l, b),
+            ("LbChannel / direct", l, d),
+            ("LbChannel round robin / balance_list", rr, b),
+            ("LbChannel PeakEWMA τ 1 s / balance_list", fast, b),
+            ("same single backend, LbChannel / direct", one, d),
+        ] {
+            println!(
+                "{label}: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+                x.rps / y.rps,
+                x.p50_us / y.p50_us,
+                x.p99_us / y.p99_us
+            );
+        }
     });
     let _ = child.kill();
     let _ = child.wait();
