@@ -11,8 +11,12 @@
 //! 2. publishes, on every change, an immutable snapshot with a [`policy::Picker`] that request paths
 //!    read without taking a lock;
 //! 3. picks per request in [`balance::Balance`], a cloneable `tower::Service` with no worker task on
-//!    the request path, and tracks each request's load with an RAII [`load::LoadGuard`] until the end
-//!    of its response.
+//!    the request path — the one request engine every face (tonic, hyper, C) runs — and tracks each
+//!    request's load with an RAII [`load::LoadGuard`] until the end of its response.
+//!
+//! [`Options`] is the one set of balancing options the faces read. [`pool::PoolLayer`] and
+//! [`balance::BalanceLayer`] compose the same engine over any per-endpoint `tower::Service` with
+//! `tower::ServiceBuilder` (see [`balance`]).
 //!
 //! ```
 //! use lb_core::policy::{P2c, Topology};
@@ -38,6 +42,7 @@ pub mod discover;
 pub mod endpoint;
 pub mod load;
 pub mod metrics;
+pub mod options;
 pub mod policy;
 pub mod pool;
 
@@ -48,5 +53,6 @@ pub use crate::balance::{Balance, BalanceLayer};
 pub use crate::discover::{EndpointSet, Update};
 pub use crate::endpoint::{Endpoint, EndpointId, EndpointState, Locality};
 pub use crate::load::{Load, LoadGuard, Outcome};
+pub use crate::options::Options;
 pub use crate::policy::{PickContext, Picker, Policy};
 pub use crate::pool::{Connect, Pool, PoolConfig};

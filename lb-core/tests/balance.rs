@@ -81,7 +81,7 @@ async fn picks_per_request_over_one_service() {
 async fn no_endpoint_fails_after_failfast_not_before() {
     let (_tx, rx) = discover::channel();
     let pool = Pool::spawn(Box::pin(rx), MockConnector::default(), RoundRobin::new(), PoolConfig::new("empty-target"));
-    let mut svc = Balance::new(pool).failfast(Duration::from_secs(2));
+    let mut svc = Balance::new(pool).endpoint_wait_timeout(Duration::from_secs(2));
     let started = tokio::time::Instant::now();
     let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("no endpoint");
     let waited = started.elapsed();
@@ -98,7 +98,7 @@ async fn a_request_waits_for_the_first_endpoint() {
     serve(conn.add(addr(1)), addr(1));
     let (tx, rx) = discover::channel();
     let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("late"));
-    let mut svc = Balance::new(pool).failfast(Duration::from_secs(5));
+    let mut svc = Balance::new(pool).endpoint_wait_timeout(Duration::from_secs(5));
     let call = tokio::spawn(async move { svc.ready().await.expect("ready").call("hi".to_string()).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     tx.send(Update::Reset(vec![Endpoint::new(addr(1))]));
@@ -161,4 +161,145 @@ async fn hashing_routes_a_key_to_one_endpoint() {
         let rsp = svc.ready().await.expect("ready").call(key.to_string()).await.expect("answered");
         assert_eq!(*seen.entry(key).or_insert(rsp), rsp, "{key} moved");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_endpoint_fails_to_connect_calls_fail_at_once_with_the_reason() {
+    // Nothing listens at either address: every connection attempt is refused.
+    let (tx, rx) = discover::channel();
+    tx.send(Update::Reset(vec![Endpoint::new(addr(8)), Endpoint::new(addr(9))]));
+    let pool = Pool::spawn(Box::pin(rx), MockConnector::default(), RoundRobin::new(), PoolConfig::new("refusing"));
+    let mut svc = Balance::new(pool.clone()).endpoint_wait_timeout(Duration::from_secs(3));
+    let started = tokio::time::Instant::now();
+    let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("nothing connects");
+    assert!(started.elapsed() < Duration::from_secs(3), "failed without waiting out the 3 s: {:?}", started.elapsed());
+    let unavailable = err.downcast_ref::<Unavailable>().expect("typed error");
+    assert!(unavailable.is_connect_failure(), "{err}");
+    assert_eq!(unavailable.last_connect_error(), Some("no such backend"));
+    assert!(err.to_string().contains("failed to connect") && err.to_string().contains("no such backend"), "{err}");
+
+    // Wait-for-ready calls wait out the whole timeout instead, and still say why.
+    let mut patient = Balance::new(pool).wait(lb_core::balance::Wait {
+        timeout: Duration::from_secs(3),
+        wait_for_ready: true,
+    });
+    let started = tokio::time::Instant::now();
+    let err = patient.ready().await.expect("ready").call("hi".to_string()).await.expect_err("nothing connects");
+    assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(err.to_string().contains("no such backend"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_set_is_waited_on_and_named() {
+    let (tx, rx) = discover::channel();
+    tx.send(Update::Reset(vec![]));
+    let pool = Pool::spawn(Box::pin(rx), MockConnector::default(), RoundRobin::new(), PoolConfig::new("none"));
+    let mut svc = Balance::new(pool).endpoint_wait_timeout(Duration::from_secs(2));
+    let started = tokio::time::Instant::now();
+    let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("no endpoint");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(err.to_string().contains("discovery lists no endpoint"), "{err}");
+}
+
+/// An endpoint service that hands every request back unsent, as a closed HTTP/2 connection does.
+#[derive(Clone)]
+struct Refusing;
+
+#[derive(Debug)]
+struct HandedBack(Option<Req>);
+
+impl lb_core::balance::EndpointError<Req> for HandedBack {
+    fn take_unsent(&mut self) -> Option<Req> {
+        self.0.take()
+    }
+
+    fn into_error(self) -> lb_core::BoxError {
+        "connection closed before the request was written".into()
+    }
+}
+
+impl Service<Req> for Refusing {
+    type Response = Rsp;
+    type Error = HandedBack;
+    type Future = std::future::Ready<Result<Rsp, HandedBack>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), HandedBack>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        std::future::ready(Err(HandedBack(Some(req))))
+    }
+}
+
+#[derive(Clone)]
+enum Either {
+    Refusing(Refusing),
+    Serving(SocketAddr),
+}
+
+impl Service<Req> for Either {
+    type Response = Rsp;
+    type Error = HandedBack;
+    type Future = std::future::Ready<Result<Rsp, HandedBack>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), HandedBack>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self {
+            Either::Refusing(r) => r.call(req),
+            Either::Serving(a) => std::future::ready(Ok(*a)),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_handed_back_unsent_goes_elsewhere_and_blames_no_one() {
+    let connector = lb_core::pool::connect_fn(|ep: &Endpoint| {
+        let svc = if ep.addr() == addr(1) { Either::Refusing(Refusing) } else { Either::Serving(ep.addr()) };
+        std::future::ready(Ok::<_, std::io::Error>(Connected::without_close_signal(svc)))
+    });
+    let (tx, rx) = discover::channel();
+    tx.send(Update::Reset(vec![Endpoint::new(addr(1)), Endpoint::new(addr(2))]));
+    let pool = Pool::spawn(Box::pin(rx), connector, RoundRobin::new(), PoolConfig::new("handback"));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    let mut svc = Balance::new(pool.clone());
+    for _ in 0..20 {
+        let rsp = svc.ready().await.expect("ready").call("hi".to_string()).await.expect("sent elsewhere");
+        assert_eq!(rsp, addr(2));
+    }
+    let refusing = pool.snapshot().entries().iter().find(|e| e.endpoint.addr() == addr(1)).map(|e| e.load.clone());
+    let refusing = refusing.expect("still listed");
+    assert_eq!(refusing.consecutive_failures(), 0, "an unsent request is not the endpoint's failure");
+    assert_eq!(refusing.in_flight(), 0);
+
+    // With no other endpoint, the request waits for a new snapshot, which never comes: unavailable.
+    let (tx, rx) = discover::channel();
+    tx.send(Update::Reset(vec![Endpoint::new(addr(1))]));
+    let connector = lb_core::pool::connect_fn(|_: &Endpoint| {
+        std::future::ready(Ok::<_, std::io::Error>(Connected::without_close_signal(Refusing)))
+    });
+    let pool = Pool::spawn(Box::pin(rx), connector, RoundRobin::new(), PoolConfig::new("alone"));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    let mut svc = Balance::new(pool).endpoint_wait_timeout(Duration::from_millis(100));
+    let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("nowhere to go");
+    assert!(err.downcast_ref::<Unavailable>().is_some(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pick_or_wait_wakes_on_the_first_endpoint() {
+    let conn = MockConnector::default();
+    let _h = conn.add(addr(1));
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("later"));
+    let wait = lb_core::balance::Wait { timeout: Duration::from_secs(10), wait_for_ready: false };
+    let pick = tokio::spawn(pool.pick_or_wait(Default::default(), wait));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = tokio::time::Instant::now();
+    tx.send(Update::Reset(vec![Endpoint::new(addr(1))]));
+    let picked = pick.await.expect("joined").expect("picked once the endpoint arrived");
+    assert_eq!(picked.endpoint.addr(), addr(1));
+    assert_eq!(sent.elapsed(), Duration::ZERO, "woken by the snapshot, not by a timer");
 }

@@ -4,22 +4,33 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// No endpoint could take the request within the failfast time.
+use crate::pool::Snapshot;
+
+/// No endpoint could take the request.
 ///
-/// Protocol crates map it to gRPC `UNAVAILABLE` or HTTP 503.
+/// Either the wait for one ran out ([`Wait::timeout`](super::Wait)), or every known endpoint's last
+/// connection attempt had failed, in which case the request fails at once (gRPC's
+/// `TRANSIENT_FAILURE` for calls that are not wait-for-ready) and says why. Protocol crates map it
+/// to gRPC `UNAVAILABLE` or HTTP 503.
 #[derive(Debug)]
 pub struct Unavailable {
     target: Arc<str>,
     waited: Duration,
     initialized: bool,
+    known: usize,
+    connect_failing: bool,
+    last_connect_error: Option<Arc<str>>,
 }
 
 impl Unavailable {
-    pub(crate) fn new(target: Arc<str>, waited: Duration, initialized: bool) -> Self {
+    pub(crate) fn new<C>(target: Arc<str>, waited: Duration, snapshot: &Snapshot<C>) -> Self {
         Unavailable {
             target,
             waited,
-            initialized,
+            initialized: snapshot.is_initialized(),
+            known: snapshot.entries().len(),
+            connect_failing: snapshot.is_connect_failing(),
+            last_connect_error: snapshot.last_connect_error().cloned(),
         }
     }
 
@@ -28,7 +39,7 @@ impl Unavailable {
         &self.target
     }
 
-    /// How long the request waited.
+    /// How long the request waited (zero when it failed at once).
     pub fn waited(&self) -> Duration {
         self.waited
     }
@@ -37,19 +48,45 @@ impl Unavailable {
     pub fn discovery_initialized(&self) -> bool {
         self.initialized
     }
+
+    /// How many endpoints discovery listed when the request gave up.
+    pub fn endpoints_known(&self) -> usize {
+        self.known
+    }
+
+    /// True when the request failed because every endpoint's last connection attempt had failed.
+    pub fn is_connect_failure(&self) -> bool {
+        self.connect_failing
+    }
+
+    /// The most recent connection error of the target's endpoints, e.g. `connection refused`.
+    pub fn last_connect_error(&self) -> Option<&str> {
+        self.last_connect_error.as_deref()
+    }
 }
 
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.initialized {
-            write!(f, "no endpoint of `{}` available after {:?}", self.target, self.waited)
-        } else {
-            write!(
-                f,
-                "no endpoint of `{}` available after {:?}: discovery has not delivered an endpoint set yet",
-                self.target, self.waited
-            )
+        write!(f, "no endpoint of `{}` available", self.target)?;
+        if self.connect_failing {
+            write!(f, ": every endpoint ({}) failed to connect", self.known)?;
+            if let Some(e) = &self.last_connect_error {
+                write!(f, "; last error: {e}")?;
+            }
+            return Ok(());
         }
+        write!(f, " after {:?}", self.waited)?;
+        if !self.initialized {
+            return f.write_str(": discovery has not delivered an endpoint set yet");
+        }
+        if self.known == 0 {
+            return f.write_str(": discovery lists no endpoint");
+        }
+        write!(f, ": {} known, none ready", self.known)?;
+        if let Some(e) = &self.last_connect_error {
+            write!(f, "; last connect error: {e}")?;
+        }
+        Ok(())
     }
 }
 

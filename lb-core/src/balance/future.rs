@@ -1,23 +1,21 @@
-//! The response future of [`Balance`](super::Balance).
+//! The response future of [`Balance`](super::Balance): pick, wait, send, re-pick an unsent request.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::error::Unavailable;
-use super::service::TrackCompletion;
+use super::pick::{Wait, Waiter};
+use super::track::{EndpointError, TrackCompletion};
+use crate::endpoint::Endpoint;
 use crate::load::{LoadGuard, Outcome};
 use crate::policy::PickContext;
 use crate::pool::{Picked, Pool};
 use crate::BoxError;
-
-type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pin_project! {
     #[project = StateProj]
@@ -25,14 +23,22 @@ pin_project! {
     where
         C: Service<Req>,
     {
-        Waiting { wait: Wait },
+        Picking,
         Readying { picked: Option<Picked<C>> },
-        Calling { #[pin] fut: C::Future, guard: Option<LoadGuard> },
+        Calling {
+            #[pin]
+            fut: C::Future,
+            guard: Option<LoadGuard>,
+            endpoint: Option<Arc<Endpoint>>,
+        },
     }
 }
 
 pin_project! {
-    /// Picks, waits for readiness, and calls; see [`Balance`](super::Balance).
+    /// Picks an endpoint (waiting for one if needed), drives its service to readiness, sends, and
+    /// sends again elsewhere a request the endpoint handed back unsent; see
+    /// [`Balance`](super::Balance).
+    #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<C, Req, T>
     where
         C: Service<Req>,
@@ -42,10 +48,9 @@ pin_project! {
         req: Option<Req>,
         pool: Pool<C>,
         ctx: PickContext,
+        wait: Wait,
+        waiter: Waiter,
         track: T,
-        failfast: Duration,
-        started: Instant,
-        deadline: Option<Pin<Box<Sleep>>>,
         reroutes_left: u8,
     }
 }
@@ -55,54 +60,27 @@ where
     C: Service<Req>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").field("ctx", &self.ctx).finish()
-    }
-}
-
-/// Subscribes *before* picking, so a snapshot published in between is not missed.
-fn pick_or_wait<C, Req>(pool: &Pool<C>, ctx: &PickContext) -> State<C, Req>
-where
-    C: Service<Req> + Clone + Send + Sync + 'static,
-{
-    if let Some(picked) = pool.pick(ctx) {
-        return State::Readying { picked: Some(picked) };
-    }
-    let mut rx = pool.subscribe();
-    if let Some(picked) = pool.pick(ctx) {
-        return State::Readying { picked: Some(picked) };
-    }
-    State::Waiting {
-        wait: Box::pin(async move {
-            if rx.changed().await.is_err() {
-                // The pool task is gone; only the deadline can end this wait.
-                std::future::pending::<()>().await;
-            }
-        }),
+        f.debug_struct("ResponseFuture")
+            .field("target", self.pool.target())
+            .field("ctx", &self.ctx)
+            .field("waiter", &self.waiter)
+            .finish()
     }
 }
 
 impl<C, Req, T> ResponseFuture<C, Req, T>
 where
-    C: Service<Req> + Clone + Send + Sync + 'static,
+    C: Service<Req>,
 {
-    pub(crate) fn new(
-        pool: Pool<C>,
-        req: Req,
-        ctx: PickContext,
-        track: T,
-        failfast: Duration,
-        reroutes: u8,
-    ) -> Self {
-        let state = pick_or_wait(&pool, &ctx);
+    pub(crate) fn new(pool: Pool<C>, req: Req, ctx: PickContext, wait: Wait, track: T, reroutes: u8) -> Self {
         ResponseFuture {
-            state,
+            state: State::Picking,
             req: Some(req),
             pool,
             ctx,
+            wait,
+            waiter: Waiter::default(),
             track,
-            failfast,
-            started: Instant::now(),
-            deadline: None,
             reroutes_left: reroutes,
         }
     }
@@ -110,8 +88,8 @@ where
 
 impl<C, Req, T> Future for ResponseFuture<C, Req, T>
 where
-    C: Service<Req> + Clone + Send + Sync + 'static,
-    C::Error: Into<BoxError>,
+    C: Service<Req> + Clone,
+    C::Error: EndpointError<Req>,
     T: TrackCompletion<C::Response>,
 {
     type Output = Result<T::Output, BoxError>;
@@ -120,63 +98,66 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                StateProj::Waiting { wait } => {
-                    if wait.as_mut().poll(cx).is_ready() {
-                        let next = pick_or_wait(this.pool, this.ctx);
-                        this.state.set(next);
-                        continue;
-                    }
-                    let failfast = *this.failfast;
-                    let started = *this.started;
-                    let deadline = this
-                        .deadline
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(started + failfast)));
-                    ready!(deadline.as_mut().poll(cx));
-                    crate::metrics::no_endpoint(this.pool.target());
-                    let err = Unavailable::new(
-                        this.pool.target().clone(),
-                        this.started.elapsed(),
-                        this.pool.is_initialized(),
-                    );
-                    return Poll::Ready(Err(err.into()));
+                StateProj::Picking => {
+                    let picked = ready!(this.waiter.poll_pick(this.pool, this.ctx, *this.wait, cx))?;
+                    this.state.set(State::Readying { picked: Some(picked) });
                 }
                 StateProj::Readying { picked } => {
-                    let p = picked.as_mut().expect("Readying always holds a pick until it moves on");
+                    let p = picked.as_mut().expect("Readying holds its pick until it moves on");
                     match p.connection.poll_ready(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(())) => {
-                            let Picked { mut connection, guard, .. } =
-                                picked.take().expect("Readying always holds a pick until it moves on");
-                            let req = this.req.take().expect("the request is sent once");
+                            let Picked {
+                                endpoint,
+                                mut connection,
+                                guard,
+                            } = picked.take().expect("Readying holds its pick until it moves on");
+                            let req = this.req.take().expect("a request is sent once at a time");
                             let fut = connection.call(req);
-                            this.state.set(State::Calling { fut, guard: Some(guard) });
+                            this.state.set(State::Calling {
+                                fut,
+                                guard: Some(guard),
+                                endpoint: Some(endpoint),
+                            });
                         }
                         Poll::Ready(Err(error)) => {
-                            let Picked { endpoint, mut guard, .. } =
-                                picked.take().expect("Readying always holds a pick until it moves on");
-                            guard.set_outcome(Outcome::Failure);
-                            drop(guard);
-                            let error: BoxError = error.into();
+                            // The request is still ours: nothing was sent. The pool learns of a
+                            // broken connection from its close signal; counting this too would let
+                            // one benign close under many callers look like a burst of failures.
+                            let Picked { endpoint, .. } = picked.take().expect("Readying holds its pick until it moves on");
                             if *this.reroutes_left == 0 {
-                                return Poll::Ready(Err(error));
+                                return Poll::Ready(Err(error.into_error()));
                             }
                             *this.reroutes_left -= 1;
-                            tracing::debug!(endpoint = %endpoint.addr(), %error, "connection not ready; re-picking");
-                            let next = pick_or_wait(this.pool, this.ctx);
-                            this.state.set(next);
+                            tracing::debug!(endpoint = %endpoint.addr(), "endpoint not ready; picking another");
+                            this.waiter.exclude(endpoint);
+                            this.state.set(State::Picking);
                         }
                     }
                 }
-                StateProj::Calling { fut, guard } => {
+                StateProj::Calling { fut, guard, endpoint } => {
                     let result = ready!(fut.poll(cx));
                     let mut guard = guard.take().expect("polled after completion");
-                    return Poll::Ready(match result {
-                        Ok(rsp) => Ok(this.track.track_completion(guard, rsp)),
-                        Err(e) => {
-                            guard.set_outcome(Outcome::Failure);
-                            Err(e.into())
+                    let mut error = match result {
+                        Ok(rsp) => return Poll::Ready(Ok(this.track.track_completion(guard, rsp))),
+                        Err(error) => error,
+                    };
+                    let unsent = error.take_unsent();
+                    // A request that never reached the backend counts for nothing (see above).
+                    let unprocessed = unsent.is_some() || error.is_unprocessed();
+                    guard.set_outcome(if unprocessed { Outcome::Cancelled } else { Outcome::Failure });
+                    drop(guard);
+                    match unsent {
+                        Some(req) if *this.reroutes_left > 0 => {
+                            *this.reroutes_left -= 1;
+                            let endpoint = endpoint.take().expect("polled after completion");
+                            tracing::debug!(endpoint = %endpoint.addr(), "request not sent; sending it to another endpoint");
+                            this.waiter.exclude(endpoint);
+                            *this.req = Some(req);
+                            this.state.set(State::Picking);
                         }
-                    });
+                        _ => return Poll::Ready(Err(error.into_error())),
+                    }
                 }
             }
         }

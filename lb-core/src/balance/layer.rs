@@ -4,21 +4,25 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::service::{Balance, CompleteOnResponse};
+use super::pick::Wait;
+use super::service::Balance;
+use super::track::CompleteOnResponse;
 use crate::pool::Pool;
 
 /// Builds a [`Balance`] over a [`Pool`]: holds configuration only.
 pub struct BalanceLayer<Req, T = CompleteOnResponse> {
-    failfast: Duration,
+    wait: Wait,
+    max_reroutes: u8,
     track: T,
     _req: PhantomData<fn(Req)>,
 }
 
 impl<Req> BalanceLayer<Req> {
-    /// A layer with the default failfast time ([`Balance::DEFAULT_FAILFAST`]).
+    /// A layer with the defaults ([`Wait::default`], [`Balance::DEFAULT_MAX_REROUTES`]).
     pub fn new() -> Self {
         BalanceLayer {
-            failfast: Balance::<(), Req>::DEFAULT_FAILFAST,
+            wait: Wait::default(),
+            max_reroutes: Balance::<(), Req>::DEFAULT_MAX_REROUTES,
             track: CompleteOnResponse::default(),
             _req: PhantomData,
         }
@@ -32,16 +36,35 @@ impl<Req> Default for BalanceLayer<Req> {
 }
 
 impl<Req, T> BalanceLayer<Req, T> {
-    /// Sets how long a request waits for an endpoint before failing.
-    pub fn failfast(mut self, failfast: Duration) -> Self {
-        self.failfast = failfast;
+    /// How a request waits for an endpoint (see [`Wait`]).
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// The longest a request waits for an endpoint.
+    pub fn endpoint_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait.timeout = timeout;
+        self
+    }
+
+    /// Renamed [`BalanceLayer::endpoint_wait_timeout`].
+    #[deprecated(note = "renamed `endpoint_wait_timeout`: it is the longest wait for an endpoint")]
+    pub fn failfast(self, timeout: Duration) -> Self {
+        self.endpoint_wait_timeout(timeout)
+    }
+
+    /// How many times a request handed back unsent is sent to another endpoint.
+    pub fn max_reroutes(mut self, n: u8) -> Self {
+        self.max_reroutes = n;
         self
     }
 
     /// Sets how the end of a request is detected.
     pub fn track<T2>(self, track: T2) -> BalanceLayer<Req, T2> {
         BalanceLayer {
-            failfast: self.failfast,
+            wait: self.wait,
+            max_reroutes: self.max_reroutes,
             track,
             _req: PhantomData,
         }
@@ -51,7 +74,8 @@ impl<Req, T> BalanceLayer<Req, T> {
 impl<Req, T: Clone> Clone for BalanceLayer<Req, T> {
     fn clone(&self) -> Self {
         BalanceLayer {
-            failfast: self.failfast,
+            wait: self.wait,
+            max_reroutes: self.max_reroutes,
             track: self.track.clone(),
             _req: PhantomData,
         }
@@ -61,7 +85,8 @@ impl<Req, T: Clone> Clone for BalanceLayer<Req, T> {
 impl<Req, T: fmt::Debug> fmt::Debug for BalanceLayer<Req, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalanceLayer")
-            .field("failfast", &self.failfast)
+            .field("wait", &self.wait)
+            .field("max_reroutes", &self.max_reroutes)
             .field("track", &self.track)
             .finish()
     }
@@ -71,6 +96,9 @@ impl<C, Req, T: Clone> Layer<Pool<C>> for BalanceLayer<Req, T> {
     type Service = Balance<C, Req, T>;
 
     fn layer(&self, pool: Pool<C>) -> Self::Service {
-        Balance::new(pool).failfast(self.failfast).track(self.track.clone())
+        Balance::new(pool)
+            .wait(self.wait)
+            .max_reroutes(self.max_reroutes)
+            .track(self.track.clone())
     }
 }

@@ -7,46 +7,19 @@ use std::time::Duration;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use crate::load::{LoadGuard, Outcome};
+use super::pick::Wait;
+use super::track::{CompleteOnResponse, EndpointError, TrackCompletion};
 use crate::policy::PickContext;
 use crate::pool::Pool;
 use crate::BoxError;
 
-/// Decides when a request is over: receives the load guard together with the response.
-///
-/// tower's `load::TrackCompletion` in spirit: an HTTP implementation moves the guard into the
-/// response body so the request counts as in flight until the body's last frame.
-pub trait TrackCompletion<Rsp>: Clone {
-    /// The response handed to the caller.
-    type Output;
-
-    /// Attaches (or drops) the guard.
-    fn track_completion(&self, guard: LoadGuard, response: Rsp) -> Self::Output;
-}
-
-/// Ends the request when its response arrives, recording a success.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CompleteOnResponse {
-    _priv: (),
-}
-
-impl<Rsp> TrackCompletion<Rsp> for CompleteOnResponse {
-    type Output = Rsp;
-
-    fn track_completion(&self, mut guard: LoadGuard, response: Rsp) -> Rsp {
-        guard.set_outcome(Outcome::Success);
-        response
-    }
-}
-
 type KeyFn<Req> = Arc<dyn Fn(&Req) -> Option<u64> + Send + Sync>;
 
-/// Per-request load balancing over a [`Pool`] of connections that are `tower::Service`s.
-///
-/// See the [module docs](crate::balance).
+/// Per-request load balancing over a [`Pool`] of endpoint services; see the
+/// [module docs](crate::balance).
 pub struct Balance<C, Req, T = CompleteOnResponse> {
     pool: Pool<C>,
-    failfast: Duration,
+    wait: Wait,
     max_reroutes: u8,
     track: T,
     key: Option<KeyFn<Req>>,
@@ -55,14 +28,16 @@ pub struct Balance<C, Req, T = CompleteOnResponse> {
 
 impl<C, Req> Balance<C, Req> {
     /// How long a request waits for an endpoint by default (linkerd's failfast timeout).
-    pub const DEFAULT_FAILFAST: Duration = Duration::from_secs(3);
+    pub const DEFAULT_ENDPOINT_WAIT: Duration = Wait::DEFAULT_TIMEOUT;
+    /// How many times a request its endpoint handed back unsent is sent elsewhere, by default.
+    pub const DEFAULT_MAX_REROUTES: u8 = 3;
 
     /// Balances over `pool` with the defaults.
     pub fn new(pool: Pool<C>) -> Self {
         Balance {
             pool,
-            failfast: Self::DEFAULT_FAILFAST,
-            max_reroutes: 2,
+            wait: Wait::default(),
+            max_reroutes: Self::DEFAULT_MAX_REROUTES,
             track: CompleteOnResponse::default(),
             key: None,
             _req: PhantomData,
@@ -71,17 +46,36 @@ impl<C, Req> Balance<C, Req> {
 }
 
 impl<C, Req, T> Balance<C, Req, T> {
-    /// Sets how long a request waits for an endpoint before failing with
-    /// [`Unavailable`](super::error::Unavailable).
-    pub fn failfast(mut self, failfast: Duration) -> Self {
-        self.failfast = failfast;
+    /// How a request waits for an endpoint (see [`Wait`]).
+    pub fn wait(mut self, wait: Wait) -> Self {
+        self.wait = wait;
         self
     }
 
-    /// Sets how many times a request whose connection failed before sending is re-picked.
-    pub fn with_max_reroutes(mut self, n: u8) -> Self {
+    /// The longest a request waits for an endpoint before failing with
+    /// [`Unavailable`](super::error::Unavailable).
+    pub fn endpoint_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait.timeout = timeout;
+        self
+    }
+
+    /// Renamed [`Balance::endpoint_wait_timeout`].
+    #[deprecated(note = "renamed `endpoint_wait_timeout`: it is the longest wait for an endpoint")]
+    pub fn failfast(self, timeout: Duration) -> Self {
+        self.endpoint_wait_timeout(timeout)
+    }
+
+    /// How many times a request its endpoint handed back unsent (or whose endpoint failed to become
+    /// ready) is sent to another endpoint before its error is returned.
+    pub fn max_reroutes(mut self, n: u8) -> Self {
         self.max_reroutes = n;
         self
+    }
+
+    /// Renamed [`Balance::max_reroutes`].
+    #[deprecated(note = "renamed `max_reroutes`")]
+    pub fn with_max_reroutes(self, n: u8) -> Self {
+        self.max_reroutes(n)
     }
 
     /// Extracts an affinity key from each request, for hashing policies.
@@ -94,12 +88,17 @@ impl<C, Req, T> Balance<C, Req, T> {
     pub fn track<T2>(self, track: T2) -> Balance<C, Req, T2> {
         Balance {
             pool: self.pool,
-            failfast: self.failfast,
+            wait: self.wait,
             max_reroutes: self.max_reroutes,
             track,
             key: self.key,
             _req: PhantomData,
         }
+    }
+
+    /// The wait configuration.
+    pub fn wait_config(&self) -> Wait {
+        self.wait
     }
 
     /// The pool.
@@ -122,7 +121,7 @@ impl<C, Req, T: Clone> Clone for Balance<C, Req, T> {
     fn clone(&self) -> Self {
         Balance {
             pool: self.pool.clone(),
-            failfast: self.failfast,
+            wait: self.wait,
             max_reroutes: self.max_reroutes,
             track: self.track.clone(),
             key: self.key.clone(),
@@ -135,7 +134,8 @@ impl<C, Req, T: fmt::Debug> fmt::Debug for Balance<C, Req, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balance")
             .field("pool", &self.pool)
-            .field("failfast", &self.failfast)
+            .field("wait", &self.wait)
+            .field("max_reroutes", &self.max_reroutes)
             .field("track", &self.track)
             .finish()
     }
@@ -143,8 +143,8 @@ impl<C, Req, T: fmt::Debug> fmt::Debug for Balance<C, Req, T> {
 
 impl<C, Req, T> Service<Req> for Balance<C, Req, T>
 where
-    C: Service<Req> + Clone + Send + Sync + 'static,
-    C::Error: Into<BoxError>,
+    C: Service<Req> + Clone,
+    C::Error: EndpointError<Req>,
     T: TrackCompletion<C::Response>,
 {
     type Response = T::Output;
@@ -160,13 +160,6 @@ where
         let ctx = PickContext {
             hash: self.key.as_ref().and_then(|k| k(&req)),
         };
-        ResponseFuture::new(
-            self.pool.clone(),
-            req,
-            ctx,
-            self.track.clone(),
-            self.failfast,
-            self.max_reroutes,
-        )
+        ResponseFuture::new(self.pool.clone(), req, ctx, self.wait, self.track.clone(), self.max_reroutes)
     }
 }

@@ -106,17 +106,33 @@ pub trait Picker: Send + Sync + fmt::Debug {
 pub trait Policy: Send + Sync + fmt::Debug + 'static {
     /// Builds a picker over `candidates`. Called whenever membership or health changes.
     fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker>;
+
+    /// True when the policy already prefers endpoints near the caller ([`Topology`], or a wrapper
+    /// around it). [`Options`](crate::Options) refuses to wrap such a policy in a second
+    /// `Topology` for a locality given separately: two nested preferences would each spill on
+    /// their own thresholds, which is never what was meant.
+    fn is_topology_aware(&self) -> bool {
+        false
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Arc<P> {
     fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker> {
         (**self).build(candidates)
     }
+
+    fn is_topology_aware(&self) -> bool {
+        (**self).is_topology_aware()
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Box<P> {
     fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker> {
         (**self).build(candidates)
+    }
+
+    fn is_topology_aware(&self) -> bool {
+        (**self).is_topology_aware()
     }
 }
 

@@ -75,6 +75,10 @@ impl<P: Policy> SlowStart<P> {
 }
 
 impl<P: Policy> Policy for SlowStart<P> {
+    fn is_topology_aware(&self) -> bool {
+        self.inner.is_topology_aware()
+    }
+
     fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker> {
         let inner = self.inner.build(candidates);
         let ends: Vec<Option<Instant>> = candidates.iter().map(|c| c.ready_since.map(|t| t + self.window)).collect();

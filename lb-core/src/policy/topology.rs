@@ -217,6 +217,10 @@ impl<P: Policy> Topology<P> {
 }
 
 impl<P: Policy> Policy for Topology<P> {
+    fn is_topology_aware(&self) -> bool {
+        true
+    }
+
     fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker> {
         let mut members: Vec<Vec<u32>> = vec![Vec::new(); self.levels.len()];
         for (i, c) in candidates.iter().enumerate() {

@@ -33,9 +33,13 @@ use crate::load::{EwmaConfig, Load, LoadGuard};
 use crate::policy::{PickContext, Picker, Policy};
 use crate::BoxError;
 
+mod connect_fn;
+mod layer;
 mod outlier;
 mod task;
 
+pub use self::connect_fn::{connect_fn, ConnectFn};
+pub use self::layer::{MakeDiscover, PoolLayer};
 pub use self::outlier::OutlierConfig;
 
 /// Opens connections to endpoints; implemented by protocol crates.
@@ -178,6 +182,8 @@ pub struct Snapshot<C> {
     version: u64,
     initialized: bool,
     healthy: usize,
+    connect_failing: bool,
+    last_connect_error: Option<Arc<str>>,
 }
 
 impl<C> fmt::Debug for Snapshot<C> {
@@ -187,6 +193,7 @@ impl<C> fmt::Debug for Snapshot<C> {
             .field("initialized", &self.initialized)
             .field("entries", &self.entries.len())
             .field("healthy", &self.healthy)
+            .field("connect_failing", &self.connect_failing)
             .finish()
     }
 }
@@ -199,6 +206,8 @@ impl<C> Snapshot<C> {
             version: 0,
             initialized: false,
             healthy: 0,
+            connect_failing: false,
+            last_connect_error: None,
         }
     }
 
@@ -220,6 +229,20 @@ impl<C> Snapshot<C> {
     /// How many endpoints can take requests.
     pub fn healthy(&self) -> usize {
         self.healthy
+    }
+
+    /// True when endpoints are known but the last connection attempt to every one of them failed
+    /// (gRPC's `TRANSIENT_FAILURE`): requests fail at once instead of waiting for an endpoint,
+    /// unless they ask to wait ([`Wait::wait_for_ready`](crate::balance::Wait)).
+    pub fn is_connect_failing(&self) -> bool {
+        self.connect_failing
+    }
+
+    /// The most recent connection error of any endpoint of the pool (`connection refused`, a TLS
+    /// failure, a connect timeout), kept after the endpoint recovers so a later failure can say
+    /// what went wrong last.
+    pub fn last_connect_error(&self) -> Option<&Arc<str>> {
+        self.last_connect_error.as_ref()
     }
 }
 

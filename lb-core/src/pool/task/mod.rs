@@ -64,6 +64,8 @@ struct Slot<C> {
     /// Bumped for every connection attempt; results and signals of older attempts are ignored.
     generation: u64,
     connect_failures: u32,
+    /// Why the last connection attempt failed; cleared when one succeeds.
+    connect_error: Option<Arc<str>>,
     connected_at: Option<Instant>,
     /// The outlier ejection multiplier k.
     ejections: u32,
@@ -103,6 +105,8 @@ pub(crate) struct PoolTask<K: Connect> {
     alarm: Arc<Notify>,
     version: u64,
     dirty: bool,
+    /// The most recent connection error of any endpoint, for [`Unavailable`](crate::balance::error::Unavailable).
+    last_connect_error: Option<Arc<str>>,
 }
 
 impl<K: Connect> PoolTask<K> {
@@ -130,6 +134,7 @@ impl<K: Connect> PoolTask<K> {
             alarm: Arc::new(Notify::new()),
             version: 0,
             dirty: false,
+            last_connect_error: None,
         }
     }
 
@@ -243,6 +248,7 @@ impl<K: Connect> PoolTask<K> {
                     phase: Phase::Idle,
                     generation: 0,
                     connect_failures: 0,
+                    connect_error: None,
                     connected_at: None,
                     ejections: 0,
                     ejected_this_interval: false,
@@ -355,6 +361,7 @@ impl<K: Connect> PoolTask<K> {
             Ok(Connected { connection, closed }) => {
                 debug!(target_uri = %target, endpoint = %slot.endpoint.addr(), "connected");
                 slot.connected_at = Some(Instant::now());
+                slot.connect_error = None;
                 let (abort, reg) = AbortHandle::new_pair();
                 slot.aborts.push(abort);
                 let key = (id.clone(), generation);
@@ -371,6 +378,9 @@ impl<K: Connect> PoolTask<K> {
             }
             Err(error) => {
                 slot.connect_failures += 1;
+                let message: Arc<str> = Arc::from(error.to_string());
+                slot.connect_error = Some(Arc::clone(&message));
+                self.last_connect_error = Some(message);
                 m::connect_failure(&target);
                 let delay = backoff(
                     self.shared.config.reconnect_backoff,

@@ -34,6 +34,8 @@ impl<K: Connect> PoolTask<K> {
         let mut entries = Vec::with_capacity(self.slots.len());
         let mut candidates = Vec::with_capacity(self.slots.len());
         let mut healthy = 0;
+        // gRPC's TRANSIENT_FAILURE: every endpoint's last connection attempt failed.
+        let mut connect_failing = true;
         let mut phases = [0usize; 5];
         for slot in self.slots.values() {
             phases[slot.phase.public() as usize] += 1;
@@ -42,6 +44,7 @@ impl<K: Connect> PoolTask<K> {
             }
             let ok = healthy_slot(slot);
             healthy += usize::from(ok);
+            connect_failing &= slot.connect_error.is_some();
             let connection = match &slot.phase {
                 Phase::Ready(c) => Some(c.clone()),
                 Phase::Ejected { conn, .. } => conn.clone(),
@@ -61,6 +64,7 @@ impl<K: Connect> PoolTask<K> {
                 healthy: ok,
             });
         }
+        let entries_empty = entries.is_empty();
         let picker = self.policy.build(&candidates);
         self.version += 1;
         let snapshot = Snapshot {
@@ -69,6 +73,8 @@ impl<K: Connect> PoolTask<K> {
             version: self.version,
             initialized: self.set.is_initialized(),
             healthy,
+            connect_failing: connect_failing && healthy == 0 && !entries_empty,
+            last_connect_error: self.last_connect_error.clone(),
         };
         debug!(target_uri = %self.target(), version = self.version, healthy, total = self.slots.len(), "published snapshot");
         m::endpoints(self.target(), &phases, self.drained.len());

@@ -1,0 +1,213 @@
+//! Picking an endpoint, and waiting for one when none can take the request.
+//!
+//! The fast path is one lock-free read of the pool's snapshot. When it yields nothing the request
+//! subscribes to the pool's snapshot signal *before* looking once more (so a snapshot published in
+//! between is not missed), then sleeps until the next snapshot or the end of its [`Wait`] —
+//! linkerd's failfast: never a hang. A request does not wait at all when every known endpoint's
+//! last connection attempt failed (gRPC's `TRANSIENT_FAILURE` for calls that are not
+//! wait-for-ready): it fails at once, saying why.
+//!
+//! [`PickFuture`] is this logic on its own, for callers that send requests themselves (the C ABI
+//! blocks on it); the [`Balance`](super::Balance) service runs the same code inside its response
+//! future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use super::error::Unavailable;
+use crate::endpoint::Endpoint;
+use crate::policy::PickContext;
+use crate::pool::{Picked, Pool, Snapshot};
+
+/// Picks of an excluded endpoint repeated before waiting for a new snapshot.
+const PICK_ATTEMPTS: usize = 4;
+
+/// How long a request waits for an endpoint, and whether it waits when every endpoint is failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// The longest a request waits for an endpoint that can take it (default 3 s, linkerd's
+    /// failfast timeout). After it the request fails with [`Unavailable`].
+    pub timeout: Duration,
+    /// Whether a request waits even while every endpoint's last connection attempt has failed
+    /// (default `false`: it fails at once, as gRPC calls that are not wait-for-ready do).
+    pub wait_for_ready: bool,
+}
+
+impl Wait {
+    /// The default wait for an endpoint.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+}
+
+impl Default for Wait {
+    fn default() -> Self {
+        Wait {
+            timeout: Wait::DEFAULT_TIMEOUT,
+            wait_for_ready: false,
+        }
+    }
+}
+
+enum Miss {
+    /// Nothing usable now; a later snapshot may bring one.
+    Wait,
+    /// Every endpoint is failing to connect.
+    Failing,
+}
+
+/// One look at a snapshot: an endpoint other than `excluded`, if the policy offers one.
+fn try_pick<C: Clone>(
+    snapshot: &Snapshot<C>,
+    ctx: &PickContext,
+    excluded: Option<&Endpoint>,
+) -> Result<Picked<C>, Miss> {
+    for _ in 0..PICK_ATTEMPTS {
+        match snapshot.pick(ctx) {
+            Some(p) if excluded.is_none_or(|e| e.id() != p.endpoint.id()) => return Ok(p),
+            // Dropping the pick's guard un-counts it without recording an outcome.
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    if snapshot.is_connect_failing() {
+        Err(Miss::Failing)
+    } else {
+        Err(Miss::Wait)
+    }
+}
+
+type Changed = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The state of one request's search for an endpoint: what it excludes and, once it has had to
+/// wait, its subscription and deadline (allocated on that slow path only).
+#[derive(Default)]
+pub(crate) struct Waiter {
+    excluded: Option<Arc<Endpoint>>,
+    started: Option<Instant>,
+    changed: Option<Changed>,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter")
+            .field("excluded", &self.excluded.as_ref().map(|e| e.addr()))
+            .field("waiting", &self.changed.is_some())
+            .finish()
+    }
+}
+
+impl Waiter {
+    /// Skips `endpoint` until the pool publishes a new snapshot (it failed this request before
+    /// sending; the next snapshot reflects why, or a closed connection is still refused by its
+    /// service's readiness).
+    pub(crate) fn exclude(&mut self, endpoint: Arc<Endpoint>) {
+        self.excluded = Some(endpoint);
+    }
+
+    pub(crate) fn poll_pick<C: Clone>(
+        &mut self,
+        pool: &Pool<C>,
+        ctx: &PickContext,
+        wait: Wait,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Picked<C>, Unavailable>> {
+        loop {
+            if self.changed.is_none() {
+                match try_pick(&pool.snapshot(), ctx, self.excluded.as_deref()) {
+                    Ok(p) => return Poll::Ready(Ok(p)),
+                    Err(Miss::Failing) if !wait.wait_for_ready => return Poll::Ready(Err(self.unavailable(pool))),
+                    Err(_) => {}
+                }
+                let mut rx = pool.subscribe();
+                match try_pick(&pool.snapshot(), ctx, self.excluded.as_deref()) {
+                    Ok(p) => return Poll::Ready(Ok(p)),
+                    Err(Miss::Failing) if !wait.wait_for_ready => return Poll::Ready(Err(self.unavailable(pool))),
+                    Err(_) => {}
+                }
+                self.started.get_or_insert_with(Instant::now);
+                self.changed = Some(Box::pin(async move {
+                    if rx.changed().await.is_err() {
+                        // The pool task is gone; only the deadline can end this wait.
+                        std::future::pending::<()>().await;
+                    }
+                }));
+            }
+            if let Some(changed) = self.changed.as_mut() {
+                if changed.as_mut().poll(cx).is_ready() {
+                    self.changed = None;
+                    self.excluded = None;
+                    continue;
+                }
+            }
+            let started = *self.started.get_or_insert_with(Instant::now);
+            let deadline = self
+                .deadline
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(started + wait.timeout)));
+            ready!(deadline.as_mut().poll(cx));
+            return Poll::Ready(Err(self.unavailable(pool)));
+        }
+    }
+
+    #[cold]
+    fn unavailable<C>(&mut self, pool: &Pool<C>) -> Unavailable {
+        crate::metrics::no_endpoint(pool.target());
+        let waited = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        let err = Unavailable::new(Arc::clone(pool.target()), waited, &pool.snapshot());
+        tracing::debug!(target_uri = %pool.target(), error = %err, "no endpoint");
+        self.changed = None;
+        self.deadline = None;
+        err
+    }
+}
+
+/// Picks an endpoint of a pool, waiting for one as the [`Balance`](super::Balance) service does;
+/// see the [module docs](self). Returned by [`Pool::pick_or_wait`].
+#[must_use = "futures do nothing unless polled"]
+pub struct PickFuture<C> {
+    pool: Pool<C>,
+    ctx: PickContext,
+    wait: Wait,
+    waiter: Waiter,
+}
+
+impl<C> fmt::Debug for PickFuture<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PickFuture")
+            .field("target", self.pool.target())
+            .field("ctx", &self.ctx)
+            .field("wait", &self.wait)
+            .field("waiter", &self.waiter)
+            .finish()
+    }
+}
+
+impl<C: Clone> Future for PickFuture<C> {
+    type Output = Result<Picked<C>, Unavailable>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is `Unpin` (the waiter's futures are boxed).
+        let this = self.get_mut();
+        this.waiter.poll_pick(&this.pool, &this.ctx, this.wait, cx)
+    }
+}
+
+impl<C: Clone> Pool<C> {
+    /// Picks an endpoint, waiting for one as the [`Balance`](super::Balance) service does: at most
+    /// `wait.timeout`, and not at all while every endpoint is failing to connect (unless
+    /// `wait.wait_for_ready`). For callers that send requests themselves; the pick's guard counts
+    /// the request until dropped.
+    pub fn pick_or_wait(&self, ctx: PickContext, wait: Wait) -> PickFuture<C> {
+        PickFuture {
+            pool: self.clone(),
+            ctx,
+            wait,
+            waiter: Waiter::default(),
+        }
+    }
+}
