@@ -28,6 +28,19 @@ pub mod pb {
     tonic::include_proto!("helloworld");
 }
 
+/// Logs to stderr at `default_level` unless `RUST_LOG` says otherwise, with colours only when
+/// stderr is a terminal (a log file or a pipe gets plain text, not escape codes).
+pub fn init_logging(default_level: &str) {
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()),
+        )
+        .init();
+}
+
 /// True when `error` is (or wraps) a write to a closed pipe, e.g. output piped into `head`.
 pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error

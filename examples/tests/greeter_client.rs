@@ -80,7 +80,8 @@ fn bad_arguments_fail_clearly_without_a_report() {
 
 #[test]
 fn no_reachable_server_reports_errors_and_fails() {
-    // A port nobody listens on: every call fails with UNAVAILABLE after the failfast time.
+    // A port nobody listens on: every call fails with UNAVAILABLE, at once since the only backend
+    // refuses connections. `--failfast-ms`, the old name of `--endpoint-wait-ms`, still works.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead = listener.local_addr().expect("addr");
     drop(listener);
@@ -90,7 +91,9 @@ fn no_reachable_server_reports_errors_and_fails() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let r: Report = serde_json::from_slice(&out.stdout).expect("still one JSON line");
     assert_eq!((r.requests, r.ok, r.errors), (3, 0, 3), "{r:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Unavailable"), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Unavailable"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "no colour codes in logs that do not go to a terminal: {stderr}");
 }
 
 #[test]

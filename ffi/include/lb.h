@@ -146,7 +146,9 @@ void lb_string_free(char *s);
 //   deterministically for this client's id, e.g. its pod name),
 //   `locality` ({"region","zone","node"}: the caller's own, enables topology preference),
 //   `topology` (levels nearest first, e.g. ["node","zone","region","any"]), `overprovisioning`,
-//   `panic_threshold`, `failfast_ms` (how long a pick waits for an endpoint, default 3000),
+//   `panic_threshold`, `endpoint_wait_ms` (the longest a pick waits for an endpoint, default
+//   3000; `failfast_ms` is its old name), `wait_for_ready` (wait that long even while every
+//   endpoint fails its probe; default false: fail at once with the probe's error),
 //   `report_timeout_ms` (an unreported pick expires as cancelled after this long, default 60000),
 //   `connect_timeout_ms`, `probe` (TCP-probe endpoints before use, default true),
 //   `probe_interval_ms` (re-probe period, 0 = only on reconnect; default 5000),
@@ -181,7 +183,8 @@ enum lb_status lb_balancer_wait_ready(const struct lb_balancer *b, uint64_t time
 //
 // The pick counts as one request in flight on that endpoint until `out->token` is passed to
 // `lb_balancer_report` (or expires). When no endpoint can take requests, waits up to the
-// `failfast_ms` option for one, then returns `LB_ERR_UNAVAILABLE`.
+// `endpoint_wait_ms` option for one, then returns `LB_ERR_UNAVAILABLE` (at once, naming the last
+// probe error, while every endpoint fails its probe, unless `wait_for_ready`).
 // Thread-safe and lock-free apart from one short sharded lock; any number of threads may pick at once.
 //
 // # Safety

@@ -11,6 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lb_core::balance::Wait;
 use lb_core::policy::{self, PickContext};
 use lb_core::pool::{EndpointPhase, Picked};
 use lb_core::{Endpoint, EndpointState, Outcome, Pool};
@@ -46,7 +47,7 @@ pub struct lb_balancer {
     target: String,
     pool: Pool<Probed>,
     pending: Arc<Pending>,
-    failfast: Duration,
+    wait: Wait,
     // Dropped (shut down) explicitly in `Drop`, which joins its threads.
     runtime: Option<Runtime>,
 }
@@ -89,23 +90,20 @@ impl lb_balancer {
     pub(crate) fn new(target: &str, options: Option<&str>) -> Result<Self, Error> {
         let parsed = Target::parse(target).map_err(Error::registry)?;
         let opts = Options::parse(options)?;
-        let policy = opts.policy()?;
-        let config = opts.pool_config(target);
+        let balance = opts.balance()?;
         let discover = lb_registry::resolve(&parsed).map_err(Error::registry)?;
-        let discover = match opts.subset()? {
-            Some((size, client_id)) => lb_core::discover::subset(discover, size, client_id),
-            None => discover,
-        };
         let connector = ProbeConnect::new(
             opts.probe,
             Duration::from_millis(opts.probe_interval_ms),
-            config.connect_timeout,
+            balance.pool_config(target).connect_timeout,
         );
         let runtime = runtime("lb-balancer")?;
         let pending = Arc::new(Pending::new(opts.report_timeout()));
         let pool = {
             let _entered = runtime.enter();
-            let pool = Pool::spawn(discover, connector, policy, config);
+            let pool = balance
+                .spawn_pool(target, discover, connector, None)
+                .map_err(|e| Error::options(format!("options_json: {e}")))?;
             runtime.spawn(expire_loop(Arc::clone(&pending)));
             pool
         };
@@ -113,7 +111,7 @@ impl lb_balancer {
             target: target.to_string(),
             pool,
             pending,
-            failfast: opts.failfast(),
+            wait: balance.wait(),
             runtime: Some(runtime),
         })
     }
@@ -139,34 +137,14 @@ impl lb_balancer {
         Ok((self.pending.insert(guard), endpoint))
     }
 
-    /// No endpoint right now: wait for one until the failfast deadline (linkerd's failfast).
+    /// No endpoint right now: wait for one as every face of lb does (lb-core's engine), blocking
+    /// this thread on the pool's snapshot signal — no polling, so no CPU is spent while waiting, and
+    /// the pick returns as soon as an endpoint is published.
     #[cold]
     fn pick_slow(&self, ctx: &PickContext) -> Result<Picked<Probed>, Error> {
-        let deadline = std::time::Instant::now() + self.failfast;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                let s = self.pool.snapshot();
-                return Err(Error::new(
-                    lb_status::LB_ERR_UNAVAILABLE,
-                    format!(
-                        "no endpoint of `{}` can take requests (failfast {:?}; {} known, {} healthy{})",
-                        self.target,
-                        self.failfast,
-                        s.entries().len(),
-                        s.healthy(),
-                        if s.is_initialized() { "" } else { "; discovery has not delivered a set yet" }
-                    ),
-                ));
-            }
-            if self.wait_ready(left) {
-                if let Some(p) = self.pool.pick(ctx) {
-                    return Ok(p);
-                }
-                // Ready but the picker declined (a race with an ejection): yield, then look again.
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        self.runtime()
+            .block_on(self.pool.pick_or_wait(*ctx, self.wait))
+            .map_err(|e| Error::new(lb_status::LB_ERR_UNAVAILABLE, e.to_string()))
     }
 
     pub(crate) fn report(
@@ -278,7 +256,9 @@ unsafe fn balancer<'a>(b: *const lb_balancer) -> Result<&'a lb_balancer, Error> 
 ///   deterministically for this client's id, e.g. its pod name),
 ///   `locality` ({"region","zone","node"}: the caller's own, enables topology preference),
 ///   `topology` (levels nearest first, e.g. ["node","zone","region","any"]), `overprovisioning`,
-///   `panic_threshold`, `failfast_ms` (how long a pick waits for an endpoint, default 3000),
+///   `panic_threshold`, `endpoint_wait_ms` (the longest a pick waits for an endpoint, default
+///   3000; `failfast_ms` is its old name), `wait_for_ready` (wait that long even while every
+///   endpoint fails its probe; default false: fail at once with the probe's error),
 ///   `report_timeout_ms` (an unreported pick expires as cancelled after this long, default 60000),
 ///   `connect_timeout_ms`, `probe` (TCP-probe endpoints before use, default true),
 ///   `probe_interval_ms` (re-probe period, 0 = only on reconnect; default 5000),
@@ -347,7 +327,8 @@ pub unsafe extern "C" fn lb_balancer_wait_ready(
 ///
 /// The pick counts as one request in flight on that endpoint until `out->token` is passed to
 /// `lb_balancer_report` (or expires). When no endpoint can take requests, waits up to the
-/// `failfast_ms` option for one, then returns `LB_ERR_UNAVAILABLE`.
+/// `endpoint_wait_ms` option for one, then returns `LB_ERR_UNAVAILABLE` (at once, naming the last
+/// probe error, while every endpoint fails its probe, unless `wait_for_ready`).
 /// Thread-safe and lock-free apart from one short sharded lock; any number of threads may pick at once.
 ///
 /// # Safety

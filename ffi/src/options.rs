@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lb_core::policy::{Level, Maglev, P2c, RingHash, RoundRobin, SlowStart, Topology, WeightedRoundRobin};
 use lb_core::pool::OutlierConfig;
-use lb_core::{Endpoint, EndpointState, Locality, Policy, PoolConfig};
+use lb_core::{Endpoint, EndpointState, Locality, Policy};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -34,7 +34,12 @@ pub(crate) struct Options {
     topology: Option<Vec<String>>,
     overprovisioning: Option<f64>,
     panic_threshold: Option<f64>,
-    pub(crate) failfast_ms: u64,
+    /// The longest a pick waits for an endpoint (`endpoint_wait_ms`; `failfast_ms`, its old name,
+    /// is still read).
+    #[serde(alias = "endpoint_wait_ms")]
+    failfast_ms: u64,
+    /// Wait out the whole endpoint wait even while every endpoint is failing its probes.
+    wait_for_ready: bool,
     pub(crate) report_timeout_ms: u64,
     connect_timeout_ms: Option<u64>,
     pub(crate) probe: bool,
@@ -56,6 +61,7 @@ impl Default for Options {
             overprovisioning: None,
             panic_threshold: None,
             failfast_ms: 3000,
+            wait_for_ready: false,
             report_timeout_ms: 60_000,
             connect_timeout_ms: None,
             probe: true,
@@ -155,24 +161,37 @@ impl Options {
         Ok(opts)
     }
 
-    /// `(size, client id)` when subsetting is on; both keys or neither.
-    pub(crate) fn subset(&self) -> Result<Option<(usize, &str)>, Error> {
-        match (self.subset_size, self.subset_client_id.as_deref()) {
-            (None | Some(0), None) => Ok(None),
-            (Some(0), Some(_)) => Ok(None),
-            (Some(size), Some(id)) if !id.is_empty() => Ok(Some((size, id))),
-            _ => Err(Error::options(
-                "options_json: subset_size and subset_client_id go together (a non-empty id, e.g. the pod name)",
-            )),
+    /// The balancing options these map onto (`lb_core::Options`, which `LbChannel` and `LbClient`
+    /// are built from too).
+    pub(crate) fn balance(&self) -> Result<lb_core::Options, Error> {
+        let mut o = lb_core::Options::new()
+            .policy(self.policy()?)
+            .endpoint_wait_timeout(ms(self.failfast_ms))
+            .wait_for_ready(self.wait_for_ready)
+            .outlier_detection(self.outlier.as_ref().map(OutlierOpt::to_config));
+        if let Some(t) = self.connect_timeout_ms {
+            o = o.connect_timeout(ms(t.max(1)));
         }
+        match (self.subset_size, self.subset_client_id.as_deref()) {
+            (None | Some(0), _) => {}
+            (Some(size), Some(id)) if !id.is_empty() => o = o.subset(size, id),
+            _ => {
+                return Err(Error::options(
+                    "options_json: subset_size and subset_client_id go together (a non-empty id, e.g. the pod name)",
+                ))
+            }
+        }
+        if self.subset_client_id.is_some() && self.subset_size.is_none() {
+            return Err(Error::options(
+                "options_json: subset_client_id needs subset_size (how many endpoints to connect to)",
+            ));
+        }
+        o.validate().map_err(|e| Error::options(format!("options_json: {e}")))?;
+        Ok(o)
     }
 
     fn interval_is_zero(&self) -> bool {
         matches!(&self.outlier, Some(o) if o.interval_ms == Some(0))
-    }
-
-    pub(crate) fn failfast(&self) -> Duration {
-        ms(self.failfast_ms)
     }
 
     /// Never zero: a zero timeout would expire picks before the caller could report them.
@@ -180,17 +199,8 @@ impl Options {
         ms(self.report_timeout_ms.max(1))
     }
 
-    pub(crate) fn pool_config(&self, target: &str) -> PoolConfig {
-        let mut config = PoolConfig::new(target);
-        if let Some(t) = self.connect_timeout_ms {
-            config.connect_timeout = ms(t.max(1));
-        }
-        config.outlier = self.outlier.as_ref().map(OutlierOpt::to_config);
-        config
-    }
-
     /// Builds the configured policy, wrapped in topology preference when a locality or levels are given.
-    pub(crate) fn policy(&self) -> Result<Box<dyn Policy>, Error> {
+    fn policy(&self) -> Result<Box<dyn Policy>, Error> {
         let inner: Box<dyn Policy> = match (self.policy, self.seed) {
             (PolicyName::RoundRobin, _) => Box::new(RoundRobin::new()),
             (PolicyName::Weighted, _) => Box::new(WeightedRoundRobin::new()),
@@ -313,17 +323,29 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let o = Options::parse(None).expect("defaults");
-        assert_eq!(o.failfast(), Duration::from_secs(3));
+        let o = Options::parse(None).expect("defaults").balance().expect("valid");
+        assert_eq!(o.wait().timeout, Duration::from_secs(3));
+        assert!(!o.wait().wait_for_ready);
         assert!(o.pool_config("t").outlier.is_some());
         let o = Options::parse(Some(r#"{"policy":"rr","failfast_ms":5,"outlier":null}"#))
+            .expect("valid")
+            .balance()
             .expect("valid");
-        assert_eq!(o.failfast(), Duration::from_millis(5));
+        assert_eq!(o.wait().timeout, Duration::from_millis(5));
         assert!(
             o.pool_config("t").outlier.is_none(),
             "null disables outlier detection"
         );
-        let o = Options::parse(Some(r#"{"outlier":{"consecutive_failures":2}}"#)).expect("valid");
+        let o = Options::parse(Some(r#"{"endpoint_wait_ms":7,"wait_for_ready":true}"#))
+            .expect("the new names")
+            .balance()
+            .expect("valid");
+        assert_eq!(o.wait().timeout, Duration::from_millis(7));
+        assert!(o.wait().wait_for_ready);
+        let o = Options::parse(Some(r#"{"outlier":{"consecutive_failures":2}}"#))
+            .expect("valid")
+            .balance()
+            .expect("valid");
         let c = o.pool_config("t").outlier.expect("enabled");
         assert_eq!(c.consecutive_failures, 2);
         assert_eq!(c.base_ejection, OutlierConfig::default().base_ejection);
@@ -343,7 +365,7 @@ mod tests {
         }
         let o = Options::parse(Some(r#"{"topology":["zone","planet"]}"#)).expect("syntax is fine");
         assert!(
-            o.policy().is_err(),
+            o.balance().is_err(),
             "unknown level is rejected when the policy is built"
         );
     }

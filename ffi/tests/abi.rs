@@ -269,13 +269,29 @@ fn no_endpoint_fails_fast_and_wait_ready_times_out() {
         .local_addr()
         .expect("addr")
         .port();
-    let b = Bal::new(
-        &format!("static:///127.0.0.1:{port}"),
-        r#"{"failfast_ms":200}"#,
-    )
-    .expect("valid");
+    let target = format!("static:///127.0.0.1:{port}");
+    let b = Bal::new(&target, r#"{"endpoint_wait_ms":2000}"#).expect("valid");
     assert_eq!(b.ready(100), lb_status::LB_ERR_TIMEOUT);
     assert!(last_error().contains("not ready"), "{}", last_error());
+    // The only endpoint is known to refuse: the pick fails at once instead of waiting 2 s, and
+    // says why.
+    let start = Instant::now();
+    assert_eq!(b.pick(None).err(), Some(lb_status::LB_ERR_UNAVAILABLE));
+    assert!(start.elapsed() < Duration::from_secs(2), "waited {:?}", start.elapsed());
+    let message = last_error().to_lowercase();
+    assert!(
+        message.contains("failed to connect") && message.contains("connection refused"),
+        "{message}"
+    );
+    let ep = &b.endpoints()["endpoints"][0];
+    assert_eq!(
+        ep["healthy"], false,
+        "a refused endpoint is out of rotation: {ep}"
+    );
+
+    // Asked to wait for readiness, the pick waits out the endpoint wait (the old key still works).
+    let b = Bal::new(&target, r#"{"failfast_ms":200,"wait_for_ready":true}"#).expect("valid");
+    assert_eq!(b.ready(100), lb_status::LB_ERR_TIMEOUT);
     let start = Instant::now();
     assert_eq!(b.pick(None).err(), Some(lb_status::LB_ERR_UNAVAILABLE));
     let waited = start.elapsed();
@@ -284,11 +300,6 @@ fn no_endpoint_fails_fast_and_wait_ready_times_out() {
         "waited {waited:?}"
     );
     assert!(last_error().contains("no endpoint"), "{}", last_error());
-    let ep = &b.endpoints()["endpoints"][0];
-    assert_eq!(
-        ep["healthy"], false,
-        "a refused endpoint is out of rotation: {ep}"
-    );
 }
 
 #[test]

@@ -1,19 +1,54 @@
 //! Response bodies that keep a request counted until their last frame.
 //!
 //! linkerd's `hyper-balance` showed why: a balancer that stops counting a request at the response
-//! headers sees a server stream that runs for minutes as zero load. [`TrackedBody`] holds the
-//! request's [`LoadGuard`] and its connection [`StreamSlot`] until the body ends or is dropped,
-//! setting the outcome from the trailers (gRPC) or the status (HTTP) on the way.
+//! headers sees a server stream that runs for minutes as zero load. [`TrackBody`] is the
+//! [`TrackCompletion`] lb's engine hands each response to: it moves the request's [`LoadGuard`]
+//! into a [`TrackedBody`], which holds it until the body ends or is dropped, setting the outcome
+//! from the trailers (gRPC) or the status (HTTP) on the way ([`Classify`]). It works over any
+//! `http::Response<B>`: lb-hyper's own connections, or a per-endpoint service a user composed.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
+use lb_core::balance::TrackCompletion;
 use lb_core::{LoadGuard, Outcome};
 use pin_project_lite::pin_project;
 
-use crate::classify::Classify;
-use crate::connect::StreamSlot;
+use crate::classify::{Classify, Verdict};
+
+/// Ends each request with its response body; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct TrackBody {
+    classify: Classify,
+}
+
+impl TrackBody {
+    /// Judges outcomes with `classify`.
+    pub fn new(classify: Classify) -> Self {
+        TrackBody { classify }
+    }
+
+    /// For gRPC: the outcome is the `grpc-status` ([`Classify::grpc`]).
+    pub fn grpc() -> Self {
+        TrackBody::new(Classify::grpc())
+    }
+
+    /// For plain HTTP: 5xx is a failure ([`Classify::http`]).
+    pub fn http() -> Self {
+        TrackBody::new(Classify::http())
+    }
+}
+
+impl<B> TrackCompletion<http::Response<B>> for TrackBody {
+    type Output = http::Response<TrackedBody<B>>;
+
+    fn track_completion(&self, guard: LoadGuard, response: http::Response<B>) -> Self::Output {
+        let verdict = self.classify.head(response.status(), response.headers());
+        let classify = self.classify.clone();
+        response.map(|b| TrackedBody::new(b, guard, classify, verdict))
+    }
+}
 
 pin_project! {
     /// A response body that counts its request as in flight until it ends; see the
@@ -23,21 +58,19 @@ pin_project! {
         #[pin]
         inner: B,
         guard: Option<LoadGuard>,
-        slot: Option<StreamSlot>,
         classify: Classify,
         decided: bool,
     }
 }
 
 impl<B> TrackedBody<B> {
-    pub(crate) fn new(inner: B, mut guard: LoadGuard, slot: StreamSlot, classify: Classify, head: (Outcome, bool)) -> Self {
-        guard.set_outcome(head.0);
+    pub(crate) fn new(inner: B, mut guard: LoadGuard, classify: Classify, head: Verdict) -> Self {
+        guard.set_outcome(head.outcome);
         TrackedBody {
             inner,
             guard: Some(guard),
-            slot: Some(slot),
             classify,
-            decided: head.1,
+            decided: head.is_final,
         }
     }
 }
@@ -81,45 +114,6 @@ where
                     g.set_outcome(this.classify.end_without_status());
                 }
             }
-            this.slot.take();
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-pin_project! {
-    /// A response body that keeps its connection slot until it ends (no load tracking).
-    #[derive(Debug)]
-    pub struct SlotBody<B> {
-        #[pin]
-        inner: B,
-        slot: Option<StreamSlot>,
-    }
-}
-
-impl<B> SlotBody<B> {
-    pub(crate) fn new(inner: B, slot: StreamSlot) -> Self {
-        SlotBody { inner, slot: Some(slot) }
-    }
-}
-
-impl<B: Body> Body for SlotBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) {
-            this.slot.take();
         }
         Poll::Ready(frame)
     }

@@ -29,6 +29,21 @@ pub enum Classify {
     },
 }
 
+/// What a response's head says of its outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The outcome known so far.
+    pub outcome: Outcome,
+    /// Whether it is final (a gRPC response with a body decides in its trailers).
+    pub is_final: bool,
+}
+
+impl Verdict {
+    const fn done(outcome: Outcome) -> Self {
+        Verdict { outcome, is_final: true }
+    }
+}
+
 /// The gRPC codes [`Classify::grpc`] counts as endpoint failures.
 pub const GRPC_FAILURE_CODES: &[i32] = &[2, 13, 14, 15];
 
@@ -45,25 +60,26 @@ impl Classify {
         }
     }
 
-    /// The outcome known from the response head, and whether it is final.
-    pub(crate) fn head(&self, status: StatusCode, headers: &HeaderMap) -> (Outcome, bool) {
+    /// The outcome known from the response head.
+    pub fn head(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
         match self {
-            Classify::Http => (
-                if status.is_server_error() { Outcome::Failure } else { Outcome::Success },
-                true,
-            ),
+            Classify::Http => Verdict::done(if status.is_server_error() { Outcome::Failure } else { Outcome::Success }),
             Classify::Grpc { .. } => {
                 if !status.is_success() {
                     // Not a gRPC answer at all (a proxy's 502, a 503 from a draining server).
-                    return (
-                        if status.is_server_error() || status == StatusCode::BAD_GATEWAY { Outcome::Failure } else { Outcome::Success },
-                        true,
-                    );
+                    return Verdict::done(if status.is_server_error() || status == StatusCode::BAD_GATEWAY {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    });
                 }
                 match grpc_status(headers) {
                     // Trailers-only response: the status is in the headers.
-                    Some(code) => (self.code(code), true),
-                    None => (Outcome::Cancelled, false),
+                    Some(code) => Verdict::done(self.code(code)),
+                    None => Verdict {
+                        outcome: Outcome::Cancelled,
+                        is_final: false,
+                    },
                 }
             }
         }
@@ -120,15 +136,15 @@ mod tests {
             assert_eq!(c.trailers(&trailers(code)), Some(Outcome::Failure), "code {code}");
         }
         assert_eq!(c.trailers(&HeaderMap::new()), None);
-        assert_eq!(c.head(StatusCode::OK, &trailers("14")), (Outcome::Failure, true), "trailers-only");
-        assert!(!c.head(StatusCode::OK, &HeaderMap::new()).1, "gRPC waits for trailers");
+        assert_eq!(c.head(StatusCode::OK, &trailers("14")), Verdict::done(Outcome::Failure), "trailers-only");
+        assert!(!c.head(StatusCode::OK, &HeaderMap::new()).is_final, "gRPC waits for trailers");
         assert_eq!(c.end_without_status(), Outcome::Failure);
     }
 
     #[test]
     fn http_codes() {
         let c = Classify::http();
-        assert_eq!(c.head(StatusCode::NOT_FOUND, &HeaderMap::new()), (Outcome::Success, true));
-        assert_eq!(c.head(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()), (Outcome::Failure, true));
+        assert_eq!(c.head(StatusCode::NOT_FOUND, &HeaderMap::new()), Verdict::done(Outcome::Success));
+        assert_eq!(c.head(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()), Verdict::done(Outcome::Failure));
     }
 }

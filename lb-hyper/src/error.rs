@@ -1,12 +1,12 @@
 //! The error type at lb-hyper's public edge: opaque, with `is_*` predicates (as `hyper::Error`).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
+use lb_core::balance::error::Unavailable;
 use lb_core::BoxError;
 
-/// An error from [`LbClient`](crate::LbClient), the [`Balancer`](crate::Balancer) or a builder.
+/// An error from [`LbClient`](crate::LbClient) or a builder.
 pub struct Error {
     kind: Kind,
     source: Option<BoxError>,
@@ -14,11 +14,7 @@ pub struct Error {
 
 #[derive(Debug)]
 enum Kind {
-    Unavailable {
-        target: Arc<str>,
-        waited: Duration,
-        initialized: bool,
-    },
+    Unavailable(Unavailable),
     Timeout(Duration),
     Transport {
         sent: bool,
@@ -28,14 +24,20 @@ enum Kind {
 }
 
 impl Error {
-    pub(crate) fn unavailable(target: Arc<str>, waited: Duration, initialized: bool) -> Self {
-        Error {
-            kind: Kind::Unavailable {
-                target,
-                waited,
-                initialized,
+    /// The error the engine returned, as this crate's: no endpoint → unavailable; a connection's
+    /// error → transport, saying whether the request may have been sent.
+    pub(crate) fn from_engine(e: BoxError) -> Self {
+        let e = match e.downcast::<Error>() {
+            Ok(e) => return *e,
+            Err(e) => e,
+        };
+        match e.downcast::<Unavailable>() {
+            Ok(u) => Error {
+                kind: Kind::Unavailable(*u),
+                source: None,
             },
-            source: None,
+            // A per-endpoint error that says nothing of whether the request left.
+            Err(e) => Error::transport(e, true),
         }
     }
 
@@ -67,9 +69,19 @@ impl Error {
         }
     }
 
-    /// No endpoint could take the request within the failfast time (HTTP 503, gRPC `UNAVAILABLE`).
+    /// No endpoint could take the request: none within the endpoint wait, or every endpoint
+    /// failing to connect (HTTP 503, gRPC `UNAVAILABLE`).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self.kind, Kind::Unavailable { .. })
+        matches!(self.kind, Kind::Unavailable(_))
+    }
+
+    /// For an unavailable error: why no endpoint could take the request (the target, how long it
+    /// waited, the last connection error).
+    pub fn unavailable(&self) -> Option<&Unavailable> {
+        match &self.kind {
+            Kind::Unavailable(u) => Some(u),
+            _ => None,
+        }
     }
 
     /// The request timeout expired before the response headers arrived.
@@ -82,7 +94,7 @@ impl Error {
         matches!(self.kind, Kind::Transport { .. })
     }
 
-    /// For a transport error: whether the request may have reached the backend. `false` means it
+    /// For a transport error: whether the backend may have processed the request. `false` means it
     /// certainly did not (it was re-sent elsewhere as often as allowed, then gave up).
     pub fn is_sent(&self) -> bool {
         matches!(self.kind, Kind::Transport { sent: true })
@@ -100,10 +112,7 @@ impl Error {
 
     /// For an unavailable error: the target that had no endpoint.
     pub fn target_name(&self) -> Option<&str> {
-        match &self.kind {
-            Kind::Unavailable { target, .. } => Some(target),
-            _ => None,
-        }
+        self.unavailable().map(Unavailable::target)
     }
 }
 
@@ -121,18 +130,10 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Unavailable {
-                target,
-                waited,
-                initialized: true,
-            } => write!(f, "no endpoint of `{target}` available after {waited:?}"),
-            Kind::Unavailable { target, waited, .. } => write!(
-                f,
-                "no endpoint of `{target}` available after {waited:?}: discovery has not delivered an endpoint set yet"
-            ),
+            Kind::Unavailable(u) => fmt::Display::fmt(u, f),
             Kind::Timeout(after) => write!(f, "request timed out after {after:?}"),
             Kind::Transport { sent: true } => f.write_str("connection failed after the request was sent"),
-            Kind::Transport { sent: false } => f.write_str("connection failed before the request was sent"),
+            Kind::Transport { sent: false } => f.write_str("connection failed before the request was processed"),
             Kind::Config(m) => write!(f, "invalid configuration: {m}"),
             Kind::Target => f.write_str("invalid target"),
         }

@@ -1,13 +1,16 @@
 //! Per-request load balancing for hyper 1.x over HTTP/1.1 and HTTP/2.
 //!
-//! Two layers:
+//! lb's HTTP/2 (and HTTP/1.1) core, free of tonic, so any gRPC face can stand on it:
 //!
 //! - [`HttpConnector`] implements [`lb_core::pool::Connect`]: it is how lb's pool opens connections
 //!   to endpoints (TCP with `TCP_NODELAY`, optional rustls TLS, hyper's handshake; extra HTTP/2
-//!   connections under stream pressure, a small HTTP/1.1 pool). `lb-tonic` builds on it.
-//! - [`LbClient`] is a hyper client over a target URI: each request picks an endpoint from the pool's
-//!   lock-free snapshot (P2C PeakEWMA by default), and its load is counted until the *end of the
-//!   response body* ([`TrackedBody`]), with the outcome taken from the status ([`Classify`]).
+//!   connections under stream pressure, a small HTTP/1.1 pool). Each [`HttpConnection`] is the
+//!   per-endpoint `tower::Service` lb-core's engine ([`lb_core::Balance`]) sends through, and hands
+//!   back requests that never reached the backend so the engine sends them elsewhere.
+//! - [`TrackBody`] ends each request with its response body ([`TrackedBody`]), taking the outcome
+//!   from the status or the gRPC trailers ([`Classify`]).
+//! - [`LbClient`] is that engine over a target URI (P2C PeakEWMA by default); [`Options`] is the
+//!   one options type it and `lb_tonic::LbChannel` are built from.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,7 +18,7 @@
 //! use bytes::Bytes;
 //!
 //! let client = lb_hyper::LbClient::builder()
-//!     .failfast(std::time::Duration::from_secs(1))
+//!     .endpoint_wait_timeout(std::time::Duration::from_secs(1))
 //!     .build_from_target::<Empty<Bytes>>("static:///127.0.0.1:8080,127.0.0.1:8081")?;
 //! let req = http::Request::get("http://orders.internal/health").body(Empty::new())?;
 //! let rsp = client.request(req).await?;
@@ -26,17 +29,24 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]
 
-pub mod balancer;
 pub mod body;
 pub mod classify;
 mod client;
 pub mod connect;
 mod error;
 pub mod health;
+mod options;
 
-pub use self::balancer::{Balancer, EndpointStatus};
-pub use self::body::TrackedBody;
+pub use self::body::{TrackBody, TrackedBody};
 pub use self::classify::Classify;
-pub use self::client::{spawn_pool, Builder, ConnectorParts, LbClient};
-pub use self::connect::{HttpConnection, HttpConnector, Protocol};
+pub use self::client::{Builder, EndpointStatus, LbClient, ResponseBody, ResponseFuture};
+pub use self::connect::{HttpConnection, HttpConnector, Protocol, Replay};
 pub use self::error::Error;
+pub use self::options::{IdleTimeout, KeepAlive, Options};
+
+/// What [`__builder_options!`] expands to needs, reachable from other crates.
+#[doc(hidden)]
+pub mod __private {
+    pub use lb_core;
+    pub use rustls;
+}

@@ -116,7 +116,6 @@ async fn http1_keeps_the_addressed_host_and_sends_origin_form() {
 
     let fixed = LbClient::builder()
         .authority("orders.internal:8080")
-        .expect("valid authority")
         .build_from_target::<Empty<Bytes>>(&static_target(&bs))
         .expect("valid");
     wait_healthy(&fixed, 1).await;
@@ -124,7 +123,11 @@ async fn http1_keeps_the_addressed_host_and_sends_origin_form() {
     assert_eq!(seen(&fixed, req("http://other.example/echo")).await.0, "orders.internal:8080", "and wins over the URI's");
     let explicit = Request::get("/echo").header("host", "explicit.example").body(Empty::new()).expect("valid");
     assert_eq!(seen(&fixed, explicit).await.0, "explicit.example", "a Host the caller set still wins");
-    assert!(LbClient::builder().authority("bad authority").is_err(), "an invalid authority is a config error");
+    let err = LbClient::builder()
+        .authority("bad authority")
+        .build_from_target::<Empty<Bytes>>(&static_target(&bs))
+        .expect_err("an invalid authority");
+    assert!(err.is_config() && err.to_string().contains("bad authority"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +146,6 @@ async fn http2_sends_the_addressed_authority() {
     let fixed = LbClient::builder()
         .protocol(Protocol::Http2)
         .authority("orders.internal:8080")
-        .expect("valid authority")
         .build_from_target::<Empty<Bytes>>(&static_target(&bs))
         .expect("valid");
     wait_healthy(&fixed, 1).await;
@@ -154,7 +156,7 @@ async fn http2_sends_the_addressed_authority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_endpoint_is_unavailable_within_failfast() {
     let client = LbClient::builder()
-        .failfast(Duration::from_millis(200))
+        .endpoint_wait_timeout(Duration::from_millis(200))
         .build::<Empty<Bytes>>(lb_core::discover::fixed(vec![]), "static:///")
         .expect("builds");
     let started = tokio::time::Instant::now();

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+mod discovery;
 pub mod dns;
 mod error;
 pub mod fixed;
@@ -28,6 +29,7 @@ pub mod kubernetes;
 mod registration;
 mod target;
 
+pub use self::discovery::Discovery;
 pub use self::error::Error;
 pub use self::registration::{Registrar, Registration};
 pub use self::target::Target;

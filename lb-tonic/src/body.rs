@@ -5,8 +5,6 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use lb_hyper::TrackedBody;
 use pin_project_lite::pin_project;
 use tonic::Status;
 
@@ -14,16 +12,19 @@ pin_project! {
     /// A gRPC response body: counts its request as in flight until its end (see
     /// [`lb_hyper::TrackedBody`]) and reports transport failures as `tonic::Status`
     /// (`UNAVAILABLE`, or `CANCELLED` for a stream reset with `CANCEL`), as gRPC specifies.
-    #[derive(Debug)]
+    ///
+    /// Its `Default` is an empty body, which tonic's generated `with_interceptor` constructors ask
+    /// for.
+    #[derive(Debug, Default)]
     pub struct ResponseBody {
         #[pin]
-        inner: TrackedBody<Incoming>,
+        inner: Option<lb_hyper::ResponseBody>,
     }
 }
 
 impl ResponseBody {
-    pub(crate) fn new(inner: TrackedBody<Incoming>) -> Self {
-        ResponseBody { inner }
+    pub(crate) fn new(inner: lb_hyper::ResponseBody) -> Self {
+        ResponseBody { inner: Some(inner) }
     }
 }
 
@@ -32,16 +33,24 @@ impl Body for ResponseBody {
     type Error = Status;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let frame = ready!(self.project().inner.poll_frame(cx));
-        Poll::Ready(frame.map(|f| f.map_err(status_from_hyper)))
+        match self.project().inner.as_pin_mut() {
+            Some(inner) => {
+                let frame = ready!(inner.poll_frame(cx));
+                Poll::Ready(frame.map(|f| f.map_err(status_from_hyper)))
+            }
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
     }
 }
 

@@ -106,20 +106,6 @@ impl std::error::Error for Error {
 }
 
 impl Error {
-    pub(crate) fn timeout(after: std::time::Duration) -> Self {
-        Error {
-            kind: Kind::Timeout,
-            status: Status::deadline_exceeded(format!("request timed out after {after:?}")),
-        }
-    }
-
-    pub(crate) fn config(message: String) -> Self {
-        Error {
-            kind: Kind::Config,
-            status: Status::invalid_argument(message),
-        }
-    }
-
     pub(crate) fn invalid_target(target: &str, e: lb_registry::Error) -> Self {
         let mut status = Status::invalid_argument(format!("invalid target `{target}`: {e}"));
         status.set_source(Arc::new(e));

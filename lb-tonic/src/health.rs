@@ -15,7 +15,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use hyper::body::Incoming;
 use lb_core::pool::HealthCheck;
 use lb_core::{BoxError, Endpoint};
-use lb_hyper::body::SlotBody;
+use lb_hyper::connect::SlotBody;
 use lb_hyper::HttpConnection;
 use tonic::body::Body;
 use tonic_health::pb::health_check_response::ServingStatus;

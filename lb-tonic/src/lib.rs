@@ -22,7 +22,7 @@
 //! use lb_tonic::LbChannel;
 //!
 //! let channel = LbChannel::builder()
-//!     .failfast(Duration::from_secs(1))
+//!     .endpoint_wait_timeout(Duration::from_secs(1))
 //!     .health_check(true)
 //!     .build_from_target("static:///127.0.0.1:50051,127.0.0.1:50052")?;
 //! // Use it wherever a tonic Channel goes: `GreeterClient::new(channel.clone())`.
@@ -45,4 +45,9 @@ pub use self::channel::{Builder, LbChannel, ResponseFuture};
 pub use self::error::Error;
 pub use self::health::GrpcHealthCheck;
 pub use self::retry::RetryPolicy;
-pub use lb_hyper::{Classify, EndpointStatus};
+pub use lb_hyper::{Classify, EndpointStatus, Options};
+
+// What a user of the channel needs, so that `lb-tonic` alone is enough to depend on.
+pub use lb_core::load::EwmaConfig;
+pub use lb_core::pool::{EndpointPhase, OutlierConfig};
+pub use lb_core::{policy, Locality};

@@ -87,7 +87,7 @@ async fn killed_backend_is_ejected_and_later_calls_all_succeed() {
 async fn zero_endpoints_fail_unavailable_within_failfast() {
     let failfast = Duration::from_millis(300);
     let channel = LbChannel::builder()
-        .failfast(failfast)
+        .endpoint_wait_timeout(failfast)
         .build(discover::fixed(vec![]), "static:///")
         .expect("channel builds");
     let mut client = EchoClient::new(channel.clone());
@@ -100,20 +100,33 @@ async fn zero_endpoints_fail_unavailable_within_failfast() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_endpoints_fail_unavailable_naming_the_target() {
-    // A port nobody listens on: connection refused, over and over.
-    let port = {
+async fn unreachable_endpoints_fail_at_once_saying_why() {
+    // Ports nobody listens on: connection refused, over and over.
+    let port = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let target = format!("static:///127.0.0.1:{port}");
-    let channel = LbChannel::builder()
-        .failfast(Duration::from_millis(200))
+    let target = format!("static:///127.0.0.1:{},127.0.0.1:{}", port(), port());
+    // The default wait for an endpoint (3 s) is not waited out: every endpoint is known to refuse.
+    let channel = LbChannel::builder().build_from_target(&target).expect("valid target");
+    let started = Instant::now();
+    let status = EchoClient::new(channel.clone()).unary(EchoRequest::default()).await.expect_err("refused");
+    assert!(started.elapsed() < Duration::from_secs(3), "failed without waiting out the 3 s: {:?}", started.elapsed());
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    let message = status.message().to_lowercase();
+    assert!(message.contains(&target), "names the target: {status:?}");
+    assert!(message.contains("failed to connect") && message.contains("connection refused"), "says why: {status:?}");
+
+    // Wait-for-ready calls wait the whole time instead (and still say why).
+    let patient = LbChannel::builder()
+        .endpoint_wait_timeout(Duration::from_millis(300))
+        .wait_for_ready(true)
         .build_from_target(&target)
         .expect("valid target");
-    let status = EchoClient::new(channel).unary(EchoRequest::default()).await.expect_err("refused");
-    assert_eq!(status.code(), tonic::Code::Unavailable);
-    assert!(status.message().contains(&target), "{status:?}");
+    let started = Instant::now();
+    let status = EchoClient::new(patient).unary(EchoRequest::default()).await.expect_err("refused");
+    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(status.message().to_lowercase().contains("connection refused"), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +206,7 @@ async fn a_call_in_flight_on_a_removed_endpoint_finishes() {
     let ep = lb_core::Endpoint::new(bs[0].addr);
     tx.send(lb_core::Update::Reset(vec![ep.clone()]));
     let channel = LbChannel::builder()
-        .failfast(Duration::from_millis(100))
+        .endpoint_wait_timeout(Duration::from_millis(100))
         .build(Box::pin(rx), "manual")
         .expect("builds");
     wait_healthy(&channel, 1, Duration::from_secs(5)).await;

@@ -41,7 +41,6 @@ async fn hash_header_pins_a_key_to_one_backend() {
     let channel = LbChannel::builder()
         .policy(RingHash::new())
         .hash_header("x-user")
-        .expect("valid header name")
         .build_from_target(&static_target(&bs))
         .expect("valid target");
     wait_healthy(&channel, 4, Duration::from_secs(5)).await;
@@ -91,7 +90,6 @@ async fn authority_names_the_service_instead_of_the_endpoint() {
     let named = LbChannel::builder()
         .policy(RoundRobin::new())
         .authority("greeter.default.svc:50051")
-        .expect("valid authority")
         .build_from_target(&static_target(&bs))
         .expect("builds");
     wait_healthy(&named, 2, Duration::from_secs(5)).await;
@@ -103,7 +101,11 @@ async fn authority_names_the_service_instead_of_the_endpoint() {
         assert!(seen.len() >= 2, "round robin reached {}: {seen:?}", b.addr);
         assert!(seen.iter().rev().take(2).all(|a| a == "greeter.default.svc:50051"), "{seen:?}");
     }
-    assert!(LbChannel::builder().authority("not an authority").is_err());
+    let err = LbChannel::builder()
+        .authority("not an authority")
+        .build_from_target(&static_target(&bs))
+        .expect_err("an invalid authority is refused at build");
+    assert!(err.is_config() && err.to_string().contains("not an authority"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,11 +115,11 @@ async fn peak_ewma_config_sets_the_latency_estimate() {
     let channel = LbChannel::builder().peak_ewma_config(config).build_from_target(&static_target(&bs)).expect("builds");
     wait_healthy(&channel, 1, Duration::from_secs(5)).await;
     // Before any call the estimate is the configured default, decaying with τ (2 s) from the start.
-    let rtt = channel.endpoints()[0].rtt;
+    let rtt = channel.endpoints()[0].latency_estimate;
     assert!(rtt <= Duration::from_millis(7) && rtt > Duration::from_millis(3), "configured: {rtt:?}");
     let default = LbChannel::builder().build_from_target(&static_target(&bs)).expect("builds");
     wait_healthy(&default, 1, Duration::from_secs(5)).await;
-    let rtt = default.endpoints()[0].rtt;
+    let rtt = default.endpoints()[0].latency_estimate;
     assert!(rtt <= Duration::from_millis(30) && rtt > Duration::from_millis(20), "linkerd's 30 ms, τ 10 s: {rtt:?}");
 }
 
@@ -148,4 +150,49 @@ async fn subset_connects_to_a_stable_share_of_the_fleet() {
     wait_healthy(&again, 2, Duration::from_secs(5)).await;
     let same: BTreeSet<String> = again.endpoints().iter().map(|e| e.endpoint.addr().to_string()).collect();
     assert_eq!(same, members, "the same id gets the same subset");
+}
+
+#[test]
+fn building_outside_a_runtime_is_an_error_not_a_panic() {
+    let err = LbChannel::from_target("static:///127.0.0.1:1").expect_err("no Tokio runtime here");
+    assert!(err.is_config(), "{err:?}");
+    assert!(err.to_string().contains("inside a Tokio runtime"), "names the requirement: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contradictory_options_are_refused_at_build() {
+    let target = "static:///127.0.0.1:1";
+    let err = LbChannel::builder().tls_server_name("greeter.internal").build_from_target(target).expect_err("no TLS");
+    assert!(err.is_config() && err.to_string().contains("without TLS"), "{err}");
+
+    let here = Locality::unknown().with_zone("zone-a");
+    let err = LbChannel::builder()
+        .policy(lb_core::policy::Topology::new(RoundRobin::new(), here.clone()))
+        .locality(here)
+        .build_from_target(target)
+        .expect_err("topology twice");
+    assert!(err.is_config() && err.to_string().contains("already topology-aware"), "{err}");
+
+    let err = LbChannel::builder().hash_header("not a header").build_from_target(target).expect_err("bad name");
+    assert!(err.is_config() && err.to_string().contains("not a header"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_clients_take_interceptors_and_tower_stacks() {
+    let bs = backends(&[0, 0]).await;
+    let channel = LbChannel::builder().build_from_target(&static_target(&bs)).expect("builds");
+    assert!(channel.ready(Duration::from_secs(5)).await);
+
+    // An interceptor: tonic's generated constructor asks for a `Default` response body.
+    let mut intercepted = EchoClient::with_interceptor(channel.clone(), |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("x-tenant", tonic::metadata::MetadataValue::from_static("blue"));
+        Ok(req)
+    });
+    let reply = intercepted.unary(EchoRequest::default()).await.expect("answered through the interceptor");
+    assert!(bs.iter().any(|b| b.addr.to_string() == reply.get_ref().backend));
+
+    // A tower stack around the channel.
+    let stacked = tower::ServiceBuilder::new().concurrency_limit(8).service(channel);
+    let reply = EchoClient::new(stacked).unary(EchoRequest::default()).await.expect("answered through the stack");
+    assert!(bs.iter().any(|b| b.addr.to_string() == reply.get_ref().backend));
 }

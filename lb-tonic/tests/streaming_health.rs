@@ -104,7 +104,7 @@ async fn with_health_checks_an_endpoint_waits_for_its_first_serving() {
     bs[0].set_serving(false).await;
     let channel = LbChannel::builder()
         .health_check(true)
-        .failfast(Duration::from_millis(200))
+        .endpoint_wait_timeout(Duration::from_millis(200))
         .build_from_target(&static_target(&bs))
         .expect("valid target");
     assert!(!channel.ready(Duration::from_millis(300)).await, "not ready while NOT_SERVING");

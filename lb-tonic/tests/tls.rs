@@ -78,7 +78,7 @@ async fn tls_server_name_is_verified() {
     // The certificate names greeter.internal, not the IP: without the name, no endpoint connects.
     let by_ip = LbChannel::builder()
         .tls(client_config(&pki))
-        .failfast(Duration::from_millis(300))
+        .endpoint_wait_timeout(Duration::from_millis(300))
         .build_from_target(&static_target(&bs))
         .expect("valid target");
     let status = EchoClient::new(by_ip).unary(EchoRequest::default()).await.expect_err("certificate mismatch");

@@ -66,9 +66,11 @@ struct Args {
     /// Check backends with grpc.health.v1 and skip those not SERVING.
     #[arg(long)]
     health_check: bool,
-    /// How long a call waits for a usable backend before failing with UNAVAILABLE, in milliseconds.
-    #[arg(long, default_value_t = 3000)]
-    failfast_ms: u64,
+    /// The longest a call waits for a usable backend before failing with UNAVAILABLE, in
+    /// milliseconds (`--failfast-ms` is its old name). While every backend refuses connections,
+    /// calls fail at once instead.
+    #[arg(long = "endpoint-wait-ms", alias = "failfast-ms", default_value_t = 3000)]
+    endpoint_wait_ms: u64,
     /// Before sending, wait up to this long (milliseconds) for every discovered backend to
     /// connect, so the measurement starts from the steady state rather than from whichever
     /// backend answered its handshake first; 0 starts at once.
@@ -89,12 +91,7 @@ fn parse_policy(s: &str) -> Result<PolicyName, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    lb_examples::init_logging("info");
     let args = Args::parse();
     match run(args).await {
         Ok(report) => {
@@ -135,14 +132,14 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
     }
     let mut builder = LbChannel::builder()
         .policy(args.policy.build())
-        .failfast(Duration::from_millis(args.failfast_ms))
+        .endpoint_wait_timeout(Duration::from_millis(args.endpoint_wait_ms))
         .health_check(args.health_check);
     if locality != Locality::unknown() {
         builder = builder.locality(locality);
     }
     let hashing = args.policy.is_hashing();
     if hashing {
-        builder = builder.hash_header(HASH_HEADER)?;
+        builder = builder.hash_header(HASH_HEADER);
     }
     if args.keys == 0 {
         anyhow::bail!("--keys must be at least 1");

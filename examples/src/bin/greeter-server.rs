@@ -58,12 +58,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    lb_examples::init_logging("info");
     let args = Args::parse();
     // Parse the target before binding, so a typo fails fast without a half-started server.
     let target = args

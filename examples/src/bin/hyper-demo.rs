@@ -52,12 +52,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    lb_examples::init_logging("warn");
     let args = Args::parse();
     match run(args).await {
         // `quickstart | head` closes stdout early: that is the reader's choice, not an error.

@@ -117,6 +117,22 @@ impl<C, Req, T> Balance<C, Req, T> {
     }
 }
 
+impl<C, Req, T> Balance<C, Req, T>
+where
+    C: Service<Req> + Clone,
+    C::Error: EndpointError<Req>,
+    T: TrackCompletion<C::Response>,
+{
+    /// Like [`Service::call`], through a shared reference: a `Balance` is always ready (see the
+    /// [module docs](crate::balance)), so faces that own one call it without cloning it first.
+    pub fn send(&self, req: Req) -> ResponseFuture<C, Req, T> {
+        let ctx = PickContext {
+            hash: self.key.as_ref().and_then(|k| k(&req)),
+        };
+        ResponseFuture::new(self.pool.clone(), req, ctx, self.wait, self.track.clone(), self.max_reroutes)
+    }
+}
+
 impl<C, Req, T: Clone> Clone for Balance<C, Req, T> {
     fn clone(&self) -> Self {
         Balance {
@@ -157,9 +173,6 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let ctx = PickContext {
-            hash: self.key.as_ref().and_then(|k| k(&req)),
-        };
-        ResponseFuture::new(self.pool.clone(), req, ctx, self.wait, self.track.clone(), self.max_reroutes)
+        self.send(req)
     }
 }

@@ -379,14 +379,21 @@ impl<C> Pool<C> {
     /// Waits until discovery delivered a full set and at least one endpoint can take requests, or
     /// until `timeout`. Returns whether the pool is ready.
     pub async fn ready_timeout(&self, timeout: Duration) -> bool {
+        self.wait_for(timeout, |s| s.is_initialized() && s.healthy() > 0).await
+    }
+
+    /// Waits until discovery delivered its first full set (possibly empty), or until `timeout`.
+    /// Returns whether it has.
+    pub async fn initialized_timeout(&self, timeout: Duration) -> bool {
+        self.wait_for(timeout, |s| s.is_initialized()).await
+    }
+
+    async fn wait_for(&self, timeout: Duration, done: impl Fn(&Snapshot<C>) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut rx = self.subscribe();
         loop {
-            {
-                let s = self.snapshot();
-                if s.is_initialized() && s.healthy() > 0 {
-                    return true;
-                }
+            if done(&self.snapshot()) {
+                return true;
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,

@@ -7,27 +7,37 @@
 //! [`HttpConnector::max_streams_per_connection`]), a small pool for HTTP/1.1 — and its close signal
 //! fires when the endpoint's primary connection ends, so the pool reconnects at once.
 //!
-//! [`HttpConnection::send`] uses hyper's `try_send_request` (hyper ≥ 1.4): when a request could not
-//! be written to the connection, hyper hands it back, and the balancer re-sends it elsewhere without
-//! having had to buffer its body.
+//! An [`HttpConnection`] is the per-endpoint `tower::Service` that lb-core's engine
+//! ([`lb_core::Balance`]) sends through. It points each request at its endpoint (origin-form and
+//! `Host` over HTTP/1.1, `scheme://authority/path` over HTTP/2, the authority being the one the
+//! caller addressed — see [`HttpConnector::authority`] — or else the endpoint's `ip:port`) and sends
+//! with hyper's `try_send_request` (hyper ≥ 1.4): when a request could not be written to the
+//! connection, hyper hands it back, and the error ([`SendError`]) hands it on to the engine, which
+//! sends it elsewhere without having had to buffer its body. A request carrying a [`Replay`] is
+//! rebuilt and handed back the same way when an HTTP/2 server refused its stream unprocessed.
 
 mod dial;
 mod h1;
 mod h2;
+mod slot;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
+use lb_core::balance::EndpointError;
 use lb_core::pool::{Connect, Connected};
 use lb_core::{BoxError, Endpoint};
 use rustls::pki_types::ServerName;
 
 use self::dial::{Dialer, H2Settings, Tls};
+pub use self::slot::{SlotBody, StreamSlot};
 
 /// Which HTTP version a connector speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +51,7 @@ pub enum Protocol {
 /// Opens [`HttpConnection`]s; see the [module docs](self).
 pub struct HttpConnector<B> {
     protocol: Protocol,
+    route: Arc<Route>,
     dialer: Dialer,
     tls_config: Option<Arc<rustls::ClientConfig>>,
     max_streams: usize,
@@ -53,6 +64,7 @@ impl<B> Clone for HttpConnector<B> {
     fn clone(&self) -> Self {
         HttpConnector {
             protocol: self.protocol,
+            route: Arc::clone(&self.route),
             dialer: self.dialer.clone(),
             tls_config: self.tls_config.clone(),
             max_streams: self.max_streams,
@@ -71,6 +83,7 @@ impl<B> fmt::Debug for HttpConnector<B> {
             .field("max_streams", &self.max_streams)
             .field("max_connections", &self.max_connections)
             .field("idle_timeout", &self.idle_timeout)
+            .field("authority", &self.route.authority)
             .finish()
     }
 }
@@ -101,6 +114,11 @@ impl<B> HttpConnector<B> {
     pub fn new(protocol: Protocol) -> Self {
         HttpConnector {
             protocol,
+            route: Arc::new(Route {
+                protocol,
+                scheme: Scheme::HTTP,
+                authority: None,
+            }),
             dialer: Dialer {
                 tls: None,
                 nodelay: true,
@@ -137,17 +155,34 @@ impl<B> HttpConnector<B> {
             server_name,
         });
         self.tls_config = Some(config);
+        Arc::make_mut(&mut self.route).scheme = Scheme::HTTPS;
+        self
+    }
+
+    /// Addresses every request to `authority` (`:authority` over HTTP/2, `Host` over HTTP/1.1
+    /// unless the request carries one), whatever its URI says; `None` (the default) sends each
+    /// request to the authority it names — its URI's, else (HTTP/2) its `Host` header's — and only
+    /// a request that names none to the chosen endpoint's `ip:port`, the way a client addresses a
+    /// virtual host and not a socket. Servers and proxies that route on the authority (virtual
+    /// hosts, sidecars) need the service's name there.
+    pub fn authority(mut self, authority: Option<Authority>) -> Self {
+        Arc::make_mut(&mut self.route).authority = authority;
         self
     }
 
     /// The name every endpoint's certificate must carry (e.g. the service's DNS name). Without it,
-    /// certificates are checked against the endpoint's IP address. Takes effect with
-    /// [`HttpConnector::tls`]; call it after.
+    /// certificates are checked against the endpoint's IP address. Needs [`HttpConnector::tls`]
+    /// first: without TLS there is no certificate to check, and that is an error, not a no-op.
     pub fn tls_server_name(mut self, name: &str) -> Result<Self, crate::Error> {
-        let name = ServerName::try_from(name.to_string())
+        let parsed = ServerName::try_from(name.to_string())
             .map_err(|e| crate::Error::config(format!("invalid TLS server name `{name}`: {e}")))?;
-        if let Some(tls) = &mut self.dialer.tls {
-            tls.server_name = Some(name);
+        match &mut self.dialer.tls {
+            Some(tls) => tls.server_name = Some(parsed),
+            None => {
+                return Err(crate::Error::config(format!(
+                    "TLS server name `{name}` given without TLS: set tls() too, or drop the name"
+                )))
+            }
         }
         Ok(self)
     }
@@ -208,6 +243,7 @@ where
         let addr = endpoint.addr();
         let dialer = self.dialer.clone();
         let protocol = self.protocol;
+        let route = Arc::clone(&self.route);
         let (max_streams, max_connections, idle_timeout) = (self.max_streams, self.max_connections, self.idle_timeout);
         Box::pin(async move {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -232,8 +268,14 @@ where
             let closed = async move {
                 let _ = rx.await;
             };
-            let authority = http::uri::Authority::try_from(addr.to_string().as_str())?;
-            Ok(Connected::new(HttpConnection { inner, addr, authority }, closed))
+            let authority = Authority::try_from(addr.to_string().as_str())?;
+            let shared = Arc::new(Shared {
+                inner,
+                addr,
+                authority,
+                route,
+            });
+            Ok(Connected::new(HttpConnection { shared }, closed))
         })
     }
 }
@@ -243,36 +285,40 @@ enum Inner<B> {
     H2(Arc<h2::H2Pool<B>>),
 }
 
-/// A cheap `Clone` handle on one endpoint's connections; see the [module docs](self).
-pub struct HttpConnection<B> {
+/// How requests are addressed: set on the connector, shared by its connections.
+#[derive(Clone, Debug)]
+struct Route {
+    protocol: Protocol,
+    scheme: Scheme,
+    authority: Option<Authority>,
+}
+
+struct Shared<B> {
     inner: Inner<B>,
     addr: std::net::SocketAddr,
-    authority: http::uri::Authority,
+    authority: Authority,
+    route: Arc<Route>,
+}
+
+/// A cheap `Clone` handle on one endpoint's connections (one reference count), and the
+/// per-endpoint `tower::Service` the engine sends through; see the [module docs](self).
+pub struct HttpConnection<B> {
+    shared: Arc<Shared<B>>,
 }
 
 impl<B> Clone for HttpConnection<B> {
     fn clone(&self) -> Self {
-        let inner = match &self.inner {
-            Inner::H1(p) => Inner::H1(Arc::clone(p)),
-            Inner::H2(p) => Inner::H2(Arc::clone(p)),
-        };
         HttpConnection {
-            inner,
-            addr: self.addr,
-            authority: self.authority.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
 
 impl<B> fmt::Debug for HttpConnection<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let protocol = match self.inner {
-            Inner::H1(_) => Protocol::Http1,
-            Inner::H2(_) => Protocol::Http2,
-        };
         f.debug_struct("HttpConnection")
-            .field("addr", &self.addr)
-            .field("protocol", &protocol)
+            .field("addr", &self.shared.addr)
+            .field("protocol", &self.shared.route.protocol)
             .finish()
     }
 }
@@ -285,17 +331,17 @@ where
 {
     /// The endpoint's address.
     pub fn addr(&self) -> std::net::SocketAddr {
-        self.addr
+        self.shared.addr
     }
 
     /// The endpoint's address as a URI authority (`ip:port`).
-    pub fn authority(&self) -> &http::uri::Authority {
-        &self.authority
+    pub fn authority(&self) -> &Authority {
+        &self.shared.authority
     }
 
     /// How many transport connections are open to the endpoint.
     pub fn connections(&self) -> usize {
-        match &self.inner {
+        match &self.shared.inner {
             Inner::H1(p) => p.connections(),
             Inner::H2(p) => p.connections(),
         }
@@ -303,49 +349,167 @@ where
 
     /// True when no connection can carry a request any more.
     pub fn is_closed(&self) -> bool {
-        match &self.inner {
+        match &self.shared.inner {
             Inner::H1(p) => p.is_closed(),
             Inner::H2(p) => p.is_closed(),
         }
     }
 
-    /// Sends a request. On success, the [`StreamSlot`] must live as long as the response body: it
-    /// holds the connection's stream (HTTP/2) or the connection itself (HTTP/1.1).
+    /// Sends a request as it is, without pointing it at the endpoint. On success, the
+    /// [`StreamSlot`] must live as long as the response body: it holds the connection's stream
+    /// (HTTP/2) or the connection itself (HTTP/1.1).
     pub async fn send(&self, req: Request<B>) -> Result<(Response<Incoming>, StreamSlot), SendError<B>> {
-        match &self.inner {
+        match &self.shared.inner {
             Inner::H1(p) => p.send(req).await,
             Inner::H2(p) => p.send(req).await,
         }
     }
 
-    /// Sends a request and ties the connection slot to the response body (for callers that do not
-    /// track load themselves, e.g. health checks).
-    pub async fn request(&self, req: Request<B>) -> Result<Response<crate::body::SlotBody<Incoming>>, BoxError> {
-        let (rsp, slot) = self.send(req).await.map_err(|e| e.into_error())?;
-        Ok(rsp.map(|b| crate::body::SlotBody::new(b, slot)))
+    /// Sends a request as it is and ties the connection slot to the response body (for callers
+    /// that do not track load themselves, e.g. health checks).
+    pub async fn request(&self, req: Request<B>) -> Result<Response<SlotBody<Incoming>>, BoxError> {
+        let (rsp, slot) = self.send(req).await.map_err(|e| e.error)?;
+        Ok(rsp.map(|b| SlotBody::new(b, slot)))
+    }
+
+    /// Points `req` at this endpoint; returns what to restore should the request come back unsent
+    /// (so the next endpoint sees the request as the caller made it).
+    fn point(&self, req: &mut Request<B>) -> Result<Uri, BoxError> {
+        let route = &*self.shared.route;
+        let original = req.uri().clone();
+        // The authority the caller addresses: the configured one, else the URI's, else (HTTP/2) a
+        // Host header the caller set, so `:authority` and `Host` never disagree (RFC 9113 §8.3.1).
+        let addressed: Option<Authority> = route.authority.clone().or_else(|| original.authority().cloned()).or_else(|| {
+            match route.protocol {
+                Protocol::Http2 => req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| Authority::try_from(h).ok()),
+                Protocol::Http1 => None,
+            }
+        });
+        let mut parts = original.clone().into_parts();
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        match route.protocol {
+            Protocol::Http1 => {
+                // Origin-form: a server given absolute-form must ignore `Host` (RFC 9112 §3.2.2).
+                parts.scheme = None;
+                parts.authority = None;
+                if !req.headers().contains_key(http::header::HOST) {
+                    let host = addressed.as_ref().unwrap_or(&self.shared.authority);
+                    if let Ok(h) = HeaderValue::from_str(host.as_str()) {
+                        req.headers_mut().insert(http::header::HOST, h);
+                        if addressed.is_none() {
+                            req.extensions_mut().insert(HostIsEndpoint);
+                        }
+                    }
+                }
+            }
+            Protocol::Http2 => {
+                parts.scheme = Some(route.scheme.clone());
+                parts.authority = Some(addressed.unwrap_or_else(|| self.shared.authority.clone()));
+            }
+        }
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| format!("cannot build the request URI: {e}"))?;
+        Ok(original)
     }
 }
 
-/// Holds what a response occupies on its connection until dropped: an HTTP/2 stream counted
-/// against the connection's limit, or an HTTP/1.1 connection lent to the request.
-pub struct StreamSlot(#[allow(dead_code)] Box<dyn Send + Sync + 'static>);
+/// Marks a `Host` header this crate set to one endpoint's address, to undo when the request goes
+/// to another.
+#[derive(Clone, Copy, Debug)]
+struct HostIsEndpoint;
 
-impl StreamSlot {
-    pub(crate) fn new(inner: impl Send + Sync + 'static) -> Self {
-        StreamSlot(Box::new(inner))
+fn restore<B>(req: &mut Request<B>, uri: Uri) {
+    *req.uri_mut() = uri;
+    if req.extensions_mut().remove::<HostIsEndpoint>().is_some() {
+        req.headers_mut().remove(http::header::HOST);
     }
 }
 
-impl fmt::Debug for StreamSlot {
+/// A way to rebuild a request whose body can be cloned, carried in its extensions: when an HTTP/2
+/// server refuses the stream unprocessed (`REFUSED_STREAM`, or a graceful `GOAWAY` above its last
+/// stream id) after hyper had consumed the request, the connection hands a rebuilt copy back to the
+/// engine, which sends it to another endpoint. RFC 9113 §8.7 makes that safe for any method.
+pub struct Replay<B>(Arc<dyn Fn() -> Request<B> + Send + Sync>);
+
+impl<B> Replay<B> {
+    /// Rebuilds with `make` (which must return the request as the caller first made it).
+    pub fn new(make: impl Fn() -> Request<B> + Send + Sync + 'static) -> Self {
+        Replay(Arc::new(make))
+    }
+
+    fn request(&self) -> Request<B>
+    where
+        B: 'static,
+    {
+        let mut req = (self.0)();
+        req.extensions_mut().insert(self.clone());
+        req
+    }
+}
+
+impl<B> Clone for Replay<B> {
+    fn clone(&self) -> Self {
+        Replay(Arc::clone(&self.0))
+    }
+}
+
+impl<B> fmt::Debug for Replay<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StreamSlot")
+        f.write_str("Replay")
     }
 }
 
-/// A request that failed; carries the request back when it was never written to the connection.
+impl<B> tower_service::Service<Request<B>> for HttpConnection<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<SlotBody<Incoming>>;
+    type Error = SendError<B>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, SendError<B>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), SendError<B>>> {
+        // A closed connection cannot take the request: the engine picks another endpoint. (Which
+        // of an endpoint's connections carries it is chosen in `call`.)
+        if self.is_closed() {
+            Poll::Ready(Err(SendError::not_sent("connection closed")))
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let conn = self.clone();
+        Box::pin(async move {
+            let original = conn.point(&mut req).map_err(SendError::not_sent)?;
+            let replay = req.extensions().get::<Replay<B>>().cloned();
+            match conn.send(req).await {
+                Ok((rsp, slot)) => Ok(rsp.map(|b| SlotBody::new(b, slot))),
+                Err(mut e) => {
+                    match e.request.as_mut() {
+                        Some(unsent) => restore(unsent, original),
+                        None if e.unprocessed => e.request = replay.map(|r| r.request()),
+                        None => {}
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// A request that failed; carries the request back when it never reached the backend.
 pub struct SendError<B> {
     error: BoxError,
     request: Option<Request<B>>,
+    /// The request was certainly not processed (never written, or refused unprocessed).
+    unprocessed: bool,
 }
 
 impl<B> SendError<B> {
@@ -353,19 +517,30 @@ impl<B> SendError<B> {
         SendError {
             error: error.into(),
             request: Some(request),
+            unprocessed: true,
         }
     }
 
     pub(crate) fn sent(error: impl Into<BoxError>) -> Self {
+        let error = error.into();
         SendError {
-            error: error.into(),
+            unprocessed: refused_unprocessed(&error),
+            error,
             request: None,
         }
     }
 
-    /// True when the request never reached the connection, so sending it elsewhere is safe.
+    fn not_sent(error: impl Into<BoxError>) -> Self {
+        SendError {
+            error: error.into(),
+            request: None,
+            unprocessed: true,
+        }
+    }
+
+    /// True when the request certainly never reached a backend that processed it.
     pub fn is_unsent(&self) -> bool {
-        self.request.is_some()
+        self.unprocessed
     }
 
     /// Takes the unsent request back.
@@ -384,11 +559,43 @@ impl<B> SendError<B> {
     }
 }
 
+impl<B> EndpointError<Request<B>> for SendError<B> {
+    fn take_unsent(&mut self) -> Option<Request<B>> {
+        self.request.take()
+    }
+
+    fn is_unprocessed(&self) -> bool {
+        self.unprocessed
+    }
+
+    fn into_error(self) -> BoxError {
+        Box::new(crate::Error::transport(self.error, !self.unprocessed))
+    }
+}
+
 impl<B> fmt::Debug for SendError<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SendError")
             .field("error", &self.error)
-            .field("unsent", &self.request.is_some())
+            .field("unprocessed", &self.unprocessed)
+            .field("request", &self.request.is_some())
             .finish()
     }
+}
+
+/// True when HTTP/2 says the server did not process the stream: a `REFUSED_STREAM` reset, or the
+/// error h2 gives streams above the last stream id of a graceful (`NO_ERROR`) `GOAWAY` — a graceful
+/// shutdown promises to finish every stream at or below that id, so a stream failing with it was not
+/// taken.
+pub fn refused_unprocessed(error: &BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<::h2::Error>() {
+            return h2.is_remote()
+                && (h2.reason() == Some(::h2::Reason::REFUSED_STREAM)
+                    || (h2.is_go_away() && h2.reason() == Some(::h2::Reason::NO_ERROR)));
+        }
+        source = e.source();
+    }
+    false
 }
