@@ -10,7 +10,9 @@
 //!   how much of PeakEWMA's result on identical backends is its memory of latency spikes.
 //!
 //! Each mode runs `LB_BENCH_SECS` seconds (default 3) after a 1 s warm-up; the modes run
-//! interleaved, `LB_BENCH_ROUNDS` rounds (default 3), and each figure is the median over rounds.
+//! interleaved, `LB_BENCH_ROUNDS` rounds (default 5), and each figure is the median over rounds
+//! with the min–max beside it; each ratio is the median of the per-round ratios, with their
+//! min–max, so one lucky round cannot carry it.
 //! Results are ratios, because the machine is shared and absolute numbers are noise. Besides
 //! throughput and latency it reports the client process's CPU time per call (from /proc), the
 //! figure least disturbed by other load: it is what the request path itself costs.
@@ -138,6 +140,17 @@ where
     }
 }
 
+/// `median [min-max]` of `values`, with `digits` decimals.
+fn spread(values: impl Iterator<Item = f64>, digits: usize) -> String {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return "-".into();
+    }
+    let m = median(&mut v);
+    let (lo, hi) = (v[0], v[v.len() - 1]);
+    format!("{m:.digits$} [{lo:.digits$}-{hi:.digits$}]")
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -186,7 +199,7 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     let (mut child, addrs) = spawn_backends();
     let secs: f64 = std::env::var("LB_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
-    let rounds: usize = std::env::var("LB_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("LB_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let target = format!("static:///{}", addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","));
@@ -228,25 +241,30 @@ fn main() {
             "LbChannel (PeakEWMA, τ 1 s)",
         ];
         let mut results: Vec<Vec<Figures>> = vec![Vec::new(); names.len()];
-        // `LB_BENCH_ONLY=i` runs only mode `i` (for profiling one client with `perf stat -i`).
-        let only: Option<usize> = std::env::var("LB_BENCH_ONLY").ok().and_then(|s| s.parse().ok());
-        if let Some(i) = only {
-            let f = match i {
-                0 => run(EchoClient::new(lb.clone()), secs).await,
-                1 => run(EchoClient::new(balance_list.clone()), secs).await,
-                2 => run(EchoClient::new(direct.clone()), secs).await,
-                3 => run(EchoClient::new(lb_one.clone()), secs).await,
-                4 => run(EchoClient::new(lb_rr.clone()), secs).await,
-                _ => run(EchoClient::new(lb_fast.clone()), secs).await,
-            };
-            println!(
-                "{}: {:.0} calls/s, p50 {:.0} us, p99 {:.0} us, client CPU {:.1} us/call",
-                names[i.min(names.len() - 1)],
-                f.rps,
-                f.p50_us,
-                f.p99_us,
-                f.cpu_us
-            );
+        // `LB_BENCH_ONLY=i` runs only mode `i` (for profiling one client with `perf`);
+        // `LB_BENCH_ONLY=i,j,…` runs those modes one after another in this one process.
+        let only: Option<Vec<usize>> = std::env::var("LB_BENCH_ONLY")
+            .ok()
+            .map(|s| s.split(',').filter_map(|i| i.trim().parse().ok()).collect());
+        if let Some(modes) = only {
+            for i in modes {
+                let f = match i {
+                    0 => run(EchoClient::new(lb.clone()), secs).await,
+                    1 => run(EchoClient::new(balance_list.clone()), secs).await,
+                    2 => run(EchoClient::new(direct.clone()), secs).await,
+                    3 => run(EchoClient::new(lb_one.clone()), secs).await,
+                    4 => run(EchoClient::new(lb_rr.clone()), secs).await,
+                    _ => run(EchoClient::new(lb_fast.clone()), secs).await,
+                };
+                println!(
+                    "{}: {:.0} calls/s, p50 {:.0} us, p99 {:.0} us, client CPU {:.1} us/call",
+                    names[i.min(names.len() - 1)],
+                    f.rps,
+                    f.p50_us,
+                    f.p99_us,
+                    f.cpu_us
+                );
+            }
             return;
         }
         for round in 0..rounds {
@@ -265,33 +283,33 @@ fn main() {
                 );
             }
         }
-        let fig: Vec<Figures> = results
-            .iter()
-            .map(|r| Figures {
-                rps: median(&mut r.iter().map(|f| f.rps).collect::<Vec<_>>()),
-                p50_us: median(&mut r.iter().map(|f| f.p50_us).collect::<Vec<_>>()),
-                p99_us: median(&mut r.iter().map(|f| f.p99_us).collect::<Vec<_>>()),
-                cpu_us: median(&mut r.iter().map(|f| f.cpu_us).collect::<Vec<_>>()),
-            })
-            .collect();
-        println!("unary gRPC, {BACKENDS} loopback backends (another process), {CALLERS} callers, {secs} s x {rounds} rounds (medians)");
-        println!("{:<28} {:>10} {:>10} {:>10} {:>16}", "client", "calls/s", "p50 us", "p99 us", "client CPU us/call");
-        for (n, f) in names.iter().zip(&fig) {
-            println!("{n:<28} {:>10.0} {:>10.0} {:>10.0} {:>16.1}", f.rps, f.p50_us, f.p99_us, f.cpu_us);
+        println!(
+            "unary gRPC, {BACKENDS} loopback backends (another process), {CALLERS} callers, {secs} s x {rounds} rounds: median [min-max]"
+        );
+        println!("{:<28} {:>24} {:>22} {:>22}", "client", "calls/s", "p99 us", "client CPU us/call");
+        for (n, r) in names.iter().zip(&results) {
+            println!(
+                "{n:<28} {:>24} {:>22} {:>22}",
+                spread(r.iter().map(|f| f.rps), 0),
+                spread(r.iter().map(|f| f.p99_us), 0),
+                spread(r.iter().map(|f| f.cpu_us), 1),
+            );
         }
-        let (l, b, d, one, rr, fast) = (fig[0], fig[1], fig[2], fig[3], fig[4], fig[5]);
+        let per_round = |x: usize, y: usize, f: fn(&Figures) -> f64| {
+            spread(results[x].iter().zip(&results[y]).map(|(a, b)| f(a) / f(b)), 2)
+        };
         for (label, x, y) in [
-            ("LbChannel / balance_list", l, b),
-            ("LbChannel / direct", l, d),
-            ("LbChannel round robin / balance_list", rr, b),
-            ("LbChannel PeakEWMA τ 1 s / balance_list", fast, b),
-            ("same single backend, LbChannel / direct", one, d),
+            ("LbChannel / balance_list", 0, 1),
+            ("LbChannel / direct", 0, 2),
+            ("LbChannel round robin / balance_list", 4, 1),
+            ("LbChannel PeakEWMA τ 1 s / balance_list", 5, 1),
+            ("same single backend, LbChannel / direct", 3, 2),
         ] {
             println!(
-                "{label}: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
-                x.rps / y.rps,
-                x.p50_us / y.p50_us,
-                x.p99_us / y.p99_us
+                "{label}: throughput {}x, p99 {}x, client CPU per call {}x",
+                per_round(x, y, |f| f.rps),
+                per_round(x, y, |f| f.p99_us),
+                per_round(x, y, |f| f.cpu_us),
             );
         }
     });
