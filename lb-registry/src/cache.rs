@@ -364,6 +364,7 @@ impl CacheTask {
                 }
                 self.forward(Update::Add(list));
             }
+            Update::Current => self.mark_fresh(),
             Update::Remove(ids) => {
                 let remaining = self.set.keys().filter(|k| !ids.contains(k)).count();
                 if remaining == 0 && !allow_empty && !self.set.is_empty() {

@@ -16,6 +16,7 @@ fn ids(update: &Update) -> Vec<u16> {
     match update {
         Update::Reset(l) | Update::Add(l) => l.iter().map(|e| e.addr().port()).collect(),
         Update::Remove(ids) => ids.iter().map(|i| i.as_str().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)).collect(),
+        Update::Current => Vec::new(),
     }
 }
 
