@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +22,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use lb_core::backoff::Backoff;
+
+use super::builder::{ConsulBuilder, RegistrarOptions};
 use super::client::{encode, Client, Reply};
 use super::entries::{META_NODE, META_REGION, META_WEIGHT, META_ZONE};
 use super::{go_duration, parse_duration, Common, REREGISTRATIONS};
@@ -68,23 +70,18 @@ struct Config {
     deregister_after: Duration,
 }
 
-/// Options of a [`ConsulRegistrar`].
-#[derive(Clone, Debug)]
-pub struct ConsulRegistrarBuilder {
-    common: Common,
-    ttl: Duration,
-    deregister_after: Duration,
-}
+/// Options of a [`ConsulRegistrar`]: the agent options every Consul builder has (see
+/// [`ConsulBuilder`]) and registration's own, below.
+pub type ConsulRegistrarBuilder = ConsulBuilder<RegistrarOptions>;
 
 impl ConsulRegistrar {
     /// A builder with the defaults: the agent from `CONSUL_HTTP_ADDR` or `127.0.0.1:8500`, the
     /// token from `CONSUL_HTTP_TOKEN`, a 10 s TTL, deregistration after 1 minute critical.
     pub fn builder() -> ConsulRegistrarBuilder {
-        ConsulRegistrarBuilder {
-            common: Common::default(),
+        ConsulBuilder::with_side(RegistrarOptions {
             ttl: Duration::from_secs(10),
             deregister_after: Duration::from_secs(60),
-        }
+        })
     }
 
     /// A registrar configured by a `consul://` target's authority and query (see the module docs).
@@ -93,7 +90,7 @@ impl ConsulRegistrar {
     }
 }
 
-impl ConsulRegistrarBuilder {
+impl ConsulBuilder<RegistrarOptions> {
     /// The builder for a `consul://` target (see the module docs).
     pub fn from_target(target: &Target) -> Result<Self, Error> {
         let mut b = ConsulRegistrar::builder();
@@ -107,72 +104,15 @@ impl ConsulRegistrarBuilder {
         Ok(b)
     }
 
-    /// Adds a Consul agent address (`host:port`, `http://host:port` or `https://host:port`).
-    pub fn address(mut self, addr: impl Into<String>) -> Self {
-        self.common.addrs.push(addr.into());
-        self
-    }
-
-    /// The ACL token, sent as `X-Consul-Token` (default: `CONSUL_HTTP_TOKEN`).
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.common.token = Some(token.into());
-        self
-    }
-
-    /// Enables TLS, trusting the CA in this PEM (default: `CONSUL_CACERT`, else the platform's
-    /// roots). See the [module docs](super#tls).
-    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.common.tls_ca_pem(pem.into());
-        self
-    }
-
-    /// Enables TLS, trusting the CA in this PEM file. An unreadable file fails [`build`](Self::build).
-    pub fn tls_ca_file(mut self, path: impl AsRef<Path>) -> Self {
-        self.common.tls_ca_file(path.as_ref());
-        self
-    }
-
-    /// Enables TLS and presents this client certificate and key (PEM) to agents that verify
-    /// clients (`verify_incoming`; default: `CONSUL_CLIENT_CERT` and `CONSUL_CLIENT_KEY`).
-    pub fn tls_identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
-        self.common.tls_identity_pem(cert.into(), key.into());
-        self
-    }
-
-    /// Enables TLS and presents the client certificate and key in these PEM files.
-    pub fn tls_identity_files(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
-        self.common.tls_identity_files(cert.as_ref(), key.as_ref());
-        self
-    }
-
-    /// Enables TLS and verifies the agent's certificate against this name instead of the
-    /// address's host (default: `CONSUL_TLS_SERVER_NAME`).
-    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
-        self.common.tls_domain(domain.into());
-        self
-    }
-
-    /// The namespace (Consul Enterprise).
-    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
-        self.common.namespace = Some(ns.into());
-        self
-    }
-
-    /// A tag to register with (repeatable).
-    pub fn tag(mut self, tag: impl Into<String>) -> Self {
-        self.common.tags.push(tag.into());
-        self
-    }
-
     /// The TTL of the check (default 10 s); it is passed every third of it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl.max(Duration::from_millis(30));
+        self.side.ttl = ttl.max(Duration::from_millis(30));
         self
     }
 
     /// `DeregisterCriticalServiceAfter` (default 1 minute; Consul itself enforces at least that).
     pub fn deregister_critical_after(mut self, after: Duration) -> Self {
-        self.deregister_after = after;
+        self.side.deregister_after = after;
         self
     }
 
@@ -183,8 +123,8 @@ impl ConsulRegistrarBuilder {
             cfg: Arc::new(Config {
                 namespace: self.common.namespace,
                 tags: self.common.tags,
-                ttl: self.ttl,
-                deregister_after: self.deregister_after,
+                ttl: self.side.ttl,
+                deregister_after: self.side.deregister_after,
             }),
         })
     }
@@ -332,7 +272,9 @@ impl Agent {
     async fn keep_alive(self, mut stop: oneshot::Receiver<()>) {
         let interval = self.ttl / 3;
         let mut next = Instant::now() + interval;
-        let mut failures: u32 = 0;
+        // Retry sooner than the pass interval at first, never much later than it: the TTL runs
+        // out after three intervals.
+        let mut backoff = Backoff::new(Duration::from_millis(200).min(interval), interval);
         loop {
             tokio::select! {
                 // Fires on `stop` and when the `Registration` (and so the sender) is dropped.
@@ -354,19 +296,16 @@ impl Agent {
             };
             match outcome {
                 Ok(()) => {
-                    if failures > 0 {
-                        info!(id = %self.id, failures, "consul heartbeats succeed again");
+                    if backoff.attempts() > 0 {
+                        info!(id = %self.id, failures = backoff.attempts(), "consul heartbeats succeed again");
                     }
-                    failures = 0;
+                    backoff.reset();
                     next = Instant::now() + interval;
                 }
                 Err(error) => {
-                    failures += 1;
-                    // Retry sooner than the pass interval at first, never later than it: the TTL
-                    // runs out after three intervals.
-                    let backoff = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(10))).min(interval);
-                    warn!(id = %self.id, %error, failures, retry_ms = backoff.as_millis() as u64, "consul heartbeat failed");
-                    next = Instant::now() + backoff;
+                    let delay = backoff.next();
+                    warn!(id = %self.id, %error, failures = backoff.attempts(), retry_ms = delay.as_millis() as u64, "consul heartbeat failed");
+                    next = Instant::now() + delay;
                 }
             }
         }
