@@ -149,7 +149,6 @@ impl CacheTask {
     }
 
     fn forward(&mut self, update: Update) {
-        let _ = self.tx.send(Ok(update));
         self.diverged = false;
         self.mark_fresh();
         let first_from_source = {
@@ -161,6 +160,9 @@ impl CacheTask {
             }
             self.from_source && s.generation == 1
         };
+        // Sent only once the shared state says what the consumer is about to see: a consumer that
+        // drops the stream as soon as it has the update must find it counted for the last write.
+        let _ = self.tx.send(Ok(update));
         if self.cfg.snapshot.is_none() || !self.from_source {
             return;
         }
