@@ -30,10 +30,8 @@
 //!
 //! # In code
 //!
-//! A provider's resolver ([`EtcdResolver`](crate::etcd::EtcdResolver),
-//! [`ConsulResolver`](crate::consul::ConsulResolver), [`DnsResolver`](crate::dns::DnsResolver),
-//! [`KubernetesResolver`](crate::kubernetes::KubernetesResolver), or your own) yields the registry's
-//! raw stream; the cache goes around it:
+//! A provider's resolver (`EtcdResolver`, `ConsulResolver`, [`DnsResolver`](crate::dns::DnsResolver),
+//! `KubernetesResolver`, or your own) yields the registry's raw stream; the cache goes around it:
 //!
 //! ```no_run
 //! # fn demo(resolver: lb_registry::dns::DnsResolver) {
@@ -128,7 +126,9 @@ impl Cache {
     }
 }
 
-/// Configuration of a [`Cache`].
+/// Configuration of a [`Cache`]: one type, applied around any [`Resolver`] or stream, rather than
+/// options repeated in each provider's builder — what to do while a registry is unreachable does
+/// not depend on which registry it is (see the [module docs](self#in-code)).
 #[derive(Clone, Debug)]
 pub struct CacheBuilder {
     name: Option<Arc<str>>,

@@ -96,16 +96,11 @@ impl EndpointDocument {
             None => EndpointState::Ready,
             Some(s) => s.parse().map_err(DocumentError::State)?,
         };
-        let mut locality = Locality::unknown();
-        if let Some(z) = &self.zone {
-            locality = locality.with_zone(z);
-        }
-        if let Some(r) = &self.region {
-            locality = locality.with_region(r);
-        }
-        if let Some(n) = &self.node {
-            locality = locality.with_node(n);
-        }
+        // An absent field and an empty one both mean "unknown".
+        let locality = Locality::unknown()
+            .with_zone(self.zone.as_deref().unwrap_or_default())
+            .with_region(self.region.as_deref().unwrap_or_default())
+            .with_node(self.node.as_deref().unwrap_or_default());
         let mut ep = Endpoint::new(addr)
             .with_weight(self.weight.unwrap_or(Endpoint::DEFAULT_WEIGHT))
             .with_locality(locality)

@@ -18,22 +18,16 @@
 //! Options go in the target's query (`etcd://127.0.0.1:2379/greeter?ttl=5s&snapshot=/var/cache/lb/greeter.json`),
 //! so one string configures the CLI, the C ABI and the agent alike. Each scheme reads the keys
 //! below, for discovery and registration alike (one target usually serves both sides); every
-//! scheme with a registry also reads the [cache](crate::cache)'s keys, the same way for all. Any
+//! scheme with a registry also reads the [`cache`]'s keys, the same way for all. Any
 //! other key is an error that names it and lists the known ones. Credentials never go in a URI.
 //!
-//! | scheme | its own keys | cache keys (`allow_empty`, `snapshot`, `resync`) |
+//! | scheme | its own keys (documented by the provider) | [cache](crate::cache#target-options) keys: `allow_empty`, `snapshot`, `resync` |
 //! |---|---|---|
-//! | `static` | none | refused: a fixed list has no registry to lose |
+//! | `static` | none ([`fixed`]) | refused: a fixed list has no registry to lose |
 //! | `dns` | `refresh`, `family` ([`dns`]) | yes |
 //! | `etcd` | `prefix`, `ttl` (`etcd`) | yes; `resync` defaults to 5 min |
 //! | `consul` | `dc`, `ns`, `tag`, `wait`, `ttl`, `deregister_after` (`consul`) | yes |
 //! | `kubernetes` | `node`, `zone`, `region`, `hints` (`kubernetes`) | yes |
-//!
-//! | cache key | default | meaning |
-//! |---|---|---|
-//! | `allow_empty` | `false` | apply an update that removes every endpoint (otherwise refused, the set kept) |
-//! | `snapshot` | none | a file holding the last set, written when the first set arrives, as it changes (at most once a second) and when the client stops; served at start while the registry is unreachable |
-//! | `resync` | `5m` for etcd, `off` otherwise | a full relist this often (`off` disables) |
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]
@@ -76,7 +70,7 @@ pub trait Resolver: Send + Sync + 'static {
 }
 
 /// Builds a discovery stream for a target URI: the scheme's provider configured by the target,
-/// behind the [cache](crate::cache) the target's query configures (for every scheme but `static`).
+/// behind the [`cache`] the target's query configures (for every scheme but `static`).
 ///
 /// Schemes: `static` and `dns` always; `etcd`, `consul`, `kubernetes` when the crate is built with the
 /// feature of that name. An unknown or disabled scheme is an error naming the feature to enable; an

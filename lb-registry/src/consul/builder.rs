@@ -9,7 +9,9 @@
 
 use std::path::Path;
 
+use super::client::Client;
 use super::Common;
+use crate::{Error, Target};
 
 /// Options of a Consul [resolver](super::ConsulResolver) (`S` = [`ResolverOptions`]) or
 /// [registrar](super::ConsulRegistrar) (`S` = [`RegistrarOptions`]). The methods here are the
@@ -36,12 +38,41 @@ pub struct RegistrarOptions {
     pub(super) deregister_after: std::time::Duration,
 }
 
+/// What a built resolver or registrar runs with: the agent client, the options both sides
+/// share, and its side's own.
+#[derive(Debug)]
+pub(super) struct Settings<S> {
+    pub(super) client: Client,
+    pub(super) namespace: Option<String>,
+    pub(super) tags: Vec<String>,
+    pub(super) side: S,
+}
+
 impl<S> ConsulBuilder<S> {
     pub(super) fn with_side(side: S) -> Self {
         ConsulBuilder {
             common: Common::default(),
             side,
         }
+    }
+
+    /// The builder with a `consul://` target's agent options (authority, `ns`, `tag`; the keys
+    /// checked), then `read_side`'s reading of the side's own keys.
+    pub(super) fn with_target(mut self, target: &Target, read_side: fn(&mut S, &Target) -> Result<(), Error>) -> Result<Self, Error> {
+        self.common = Common::from_target(target)?;
+        read_side(&mut self.side, target)?;
+        Ok(self)
+    }
+
+    /// Fills in the environment's defaults and builds the HTTP client: every error in the options
+    /// (an unreadable file, bad key material, contradicting TLS settings) is reported here.
+    pub(super) fn settings(self) -> Result<Settings<S>, Error> {
+        Ok(Settings {
+            client: self.common.client()?,
+            namespace: self.common.namespace,
+            tags: self.common.tags,
+            side: self.side,
+        })
     }
 
     /// Adds a Consul agent address (`host:port`, `http://host:port` or `https://host:port`); several

@@ -24,10 +24,10 @@ use tracing::{debug, info, warn};
 
 use lb_core::backoff::Backoff;
 
-use super::builder::{ConsulBuilder, RegistrarOptions};
+use super::builder::{ConsulBuilder, RegistrarOptions, Settings};
 use super::client::{encode, Client, Reply};
 use super::entries::{META_NODE, META_REGION, META_WEIGHT, META_ZONE};
-use super::{go_duration, parse_duration, Common, REREGISTRATIONS};
+use super::{go_duration, parse_duration, REREGISTRATIONS};
 use crate::{Error, Registrar, Registration, Target};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,22 +52,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Clone)]
 pub struct ConsulRegistrar {
-    client: Client,
-    cfg: Arc<Config>,
+    cfg: Arc<Settings<RegistrarOptions>>,
 }
 
 impl fmt::Debug for ConsulRegistrar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsulRegistrar").field("client", &self.client).field("ttl", &self.cfg.ttl).finish()
+        f.debug_struct("ConsulRegistrar").field("client", &self.cfg.client).field("ttl", &self.cfg.side.ttl).finish()
     }
-}
-
-#[derive(Debug)]
-struct Config {
-    namespace: Option<String>,
-    tags: Vec<String>,
-    ttl: Duration,
-    deregister_after: Duration,
 }
 
 /// Options of a [`ConsulRegistrar`]: the agent options every Consul builder has (see
@@ -93,20 +84,20 @@ impl ConsulRegistrar {
 impl ConsulBuilder<RegistrarOptions> {
     /// The builder for a `consul://` target (see the module docs).
     pub fn from_target(target: &Target) -> Result<Self, Error> {
-        let mut b = ConsulRegistrar::builder();
-        b.common = Common::from_target(target)?;
-        if let Some(v) = target.param("ttl") {
-            b = b.ttl(parse_duration("ttl", v)?);
-        }
-        if let Some(v) = target.param("deregister_after") {
-            b = b.deregister_critical_after(parse_duration("deregister_after", v)?);
-        }
-        Ok(b)
+        ConsulRegistrar::builder().with_target(target, |side, target| {
+            if let Some(v) = target.param("ttl") {
+                side.set_ttl(parse_duration("ttl", v)?);
+            }
+            if let Some(v) = target.param("deregister_after") {
+                side.deregister_after = parse_duration("deregister_after", v)?;
+            }
+            Ok(())
+        })
     }
 
     /// The TTL of the check (default 10 s); it is passed every third of it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.side.ttl = ttl.max(Duration::from_millis(30));
+        self.side.set_ttl(ttl);
         self
     }
 
@@ -118,15 +109,13 @@ impl ConsulBuilder<RegistrarOptions> {
 
     /// Builds the registrar. Nothing is contacted until [`Registrar::register`].
     pub fn build(self) -> Result<ConsulRegistrar, Error> {
-        Ok(ConsulRegistrar {
-            client: self.common.client()?,
-            cfg: Arc::new(Config {
-                namespace: self.common.namespace,
-                tags: self.common.tags,
-                ttl: self.side.ttl,
-                deregister_after: self.side.deregister_after,
-            }),
-        })
+        Ok(ConsulRegistrar { cfg: Arc::new(self.settings()?) })
+    }
+}
+
+impl RegistrarOptions {
+    fn set_ttl(&mut self, ttl: Duration) {
+        self.ttl = ttl.max(Duration::from_millis(30));
     }
 }
 
@@ -135,7 +124,7 @@ impl Registrar for ConsulRegistrar {
         let this = self.clone();
         let service = service.to_string();
         Box::pin(async move {
-            let agent = Agent::new(this.client, &this.cfg, &service, &instance)?;
+            let agent = Agent::new(&this.cfg, &service, &instance)?;
             agent.register().await.map_err(|e| Error::registry(format!("registering `{}` with consul", agent.id), e))?;
             info!(service = %service, id = %agent.id, addr = %instance.addr(), agent = agent.client.addr(), "registered with consul");
             let description = format!("consul {service}/{} at {}", agent.id, instance.addr());
@@ -157,7 +146,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn new(client: Client, cfg: &Config, service: &str, instance: &Endpoint) -> Result<Self, Error> {
+    fn new(cfg: &Settings<RegistrarOptions>, service: &str, instance: &Endpoint) -> Result<Self, Error> {
         let addr = instance.addr();
         if addr.ip().is_unspecified() {
             return Err(Error::invalid_target(format!(
@@ -204,19 +193,19 @@ impl Agent {
             "Check": {
                 "CheckID": check_id,
                 "Name": format!("lb heartbeat ({service})"),
-                "TTL": go_duration(cfg.ttl),
+                "TTL": go_duration(cfg.side.ttl),
                 "Status": "passing",
-                "DeregisterCriticalServiceAfter": go_duration(cfg.deregister_after),
+                "DeregisterCriticalServiceAfter": go_duration(cfg.side.deregister_after),
             },
         });
         let ns_query = cfg.namespace.as_ref().map(|ns| format!("ns={}", encode(ns))).unwrap_or_default();
         Ok(Agent {
-            client,
+            client: cfg.client.clone(),
             id,
             check_id,
             body: Bytes::from(body.to_string()),
             ns_query,
-            ttl: cfg.ttl,
+            ttl: cfg.side.ttl,
         })
     }
 

@@ -8,10 +8,10 @@ use hyper::Method;
 use lb_core::discover::BoxDiscover;
 use lb_core::BoxError;
 
-use super::builder::{ConsulBuilder, ResolverOptions};
+use super::builder::{ConsulBuilder, ResolverOptions, Settings};
 use super::client::{encode, Client, Reply};
 use super::watch::{Fetch, Watch, WatchConfig};
-use super::{parse_duration, Common};
+use super::parse_duration;
 use crate::{Error, Resolver, Target};
 
 /// Consul's own ceiling on `wait`.
@@ -37,16 +37,7 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 /// ```
 #[derive(Clone, Debug)]
 pub struct ConsulResolver {
-    client: Client,
-    cfg: Arc<Config>,
-}
-
-#[derive(Debug)]
-struct Config {
-    datacenter: Option<String>,
-    namespace: Option<String>,
-    tags: Vec<String>,
-    watch: WatchConfig,
+    cfg: Arc<Settings<ResolverOptions>>,
 }
 
 /// Options of a [`ConsulResolver`]: the agent options every Consul builder has (see
@@ -74,13 +65,7 @@ impl ConsulBuilder<ResolverOptions> {
     /// The builder for a `consul://` target's authority and query (see the module docs); further
     /// options, such as the token, can be set before [`build`](Self::build).
     pub fn from_target(target: &Target) -> Result<Self, Error> {
-        let mut b = ConsulResolver::builder();
-        b.common = Common::from_target(target)?;
-        b.side.datacenter = target.param("dc").filter(|s| !s.is_empty()).map(str::to_string);
-        if let Some(w) = target.param("wait") {
-            b = b.wait(parse_duration("wait", w)?);
-        }
-        Ok(b)
+        ConsulResolver::builder().with_target(target, ResolverOptions::read_target)
     }
 
     /// The datacenter to query (default: the agent's).
@@ -91,7 +76,7 @@ impl ConsulBuilder<ResolverOptions> {
 
     /// The longest blocking wait (default 60 s, at most 10 minutes).
     pub fn wait(mut self, wait: Duration) -> Self {
-        self.side.watch.wait = wait.clamp(Duration::from_millis(10), MAX_WAIT);
+        self.side.set_wait(wait);
         self
     }
 
@@ -123,22 +108,29 @@ impl ConsulBuilder<ResolverOptions> {
 
     /// Builds the resolver. Nothing is contacted until the stream is polled.
     pub fn build(self) -> Result<ConsulResolver, Error> {
-        Ok(ConsulResolver {
-            client: self.common.client()?,
-            cfg: Arc::new(Config {
-                datacenter: self.side.datacenter,
-                namespace: self.common.namespace,
-                tags: self.common.tags,
-                watch: self.side.watch,
-            }),
-        })
+        Ok(ConsulResolver { cfg: Arc::new(self.settings()?) })
+    }
+}
+
+impl ResolverOptions {
+    /// Discovery's keys of a `consul://` target: `dc`, `wait`.
+    fn read_target(&mut self, target: &Target) -> Result<(), Error> {
+        self.datacenter = target.param("dc").filter(|s| !s.is_empty()).map(str::to_string);
+        if let Some(w) = target.param("wait") {
+            self.set_wait(parse_duration("wait", w)?);
+        }
+        Ok(())
+    }
+
+    fn set_wait(&mut self, wait: Duration) {
+        self.watch.wait = wait.clamp(Duration::from_millis(10), MAX_WAIT);
     }
 }
 
 impl Resolver for ConsulResolver {
     fn resolve(&self, service: &str) -> BoxDiscover {
         let mut query = String::from("passing");
-        if let Some(dc) = &self.cfg.datacenter {
+        if let Some(dc) = &self.cfg.side.datacenter {
             query.push_str(&format!("&dc={}", encode(dc)));
         }
         if let Some(ns) = &self.cfg.namespace {
@@ -148,10 +140,10 @@ impl Resolver for ConsulResolver {
             query.push_str(&format!("&tag={}", encode(tag)));
         }
         let fetch = HealthFetch {
-            client: self.client.clone(),
+            client: self.cfg.client.clone(),
             base: format!("/v1/health/service/{}?{query}", encode(service)),
         };
-        Watch::new(Box::new(fetch), service, self.cfg.watch.clone()).into_stream()
+        Watch::new(Box::new(fetch), service, self.cfg.side.watch.clone()).into_stream()
     }
 }
 

@@ -53,17 +53,17 @@ pub struct EtcdResolver {
     pub(super) cfg: SharedConfig,
 }
 
+impl crate::Resolver for EtcdResolver {
+    fn resolve(&self, service: &str) -> BoxDiscover {
+        watch(Arc::clone(&self.cfg), service.to_string())
+    }
+}
+
 impl EtcdResolver {
     /// Options for the etcd cluster at `endpoints`; [`build_resolver`](super::EtcdBuilder::build_resolver)
     /// ends them.
     pub fn builder(endpoints: impl IntoIterator<Item = impl AsRef<str>>) -> super::EtcdBuilder {
         super::EtcdBuilder::new(endpoints)
-    }
-}
-
-impl crate::Resolver for EtcdResolver {
-    fn resolve(&self, service: &str) -> BoxDiscover {
-        watch(Arc::clone(&self.cfg), service.to_string())
     }
 }
 

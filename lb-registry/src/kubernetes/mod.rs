@@ -412,13 +412,13 @@ mod tests {
     #[test]
     fn targets_with_an_authority_or_bad_options_are_rejected() {
         let t = Target::parse("kubernetes://10.0.0.1/greeter.default:grpc").expect("parses");
-        assert!(resolver(&t).err().expect("authority").is_invalid_target());
+        assert!(resolver(&t).expect_err("authority").is_invalid_target());
         let t = Target::parse("kubernetes:///greeter.default:grpc?hints=maybe").expect("parses");
-        assert!(resolver(&t).err().expect("bad hints").to_string().contains("hints"));
+        assert!(resolver(&t).expect_err("bad hints").to_string().contains("hints"));
         let t = Target::parse("kubernetes:///Greeter.default:grpc").expect("parses");
-        assert!(resolver(&t).err().expect("bad service").to_string().contains("Greeter"));
+        assert!(resolver(&t).expect_err("bad service").to_string().contains("Greeter"));
         let t = Target::parse("kubernetes:///greeter.default:grpc?snapshott=/tmp/x").expect("parses");
-        assert!(resolver(&t).err().expect("a typo").to_string().contains("`snapshott`"));
+        assert!(resolver(&t).expect_err("a typo").to_string().contains("`snapshott`"));
     }
 
     #[tokio::test]
