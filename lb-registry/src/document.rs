@@ -94,7 +94,7 @@ impl EndpointDocument {
         let addr: SocketAddr = self.addr.parse().map_err(|_| DocumentError::address(&self.addr))?;
         let state = match self.state.as_deref() {
             None => EndpointState::Ready,
-            Some(s) => s.parse().map_err(DocumentError::State)?,
+            Some(s) => s.parse().map_err(DocumentError::state)?,
         };
         // An absent field and an empty one both mean "unknown".
         let locality = Locality::unknown()
@@ -129,34 +129,57 @@ impl TryFrom<EndpointDocument> for Endpoint {
     }
 }
 
-/// A field of an [`EndpointDocument`] whose value is not valid.
+/// A field of an [`EndpointDocument`] whose value is not valid: `addr` that is not `ip:port`, or
+/// `state` that is not `ready`, `serving` or `terminating`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DocumentError {
-    /// `addr` is not `ip:port` (the value, cut to 64 characters).
+pub struct DocumentError {
+    kind: Kind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
     Address(String),
-    /// `state` is not `ready`, `serving` or `terminating`.
     State(ParseStateError),
 }
 
 impl DocumentError {
     fn address(addr: &str) -> Self {
-        DocumentError::Address(truncate(addr))
+        DocumentError {
+            kind: Kind::Address(truncate(addr)),
+        }
+    }
+
+    fn state(e: ParseStateError) -> Self {
+        DocumentError { kind: Kind::State(e) }
     }
 
     /// The name of the field at fault: `addr` or `state`.
     pub fn field(&self) -> &'static str {
-        match self {
-            DocumentError::Address(_) => "addr",
-            DocumentError::State(_) => "state",
+        match self.kind {
+            Kind::Address(_) => "addr",
+            Kind::State(_) => "state",
         }
+    }
+
+    /// The value at fault (an address cut to 64 characters: values end up in logs).
+    pub fn value(&self) -> &str {
+        match &self.kind {
+            Kind::Address(a) => a,
+            Kind::State(e) => e.value(),
+        }
+    }
+
+    /// True when `addr` is at fault.
+    pub fn is_address(&self) -> bool {
+        matches!(self.kind, Kind::Address(_))
     }
 }
 
 impl fmt::Display for DocumentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DocumentError::Address(a) => write!(f, "address `{a}` is not ip:port"),
-            DocumentError::State(e) => e.fmt(f),
+        match &self.kind {
+            Kind::Address(a) => write!(f, "address `{a}` is not ip:port"),
+            Kind::State(e) => e.fmt(f),
         }
     }
 }
@@ -223,9 +246,10 @@ mod tests {
     fn bad_values_name_their_field() {
         let doc = |json: &str| serde_json::from_str::<EndpointDocument>(json).expect("the shape is valid");
         let err = doc(r#"{"addr":"localhost:80"}"#).into_endpoint().expect_err("a host name");
-        assert_eq!((err.field(), err.to_string().as_str()), ("addr", "address `localhost:80` is not ip:port"));
+        assert_eq!((err.field(), err.value()), ("addr", "localhost:80"));
+        assert_eq!(err.to_string(), "address `localhost:80` is not ip:port");
         let err = doc(r#"{"addr":"1.2.3.4:5","state":"draining"}"#).into_endpoint().expect_err("a bad state");
-        assert_eq!(err.field(), "state");
+        assert_eq!((err.field(), err.value(), err.is_address()), ("state", "draining", false));
         assert!(err.to_string().contains("`draining`") && err.to_string().contains("terminating"), "{err}");
         let long = format!(r#"{{"addr":"{}"}}"#, "x".repeat(10_000));
         assert!(doc(&long).into_endpoint().expect_err("garbage").to_string().len() < 120);

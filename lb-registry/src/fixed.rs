@@ -14,7 +14,7 @@
 use lb_core::discover::BoxDiscover;
 use lb_core::Endpoint;
 
-use crate::document::{DocumentError, EndpointDocument};
+use crate::document::EndpointDocument;
 use crate::{scheme, Error, Target};
 
 /// `static:///…`: the list, fixed. Takes no query option (and no cache: there is no registry to
@@ -66,16 +66,16 @@ fn parse_entry(entry: &str) -> Result<Endpoint, Error> {
         }
     }
     let addr = doc.addr.clone();
-    doc.into_endpoint().map_err(|e| match e {
-        DocumentError::Address(_) => {
-            let hint = if addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
-                format!("; for a host name use dns:///{addr}")
-            } else {
-                String::new()
-            };
-            Error::invalid_target(format!("`{addr}` is not a socket address (expected ip:port{hint})"))
+    doc.into_endpoint().map_err(|e| {
+        if !e.is_address() {
+            return Error::invalid_target(format!("{e}, in `{entry}`"));
         }
-        DocumentError::State(e) => Error::invalid_target(format!("{e}, in `{entry}`")),
+        let hint = if addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+            format!("; for a host name use dns:///{addr}")
+        } else {
+            String::new()
+        };
+        Error::invalid_target(format!("`{addr}` is not a socket address (expected ip:port{hint})"))
     })
 }
 

@@ -11,7 +11,7 @@ use std::fmt;
 use lb_core::Endpoint;
 use serde::{Deserialize, Serialize};
 
-use crate::document::{truncate, DocumentError, EndpointDocument};
+use crate::document::{truncate, EndpointDocument};
 
 /// Values larger than this are rejected unread: an instance description is a few hundred bytes,
 /// so anything near this size is a mistake or an attack, and parsing it would cost every client.
@@ -90,9 +90,12 @@ pub fn decode(id: &str, value: &[u8]) -> Result<Endpoint, Invalid> {
         }
     };
     doc.id = Some(id.to_string());
-    doc.into_endpoint().map_err(|e| match e {
-        DocumentError::Address(a) => Invalid::BadAddress(a),
-        other => Invalid::Malformed(other.to_string()),
+    doc.into_endpoint().map_err(|e| {
+        if e.is_address() {
+            Invalid::BadAddress(e.value().to_string())
+        } else {
+            Invalid::Malformed(e.to_string())
+        }
     })
 }
 
