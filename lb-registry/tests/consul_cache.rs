@@ -4,10 +4,8 @@
 //! after its first set leaves that set on disk, and `Update::Current` makes the data fresh again.
 #![cfg(feature = "consul")]
 
-mod support;
-
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -17,10 +15,16 @@ use lb_doubles::consul::{ConsulDouble, Fault};
 use lb_registry::cache::Cache;
 use lb_registry::consul::ConsulResolver;
 use lb_registry::{Registration, Target};
-use support::TempDir;
 
 /// Generous: the machines running these tests are shared and slow.
 const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A fresh directory for one test's snapshot file.
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lb-consul-cache-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
 
 async fn register(double: &ConsulDouble, service: &str, port: u16) -> Registration {
     let target = Target::parse(&format!("consul://{}/{service}", double.authority())).expect("valid target");
@@ -67,8 +71,8 @@ async fn a_snapshot_serves_the_last_set_to_a_client_started_while_the_agent_fail
     let double = ConsulDouble::start().await.expect("start the consul double");
     let _a = register(&double, "snap", 7401).await;
     let _b = register(&double, "snap", 7402).await;
-    let dir = TempDir::new("consul-snapshot");
-    let path = dir.path().join("snap.json");
+    let dir = temp_dir("snapshot");
+    let path = dir.join("snap.json");
     let target = Target::parse(&format!("consul://{}/snap?snapshot={}", double.authority(), path.display())).expect("valid");
 
     // A first client gets its set and is dropped at once: the set is on disk when drop returns.
@@ -90,14 +94,15 @@ async fn a_snapshot_serves_the_last_set_to_a_client_started_while_the_agent_fail
     let _c = register(&double, "snap", 7403).await;
     double.set_fault(Fault::None);
     assert_eq!(next_set(&mut second).await, vec![7401, 7402, 7403]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_exits_right_after_discovery_leaves_its_current_set() {
     let double = ConsulDouble::start().await.expect("start the consul double");
     let _a = register(&double, "brief", 7501).await;
-    let dir = TempDir::new("consul-exit");
-    let path = dir.path().join("brief.json");
+    let dir = temp_dir("exit");
+    let path = dir.join("brief.json");
     let target = Target::parse(&format!("consul://{}/brief?snapshot={}", double.authority(), path.display())).expect("valid");
 
     // A "process": its own runtime, a client task that owns the discovery stream (as a pool's
@@ -128,6 +133,7 @@ async fn a_process_that_exits_right_after_discovery_leaves_its_current_set() {
     });
     process.await.expect("the process ran");
     assert_eq!(file_ports(&path), vec![7501, 7502], "the set current at exit is on disk");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
