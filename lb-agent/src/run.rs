@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use lb_core::backoff::Backoff;
 use lb_core::{EndpointSet, Update};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -87,7 +88,7 @@ pub async fn run(
     // The first sync always runs: it also removes services dropped from the configuration
     // (and writes nothing when the kernel already matches).
     let mut dirty = true;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     // `--once` retries a failed sync once, after re-reading the kernel (someone may have raced it).
     let mut retried = false;
     let started = Instant::now();
@@ -142,6 +143,9 @@ pub async fn run(
                 if gen != generation {
                     continue; // from a discovery task of the previous configuration
                 }
+                if update == Update::Current {
+                    continue; // a confirmation changes no set: nothing to recompute
+                }
                 sets[i].apply(update);
                 if sets[i].is_initialized() {
                     let svc = &cfg.services[i];
@@ -176,7 +180,7 @@ pub async fn run(
                         dirty = false;
                         full = false;
                         changed.clear();
-                        backoff = Duration::from_millis(500);
+                        backoff.reset();
                         health.record(true);
                         metrics::gauge!(crate::metrics::OBJECTS, &labels).set(report.objects as f64);
                         if !report.is_noop() {
@@ -206,12 +210,12 @@ pub async fn run(
                         }
                         retried = true;
                         full = true;
-                        tracing::error!(error = %e, retry_in = ?backoff, "sync failed; re-reading the agent's own objects");
+                        let retry_in = backoff.next();
+                        tracing::error!(error = %e, ?retry_in, "sync failed; re-reading the agent's own objects");
                         if let Err(e) = tokio::task::block_in_place(|| backend.load()) {
                             tracing::error!(error = %e, "cannot read the agent's objects");
                         }
-                        next_sync = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        next_sync = Some(Instant::now() + retry_in);
                     }
                 }
             }

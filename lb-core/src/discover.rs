@@ -6,6 +6,9 @@
 //! [`EndpointSet::apply`], so endpoints that did not change keep their connections and load history.
 //! This is `kube-runtime`'s watcher/reflector contract and linkerd's `reset_pool`.
 //!
+//! A source that re-established contact without news says so with [`Update::Current`], which
+//! changes nothing but tells a cache that what it serves is current again.
+//!
 //! Errors on the stream are not fatal: consumers keep the last-known-good set and carry on.
 
 use std::collections::btree_map::{BTreeMap, Entry};
@@ -30,6 +33,12 @@ pub enum Update {
     Add(Vec<Endpoint>),
     /// Endpoints removed by id.
     Remove(Vec<EndpointId>),
+    /// The source confirms that the set it delivered so far is still its latest word, without
+    /// changing it: a watch was re-established after an error, a relist or a re-resolution found
+    /// nothing new. It changes no set; a cache in front of the pool (`lb-registry`'s) takes it as
+    /// "the data is fresh again" and stops its staleness clock. Sources send it only after having
+    /// delivered a full set.
+    Current,
 }
 
 /// A boxed stream of discovery updates, the type every resolver in `lb-registry` returns.
@@ -96,7 +105,7 @@ impl EndpointSet {
     }
 
     /// Applies an update and reports what changed. A `Reset` is diffed: identical endpoints are
-    /// neither removed nor re-added.
+    /// neither removed nor re-added; `Current` changes nothing.
     pub fn apply(&mut self, update: Update) -> Diff {
         let mut diff = Diff::default();
         match update {
@@ -144,6 +153,8 @@ impl EndpointSet {
                     }
                 }
             }
+            // A confirmation, not a change: nothing to apply, and it does not make a set full.
+            Update::Current => {}
         }
         diff
     }
@@ -239,5 +250,15 @@ mod tests {
         let d = set.apply(Update::Remove(vec![ep(9).id().clone(), ep(1).id().clone()]));
         assert_eq!(d.removed, vec![ep(1).id().clone()]);
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn current_changes_nothing() {
+        let mut set = EndpointSet::new();
+        assert!(set.apply(Update::Current).is_empty());
+        assert!(!set.is_initialized(), "a confirmation is not a full set");
+        set.apply(Update::Reset(vec![ep(1)]));
+        assert!(set.apply(Update::Current).is_empty());
+        assert_eq!(set.iter().cloned().collect::<Vec<_>>(), vec![ep(1)]);
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// The stable identity of an endpoint across discovery updates.
@@ -144,6 +145,63 @@ pub enum EndpointState {
     Terminating,
 }
 
+impl EndpointState {
+    /// Every state, in the order of their names in messages.
+    pub const ALL: [EndpointState; 3] = [EndpointState::Ready, EndpointState::Serving, EndpointState::Terminating];
+
+    /// The state's name as registries, target URIs and documents spell it: `ready`, `serving` or
+    /// `terminating`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Ready => "ready",
+            EndpointState::Serving => "serving",
+            EndpointState::Terminating => "terminating",
+        }
+    }
+}
+
+impl fmt::Display for EndpointState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EndpointState {
+    type Err = ParseStateError;
+
+    /// Parses `ready`, `serving` or `terminating` (exactly: registries write them lower-case).
+    fn from_str(s: &str) -> Result<Self, ParseStateError> {
+        EndpointState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| ParseStateError { value: s.to_string() })
+    }
+}
+
+/// A string that is not an [`EndpointState`]; its message names the value and the valid ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseStateError {
+    value: String,
+}
+
+impl ParseStateError {
+    /// The value that did not parse.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Display for ParseStateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The value may come from a registry anyone can write to: keep the message short.
+        let shown: String = self.value.chars().take(64).collect();
+        let more = if shown.len() < self.value.len() { "…" } else { "" };
+        write!(f, "state `{shown}{more}` is not ready, serving or terminating")
+    }
+}
+
+impl std::error::Error for ParseStateError {}
+
 /// One backend instance as discovery reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -247,6 +305,19 @@ mod tests {
         assert!(z.same_zone(&Locality::unknown().with_zone("z1")));
         assert!(!z.same_zone(&a));
         assert_eq!(Locality::unknown().with_zone(""), Locality::unknown());
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in EndpointState::ALL {
+            assert_eq!(state.to_string().parse::<EndpointState>(), Ok(state));
+        }
+        assert_eq!("serving".parse::<EndpointState>(), Ok(EndpointState::Serving));
+        let err = "Ready".parse::<EndpointState>().expect_err("names are lower-case");
+        assert_eq!(err.value(), "Ready");
+        assert_eq!(err.to_string(), "state `Ready` is not ready, serving or terminating");
+        let long = "x".repeat(1000);
+        assert!(long.parse::<EndpointState>().expect_err("garbage").to_string().len() < 120, "bounded message");
     }
 
     #[test]

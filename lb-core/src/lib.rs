@@ -37,6 +37,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod balance;
 pub mod discover;
 pub mod endpoint;

@@ -1,62 +1,111 @@
-//! A last-known-good cache in front of any discovery stream.
+//! A last-known-good cache in front of any discovery stream, the same for every registry.
 //!
 //! Registries fail; the services they list usually keep running. A client that forgets its endpoints
 //! whenever the registry blinks turns a registry outage into an outage of everything. [`Cache`]
-//! wraps any [`BoxDiscover`] and:
+//! wraps any [`Resolver`] (or any [`BoxDiscover`]) and:
 //!
 //! - keeps the last set across errors, source restarts and a source that ends;
 //! - refuses an update that would empty a non-empty set (a registry that lost its data, a watch that
-//!   relisted an empty prefix during a restart) unless [`CacheBuilder::allow_empty`] is set;
-//! - restarts a restartable source every [`CacheBuilder::resync_every`] (a full relist, diffed by the
-//!   pool so unchanged endpoints keep their connections), and after it ends;
-//! - optionally persists the set to a JSON file (write to a temporary file, then rename, so a crash
-//!   never leaves half a file) and, at start, serves that file at once while the source has produced
-//!   nothing — Dubbo's provider cache, so a client restarted during a registry outage still works;
+//!   relisted an empty prefix during a restart, an ACL token that lost its read permission) unless
+//!   `allow_empty` is set;
+//! - restarts the source every `resync` (a full relist, diffed by the pool so unchanged endpoints
+//!   keep their connections), and after it ends;
+//! - optionally persists the set to a JSON file and, at start, serves that file at once while the
+//!   source has produced nothing — Dubbo's provider cache, so a client restarted during a registry
+//!   outage still works;
 //! - tracks how stale the served data is ([`CacheHandle::staleness`]), logs it while stale and
 //!   exports it as the gauge `lb_registry_staleness_seconds{target}`.
 //!
-//! Staleness is measured from the last moment the source was known to be in contact: any update
-//! (even an empty `Add`, which providers send once a watch is re-established) means fresh; an error
-//! or the end of the source starts the clock; data loaded from a snapshot starts as old as the file.
+//! # Target options
+//!
+//! [`resolve`](crate::resolve) puts every registry target — `etcd`, `consul`, `kubernetes`, `dns` —
+//! behind this cache, configured by the same query keys ([`KEYS`]) for all of them.
+//! A `static:///` list has no registry to lose, so it has no cache and refuses these keys.
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `allow_empty` | `false` | `true` applies an update that removes every endpoint; otherwise it is refused, logged, counted in `lb_registry_empty_updates_refused_total{target}`, and the set is kept until a non-empty update arrives |
+//! | `snapshot` | none | a file holding the last set: written as soon as the first full set arrives, then at most once a second while the set changes, and when the stream is dropped; at start it is served, marked stale, until the registry answers |
+//! | `resync` | `5m` for etcd, `off` otherwise | restart the source this often, a full relist (a duration such as `30s`, `10m`, at least `1s`; `off` disables). etcd's default bounds what no watch can see, a store emptied and refilled with keys of the same revisions |
+//!
+//! # In code
+//!
+//! A provider's resolver (`EtcdResolver`, `ConsulResolver`, [`DnsResolver`](crate::dns::DnsResolver),
+//! `KubernetesResolver`, or your own) yields the registry's raw stream; the cache goes around it:
 //!
 //! ```no_run
-//! # fn source() -> lb_core::discover::BoxDiscover { unimplemented!() }
+//! # fn demo(resolver: lb_registry::dns::DnsResolver) {
 //! use std::time::Duration;
 //! use lb_registry::cache::Cache;
 //!
 //! let cached = Cache::builder()
-//!     .name("etcd://127.0.0.1:2379/greeter")
+//!     .name("dns:///greeter.internal:50051")
 //!     .snapshot("/var/cache/lb/greeter.json")
 //!     .resync_every(Duration::from_secs(300))
-//!     .wrap_with(source); // restartable: called again for each resync
+//!     .resolve(resolver, "greeter.internal:50051"); // called again for each resync
 //! let handle = cached.handle();
 //! let discover = cached.boxed(); // hand this to lb_core::Pool::spawn
-//! # let _ = (handle, discover);
+//! # let _ = (handle, discover); }
 //! ```
+//!
+//! The options are one type applied around any resolver, rather than options each provider's
+//! builder re-implements, because none of them depends on the registry: what a client does when its
+//! registry is unreachable is the same question for every registry, and a resolver written outside
+//! this crate gets the same answers. It also leaves each provider a plain stream of what its
+//! registry says, which is what its own tests assert.
+//!
+//! # Freshness
+//!
+//! Staleness is measured from the last moment the source was known to be in contact and in
+//! agreement with what is served: an update applied, or an [`Update::Current`] (a provider's
+//! "nothing changed": a watch re-established, a relist or a re-resolution with the same answer),
+//! means fresh; an error, the end of the source or a refused update starts the clock, and a
+//! `Current` after a refused update does not stop it (the source confirms a set that is not the
+//! one served). Data loaded from a snapshot starts as old as the file.
+//!
+//! # The snapshot file
+//!
+//! One JSON document, `{"v":1,"target":…,"saved_at_unix_ms":…,"endpoints":[…]}`, each endpoint an
+//! [`EndpointDocument`](crate::document::EndpointDocument). It is written to a temporary file and
+//! renamed, so a crash never leaves half a file. A file written for another target (`target`
+//! differs from the cache's name) is ignored with a warning rather than served, as is a corrupt
+//! one; entries that do not decode are skipped. The last write happens when the [`Cached`] stream
+//! is dropped — when a client is dropped, or its runtime shuts down as a process exits — so a
+//! process that ran for a moment still leaves its current set behind.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt as _};
+use futures_util::Stream;
 use lb_core::discover::BoxDiscover;
 use lb_core::{BoxError, Endpoint, EndpointId, Update};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::warn;
+
+use crate::options::{parse_bool, parse_duration};
+use crate::{scheme, Error, Resolver, Target};
+
+use self::snapshot::{SnapshotFile, Writer};
+use self::task::CacheTask;
 
 /// Gauge: seconds since the served data was last confirmed by its source (0 while fresh).
 pub const STALENESS: &str = "lb_registry_staleness_seconds";
 /// Counter: updates refused because they would have emptied a non-empty set.
 pub const EMPTY_REFUSED: &str = "lb_registry_empty_updates_refused_total";
+/// The query keys of a target that configure its cache (see the [module docs](self)).
+pub const KEYS: [&str; 3] = ["allow_empty", "resync", "snapshot"];
 
 // Periods are added to `Instant`s; a year keeps that far from overflowing.
 const MAX_PERIOD: Duration = Duration::from_secs(365 * 86_400);
+/// The shortest `resync` a target may ask for: a relist costs the registry a full read.
+const MIN_TARGET_RESYNC: Duration = Duration::from_secs(1);
 
 /// Entry point: [`Cache::builder`].
 #[derive(Debug)]
@@ -66,7 +115,7 @@ impl Cache {
     /// A builder with the defaults: empty updates refused, no resync, no snapshot.
     pub fn builder() -> CacheBuilder {
         CacheBuilder {
-            name: Arc::from("unnamed"),
+            name: None,
             allow_empty: false,
             resync: None,
             snapshot: None,
@@ -77,10 +126,12 @@ impl Cache {
     }
 }
 
-/// Configuration of a [`Cache`].
+/// Configuration of a [`Cache`]: one type, applied around any [`Resolver`] or stream, rather than
+/// options repeated in each provider's builder — what to do while a registry is unreachable does
+/// not depend on which registry it is (see the [module docs](self#in-code)).
 #[derive(Clone, Debug)]
 pub struct CacheBuilder {
-    name: Arc<str>,
+    name: Option<Arc<str>>,
     allow_empty: bool,
     resync: Option<Duration>,
     snapshot: Option<PathBuf>,
@@ -90,9 +141,44 @@ pub struct CacheBuilder {
 }
 
 impl CacheBuilder {
-    /// A name for logs and the metric label, usually the target URI.
+    /// The cache a target's query asks for (see the [module docs](self)): the scheme's defaults,
+    /// then `allow_empty`, `resync` and `snapshot`, named after the target without its query. Other
+    /// keys are the provider's and are not looked at here.
+    pub fn from_target(target: &Target) -> Result<Self, Error> {
+        let scheme = scheme::get(target.scheme()).ok_or_else(|| Error::unsupported_scheme(target.scheme()))?;
+        if !scheme.cached {
+            return Err(Error::invalid_target(format!("`{}` targets have no discovery cache", scheme.name)));
+        }
+        let mut b = Cache::builder().name(format!("{}://{}/{}", target.scheme(), target.authority(), target.path()));
+        b.resync = scheme.resync;
+        if let Some(v) = target.param("allow_empty") {
+            b = b.allow_empty(parse_bool("allow_empty", v)?);
+        }
+        if let Some(v) = target.param("resync") {
+            b.resync = match v {
+                "off" | "none" | "0" => None,
+                other => {
+                    let period = parse_duration("resync", other)?;
+                    if period < MIN_TARGET_RESYNC {
+                        return Err(Error::invalid_target(format!("`resync={other}` is below the 1s minimum (use off to disable)")));
+                    }
+                    Some(period.min(MAX_PERIOD))
+                }
+            };
+        }
+        if let Some(path) = target.param("snapshot") {
+            if path.is_empty() {
+                return Err(Error::invalid_target("`snapshot` needs a file path, e.g. snapshot=/var/cache/lb/greeter.json"));
+            }
+            b = b.snapshot(path);
+        }
+        Ok(b)
+    }
+
+    /// A name for logs, the metric label and the snapshot file, usually the target URI (default:
+    /// the service given to [`resolve`](Self::resolve), else `unnamed`).
     pub fn name(mut self, name: impl AsRef<str>) -> Self {
-        self.name = Arc::from(name.as_ref());
+        self.name = Some(Arc::from(name.as_ref()));
         self
     }
 
@@ -104,7 +190,8 @@ impl CacheBuilder {
     }
 
     /// Restarts the source this often (a full relist). Needs a restartable source
-    /// ([`CacheBuilder::wrap_with`]); ignored by [`CacheBuilder::wrap`].
+    /// ([`resolve`](Self::resolve), [`wrap_with`](Self::wrap_with)); ignored by
+    /// [`wrap`](Self::wrap).
     pub fn resync_every(mut self, period: Duration) -> Self {
         self.resync = Some(period.clamp(Duration::from_millis(10), MAX_PERIOD));
         self
@@ -116,7 +203,8 @@ impl CacheBuilder {
         self
     }
 
-    /// The most often the snapshot file is rewritten (default 1 s; changes in between coalesce).
+    /// The most often the snapshot file is rewritten after the first write (default 1 s; changes
+    /// in between coalesce).
     pub fn snapshot_interval(mut self, interval: Duration) -> Self {
         self.snapshot_interval = interval.min(MAX_PERIOD);
         self
@@ -126,6 +214,15 @@ impl CacheBuilder {
     pub fn restart_backoff(mut self, backoff: Duration) -> Self {
         self.restart_backoff = backoff.min(MAX_PERIOD);
         self
+    }
+
+    /// Watches `service` through `resolver`, which is asked again for each restart and resync.
+    pub fn resolve<R: Resolver>(mut self, resolver: R, service: impl Into<String>) -> Cached {
+        let service = service.into();
+        if self.name.is_none() {
+            self.name = Some(Arc::from(service.as_str()));
+        }
+        self.wrap_with(move || resolver.resolve(&service))
     }
 
     /// Wraps a source that cannot be restarted: no resync, and once it ends the last set stays.
@@ -141,24 +238,17 @@ impl CacheBuilder {
     }
 
     fn build(self, make: MakeSource, restartable: bool) -> Cached {
-        let handle = CacheHandle {
-            status: Arc::new(Mutex::new(Status::default())),
-        };
+        let name: Arc<str> = self.name.clone().unwrap_or_else(|| Arc::from("unnamed"));
+        let shared = Arc::new(Shared {
+            snapshot: self.snapshot.clone().map(Writer::new),
+            name,
+            state: Mutex::new(State::default()),
+        });
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = CacheTask {
-            cfg: self,
-            make,
-            restartable,
-            tx,
-            set: BTreeMap::new(),
-            from_source: false,
-            status: Arc::clone(&handle.status),
-            snapshot_due: None,
-            snapshot_writing: None,
-        };
+        let task = CacheTask::new(self, make, restartable, tx, Arc::clone(&shared));
         Cached {
             rx,
-            handle,
+            handle: CacheHandle { shared },
             pending: Some(Box::new(task)),
             task: None,
         }
@@ -167,24 +257,65 @@ impl CacheBuilder {
 
 type MakeSource = Box<dyn FnMut() -> Option<BoxDiscover> + Send>;
 
+/// What the task, the handle and the stream's `Drop` share.
+struct Shared {
+    name: Arc<str>,
+    state: Mutex<State>,
+    snapshot: Option<Writer>,
+}
+
 #[derive(Debug, Default)]
-struct Status {
-    len: usize,
+struct State {
+    /// The set served.
+    set: BTreeMap<EndpointId, Endpoint>,
+    /// How many changes from the source were applied; the snapshot on disk is compared with it.
+    generation: u64,
     has_data: bool,
     from_snapshot: bool,
     // Stale when `Some`: staleness = base + since.elapsed().
     stale_since: Option<(Instant, Duration)>,
 }
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere while updating plain fields; they are still
+        // meaningful, so use them anyway.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The file for the set served, when the one on disk is older.
+    fn unwritten_snapshot(&self) -> Option<(u64, SnapshotFile)> {
+        let writer = self.snapshot.as_ref()?;
+        let s = self.lock();
+        (s.generation > writer.written()).then(|| (s.generation, SnapshotFile::new(&self.name, s.set.values())))
+    }
+
+    /// Writes `file`, the set at `generation`; blocks.
+    fn write_snapshot(&self, generation: u64, file: &SnapshotFile) {
+        let Some(writer) = &self.snapshot else { return };
+        if let Err(error) = writer.write(generation, file) {
+            warn!(target_uri = %self.name, path = %writer.path().display(), %error, "cannot write the discovery snapshot");
+        }
+    }
+
+    /// Writes the set served if the file is behind it; blocks.
+    fn flush_snapshot(&self) {
+        if let Some((generation, file)) = self.unwritten_snapshot() {
+            self.write_snapshot(generation, &file);
+        }
+    }
+}
+
 /// A read-only view of a cache's state, cheap to clone.
 #[derive(Clone)]
 pub struct CacheHandle {
-    status: Arc<Mutex<Status>>,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for CacheHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheHandle")
+            .field("name", &self.shared.name)
             .field("len", &self.len())
             .field("staleness", &self.staleness())
             .finish()
@@ -192,11 +323,8 @@ impl fmt::Debug for CacheHandle {
 }
 
 impl CacheHandle {
-    fn with<T>(&self, f: impl FnOnce(&Status) -> T) -> T {
-        // A poisoned lock only means a panic elsewhere while updating plain fields; they are still
-        // meaningful, so read them anyway.
-        let guard = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        f(&guard)
+    fn with<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.shared.lock())
     }
 
     /// How old the served data is: `None` before any data, zero while the source is in contact,
@@ -224,7 +352,7 @@ impl CacheHandle {
 
     /// The number of endpoints served.
     pub fn len(&self) -> usize {
-        self.with(|s| s.len)
+        self.with(|s| s.set.len())
     }
 
     /// True when no endpoint is served.
@@ -234,7 +362,7 @@ impl CacheHandle {
 }
 
 /// The cached discovery stream. Its background task starts on first poll and stops when the stream
-/// is dropped.
+/// is dropped; dropping it also writes the snapshot file, when there is one and it is behind.
 pub struct Cached {
     rx: mpsc::UnboundedReceiver<Result<Update, BoxError>>,
     handle: CacheHandle,
@@ -278,244 +406,15 @@ impl Drop for Cached {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-    }
-}
-
-struct CacheTask {
-    cfg: CacheBuilder,
-    make: MakeSource,
-    restartable: bool,
-    tx: mpsc::UnboundedSender<Result<Update, BoxError>>,
-    set: BTreeMap<EndpointId, Endpoint>,
-    from_source: bool,
-    status: Arc<Mutex<Status>>,
-    snapshot_due: Option<Instant>,
-    snapshot_writing: Option<JoinHandle<()>>,
-}
-
-impl CacheTask {
-    async fn run(mut self) {
-        if let Some(path) = self.cfg.snapshot.clone() {
-            self.load_snapshot(&path);
-        }
-        let mut source = (self.make)();
-        let mut resync = self.cfg.resync.filter(|_| self.restartable).map(|p| {
-            let mut i = tokio::time::interval_at(Instant::now() + p, p);
-            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            i
-        });
-        let mut stale_log = tokio::time::interval(self.cfg.stale_log_interval);
-        let mut restart_at: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                _ = self.tx.closed() => return,
-                item = next(&mut source) => match item {
-                    Some(Ok(update)) => self.on_update(update),
-                    Some(Err(error)) => {
-                        self.mark_stale();
-                        let _ = self.tx.send(Err(error));
-                    }
-                    None => {
-                        self.mark_stale();
-                        source = None;
-                        if self.restartable {
-                            info!(target_uri = %self.cfg.name, "discovery source ended; restarting it");
-                            restart_at = Some(Instant::now() + self.cfg.restart_backoff);
-                        } else {
-                            info!(target_uri = %self.cfg.name, endpoints = self.set.len(), "discovery source ended; keeping the last known endpoints");
-                        }
-                    }
-                },
-                _ = sleep_until(restart_at) => {
-                    restart_at = None;
-                    source = (self.make)();
-                }
-                _ = tick(&mut resync) => {
-                    debug!(target_uri = %self.cfg.name, "periodic resync: restarting the discovery source");
-                    source = (self.make)();
-                    restart_at = None;
-                }
-                _ = stale_log.tick() => self.report_staleness(),
-                _ = sleep_until(self.snapshot_due) => self.write_snapshot(),
-            }
-        }
-    }
-
-    fn on_update(&mut self, update: Update) {
-        let allow_empty = self.cfg.allow_empty;
-        match update {
-            Update::Reset(list) => {
-                if list.is_empty() && !allow_empty && !self.set.is_empty() {
-                    self.refuse_empty("reset");
-                    return;
-                }
-                self.set = list.iter().map(|e| (e.id().clone(), e.clone())).collect();
-                self.from_source = true;
-                self.forward(Update::Reset(list));
-            }
-            Update::Add(list) => {
-                if list.is_empty() {
-                    // A liveness signal from the source: nothing to apply, but the data is current.
-                    self.mark_fresh();
-                    return;
-                }
-                for e in &list {
-                    self.set.insert(e.id().clone(), e.clone());
-                }
-                self.forward(Update::Add(list));
-            }
-            Update::Remove(ids) => {
-                let remaining = self.set.keys().filter(|k| !ids.contains(k)).count();
-                if remaining == 0 && !allow_empty && !self.set.is_empty() {
-                    self.refuse_empty("remove");
-                    return;
-                }
-                for id in &ids {
-                    self.set.remove(id);
-                }
-                self.forward(Update::Remove(ids));
-            }
-        }
-    }
-
-    fn forward(&mut self, update: Update) {
-        let _ = self.tx.send(Ok(update));
-        self.mark_fresh();
-        {
-            let mut s = self.lock();
-            s.len = self.set.len();
-            s.has_data = true;
-            s.from_snapshot = s.from_snapshot && !self.from_source;
-        }
-        if self.cfg.snapshot.is_some() && self.from_source && self.snapshot_due.is_none() {
-            self.snapshot_due = Some(Instant::now() + self.cfg.snapshot_interval);
-        }
-    }
-
-    fn refuse_empty(&mut self, kind: &'static str) {
-        metrics::counter!(EMPTY_REFUSED, "target" => self.cfg.name.to_string()).increment(1);
-        warn!(
-            target_uri = %self.cfg.name,
-            update = kind,
-            kept = self.set.len(),
-            "refusing an update that would remove every endpoint; keeping the last known set (allow_empty=false)"
-        );
-        // The source is talking but no longer confirms what is served.
-        self.mark_stale();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn mark_fresh(&mut self) {
-        let was_stale = {
-            let mut s = self.lock();
-            s.stale_since.take().map(|(since, base)| base + since.elapsed())
-        };
-        metrics::gauge!(STALENESS, "target" => self.cfg.name.to_string()).set(0.0);
-        if let Some(age) = was_stale {
-            info!(target_uri = %self.cfg.name, was_stale_for_ms = age.as_millis() as u64, "discovery data is fresh again");
-        }
-    }
-
-    fn mark_stale(&mut self) {
-        let mut s = self.lock();
-        if s.stale_since.is_none() {
-            s.stale_since = Some((Instant::now(), Duration::ZERO));
-        }
-    }
-
-    fn report_staleness(&self) {
-        let stale = {
-            let s = self.lock();
-            s.stale_since.map(|(since, base)| (base + since.elapsed(), s.from_snapshot, s.len))
-        };
-        if let Some((age, from_snapshot, len)) = stale {
-            metrics::gauge!(STALENESS, "target" => self.cfg.name.to_string()).set(age.as_secs_f64());
-            warn!(
-                target_uri = %self.cfg.name,
-                staleness_s = age.as_secs(),
-                from_snapshot,
-                endpoints = len,
-                "serving stale discovery data"
-            );
-        }
-    }
-
-    fn load_snapshot(&mut self, path: &Path) {
-        let (endpoints, age) = match snapshot::read(path) {
-            Ok(Some(found)) => found,
-            Ok(None) => return,
-            Err(error) => {
-                warn!(target_uri = %self.cfg.name, path = %path.display(), %error, "ignoring the discovery snapshot");
-                return;
-            }
-        };
-        warn!(
-            target_uri = %self.cfg.name,
-            path = %path.display(),
-            endpoints = endpoints.len(),
-            staleness_s = age.as_secs(),
-            "serving endpoints from the on-disk snapshot until the registry answers"
-        );
-        self.set = endpoints.iter().map(|e| (e.id().clone(), e.clone())).collect();
-        let _ = self.tx.send(Ok(Update::Reset(endpoints)));
-        let mut s = self.lock();
-        s.len = self.set.len();
-        s.has_data = true;
-        s.from_snapshot = true;
-        s.stale_since = Some((Instant::now(), age));
-    }
-
-    fn write_snapshot(&mut self) {
-        self.snapshot_due = None;
-        let Some(path) = self.cfg.snapshot.clone() else { return };
-        if self.snapshot_writing.as_ref().is_some_and(|h| !h.is_finished()) {
-            // One write at a time; try again shortly with whatever the set is then.
-            self.snapshot_due = Some(Instant::now() + self.cfg.snapshot_interval);
-            return;
-        }
-        let snap = SnapshotFile {
-            v: SNAPSHOT_VERSION,
-            target: self.cfg.name.to_string(),
-            saved_at_unix_ms: snapshot::unix_ms(),
-            endpoints: self.set.values().map(SnapEndpoint::from_endpoint).collect(),
-        };
-        let name = Arc::clone(&self.cfg.name);
-        self.snapshot_writing = Some(tokio::task::spawn_blocking(move || {
-            if let Err(error) = write_atomically(&path, &snap) {
-                warn!(target_uri = %name, path = %path.display(), %error, "cannot write the discovery snapshot");
-            }
-        }));
-    }
-}
-
-async fn next(source: &mut Option<BoxDiscover>) -> Option<Result<Update, BoxError>> {
-    match source {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn tick(interval: &mut Option<tokio::time::Interval>) {
-    match interval {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
+        // The last write happens here, synchronously, rather than on a task: a stream dropped
+        // because its process is exiting (the runtime shutting down drops every task) gets no
+        // later chance, and a client that ran for less than the snapshot interval must still leave
+        // its set behind. A write is one small file, and only when the set changed since the last.
+        self.handle.shared.flush_snapshot();
     }
 }
 
 mod snapshot;
+mod task;
 #[cfg(test)]
 mod tests;
-
-use self::snapshot::{write_atomically, SnapEndpoint, SnapshotFile, SNAPSHOT_VERSION};

@@ -20,7 +20,9 @@
 //! |---|---|
 //! | `refresh` | re-resolution interval, a duration such as `30s` or `5m` (`30s`, gRPC's minimum re-resolution interval; at least `1s`) |
 //! | `family` | `ipv4`, `ipv6` or `any`: which addresses of an answer are kept (`any`) |
-//! | `allow_empty` | `true` applies an answer that would empty a non-empty set (`false`) |
+//!
+//! and the [cache](crate::cache)'s keys (`allow_empty`, `snapshot`, `resync`), as every registry
+//! target; any other key is an error.
 //!
 //! # What is re-resolved, and when
 //!
@@ -44,16 +46,17 @@
 //! `lb_registry_lookup_failures_total{registry="dns", reason="error"|"timeout"}`. When every name
 //! fails in a round, an error goes on the stream instead of an update: at start that leaves the pool
 //! uninitialized rather than empty, later it keeps the last set and starts the
-//! [cache](crate::cache)'s staleness clock; the next successful round is then emitted even if
-//! unchanged, to confirm the set. `getaddrinfo` does not tell a name that no longer exists from a
+//! [cache](crate::cache)'s staleness clock; the next successful round then confirms the set: a
+//! [`Reset`](lb_core::Update::Reset) if it changed, else [`Current`](lb_core::Update::Current). `getaddrinfo` does not tell a name that no longer exists from a
 //! resolver outage, so both count as failures: a name that stops resolving keeps its last
 //! addresses until it resolves again (an answer with no address of the wanted family, by contrast,
 //! is an empty answer).
 //!
-//! The stream runs behind the crate's [`Cache`]: an answer that would empty a non-empty set is
-//! refused unless `allow_empty` is set. Dropping the stream stops the re-resolution (a
-//! `getaddrinfo` call already running on tokio's blocking pool finishes, and its answer is
-//! discarded).
+//! [`lb_registry::resolve`](crate::resolve) puts the stream behind the crate's
+//! [cache](crate::cache), where an answer that would empty a non-empty set is refused unless
+//! `allow_empty` is set; [`DnsResolver`] itself yields the raw answers. Dropping the stream stops the
+//! re-resolution (a `getaddrinfo` call already running on tokio's blocking pool finishes, and its
+//! answer is discarded).
 //!
 //! # Compared with gRPC's DNS resolver
 //!
@@ -90,9 +93,8 @@ use lb_core::{BoxError, Endpoint, Update};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::cache::{Cache, Cached};
-use crate::options::{parse_bool, parse_duration};
-use crate::{Error, Resolver, Target};
+use crate::options::parse_duration;
+use crate::{scheme, Error, Resolver, Target};
 
 /// Counter: failed or timed-out lookups, labels `registry="dns"`, `reason` (`error`, `timeout`).
 pub const LOOKUP_FAILURES: &str = "lb_registry_lookup_failures_total";
@@ -153,7 +155,6 @@ pub struct DnsResolver {
 struct Config {
     refresh: Duration,
     lookup_timeout: Duration,
-    allow_empty: bool,
     family: Family,
     lookup: Arc<dyn Lookup>,
 }
@@ -163,7 +164,6 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("refresh", &self.refresh)
             .field("lookup_timeout", &self.lookup_timeout)
-            .field("allow_empty", &self.allow_empty)
             .field("family", &self.family)
             .finish_non_exhaustive()
     }
@@ -174,7 +174,6 @@ impl fmt::Debug for Config {
 pub struct DnsResolverBuilder {
     refresh: Duration,
     lookup_timeout: Duration,
-    allow_empty: bool,
     family: Family,
     lookup: Option<Arc<dyn Lookup>>,
 }
@@ -184,7 +183,6 @@ impl fmt::Debug for DnsResolverBuilder {
         f.debug_struct("DnsResolverBuilder")
             .field("refresh", &self.refresh)
             .field("lookup_timeout", &self.lookup_timeout)
-            .field("allow_empty", &self.allow_empty)
             .field("family", &self.family)
             .finish_non_exhaustive()
     }
@@ -192,18 +190,18 @@ impl fmt::Debug for DnsResolverBuilder {
 
 impl DnsResolver {
     /// A builder with the defaults: the system resolver, a 30 s refresh, 5 s lookup timeout, both
-    /// address families, empty answers refused.
+    /// address families.
     pub fn builder() -> DnsResolverBuilder {
         DnsResolverBuilder {
             refresh: DEFAULT_REFRESH,
             lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
-            allow_empty: false,
             family: Family::Any,
             lookup: None,
         }
     }
 
-    /// A resolver configured by a `dns:///` target's query (see the module docs).
+    /// A resolver configured by a `dns:///` target's query (see the module docs); the cache keys are
+    /// checked but left to [`lb_registry::resolve`](crate::resolve).
     pub fn from_target(target: &Target) -> Result<Self, Error> {
         Ok(DnsResolverBuilder::from_target(target)?.build())
     }
@@ -211,19 +209,9 @@ impl DnsResolver {
     /// Watches `names` (`host:port[,host:port…]`, the path of a `dns:///` target), validating it
     /// first.
     pub fn watch(&self, names: &str) -> Result<BoxDiscover, Error> {
-        Ok(self.watch_cached(names)?.boxed())
-    }
-
-    /// Like [`watch`](Self::watch), returning the [`Cached`] stream so its
-    /// [`CacheHandle`](crate::cache::CacheHandle) (staleness) can be read.
-    pub fn watch_cached(&self, names: &str) -> Result<Cached, Error> {
         let parsed = parse_names(names, self.cfg.family)?;
         let label = format!("dns:///{names}");
-        let rounds = Rounds::new(Arc::clone(&self.cfg), parsed, Arc::from(label.as_str()));
-        Ok(Cache::builder()
-            .name(&label)
-            .allow_empty(self.cfg.allow_empty)
-            .wrap(rounds.into_stream()))
+        Ok(Rounds::new(Arc::clone(&self.cfg), parsed, Arc::from(label.as_str())).into_stream())
     }
 }
 
@@ -250,6 +238,7 @@ impl DnsResolverBuilder {
                 target.path()
             )));
         }
+        scheme::DNS.check(target)?;
         let mut b = DnsResolver::builder();
         if let Some(r) = target.param("refresh") {
             let refresh = parse_duration("refresh", r)?;
@@ -259,9 +248,6 @@ impl DnsResolverBuilder {
                 )));
             }
             b = b.refresh(refresh);
-        }
-        if let Some(a) = target.param("allow_empty") {
-            b = b.allow_empty(parse_bool("allow_empty", a)?);
         }
         if let Some(f) = target.param("family") {
             b = b.family(match f {
@@ -286,12 +272,6 @@ impl DnsResolverBuilder {
         self
     }
 
-    /// Whether an answer that would empty a non-empty set is applied (default `false`).
-    pub fn allow_empty(mut self, allow: bool) -> Self {
-        self.allow_empty = allow;
-        self
-    }
-
     /// Which addresses of an answer are kept (default [`Family::Any`]).
     pub fn family(mut self, family: Family) -> Self {
         self.family = family;
@@ -311,7 +291,6 @@ impl DnsResolverBuilder {
             cfg: Arc::new(Config {
                 refresh: self.refresh,
                 lookup_timeout: self.lookup_timeout,
-                allow_empty: self.allow_empty,
                 family: self.family,
                 lookup: self.lookup.unwrap_or_else(|| Arc::new(SystemLookup)),
             }),
@@ -319,9 +298,11 @@ impl DnsResolverBuilder {
     }
 }
 
-/// `dns:///host:port[,…]` with the default options plus the query's.
-pub(crate) fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
-    DnsResolver::from_target(target)?.watch(target.path())
+/// The resolver of a `dns:///host:port[,…]` target, its names validated.
+pub(crate) fn resolver(target: &Target) -> Result<DnsResolver, Error> {
+    let resolver = DnsResolver::from_target(target)?;
+    parse_names(target.path(), resolver.cfg.family)?;
+    Ok(resolver)
 }
 
 /// One `host:port` of a target.
@@ -426,8 +407,8 @@ struct Rounds {
     last: Vec<Option<BTreeSet<SocketAddr>>>,
     /// The union last emitted.
     emitted: Option<BTreeSet<SocketAddr>>,
-    /// Set by a round where every name failed: the next good round is emitted even if unchanged,
-    /// to confirm the set.
+    /// Set by a round where every name failed: the next good round confirms the set, with
+    /// `Current` if it did not change.
     stale: bool,
     next_round: Option<Instant>,
     rng: u64,
@@ -506,13 +487,14 @@ impl Rounds {
             return Some(Err(BoxError::from(DnsError(message))));
         }
         let union: BTreeSet<SocketAddr> = self.last.iter().flatten().flatten().copied().collect();
-        if !self.stale && self.emitted.as_ref() == Some(&union) {
-            return None;
-        }
-        if self.stale {
+        let unchanged = self.emitted.as_ref() == Some(&union);
+        let recovered = std::mem::take(&mut self.stale);
+        if recovered {
             info!(target_uri = %self.target, endpoints = union.len(), "dns names resolve again");
         }
-        self.stale = false;
+        if unchanged {
+            return recovered.then_some(Ok(Update::Current));
+        }
         let update = Update::Reset(union.iter().copied().map(Endpoint::new).collect());
         self.emitted = Some(union);
         Some(Ok(update))

@@ -7,8 +7,27 @@
 //! - Providers: [`fixed`] (`static:///`) and [`dns`] (`dns:///`, periodic A/AAAA re-resolution)
 //!   always; etcd, Consul and Kubernetes behind the cargo features of the same names (each feature
 //!   only adds a provider).
+//! - [`cache`]: the last-known-good cache every registry's discovery runs behind.
+//! - [`document`]: the JSON document of one endpoint (etcd values, snapshot files).
 //!
-//! [`resolve`] turns any target URI into a discovery stream.
+//! [`resolve`] turns any target URI into a discovery stream, and [`register`] registers an instance
+//! in the registry a target names.
+//!
+//! # Target options
+//!
+//! Options go in the target's query (`etcd://127.0.0.1:2379/greeter?ttl=5s&snapshot=/var/cache/lb/greeter.json`),
+//! so one string configures the CLI, the C ABI and the agent alike. Each scheme reads the keys
+//! below, for discovery and registration alike (one target usually serves both sides); every
+//! scheme with a registry also reads the [`cache`]'s keys, the same way for all. Any
+//! other key is an error that names it and lists the known ones. Credentials never go in a URI.
+//!
+//! | scheme | its own keys (documented by the provider) | [cache](crate::cache#target-options) keys: `allow_empty`, `snapshot`, `resync` |
+//! |---|---|---|
+//! | `static` | none ([`fixed`]) | refused: a fixed list has no registry to lose |
+//! | `dns` | `refresh`, `family` ([`dns`]) | yes |
+//! | `etcd` | `prefix`, `ttl` (`etcd`) | yes; `resync` defaults to 5 min |
+//! | `consul` | `dc`, `ns`, `tag`, `wait`, `ttl`, `deregister_after` (`consul`) | yes |
+//! | `kubernetes` | `node`, `zone`, `region`, `hints` (`kubernetes`) | yes |
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![forbid(unsafe_code)]
@@ -16,9 +35,11 @@
 pub mod cache;
 mod discovery;
 pub mod dns;
+pub mod document;
 mod error;
 pub mod fixed;
 mod options;
+mod scheme;
 
 #[cfg(feature = "consul")]
 pub mod consul;
@@ -38,29 +59,42 @@ use lb_core::discover::BoxDiscover;
 use lb_core::Endpoint;
 
 /// Discovery for one kind of registry.
+///
+/// A resolver yields what its registry says, uncached; [`resolve`] and
+/// [`CacheBuilder::resolve`](cache::CacheBuilder::resolve) put it behind the cache, which may call
+/// `resolve` again to restart it (a resync, or after the stream ended).
 pub trait Resolver: Send + Sync + 'static {
     /// Watches `service` (its meaning is the provider's: an etcd service name, a Consul service, a
-    /// Kubernetes `service.namespace:port`). The stream yields a full set first, then changes; errors
-    /// on it are transient (consumers keep their last-known-good set).
+    /// Kubernetes `service.namespace:port`). The stream yields a full set first, then changes, and
+    /// [`Update::Current`](lb_core::Update::Current) when the registry confirms the set without
+    /// changing it; errors on it are transient (consumers keep their last-known-good set).
     fn resolve(&self, service: &str) -> BoxDiscover;
 }
 
-/// Builds a discovery stream for a target URI, with the provider's default options.
+/// Builds a discovery stream for a target URI: the scheme's provider configured by the target,
+/// behind the [`cache`] the target's query configures (for every scheme but `static`).
 ///
 /// Schemes: `static` and `dns` always; `etcd`, `consul`, `kubernetes` when the crate is built with the
-/// feature of that name. An unknown or disabled scheme is an error naming the feature to enable.
+/// feature of that name. An unknown or disabled scheme is an error naming the feature to enable; an
+/// option the scheme does not read is an error naming it (see the [crate docs](crate#target-options)).
 pub fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
     match target.scheme() {
-        "static" => Ok(lb_core::discover::fixed(fixed::parse_list(target.path())?)),
-        "dns" => dns::resolve(target),
+        "static" => fixed::resolve(target),
+        "dns" => cached(target, dns::resolver(target)?),
         #[cfg(feature = "etcd")]
-        "etcd" => etcd::resolve(target),
+        "etcd" => cached(target, etcd::resolver(target)?),
         #[cfg(feature = "consul")]
-        "consul" => consul::resolve(target),
+        "consul" => cached(target, consul::resolver(target)?),
         #[cfg(feature = "kubernetes")]
-        "kubernetes" => kubernetes::resolve(target),
+        "kubernetes" => cached(target, kubernetes::resolver(target)?),
         other => Err(Error::unsupported_scheme(other)),
     }
+}
+
+/// The one place a target's discovery is put behind its cache: every registry scheme goes
+/// through here, so the cache keys mean the same for all of them.
+pub(crate) fn cached(target: &Target, resolver: impl Resolver) -> Result<BoxDiscover, Error> {
+    Ok(cache::CacheBuilder::from_target(target)?.resolve(resolver, target.path()).boxed())
 }
 
 /// Registers `instance` in the registry a target URI names (`etcd://…/<service>`,

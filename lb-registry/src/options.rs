@@ -1,4 +1,5 @@
-//! Parsing of the query options that several providers read (`wait=60s`, `allow_empty=true`).
+//! Parsing of the values of target options (`wait=60s`, `allow_empty=true`), the same for every
+//! scheme.
 
 use std::time::Duration;
 
@@ -20,11 +21,12 @@ pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration, Error> 
     Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
 }
 
-/// Parses a boolean option: `true`, `1` or a bare key are true; `false` and `0` are false.
+/// Parses a boolean option: `true`, `yes`, `1` or a bare key are true; `false`, `no` and `0` are
+/// false.
 pub(crate) fn parse_bool(key: &str, value: &str) -> Result<bool, Error> {
     match value {
-        "" | "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
+        "" | "true" | "yes" | "1" => Ok(true),
+        "false" | "no" | "0" => Ok(false),
         _ => Err(Error::invalid_target(format!("`{key}={value}` is not true or false"))),
     }
 }
@@ -47,7 +49,7 @@ mod tests {
 
     #[test]
     fn booleans() {
-        for (v, want) in [("", true), ("true", true), ("1", true), ("false", false), ("0", false)] {
+        for (v, want) in [("", true), ("true", true), ("yes", true), ("1", true), ("false", false), ("no", false), ("0", false)] {
             assert_eq!(parse_bool("allow_empty", v).expect(v), want, "{v}");
         }
         assert!(parse_bool("allow_empty", "maybe").expect_err("maybe").is_invalid_target());

@@ -11,10 +11,10 @@
 //! The authority is the registry's own address list (comma-separated, possibly empty); the path,
 //! without its leading `/`, names the service (or, for `static`, lists the addresses, and for `dns`,
 //! the `host:port` names to resolve). Options that belong in the URI — so that one string
-//! configures the CLI, the C ABI and the agent alike — go in the query string; each provider
-//! documents the keys it reads and rejects none it does not know (they may be meant for another
-//! layer, such as `policy`). Credentials never go in the URI: they come from builder options or
-//! environment variables.
+//! configures the CLI, the C ABI and the agent alike — go in the query string; each scheme reads
+//! its own keys plus the [cache](crate::cache)'s, and refuses any other with an error that names
+//! it (the table is in the [crate docs](crate#target-options)). Credentials never go in the URI:
+//! they come from builder options or environment variables.
 
 use std::collections::BTreeMap;
 use std::fmt;

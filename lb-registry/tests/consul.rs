@@ -16,6 +16,7 @@ use lb_core::policy::RoundRobin;
 use lb_core::pool::Connected;
 use lb_core::{Connect, Endpoint, Locality, PickContext, Pool, PoolConfig};
 use lb_doubles::consul::{CheckStatus, ConsulDouble, DoubleConfig, Fault};
+use lb_registry::cache::Cache;
 use lb_registry::consul::{ConsulRegistrar, ConsulResolver};
 use lb_registry::{Registrar as _, Registration, Resolver as _, Target};
 
@@ -60,8 +61,10 @@ fn resolver(double: &ConsulDouble) -> ConsulResolver {
         .expect("valid resolver options")
 }
 
+/// A client as `lb_registry::resolve` builds one: the resolver behind the default cache.
 fn client(double: &ConsulDouble, service: &str) -> Pool<SocketAddr> {
-    Pool::spawn(resolver(double).resolve(service), AddrConnector, RoundRobin::new(), PoolConfig::new(service))
+    let discover = Cache::builder().resolve(resolver(double), service).boxed();
+    Pool::spawn(discover, AddrConnector, RoundRobin::new(), PoolConfig::new(service))
 }
 
 /// The ports a picker chooses over enough picks to see every healthy endpoint (round robin).

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lb_core::policy::RoundRobin;
 use lb_core::{Endpoint, PickContext, Pool, PoolConfig};
+use lb_registry::cache::Cache;
 use lb_registry::etcd::{EtcdRegistrar, EtcdResolver};
 use lb_registry::{Registrar as _, Registration, Target};
 use support::{echo_request, eventually, keys, Echo, Etcd, EtcdCluster, SetWatcher, TcpConnector, TempDir};
@@ -182,8 +183,12 @@ async fn a_client_started_while_etcd_is_down_serves_from_the_snapshot() {
     }
 
     etcd.kill();
-    let resolver = EtcdResolver::builder([etcd.endpoint()]).snapshot(&path).build_resolver().expect("valid");
-    let cached = resolver.resolve_cached("cold");
+    // The same cache options in code: around any resolver, here with its handle kept.
+    let resolver = EtcdResolver::builder([etcd.endpoint()]).build_resolver().expect("valid");
+    let cached = Cache::builder()
+        .name(format!("etcd://{}/cold", etcd.endpoint()))
+        .snapshot(&path)
+        .resolve(resolver, "cold");
     let handle = cached.handle();
     let pool = Pool::spawn(cached.boxed(), TcpConnector::default(), RoundRobin::new(), PoolConfig::new("cold"));
     assert!(pool.ready_timeout(Duration::from_secs(5)).await, "served from the snapshot while etcd is down");

@@ -17,7 +17,8 @@
 //! Weights and locality do not influence the choice; the policy balances inside the subset as
 //! usual. Give each client instance its own stable id (a pod name, a host name plus process): clients
 //! sharing an id share a subset. Changes that arrive before the inner stream's first full set are held
-//! until it arrives; after it, the subset is re-emitted as one [`Update::Reset`] whenever it changes.
+//! until it arrives; after it, the subset is re-emitted as one [`Update::Reset`] whenever it changes,
+//! and the source's [`Update::Current`] passes through once a subset has been emitted.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -84,6 +85,14 @@ impl Stream for Subset {
                 Some(Ok(update)) => update,
             };
             let this = &mut *self;
+            if update == Update::Current {
+                // The source vouches for the set it sent, so for the subset emitted from it; before
+                // a subset went out there is nothing to vouch for.
+                if this.last.is_some() {
+                    return Poll::Ready(Some(Ok(Update::Current)));
+                }
+                continue;
+            }
             this.set.apply(update);
             if !this.set.is_initialized() {
                 continue;
@@ -175,6 +184,7 @@ mod tests {
         let all = fleet(10);
         let expected = choose(&all, 3, b"client-a");
 
+        tx.send(Update::Current);
         tx.send(Update::Add(vec![ep(0)]));
         tx.send(Update::Reset(all.clone()));
         let first = s.next().await.expect("open").expect("an update");
@@ -195,5 +205,7 @@ mod tests {
         }
         tx.send_error("registry down");
         assert!(s.next().await.expect("open").is_err(), "errors pass through");
+        tx.send(Update::Current);
+        assert_eq!(s.next().await.expect("open").expect("an update"), Update::Current, "confirmations pass through");
     }
 }

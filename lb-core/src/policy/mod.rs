@@ -31,7 +31,7 @@ use crate::load::Load;
 mod hash;
 mod maglev;
 mod p2c;
-mod rng;
+pub(crate) mod rng;
 mod round_robin;
 mod slow_start;
 mod topology;

@@ -16,9 +16,11 @@
 //! | `ns` | both | namespace (Consul Enterprise; none) |
 //! | `tag` | both | discovery: only instances carrying every listed tag (comma-separated); registration: the tags to register with |
 //! | `wait` | discovery | longest blocking-query wait, a duration such as `30s` or `5m` (`60s`; at most 10 minutes) |
-//! | `allow_empty` | discovery | `true` applies an answer that would empty a non-empty set (`false`) |
 //! | `ttl` | registration | TTL of the check; it is passed every `ttl/3` (`10s`) |
 //! | `deregister_after` | registration | `DeregisterCriticalServiceAfter` (`1m`; Consul enforces at least a minute) |
+//!
+//! and the [cache](crate::cache)'s keys (`allow_empty`, `snapshot`, `resync`), as every registry
+//! target; any other key is an error.
 //!
 //! No query key configures TLS: as with etcd, it comes from the agent addresses' scheme, the
 //! builders and the environment (see [TLS](#tls)).
@@ -86,15 +88,17 @@
 //! cluster that lost its state), raised to 1 when Consul returns 0, and queries are rate-limited:
 //! a token bucket lets bursts of [`ConsulResolverBuilder::burst`] through, then one query per
 //! [`ConsulResolverBuilder::min_interval`] (100 ms, as consul-template), and an exponential backoff
-//! applies when a query fails or returns early without a new index. The requested wait is jittered down by up to 1/16 so clients started together do not
-//! wake together (Consul adds the same fraction on its side). After a failure the next query is
-//! non-blocking, so a restarted agent is noticed at once rather than after a full wait. Every answer
-//! that changed the set becomes one [`Update::Reset`](lb_core::Update), which the pool diffs.
+//! applies when a query fails or returns early without a new index. The requested wait is jittered
+//! down by up to 1/16 so clients started together do not wake together (Consul adds the same
+//! fraction on its side). After a failure the next query is non-blocking, so a restarted agent is
+//! noticed at once rather than after a full wait. Every answer that changed the set becomes one
+//! [`Update::Reset`](lb_core::Update::Reset), which the pool diffs; the first answer after a
+//! failure that changed nothing is an [`Update::Current`](lb_core::Update::Current).
 //!
-//! The stream runs behind the crate's [`Cache`](crate::cache::Cache): errors keep the last-known-good
-//! set, and an answer that would empty a non-empty set (an agent restarted without its
-//! registrations, an ACL token that lost `service:read` — Consul then answers `[]`, not 403) is
-//! refused unless `allow_empty` is set.
+//! [`lb_registry::resolve`](crate::resolve) puts the stream behind the crate's
+//! [cache](crate::cache): errors keep the last-known-good set, and an answer that would empty a
+//! non-empty set (an agent restarted without its registrations, an ACL token that lost
+//! `service:read` — Consul then answers `[]`, not 403) is refused unless `allow_empty` is set.
 //!
 //! # Why a thin client rather than `rs-consul`
 //!
@@ -107,6 +111,7 @@
 //! endpoints used here are a few lines each on hyper 1 (hyper-util's legacy pooled client,
 //! HTTP/1.1 keep-alive), with entry-by-entry parsing over `serde_json::Value`.
 
+mod builder;
 mod client;
 mod entries;
 mod registrar;
@@ -117,13 +122,13 @@ mod watch;
 use std::path::Path;
 use std::time::Duration;
 
-use lb_core::discover::BoxDiscover;
 use lb_core::Endpoint;
 
+pub use self::builder::{ConsulBuilder, RegistrarOptions, ResolverOptions};
 pub use self::registrar::{ConsulRegistrar, ConsulRegistrarBuilder};
 pub use self::resolver::{ConsulResolver, ConsulResolverBuilder};
-use crate::options::{parse_bool, parse_duration};
-use crate::{Error, Registrar as _, Registration, Resolver as _, Target};
+use crate::options::parse_duration;
+use crate::{scheme, Error, Registrar as _, Registration, Target};
 
 /// Counter of malformed registry entries skipped, label `registry="consul"`.
 pub const INVALID_ENTRIES: &str = "lb_registry_invalid_entries_total";
@@ -152,9 +157,9 @@ pub mod env {
     pub const TLS_SERVER_NAME: &str = "CONSUL_TLS_SERVER_NAME";
 }
 
-pub(crate) fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
-    let service = service_name(target)?;
-    Ok(ConsulResolver::from_target(target)?.resolve(service))
+pub(crate) fn resolver(target: &Target) -> Result<ConsulResolver, Error> {
+    service_name(target)?;
+    ConsulResolver::from_target(target)
 }
 
 pub(crate) async fn register(target: &Target, instance: Endpoint) -> Result<Registration, Error> {
@@ -198,6 +203,7 @@ impl Common {
                 "consul targets do not take a `token` in the URI (it would end up in logs); use the builder's token option or CONSUL_HTTP_TOKEN",
             ));
         }
+        scheme::CONSUL.check(target)?;
         Ok(Common {
             addrs: target.hosts().into_iter().map(str::to_string).collect(),
             token: None,
@@ -326,6 +332,10 @@ mod tests {
 
         let t = Target::parse("consul://a:1/").expect("valid uri");
         assert!(service_name(&t).expect_err("no service").is_invalid_target());
+
+        let t = Target::parse("consul://a:1/greeter?wiat=5s").expect("valid uri");
+        let err = Common::from_target(&t).expect_err("a typo");
+        assert!(err.is_invalid_target() && err.to_string().contains("`wiat`"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +22,12 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use lb_core::backoff::Backoff;
+
+use super::builder::{ConsulBuilder, RegistrarOptions, Settings};
 use super::client::{encode, Client, Reply};
 use super::entries::{META_NODE, META_REGION, META_WEIGHT, META_ZONE};
-use super::{go_duration, parse_duration, Common, REREGISTRATIONS};
+use super::{go_duration, parse_duration, REREGISTRATIONS};
 use crate::{Error, Registrar, Registration, Target};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,41 +52,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Clone)]
 pub struct ConsulRegistrar {
-    client: Client,
-    cfg: Arc<Config>,
+    cfg: Arc<Settings<RegistrarOptions>>,
 }
 
 impl fmt::Debug for ConsulRegistrar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsulRegistrar").field("client", &self.client).field("ttl", &self.cfg.ttl).finish()
+        f.debug_struct("ConsulRegistrar").field("client", &self.cfg.client).field("ttl", &self.cfg.side.ttl).finish()
     }
 }
 
-#[derive(Debug)]
-struct Config {
-    namespace: Option<String>,
-    tags: Vec<String>,
-    ttl: Duration,
-    deregister_after: Duration,
-}
-
-/// Options of a [`ConsulRegistrar`].
-#[derive(Clone, Debug)]
-pub struct ConsulRegistrarBuilder {
-    common: Common,
-    ttl: Duration,
-    deregister_after: Duration,
-}
+/// Options of a [`ConsulRegistrar`]: the agent options every Consul builder has (see
+/// [`ConsulBuilder`]) and registration's own, below.
+pub type ConsulRegistrarBuilder = ConsulBuilder<RegistrarOptions>;
 
 impl ConsulRegistrar {
     /// A builder with the defaults: the agent from `CONSUL_HTTP_ADDR` or `127.0.0.1:8500`, the
     /// token from `CONSUL_HTTP_TOKEN`, a 10 s TTL, deregistration after 1 minute critical.
     pub fn builder() -> ConsulRegistrarBuilder {
-        ConsulRegistrarBuilder {
-            common: Common::default(),
+        ConsulBuilder::with_side(RegistrarOptions {
             ttl: Duration::from_secs(10),
             deregister_after: Duration::from_secs(60),
-        }
+        })
     }
 
     /// A registrar configured by a `consul://` target's authority and query (see the module docs).
@@ -93,100 +81,41 @@ impl ConsulRegistrar {
     }
 }
 
-impl ConsulRegistrarBuilder {
+impl ConsulBuilder<RegistrarOptions> {
     /// The builder for a `consul://` target (see the module docs).
     pub fn from_target(target: &Target) -> Result<Self, Error> {
-        let mut b = ConsulRegistrar::builder();
-        b.common = Common::from_target(target)?;
-        if let Some(v) = target.param("ttl") {
-            b = b.ttl(parse_duration("ttl", v)?);
-        }
-        if let Some(v) = target.param("deregister_after") {
-            b = b.deregister_critical_after(parse_duration("deregister_after", v)?);
-        }
-        Ok(b)
-    }
-
-    /// Adds a Consul agent address (`host:port`, `http://host:port` or `https://host:port`).
-    pub fn address(mut self, addr: impl Into<String>) -> Self {
-        self.common.addrs.push(addr.into());
-        self
-    }
-
-    /// The ACL token, sent as `X-Consul-Token` (default: `CONSUL_HTTP_TOKEN`).
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.common.token = Some(token.into());
-        self
-    }
-
-    /// Enables TLS, trusting the CA in this PEM (default: `CONSUL_CACERT`, else the platform's
-    /// roots). See the [module docs](super#tls).
-    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.common.tls_ca_pem(pem.into());
-        self
-    }
-
-    /// Enables TLS, trusting the CA in this PEM file. An unreadable file fails [`build`](Self::build).
-    pub fn tls_ca_file(mut self, path: impl AsRef<Path>) -> Self {
-        self.common.tls_ca_file(path.as_ref());
-        self
-    }
-
-    /// Enables TLS and presents this client certificate and key (PEM) to agents that verify
-    /// clients (`verify_incoming`; default: `CONSUL_CLIENT_CERT` and `CONSUL_CLIENT_KEY`).
-    pub fn tls_identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
-        self.common.tls_identity_pem(cert.into(), key.into());
-        self
-    }
-
-    /// Enables TLS and presents the client certificate and key in these PEM files.
-    pub fn tls_identity_files(mut self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Self {
-        self.common.tls_identity_files(cert.as_ref(), key.as_ref());
-        self
-    }
-
-    /// Enables TLS and verifies the agent's certificate against this name instead of the
-    /// address's host (default: `CONSUL_TLS_SERVER_NAME`).
-    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
-        self.common.tls_domain(domain.into());
-        self
-    }
-
-    /// The namespace (Consul Enterprise).
-    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
-        self.common.namespace = Some(ns.into());
-        self
-    }
-
-    /// A tag to register with (repeatable).
-    pub fn tag(mut self, tag: impl Into<String>) -> Self {
-        self.common.tags.push(tag.into());
-        self
+        ConsulRegistrar::builder().with_target(target, |side, target| {
+            if let Some(v) = target.param("ttl") {
+                side.set_ttl(parse_duration("ttl", v)?);
+            }
+            if let Some(v) = target.param("deregister_after") {
+                side.deregister_after = parse_duration("deregister_after", v)?;
+            }
+            Ok(())
+        })
     }
 
     /// The TTL of the check (default 10 s); it is passed every third of it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl.max(Duration::from_millis(30));
+        self.side.set_ttl(ttl);
         self
     }
 
     /// `DeregisterCriticalServiceAfter` (default 1 minute; Consul itself enforces at least that).
     pub fn deregister_critical_after(mut self, after: Duration) -> Self {
-        self.deregister_after = after;
+        self.side.deregister_after = after;
         self
     }
 
     /// Builds the registrar. Nothing is contacted until [`Registrar::register`].
     pub fn build(self) -> Result<ConsulRegistrar, Error> {
-        Ok(ConsulRegistrar {
-            client: self.common.client()?,
-            cfg: Arc::new(Config {
-                namespace: self.common.namespace,
-                tags: self.common.tags,
-                ttl: self.ttl,
-                deregister_after: self.deregister_after,
-            }),
-        })
+        Ok(ConsulRegistrar { cfg: Arc::new(self.settings()?) })
+    }
+}
+
+impl RegistrarOptions {
+    fn set_ttl(&mut self, ttl: Duration) {
+        self.ttl = ttl.max(Duration::from_millis(30));
     }
 }
 
@@ -195,7 +124,7 @@ impl Registrar for ConsulRegistrar {
         let this = self.clone();
         let service = service.to_string();
         Box::pin(async move {
-            let agent = Agent::new(this.client, &this.cfg, &service, &instance)?;
+            let agent = Agent::new(&this.cfg, &service, &instance)?;
             agent.register().await.map_err(|e| Error::registry(format!("registering `{}` with consul", agent.id), e))?;
             info!(service = %service, id = %agent.id, addr = %instance.addr(), agent = agent.client.addr(), "registered with consul");
             let description = format!("consul {service}/{} at {}", agent.id, instance.addr());
@@ -217,7 +146,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn new(client: Client, cfg: &Config, service: &str, instance: &Endpoint) -> Result<Self, Error> {
+    fn new(cfg: &Settings<RegistrarOptions>, service: &str, instance: &Endpoint) -> Result<Self, Error> {
         let addr = instance.addr();
         if addr.ip().is_unspecified() {
             return Err(Error::invalid_target(format!(
@@ -264,19 +193,19 @@ impl Agent {
             "Check": {
                 "CheckID": check_id,
                 "Name": format!("lb heartbeat ({service})"),
-                "TTL": go_duration(cfg.ttl),
+                "TTL": go_duration(cfg.side.ttl),
                 "Status": "passing",
-                "DeregisterCriticalServiceAfter": go_duration(cfg.deregister_after),
+                "DeregisterCriticalServiceAfter": go_duration(cfg.side.deregister_after),
             },
         });
         let ns_query = cfg.namespace.as_ref().map(|ns| format!("ns={}", encode(ns))).unwrap_or_default();
         Ok(Agent {
-            client,
+            client: cfg.client.clone(),
             id,
             check_id,
             body: Bytes::from(body.to_string()),
             ns_query,
-            ttl: cfg.ttl,
+            ttl: cfg.side.ttl,
         })
     }
 
@@ -332,7 +261,9 @@ impl Agent {
     async fn keep_alive(self, mut stop: oneshot::Receiver<()>) {
         let interval = self.ttl / 3;
         let mut next = Instant::now() + interval;
-        let mut failures: u32 = 0;
+        // Retry sooner than the pass interval at first, never much later than it: the TTL runs
+        // out after three intervals.
+        let mut backoff = Backoff::new(Duration::from_millis(200).min(interval), interval);
         loop {
             tokio::select! {
                 // Fires on `stop` and when the `Registration` (and so the sender) is dropped.
@@ -354,19 +285,16 @@ impl Agent {
             };
             match outcome {
                 Ok(()) => {
-                    if failures > 0 {
-                        info!(id = %self.id, failures, "consul heartbeats succeed again");
+                    if backoff.attempts() > 0 {
+                        info!(id = %self.id, failures = backoff.attempts(), "consul heartbeats succeed again");
                     }
-                    failures = 0;
+                    backoff.reset();
                     next = Instant::now() + interval;
                 }
                 Err(error) => {
-                    failures += 1;
-                    // Retry sooner than the pass interval at first, never later than it: the TTL
-                    // runs out after three intervals.
-                    let backoff = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(10))).min(interval);
-                    warn!(id = %self.id, %error, failures, retry_ms = backoff.as_millis() as u64, "consul heartbeat failed");
-                    next = Instant::now() + backoff;
+                    let delay = backoff.next();
+                    warn!(id = %self.id, %error, failures = backoff.attempts(), retry_ms = delay.as_millis() as u64, "consul heartbeat failed");
+                    next = Instant::now() + delay;
                 }
             }
         }

@@ -7,8 +7,8 @@
 //! - rate-limit: a token bucket lets `burst` queries through at once and then one per
 //!   `min_interval`, so an isolated change propagates at once while a churning service costs at
 //!   most one query per `min_interval`; when an answer comes back early without advancing the index
-//!   (so the server did not block), or fails, back off exponentially (±20% jitter) up to
-//!   `max_backoff`;
+//!   (so the server did not block), or fails, back off exponentially (lb-core's
+//!   [`Backoff`], ±20% jitter) up to `max_backoff`;
 //! - jitter the requested wait down by up to 1/16;
 //! - an answer without `X-Consul-Index` (a proxy dropped it) is still applied, and the loop
 //!   degrades to polling slowed down by the same backoff.
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use hyper::StatusCode;
+use lb_core::backoff::Backoff;
 use lb_core::discover::BoxDiscover;
 use lb_core::{BoxError, Endpoint, EndpointId, Update};
 use rand::rngs::StdRng;
@@ -64,10 +65,10 @@ pub(crate) struct Watch {
     /// The last set emitted, by id (also the last good value of entries that turn malformed).
     current: BTreeMap<EndpointId, Endpoint>,
     emitted: bool,
-    /// Set by an error: the next answer is emitted even if unchanged, to confirm the set.
+    /// Set by an error: the next answer confirms the set, with `Current` if it did not change.
     stale: bool,
-    /// Failures, or early answers that did not advance the index, in a row.
-    strikes: u32,
+    /// Paces failures, and early answers that did not advance the index, in a row.
+    backoff: Backoff,
     not_before: Option<Instant>,
     /// The token bucket: tokens left and when they were counted.
     tokens: f64,
@@ -76,10 +77,13 @@ pub(crate) struct Watch {
 
 impl Watch {
     pub(crate) fn new(fetch: Box<dyn Fetch>, service: &str, cfg: WatchConfig) -> Self {
-        let rng = match cfg.seed {
+        let mut rng = match cfg.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        // The first strike waits two intervals: one interval is what a healthy loop waits anyway.
+        let base = cfg.min_interval.max(Duration::from_millis(50));
+        let backoff = Backoff::new((base * 2).min(cfg.max_backoff), cfg.max_backoff).with_seed(rng.random());
         let tokens = f64::from(cfg_burst(&cfg));
         Watch {
             fetch,
@@ -90,7 +94,7 @@ impl Watch {
             current: BTreeMap::new(),
             emitted: false,
             stale: false,
-            strikes: 0,
+            backoff,
             not_before: None,
             tokens,
             counted: None,
@@ -166,33 +170,31 @@ impl Watch {
             debug!(service = %self.service, index, "consul answered early without a new index; backing off");
             self.strike();
         } else {
-            self.strikes = 0;
+            self.backoff.reset();
         }
         Ok(self.emit(list))
     }
 
-    /// The update to report for an answer: none when it repeats what was last reported.
+    /// The update to report for an answer: none when it repeats what was last reported, `Current`
+    /// when it repeats it after an error.
     fn emit(&mut self, list: Vec<Endpoint>) -> Option<Update> {
         let next: BTreeMap<EndpointId, Endpoint> = list.iter().map(|e| (e.id().clone(), e.clone())).collect();
-        if self.emitted && !self.stale && next == self.current {
-            return None;
-        }
-        if self.stale {
+        let recovered = std::mem::take(&mut self.stale);
+        if recovered {
             info!(service = %self.service, endpoints = next.len(), "consul answers again");
         }
+        if self.emitted && next == self.current {
+            return recovered.then_some(Update::Current);
+        }
         self.emitted = true;
-        self.stale = false;
         self.current = next;
         Some(Update::Reset(list))
     }
 
     fn strike(&mut self) {
-        self.strikes = self.strikes.saturating_add(1);
-        let base = self.cfg.min_interval.max(Duration::from_millis(50));
-        let exp = base.saturating_mul(1u32 << self.strikes.min(16)).min(self.cfg.max_backoff);
-        let delay = exp.mul_f64(self.rng.random_range(0.8..1.2));
-        if self.strikes > 1 {
-            warn!(service = %self.service, strikes = self.strikes, delay_ms = delay.as_millis() as u64, "consul query backing off");
+        let delay = self.backoff.next();
+        if self.backoff.attempts() > 1 {
+            warn!(service = %self.service, strikes = self.backoff.attempts(), delay_ms = delay.as_millis() as u64, "consul query backing off");
         }
         self.not_before = Some(Instant::now() + delay);
     }

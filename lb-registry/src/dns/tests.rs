@@ -64,12 +64,8 @@ impl Lookup for ScriptedResolver {
 
 const REFRESH: Duration = Duration::from_secs(10);
 
-fn resolver(dns: &ScriptedResolver, allow_empty: bool) -> DnsResolver {
-    DnsResolver::builder()
-        .refresh(REFRESH)
-        .allow_empty(allow_empty)
-        .lookup(Arc::new(dns.clone()))
-        .build()
+fn resolver(dns: &ScriptedResolver) -> DnsResolver {
+    DnsResolver::builder().refresh(REFRESH).lookup(Arc::new(dns.clone())).build()
 }
 
 /// The next item within one refresh round: refresh + the largest jitter + a lookup that times
@@ -101,7 +97,7 @@ async fn first_round_emits_the_union_then_only_changes() {
     let dns = ScriptedResolver::default();
     dns.addrs("a.test", &["10.0.0.2", "10.0.0.1"]);
     dns.addrs("b.test", &["10.0.0.3", "10.0.0.1", "fd00::1"]);
-    let mut s = resolver(&dns, false).watch("a.test:80,b.test:80").expect("valid");
+    let mut s = resolver(&dns).watch("a.test:80,b.test:80").expect("valid");
 
     // Deduplicated (10.0.0.1 is behind both names) and sorted.
     let first = reset_addrs(next_in_round(&mut s).await);
@@ -122,7 +118,7 @@ async fn a_failing_name_keeps_its_addresses_while_the_others_update() {
     let dns = ScriptedResolver::default();
     dns.addrs("a.test", &["10.0.0.1"]);
     dns.addrs("b.test", &["10.0.0.2"]);
-    let mut s = resolver(&dns, false).watch("a.test:80,b.test:80").expect("valid");
+    let mut s = resolver(&dns).watch("a.test:80,b.test:80").expect("valid");
     assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.1:80", "10.0.0.2:80"]);
 
     dns.set("a.test", Answer::Fail);
@@ -140,7 +136,7 @@ async fn every_name_failing_is_an_error_not_an_empty_set() {
     let dns = ScriptedResolver::default();
     dns.set("a.test", Answer::Fail);
     dns.set("b.test", Answer::Hang);
-    let mut s = resolver(&dns, true).watch("a.test:80,b.test:80").expect("valid");
+    let mut s = resolver(&dns).watch("a.test:80,b.test:80").expect("valid");
     match next_in_round(&mut s).await {
         Some(Err(e)) => {
             let msg = e.to_string();
@@ -156,7 +152,11 @@ async fn every_name_failing_is_an_error_not_an_empty_set() {
     dns.set("a.test", Answer::Fail);
     assert!(matches!(next_in_round(&mut s).await, Some(Err(_))));
     dns.addrs("a.test", &["10.0.0.1"]);
-    assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.1:80"]);
+    assert!(matches!(next_in_round(&mut s).await, Some(Ok(Update::Current))), "unchanged: confirmed, not re-sent");
+    dns.set("a.test", Answer::Fail);
+    assert!(matches!(next_in_round(&mut s).await, Some(Err(_))));
+    dns.addrs("a.test", &["10.0.0.2"]);
+    assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.2:80"], "changed: the new set");
 }
 
 #[tokio::test(start_paused = true)]
@@ -164,7 +164,9 @@ async fn an_empty_answer_over_a_non_empty_set_needs_allow_empty() {
     for allow_empty in [false, true] {
         let dns = ScriptedResolver::default();
         dns.addrs("a.test", &["10.0.0.1"]);
-        let mut s = resolver(&dns, allow_empty).watch("a.test:80").expect("valid");
+        // Through the cache every `dns:///` target gets, configured by the same key.
+        let target = Target::parse(&format!("dns:///a.test:80?allow_empty={allow_empty}")).expect("valid");
+        let mut s = crate::cached(&target, resolver(&dns)).expect("valid");
         assert_eq!(reset_addrs(next_in_round(&mut s).await), ["10.0.0.1:80"]);
 
         dns.addrs("a.test", &[]);
@@ -197,7 +199,7 @@ async fn ip_literals_are_not_looked_up_and_family_filters_answers() {
 async fn re_resolves_every_refresh_with_jitter_and_stops_when_dropped() {
     let dns = ScriptedResolver::default();
     dns.addrs("a.test", &["10.0.0.1"]);
-    let mut s = resolver(&dns, false).watch("a.test:80").expect("valid");
+    let mut s = resolver(&dns).watch("a.test:80").expect("valid");
     assert!(matches!(s.next().await, Some(Ok(Update::Reset(_)))));
 
     // Nothing changes for about eight rounds.
@@ -255,7 +257,7 @@ async fn failures_are_counted_by_reason() {
     dns.set("a.test", Answer::Fail);
     dns.set("b.test", Answer::Hang);
     dns.addrs("c.test", &["10.0.0.3"]);
-    let cfg = Arc::clone(&resolver(&dns, false).cfg);
+    let cfg = Arc::clone(&resolver(&dns).cfg);
     let names = parse_names("a.test:80,b.test:80,c.test:80", Family::Any).expect("valid");
     // The uncached rounds, polled on this thread only, so the local recorder sees every count.
     let mut rounds = Rounds::new(cfg, names, Arc::from("dns:///test"));
@@ -300,11 +302,11 @@ fn target_parsing() {
 fn target_options() {
     let t = Target::parse("dns:///a.test:80?refresh=5s&allow_empty=true&family=ipv4").expect("valid");
     let b = DnsResolverBuilder::from_target(&t).expect("valid");
-    assert_eq!((b.refresh, b.allow_empty, b.family), (Duration::from_secs(5), true, Family::Ipv4));
+    assert_eq!((b.refresh, b.family), (Duration::from_secs(5), Family::Ipv4));
 
     let t = Target::parse("dns:///a.test:80").expect("valid");
     let b = DnsResolverBuilder::from_target(&t).expect("valid");
-    assert_eq!((b.refresh, b.allow_empty, b.family), (DEFAULT_REFRESH, false, Family::Any));
+    assert_eq!((b.refresh, b.family), (DEFAULT_REFRESH, Family::Any));
 
     for (bad, says) in [
         ("dns://8.8.8.8/a.test:80", "system resolver"),
@@ -312,6 +314,7 @@ fn target_options() {
         ("dns:///a.test:80?refresh=200ms", "1s minimum"),
         ("dns:///a.test:80?allow_empty=maybe", "true or false"),
         ("dns:///a.test:80?family=ipv5", "ipv4, ipv6 or any"),
+        ("dns:///a.test:80?refrsh=5s", "no option `refrsh`"),
     ] {
         let t = Target::parse(bad).expect("parses as a URI");
         let err = DnsResolverBuilder::from_target(&t).expect_err(bad);
@@ -319,4 +322,30 @@ fn target_options() {
     }
     // The builder clamps instead.
     assert_eq!(DnsResolver::builder().refresh(Duration::ZERO).refresh, MIN_REFRESH);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_serves_the_last_addresses_when_no_name_resolves_at_start() {
+    let dir = std::env::temp_dir().join(format!("lb-dns-snapshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("greeter.json");
+    let target = Target::parse(&format!("dns:///a.test:80?snapshot={}", path.display())).expect("valid");
+
+    // A first run: the name resolves, and the client stops right after its first set.
+    let dns = ScriptedResolver::default();
+    dns.addrs("a.test", &["10.0.0.1", "10.0.0.2"]);
+    let mut first = crate::cached(&target, resolver(&dns)).expect("valid");
+    assert_eq!(reset_addrs(next_in_round(&mut first).await), ["10.0.0.1:80", "10.0.0.2:80"]);
+    drop(first);
+
+    // The next start: DNS answers nothing, the file's set is served at once, then the error.
+    dns.set("a.test", Answer::Fail);
+    let mut second = crate::cached(&target, resolver(&dns)).expect("valid");
+    assert_eq!(reset_addrs(second.next().await), ["10.0.0.1:80", "10.0.0.2:80"]);
+    assert!(matches!(next_in_round(&mut second).await, Some(Err(_))), "the lookup failure is still reported");
+
+    // Once the name resolves, its answer replaces the file's set.
+    dns.addrs("a.test", &["10.0.0.3"]);
+    assert_eq!(reset_addrs(next_in_round(&mut second).await), ["10.0.0.3:80"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

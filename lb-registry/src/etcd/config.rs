@@ -2,16 +2,18 @@
 //! [`EtcdRegistrar`](super::EtcdRegistrar).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use lb_core::backoff::Backoff;
 
 use tracing::debug;
 
-use crate::{Error, Target};
+use crate::options::parse_duration;
+use crate::{scheme, Error, Target};
 
 /// The default key prefix: instances live at `<prefix>/<service>/<instance-id>`.
 pub const DEFAULT_PREFIX: &str = "/lb/services";
@@ -62,9 +64,6 @@ pub(crate) struct Config {
     pub(crate) request_timeout: Duration,
     pub(crate) ttl: Duration,
     pub(crate) backoff: (Duration, Duration),
-    pub(crate) snapshot: Option<PathBuf>,
-    pub(crate) resync: Option<Duration>,
-    pub(crate) allow_empty: bool,
     /// The endpoint that answered last; connections start there.
     pub(crate) preferred: Arc<AtomicUsize>,
 }
@@ -74,6 +73,11 @@ impl Config {
     /// never matches `greeter2`.
     pub(crate) fn service_prefix(&self, service: &str) -> String {
         format!("{}/{}/", self.prefix, service)
+    }
+
+    /// A reconnect / re-register backoff with the configured delays.
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff.0, self.backoff.1)
     }
 
     /// A fresh client connected to one etcd endpoint that answers.
@@ -187,9 +191,6 @@ impl EtcdBuilder {
                 request_timeout: Duration::from_secs(5),
                 ttl: Duration::from_secs(10),
                 backoff: (Duration::from_millis(100), Duration::from_secs(5)),
-                snapshot: None,
-                resync: Some(Duration::from_secs(300)),
-                allow_empty: false,
                 preferred: Arc::default(),
             },
             error: None,
@@ -292,36 +293,20 @@ impl EtcdBuilder {
         self
     }
 
-    /// Discovery: keep an on-disk snapshot of the set here (see [`crate::cache`]).
-    pub fn snapshot(mut self, path: impl Into<PathBuf>) -> Self {
-        self.cfg.snapshot = Some(path.into());
-        self
-    }
-
-    /// Discovery: relist this often (default 5 min); `None` disables.
-    pub fn resync(mut self, period: Option<Duration>) -> Self {
-        self.cfg.resync = period;
-        self
-    }
-
-    /// Discovery: apply updates that remove every instance (default `false`: refused, set kept).
-    pub fn allow_empty(mut self, allow: bool) -> Self {
-        self.cfg.allow_empty = allow;
-        self
-    }
-
-    /// Builds the resolver.
+    /// Builds the resolver (uncached: see [`crate::cache`]).
     pub fn build_resolver(self) -> Result<super::EtcdResolver, Error> {
-        Ok(super::EtcdResolver::from_config(self.finish()?))
+        Ok(super::EtcdResolver { cfg: Arc::new(self.finish()?) })
     }
 
     /// Builds the registrar.
     pub fn build_registrar(self) -> Result<super::EtcdRegistrar, Error> {
-        Ok(super::EtcdRegistrar::from_config(self.finish()?))
+        Ok(super::EtcdRegistrar { cfg: Arc::new(self.finish()?) })
     }
 
     /// Options from a target URI: its hosts and documented query parameters, then the [`env`](mod@env)
-    /// variables. Further builder calls (e.g. [`EtcdBuilder::credentials`]) override them.
+    /// variables. Further builder calls (e.g. [`EtcdBuilder::credentials`]) override them. The
+    /// cache keys (`snapshot`, `resync`, `allow_empty`) are checked but left to
+    /// [`lb_registry::resolve`](crate::resolve).
     pub fn from_target(target: &Target) -> Result<Self, Error> {
         let hosts = target.hosts();
         if hosts.is_empty() {
@@ -334,31 +319,20 @@ impl EtcdBuilder {
                 "`{target}` needs one service name after the hosts, e.g. etcd://127.0.0.1:2379/greeter"
             )));
         }
-        let mut b = EtcdBuilder::new(hosts);
-        if let Some(p) = target.param("prefix") {
-            b = b.prefix(p);
-        }
-        if let Some(s) = target.param("snapshot") {
-            b = b.snapshot(s);
-        }
-        if let Some(r) = target.param("resync") {
-            b = b.resync(match r {
-                "0" | "off" | "none" => None,
-                other => Some(parse_duration("resync", other)?),
-            });
-        }
-        if let Some(t) = target.param("ttl") {
-            b = b.ttl(parse_duration("ttl", t)?);
-        }
-        if let Some(a) = target.param("allow_empty") {
-            b = b.allow_empty(parse_bool("allow_empty", a)?);
-        }
         if target.params().keys().any(|k| k == "password" || k == "user" || k == "username") {
             return Err(Error::invalid_target(format!(
                 "credentials never go in the target URI; set {} / {} or use EtcdBuilder::credentials",
                 env::USERNAME,
                 env::PASSWORD
             )));
+        }
+        scheme::ETCD.check(target)?;
+        let mut b = EtcdBuilder::new(hosts);
+        if let Some(p) = target.param("prefix") {
+            b = b.prefix(p);
+        }
+        if let Some(t) = target.param("ttl") {
+            b = b.ttl(parse_duration("ttl", t)?);
         }
         Ok(b.from_env())
     }
@@ -379,37 +353,6 @@ impl EtcdBuilder {
     }
 }
 
-/// `500ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
-pub(crate) fn parse_duration(key: &str, v: &str) -> Result<Duration, Error> {
-    let v = v.trim();
-    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => v.split_at(i),
-        None => (v, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| Error::invalid_target(format!("{key}=`{v}` is not a duration (e.g. 500ms, 10s, 5m)")))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(Error::invalid_target(format!("{key}=`{v}` has an unknown unit (use ms, s, m or h)"))),
-    };
-    if !secs.is_finite() || secs <= 0.0 || secs > 365.0 * 86400.0 {
-        return Err(Error::invalid_target(format!("{key}=`{v}` is out of range")));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
-    match v {
-        "true" | "1" | "yes" | "" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(Error::invalid_target(format!("{key}=`{v}` is not a boolean (true or false)"))),
-    }
-}
-
 pub(crate) type SharedConfig = Arc<Config>;
 
 #[cfg(test)]
@@ -424,9 +367,6 @@ mod tests {
         assert_eq!(cfg.endpoints, vec!["h1:2379", "h2:2379"]);
         assert_eq!(cfg.service_prefix("greeter"), "/svc/greeter/");
         assert_eq!(cfg.ttl, Duration::from_secs(3));
-        assert_eq!(cfg.resync, None);
-        assert!(cfg.allow_empty);
-        assert_eq!(cfg.snapshot.as_deref(), Some(Path::new("/tmp/x.json")));
     }
 
     #[test]
@@ -439,12 +379,11 @@ mod tests {
             "etcd://h:1/g?resync=5 fortnights",
             "etcd://h:1/g?allow_empty=maybe",
             "etcd://h:1/g?password=hunter2",
+            "etcd://h:1/g?refresh=5s",
         ] {
             let t = Target::parse(bad).expect("parses as a URI");
             let err = EtcdBuilder::from_target(&t).and_then(EtcdBuilder::finish).expect_err(bad);
             assert!(err.is_invalid_target(), "{bad}: {err}");
         }
-        assert_eq!(parse_duration("x", "500ms").expect("valid"), Duration::from_millis(500));
-        assert_eq!(parse_duration("x", "2").expect("valid"), Duration::from_secs(2));
     }
 }

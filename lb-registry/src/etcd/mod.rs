@@ -8,9 +8,9 @@
 //! |---|---|---|
 //! | `prefix` | `/lb/services` | key prefix; instances live at `<prefix>/<service>/<instance-id>` |
 //! | `ttl` | `10s` | registration lease TTL (`500ms`, `10s`, `5m` or bare seconds); heartbeats every TTL/3 |
-//! | `snapshot` | none | discovery: file holding the last known set, served at start while etcd is down |
-//! | `resync` | `5m` | discovery: full relist this often (`off` disables) |
-//! | `allow_empty` | `false` | discovery: apply updates that remove every instance |
+//!
+//! and the [cache](crate::cache)'s keys (`snapshot`, `allow_empty`, and `resync`, which for etcd
+//! defaults to 5 minutes), as every registry target; any other key is an error.
 //!
 //! Credentials and TLS never go in the URI: use [`EtcdBuilder`] (`credentials`, `tls_ca_file`,
 //! `tls_identity_files`, …) or the environment variables in [`env`](mod@env) (`LB_ETCD_USERNAME`,
@@ -22,7 +22,8 @@
 //!
 //! One key per instance, `<prefix>/<service>/<instance-id>` (e.g. `/lb/services/greeter/10.0.0.7:50051`;
 //! the id is everything after `<service>/` and becomes the endpoint's id), attached to the instance's
-//! lease. The value is a JSON document, version 1:
+//! lease. The value is the crate's [endpoint document](crate::document) with a schema version,
+//! version 1:
 //!
 //! ```json
 //! {"v":1,"addr":"10.0.0.7:50051","weight":100,"zone":"eu-west-1a","region":"eu-west-1",
@@ -38,7 +39,8 @@
 //! | `metadata` | no | string → string map |
 //! | `state` | no (`ready`) | `ready`, `serving` (only used when nothing is ready) or `terminating` (drain) |
 //!
-//! Unknown fields are ignored, so version 1 can grow optional fields. A value larger than 64 KiB
+//! An `id` field, if present, is ignored: the key names the instance. Unknown fields are ignored,
+//! so version 1 can grow optional fields. A value larger than 64 KiB
 //! ([`schema::MAX_VALUE_BYTES`]), not JSON, of another version, with an unparseable address or
 //! wrong field types is skipped with a `warn!` and counted in
 //! `lb_registry_invalid_entries_total{registry="etcd",reason}`; the rest of the set is unaffected, and
@@ -52,19 +54,29 @@
 //!   stop at the first loss (go-zero #1926, #4201; kitex registry-etcd #11). Deregistration revokes
 //!   the lease, which deletes the key at once.
 //! - Discovery ([`EtcdResolver`]): paginated prefix get → `Reset`, watch from the next revision,
-//!   resume after reconnects, relist after compaction or data loss, all behind a
-//!   [`Cache`](crate::cache::Cache).
+//!   resume after reconnects, relist after compaction or data loss; [`Update::Current`] once a
+//!   watch is (re)established. [`lb_registry::resolve`](crate::resolve) puts it behind the
+//!   [cache](crate::cache); in code, wrap it yourself (below).
+//!
+//! [`Update::Current`]: lb_core::Update::Current
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), lb_registry::Error> {
+//! use std::time::Duration;
+//! use lb_registry::cache::Cache;
 //! use lb_registry::etcd::{EtcdRegistrar, EtcdResolver};
-//! use lb_registry::{Registrar as _, Resolver as _};
+//! use lb_registry::Registrar as _;
 //!
-//! let registrar = EtcdRegistrar::builder(["10.0.0.1:2379"]).ttl(std::time::Duration::from_secs(5)).build_registrar()?;
+//! let registrar = EtcdRegistrar::builder(["10.0.0.1:2379"]).ttl(Duration::from_secs(5)).build_registrar()?;
 //! let reg = registrar.register("greeter", lb_core::Endpoint::new("10.0.0.7:50051".parse().expect("literal"))).await?;
 //!
-//! let resolver = EtcdResolver::builder(["10.0.0.1:2379"]).snapshot("/var/cache/lb/greeter.json").build_resolver()?;
-//! let discover = resolver.resolve("greeter"); // hand to lb_core::Pool::spawn
+//! let resolver = EtcdResolver::builder(["10.0.0.1:2379"]).build_resolver()?;
+//! let cached = Cache::builder()
+//!     .name("etcd://10.0.0.1:2379/greeter")
+//!     .snapshot("/var/cache/lb/greeter.json")
+//!     .resync_every(Duration::from_secs(300))
+//!     .resolve(resolver, "greeter");
+//! let discover = cached.boxed(); // hand to lb_core::Pool::spawn
 //! # let _ = discover;
 //! reg.deregister().await; // on graceful shutdown
 //! # Ok(()) }
@@ -75,49 +87,17 @@ mod registrar;
 mod resolver;
 pub mod schema;
 
-use std::hash::{BuildHasher as _, Hasher as _};
-use std::time::Duration;
-
 pub use self::config::{env, EtcdBuilder, DEFAULT_PREFIX};
 pub use self::registrar::EtcdRegistrar;
 pub use self::resolver::{EtcdResolver, INVALID_ENTRIES};
 
 use crate::{Error, Registration, Target};
 
-pub(crate) fn resolve(target: &Target) -> Result<lb_core::discover::BoxDiscover, Error> {
-    let resolver = EtcdBuilder::from_target(target)?.build_resolver()?;
-    Ok(crate::Resolver::resolve(&resolver, target.path()))
+pub(crate) fn resolver(target: &Target) -> Result<EtcdResolver, Error> {
+    EtcdBuilder::from_target(target)?.build_resolver()
 }
 
 pub(crate) async fn register(target: &Target, instance: lb_core::Endpoint) -> Result<Registration, Error> {
     let registrar = EtcdBuilder::from_target(target)?.build_registrar()?;
     registrar.register_instance(target.path(), instance).await
-}
-
-/// Exponential backoff with ±20% jitter.
-#[derive(Debug)]
-struct Backoff {
-    first: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new((first, max): (Duration, Duration)) -> Self {
-        Backoff { first, max, next: first }
-    }
-
-    fn next(&mut self) -> Duration {
-        let base = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        // Jitter keeps a fleet that lost etcd together from reconnecting in lockstep. The standard
-        // library's per-process random hasher keys are enough entropy for that.
-        let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
-        let factor = 0.8 + (r % 4001) as f64 / 10_000.0;
-        base.mul_f64(factor)
-    }
-
-    fn reset(&mut self) {
-        self.next = self.first;
-    }
 }

@@ -20,28 +20,21 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::config::{Config, SharedConfig};
-use super::{schema, Backoff};
+use super::config::SharedConfig;
+use super::schema;
 use crate::{Error, Registration};
 
 /// Registration in etcd under `<prefix>/<service>/<instance-id>` (the id is the endpoint's id).
 #[derive(Clone, Debug)]
 pub struct EtcdRegistrar {
-    cfg: SharedConfig,
+    pub(super) cfg: SharedConfig,
 }
 
 impl EtcdRegistrar {
-    /// Options for the etcd cluster at `endpoints`.
-    pub fn builder<I, S>(endpoints: I) -> super::EtcdBuilder
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
+    /// Options for the etcd cluster at `endpoints`;
+    /// [`build_registrar`](super::EtcdBuilder::build_registrar) ends them.
+    pub fn builder(endpoints: impl IntoIterator<Item = impl AsRef<str>>) -> super::EtcdBuilder {
         super::EtcdBuilder::new(endpoints)
-    }
-
-    pub(crate) fn from_config(cfg: Config) -> Self {
-        EtcdRegistrar { cfg: Arc::new(cfg) }
     }
 
     /// Registers `instance` under `service` and keeps it registered until the returned
@@ -63,7 +56,7 @@ impl EtcdRegistrar {
         // "unavailable" for a moment: retry those (not refusals) for up to one connect plus one
         // request timeout before reporting the failure.
         let deadline = Instant::now() + self.cfg.connect_timeout.saturating_add(self.cfg.request_timeout);
-        let mut backoff = Backoff::new(self.cfg.backoff);
+        let mut backoff = self.cfg.backoff();
         let (client, lease, rev) = loop {
             let attempt = async {
                 let mut c = reg.cfg.connect().await?;
@@ -146,7 +139,7 @@ impl Reg {
     }
 
     async fn run(self, mut client: Client, mut lease: i64, mut rev: i64, mut stop: oneshot::Receiver<()>) {
-        let mut backoff = Backoff::new(self.cfg.backoff);
+        let mut backoff = self.cfg.backoff();
         loop {
             match self.keep(&mut client, lease, rev, &mut stop).await {
                 Outcome::Stopped => {

@@ -10,7 +10,8 @@
 //!   case it relists and emits a `Reset`, which the pool diffs so unchanged endpoints keep their
 //!   connections. What no check can see is a refilled store whose keys coincide, key and
 //!   `mod_revision`, with the old ones; the cache's periodic resync bounds that;
-//! - once a watch is (re)established it sends an empty `Add`, telling the [cache](crate::cache)
+//! - once a watch is (re)established, and at each progress notification (everything up to the
+//!   header's revision was sent), it sends [`Update::Current`], telling the [cache](crate::cache)
 //!   that the data is current again.
 //!
 //! A value that does not decode is skipped, logged and counted (see [`super::schema`]); if it
@@ -31,9 +32,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use lb_core::backoff::Backoff;
+
 use super::config::{Config, SharedConfig};
-use super::{schema, Backoff};
-use crate::cache::{Cache, Cached};
+use super::schema;
 use crate::Error;
 
 /// Counter: registry values skipped because they did not decode, labels `registry`, `reason`.
@@ -43,47 +45,25 @@ pub const INVALID_ENTRIES: &str = "lb_registry_invalid_entries_total";
 // times a few entries; 1,000 small values is ~150 KiB.
 const PAGE: i64 = 1000;
 
-/// Discovery from etcd. Each [`resolve`](crate::Resolver::resolve) call watches one service through a
-/// [`Cache`] (last-known-good set, empty-update protection, periodic resync, optional snapshot).
+/// Discovery from etcd: each [`resolve`](crate::Resolver::resolve) call lists and watches one
+/// service. The stream is the registry's word, uncached; see the [module docs](super) for the
+/// cache around it.
 #[derive(Clone, Debug)]
 pub struct EtcdResolver {
-    cfg: SharedConfig,
-}
-
-impl EtcdResolver {
-    /// Options for the etcd cluster at `endpoints`.
-    pub fn builder<I, S>(endpoints: I) -> super::EtcdBuilder
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        super::EtcdBuilder::new(endpoints)
-    }
-
-    pub(crate) fn from_config(cfg: Config) -> Self {
-        EtcdResolver { cfg: Arc::new(cfg) }
-    }
-
-    /// Like [`Resolver::resolve`](crate::Resolver::resolve), returning the [`Cached`] stream so its
-    /// [`CacheHandle`](crate::cache::CacheHandle) (staleness, snapshot use) can be read.
-    pub fn resolve_cached(&self, service: &str) -> Cached {
-        let cfg = Arc::clone(&self.cfg);
-        let service = service.to_string();
-        let name = format!("etcd://{}/{}", cfg.endpoints.join(","), service);
-        let mut cache = Cache::builder().name(&name).allow_empty(cfg.allow_empty);
-        if let Some(r) = cfg.resync {
-            cache = cache.resync_every(r);
-        }
-        if let Some(s) = &cfg.snapshot {
-            cache = cache.snapshot(s);
-        }
-        cache.wrap_with(move || watch(Arc::clone(&cfg), service.clone()))
-    }
+    pub(super) cfg: SharedConfig,
 }
 
 impl crate::Resolver for EtcdResolver {
     fn resolve(&self, service: &str) -> BoxDiscover {
-        self.resolve_cached(service).boxed()
+        watch(Arc::clone(&self.cfg), service.to_string())
+    }
+}
+
+impl EtcdResolver {
+    /// Options for the etcd cluster at `endpoints`; [`build_resolver`](super::EtcdBuilder::build_resolver)
+    /// ends them.
+    pub fn builder(endpoints: impl IntoIterator<Item = impl AsRef<str>>) -> super::EtcdBuilder {
+        super::EtcdBuilder::new(endpoints)
     }
 }
 
@@ -145,7 +125,7 @@ async fn run(cfg: SharedConfig, service: String, tx: Tx) {
         term: 0,
         known: HashMap::new(),
     };
-    let mut backoff = Backoff::new(cfg.backoff);
+    let mut backoff = cfg.backoff();
     loop {
         match session(&cfg, &prefix, &mut state, &tx, &mut backoff).await {
             End::Relist => state.last_rev = None,
@@ -228,14 +208,16 @@ async fn session(cfg: &Config, prefix: &str, st: &mut WatchState, tx: &Tx, backo
         }
         if resp.created() {
             backoff.reset();
-            // Liveness: the data served is current as of now.
-            let _ = tx.send(Ok(Update::Add(Vec::new())));
+            // The watch starts right after what was delivered: the set is current as of now.
+            let _ = tx.send(Ok(Update::Current));
         }
         if resp.events().is_empty() {
-            // A progress notification: everything up to the header's revision has been sent.
+            // A progress notification: everything up to the header's revision has been sent, so
+            // the set is still current.
             if let Some(h) = resp.header() {
                 if !resp.created() {
                     st.last_rev = Some(st.last_rev.unwrap_or(0).max(h.revision()));
+                    let _ = tx.send(Ok(Update::Current));
                 }
             }
             continue;

@@ -1,16 +1,17 @@
-//! The value stored under each instance key: a small versioned JSON document.
+//! The value stored under each instance key: the crate's
+//! [endpoint document](crate::document) with a version field `v`.
 //!
 //! Decoding is defensive because anyone with write access to the prefix can put anything there:
 //! a value that is too large, not JSON, of an unknown version or with an unparseable address is
 //! rejected with an [`Invalid`] reason that the resolver logs and counts, and the rest of the set
 //! is untouched.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 
-use lb_core::{Endpoint, EndpointState, Locality};
+use lb_core::Endpoint;
 use serde::{Deserialize, Serialize};
+
+use crate::document::{truncate, EndpointDocument};
 
 /// Values larger than this are rejected unread: an instance description is a few hundred bytes,
 /// so anything near this size is a mistake or an attack, and parsing it would cost every client.
@@ -19,22 +20,12 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// The schema version this crate writes and reads.
 pub const VERSION: u64 = 1;
 
+/// A version-1 value: the version beside the fields of the crate's one endpoint document.
 #[derive(Debug, Serialize, Deserialize)]
-struct ValueV1 {
+struct Value {
     v: u64,
-    addr: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    weight: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    zone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    region: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    node: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    metadata: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    state: Option<String>,
+    #[serde(flatten)]
+    doc: EndpointDocument,
 }
 
 /// Why a stored value was skipped.
@@ -42,7 +33,7 @@ struct ValueV1 {
 pub enum Invalid {
     /// Larger than [`MAX_VALUE_BYTES`].
     TooLarge(usize),
-    /// Not JSON, or JSON of the wrong shape.
+    /// Not JSON, JSON of the wrong shape, or a field with a value that is not valid.
     Malformed(String),
     /// A `v` other than [`VERSION`].
     UnknownVersion(String),
@@ -77,7 +68,8 @@ impl fmt::Display for Invalid {
     }
 }
 
-/// Decodes one value; `id` is the key's last segment.
+/// Decodes one value; `id` is the key's last segment, and names the endpoint whatever the value
+/// says.
 pub fn decode(id: &str, value: &[u8]) -> Result<Endpoint, Invalid> {
     if id.is_empty() {
         return Err(Invalid::BadKey);
@@ -87,9 +79,9 @@ pub fn decode(id: &str, value: &[u8]) -> Result<Endpoint, Invalid> {
     }
     // The common case in one pass; only a failure pays for a second parse that tells an unknown
     // version (reported as such, so a rollout of a newer writer is easy to spot) from garbage.
-    let doc: ValueV1 = match serde_json::from_slice::<ValueV1>(value) {
-        Ok(doc) if doc.v == VERSION => doc,
-        Ok(doc) => return Err(Invalid::UnknownVersion(doc.v.to_string())),
+    let mut doc = match serde_json::from_slice::<Value>(value) {
+        Ok(value) if value.v == VERSION => value.doc,
+        Ok(value) => return Err(Invalid::UnknownVersion(value.v.to_string())),
         Err(e) => {
             return Err(match serde_json::from_slice::<serde_json::Value>(value).ok().as_ref().and_then(|v| v.get("v")) {
                 Some(v) if v.as_u64() != Some(VERSION) => Invalid::UnknownVersion(truncate(&v.to_string())),
@@ -97,65 +89,21 @@ pub fn decode(id: &str, value: &[u8]) -> Result<Endpoint, Invalid> {
             })
         }
     };
-    let addr: SocketAddr = doc.addr.parse().map_err(|_| Invalid::BadAddress(truncate(&doc.addr)))?;
-    let mut locality = Locality::unknown();
-    if let Some(z) = &doc.zone {
-        locality = locality.with_zone(z);
-    }
-    if let Some(r) = &doc.region {
-        locality = locality.with_region(r);
-    }
-    if let Some(n) = &doc.node {
-        locality = locality.with_node(n);
-    }
-    let state = match doc.state.as_deref() {
-        None | Some("ready") => EndpointState::Ready,
-        Some("serving") => EndpointState::Serving,
-        Some("terminating") => EndpointState::Terminating,
-        Some(other) => return Err(Invalid::Malformed(format!("unknown state `{}`", truncate(other)))),
-    };
-    let mut ep = Endpoint::new(addr)
-        .with_id(id)
-        .with_weight(doc.weight.unwrap_or(Endpoint::DEFAULT_WEIGHT))
-        .with_locality(locality)
-        .with_state(state);
-    for (k, v) in doc.metadata {
-        ep = ep.with_metadata(k, v);
-    }
-    Ok(ep)
+    doc.id = Some(id.to_string());
+    doc.into_endpoint().map_err(|e| {
+        if e.is_address() {
+            Invalid::BadAddress(e.value().to_string())
+        } else {
+            Invalid::Malformed(e.to_string())
+        }
+    })
 }
 
-/// Encodes an endpoint as a version-1 document.
+/// Encodes an endpoint as a version-1 document. The id is left out: the key carries it.
 pub fn encode(ep: &Endpoint) -> Vec<u8> {
-    let loc = ep.locality();
-    let doc = ValueV1 {
-        v: VERSION,
-        addr: ep.addr().to_string(),
-        weight: Some(ep.weight()),
-        zone: loc.zone.as_deref().map(str::to_string),
-        region: loc.region.as_deref().map(str::to_string),
-        node: loc.node.as_deref().map(str::to_string),
-        metadata: ep.metadata().clone(),
-        state: match ep.state() {
-            EndpointState::Ready => None,
-            EndpointState::Serving => Some("serving".into()),
-            EndpointState::Terminating => Some("terminating".into()),
-        },
-    };
-    serde_json::to_vec(&doc).expect("a struct of strings and integers always serializes")
-}
-
-// Reasons end up in logs; an attacker-sized string must not.
-fn truncate(s: &str) -> String {
-    const MAX: usize = 64;
-    if s.len() <= MAX {
-        return s.to_string();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    let mut doc = EndpointDocument::from_endpoint(ep);
+    doc.id = None;
+    serde_json::to_vec(&Value { v: VERSION, doc }).expect("a struct of strings and integers always serializes")
 }
 
 #[cfg(test)]
@@ -164,6 +112,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
+        use lb_core::{EndpointState, Locality};
         let ep = Endpoint::new("10.0.0.1:80".parse().expect("literal"))
             .with_id("i-1")
             .with_weight(7)
@@ -180,6 +129,9 @@ mod tests {
         assert_eq!(ep.weight(), Endpoint::DEFAULT_WEIGHT);
         assert_eq!(ep.id().as_str(), "x");
         assert_eq!(ep.addr().port(), 9000);
+        let ep = decode("from-key", br#"{"v":1,"addr":"1.2.3.4:5","id":"from-value"}"#).expect("valid");
+        assert_eq!(ep.id().as_str(), "from-key", "the key names the instance");
+        assert!(!String::from_utf8_lossy(&encode(&ep)).contains("from-key"), "and the value does not repeat it");
     }
 
     #[test]
@@ -193,6 +145,7 @@ mod tests {
             (br#"{"v":1,"addr":"1.2.3.4:5","weight":-1}"#, "malformed"),
             (br#"{"v":1,"addr":"1.2.3.4:5","metadata":{"k":1}}"#, "malformed"),
             (br#"[1,2]"#, "malformed"),
+            (br#"{"v":1,"addr":"1.2.3.4:5","state":"draining"}"#, "malformed"),
         ];
         for (value, reason) in cases {
             let err = decode("id", value).expect_err(std::str::from_utf8(value).unwrap_or("?"));

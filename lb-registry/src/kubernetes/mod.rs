@@ -8,7 +8,8 @@
 //! - merges all slices of the service and resolves the port per slice (see [`slices`] for the
 //!   rules on ports, conditions, locality and zone hints);
 //! - emits a full [`Update::Reset`](lb_core::Update::Reset) after every (re)list — the pool diffs
-//!   it, so endpoints that did not change keep their connections and load — and
+//!   it, so endpoints that did not change keep their connections and load — or
+//!   [`Update::Current`](lb_core::Update::Current) when a relist found nothing new, and
 //!   [`Update::Add`](lb_core::Update::Add) / [`Update::Remove`](lb_core::Update::Remove) for watch
 //!   events in between;
 //! - keeps the last-known-good set across API errors: an error is reported on the stream (the
@@ -27,7 +28,13 @@
 //! with backoff while it cannot be.
 //!
 //! Query parameters (so the URI alone configures the CLI, the C ABI and the agent): `node`, `zone`,
-//! `region` override the caller's locality, `hints=off` ignores zone hints.
+//! `region` override the caller's locality, `hints=off` ignores zone hints; and the
+//! [cache](crate::cache)'s keys, as every registry target: with `snapshot=PATH`, a pod restarted
+//! while the API server is unreachable starts with the endpoints it last saw. Any other key is an
+//! error.
+//!
+//! [`lb_registry::resolve`](crate::resolve) puts the stream behind that cache; a
+//! [`KubernetesResolver`] itself yields the API server's word, uncached.
 //!
 //! # The caller's locality
 //!
@@ -68,7 +75,7 @@ use futures_util::StreamExt as _;
 use lb_core::discover::BoxDiscover;
 use lb_core::Locality;
 
-use crate::{Error, Target};
+use crate::{scheme, Error, Target};
 
 pub mod slices;
 mod view;
@@ -243,8 +250,8 @@ impl KubernetesResolverBuilder {
         self
     }
 
-    /// The watch's retry backoff after an API error: from `initial`, doubling up to `max`. By
-    /// default `kube-runtime`'s (800 ms doubling to 30 s, with jitter).
+    /// The watch's retry backoff after an API error: from `initial`, doubling up to `max`, ±20 %
+    /// jitter. By default `kube-runtime`'s (800 ms doubling to 30 s, with jitter).
     pub fn watch_backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.backoff = Some((initial, max.max(initial)));
         self
@@ -352,14 +359,17 @@ fn is_dns_label(s: &str, letter_first: bool) -> bool {
         && (!letter_first || b[0].is_ascii_lowercase())
 }
 
-/// `kubernetes:///<service>.<namespace>:<port>` with the default options plus the query's.
-pub(crate) fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
+/// The resolver of a `kubernetes:///<service>.<namespace>:<port>` target (default options plus
+/// the query's), its service validated.
+pub(crate) fn resolver(target: &Target) -> Result<KubernetesResolver, Error> {
     if !target.authority().is_empty() {
         return Err(Error::invalid_target(format!(
             "kubernetes target `{target}` has an authority; the API server comes from KUBECONFIG or the in-cluster config (write kubernetes:///{})",
             target.path()
         )));
     }
+    scheme::KUBERNETES.check(target)?;
+    ServiceRef::parse(target.path())?;
     let mut b = KubernetesResolver::builder();
     if let Some(n) = target.param("node") {
         b = b.node(n);
@@ -377,7 +387,7 @@ pub(crate) fn resolve(target: &Target) -> Result<BoxDiscover, Error> {
             return Err(Error::invalid_target(format!("kubernetes target `{target}`: hints=`{other}` is not on or off")))
         }
     }
-    b.build().watch(target.path())
+    Ok(b.build())
 }
 
 #[cfg(test)]
@@ -402,9 +412,13 @@ mod tests {
     #[test]
     fn targets_with_an_authority_or_bad_options_are_rejected() {
         let t = Target::parse("kubernetes://10.0.0.1/greeter.default:grpc").expect("parses");
-        assert!(resolve(&t).err().expect("authority").is_invalid_target());
+        assert!(resolver(&t).expect_err("authority").is_invalid_target());
         let t = Target::parse("kubernetes:///greeter.default:grpc?hints=maybe").expect("parses");
-        assert!(resolve(&t).err().expect("bad hints").to_string().contains("hints"));
+        assert!(resolver(&t).expect_err("bad hints").to_string().contains("hints"));
+        let t = Target::parse("kubernetes:///Greeter.default:grpc").expect("parses");
+        assert!(resolver(&t).expect_err("bad service").to_string().contains("Greeter"));
+        let t = Target::parse("kubernetes:///greeter.default:grpc?snapshott=/tmp/x").expect("parses");
+        assert!(resolver(&t).expect_err("a typo").to_string().contains("`snapshott`"));
     }
 
     #[tokio::test]

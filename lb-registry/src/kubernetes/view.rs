@@ -86,6 +86,11 @@ impl View {
         self.endpoints.values().cloned().collect()
     }
 
+    /// The endpoints consumers have been given, in id order.
+    pub(crate) fn endpoints(&self) -> Vec<Endpoint> {
+        self.endpoints.values().cloned().collect()
+    }
+
     /// Applies a created or modified slice.
     pub(crate) fn apply(&mut self, name: &str, slice: &EndpointSlice) -> Change {
         let (raws, skipped) = slices::convert(slice, &self.port, &self.opts);
@@ -224,12 +229,6 @@ impl View {
         delta(&mut s.ready, true);
         delta(&mut s.ready_hinted, hinted);
         delta(&mut s.ready_for_caller, for_caller);
-    }
-
-    /// Every endpoint consumers have now.
-    #[cfg(test)]
-    pub(crate) fn endpoints(&self) -> Vec<Endpoint> {
-        self.endpoints.values().cloned().collect()
     }
 }
 

@@ -3,7 +3,11 @@
 //! The watcher reports a (re)list as `Init`, `InitApply`…, `InitDone` — after the first list and
 //! after every `410 Gone` or other restart — and watch events in between as `Apply` / `Delete`.
 //! A relist is buffered and swapped in whole at `InitDone` (the `reflector` store's contract), so a
-//! relist that fails half-way changes nothing, and it is emitted as one `Reset` that the pool diffs.
+//! relist that fails half-way changes nothing, and it is emitted as one `Reset` that the pool diffs
+//! — or as `Current` when it found exactly what was already served (the watcher re-established
+//! itself and nothing changed meanwhile). A watch that resumes without a relist after an error is
+//! invisible here (kube-runtime consumes its bookmarks), so the data counts as fresh again with the
+//! next event or relist; a cache's `resync` bounds that.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -12,10 +16,10 @@ use std::time::Duration;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt as _;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, ResourceExt as _};
+use lb_core::backoff::Backoff;
 use lb_core::discover::BoxDiscover;
 use lb_core::{BoxError, Update};
 use tracing::{debug, info, warn};
@@ -32,7 +36,7 @@ pub(super) fn discover(inner: Arc<Inner>, svc: ServiceRef) -> BoxDiscover {
         inner,
         svc,
         events: None,
-        client_failures: 0,
+        client_retry: None,
         view,
         relist: None,
         listed: false,
@@ -48,7 +52,9 @@ struct Watch {
     inner: Arc<Inner>,
     svc: ServiceRef,
     events: Option<Events>,
-    client_failures: u32,
+    /// Paces attempts to create a client while neither KUBECONFIG nor the in-cluster config works
+    /// (`None` until one failed).
+    client_retry: Option<Backoff>,
     /// The merged endpoints of the last complete list plus the watch events since.
     view: View,
     /// A relist in progress, by slice name.
@@ -86,29 +92,29 @@ impl Watch {
     }
 
     async fn connect(&mut self) -> Result<Events, BoxError> {
-        if self.client_failures > 0 {
-            let shift = self.client_failures.min(5);
-            tokio::time::sleep(Duration::from_secs(1 << shift).min(Duration::from_secs(30))).await;
+        // The first failure is reported at once; the wait comes before each retry.
+        if let Some(retry) = &mut self.client_retry {
+            tokio::time::sleep(retry.next()).await;
         }
         let client = match &self.inner.client {
             Some(c) => c.clone(),
             None => match kube::Client::try_default().await {
                 Ok(c) => c,
                 Err(error) => {
-                    self.client_failures += 1;
+                    self.client_retry.get_or_insert_with(|| Backoff::new(Duration::from_secs(2), Duration::from_secs(30)));
                     warn!(service = %self.svc.name, %error, "no kubernetes client (neither KUBECONFIG nor in-cluster config works)");
                     return Err(Box::new(error));
                 }
             },
         };
-        self.client_failures = 0;
+        self.client_retry = None;
         let namespace = self.svc.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
         info!(service = %self.svc.name, %namespace, "watching endpointslices");
         let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
         let config = watcher::Config::default().labels(&format!("kubernetes.io/service-name={}", self.svc.name));
         let stream = watcher::watcher(api, config);
         Ok(match self.inner.backoff {
-            Some((initial, max)) => stream.backoff(Exponential::new(initial, max)).boxed(),
+            Some((initial, max)) => stream.backoff(KubeBackoff(Backoff::new(initial, max))).boxed(),
             None => stream.default_backoff().boxed(),
         })
     }
@@ -126,9 +132,14 @@ impl Watch {
             }
             Event::InitDone => {
                 let listed = self.relist.take().unwrap_or_default();
+                let before = self.listed.then(|| self.view.endpoints());
                 let endpoints = self.view.replace_all(listed.iter().map(|(name, s)| (name.clone(), s)));
                 info!(service = %self.svc.name, slices = listed.len(), endpoints = endpoints.len(), "endpointslices listed");
-                self.pending.push_back(Update::Reset(endpoints));
+                if before.as_ref() == Some(&endpoints) {
+                    self.pending.push_back(Update::Current);
+                } else {
+                    self.pending.push_back(Update::Reset(endpoints));
+                }
                 self.listed = true;
             }
             Event::Apply(slice) => {
@@ -179,33 +190,21 @@ impl Watch {
     }
 }
 
-/// Exponential backoff without jitter, for [`super::KubernetesResolverBuilder::watch_backoff`].
-#[derive(Debug)]
-struct Exponential {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
+/// lb-core's backoff in the shape kube-runtime's watcher takes, for
+/// [`super::KubernetesResolverBuilder::watch_backoff`].
+struct KubeBackoff(Backoff);
 
-impl Exponential {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Exponential { initial, max, next: initial }
-    }
-}
-
-impl Iterator for Exponential {
+impl Iterator for KubeBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        Some(d)
+        Some(self.0.next())
     }
 }
 
-impl Backoff for Exponential {
+impl kube::runtime::utils::Backoff for KubeBackoff {
     fn reset(&mut self) {
-        self.next = self.initial;
+        self.0.reset();
     }
 }
 

@@ -141,7 +141,7 @@ async fn errors_back_off_resync_without_blocking_and_reconfirm_the_set() {
         assert!(w.next().await.is_err());
     }
     let update = w.next().await.expect("recovered");
-    assert_eq!(ports(&update), vec![1], "the unchanged set is reported again to confirm it");
+    assert_eq!(update, Update::Current, "the unchanged set is confirmed, not sent again");
     let log = script.log.lock().expect("log").clone();
     assert_eq!(log.iter().map(|(i, _, _)| *i).collect::<Vec<_>>(), vec![0, 5, 0, 0, 0, 0]);
     let gaps: Vec<Duration> = log.windows(2).map(|p| p[1].2 - p[0].2).collect();
@@ -179,4 +179,14 @@ async fn answers_without_an_index_are_applied_and_polled_slowly() {
     let log = asked(&script);
     assert!(log.iter().all(|i| *i == 0), "nothing to block on: {log:?}");
     assert!(log.len() <= 12, "{} polls in a minute", log.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_set_after_errors_is_a_reset_and_an_unchanged_answer_without_errors_is_silent() {
+    let (mut w, _script) = watch(vec![answer(5, &[1]), Step::Fail, answer(6, &[1, 2]), answer(7, &[1, 2]), answer(8, &[3])]);
+    w.next().await.expect("first");
+    assert!(w.next().await.is_err());
+    assert_eq!(ports(&w.next().await.expect("recovered with news")), vec![1, 2]);
+    // Index 7 repeats the set with no error before it: nothing to say; index 8 changes it.
+    assert_eq!(ports(&w.next().await.expect("change")), vec![3]);
 }

@@ -24,7 +24,7 @@ fn watch() -> Watch {
         inner,
         svc,
         events: None,
-        client_failures: 0,
+        client_retry: None,
         view,
         relist: None,
         listed: false,
@@ -118,11 +118,19 @@ fn an_unfinished_relist_changes_nothing_and_a_finished_one_is_a_diffable_reset()
     assert!(w.pending.is_empty());
     assert_eq!(w.view.endpoints().len(), 2);
 
-    // The retry completes with the same content: a Reset that changes nothing.
+    // The retry completes with the same content: the set is confirmed, and changes nothing.
     w.on_event(Event::InitApply(slice("a", &["10.0.0.1", "10.0.0.2"])));
+    w.on_event(Event::InitDone);
+    let updates = drain(&mut w);
+    assert_eq!(updates, vec![Update::Current]);
+    assert!(set.apply(Update::Current).is_empty());
+
+    // A relist with other content is a Reset, diffed against what is served.
+    w.on_event(Event::Init);
+    w.on_event(Event::InitApply(slice("a", &["10.0.0.1", "10.0.0.3"])));
     w.on_event(Event::InitDone);
     let updates = drain(&mut w);
     assert_eq!(updates.len(), 1);
     let diff = set.apply(updates.into_iter().next().expect("one update"));
-    assert!(diff.is_empty(), "{diff:?}");
+    assert_eq!((diff.added.len(), diff.removed.len(), diff.changed.len()), (1, 1, 0), "{diff:?}");
 }
