@@ -4,13 +4,12 @@
 //! language can produce it. Unknown keys are rejected rather than ignored, so a typo
 //! (`"failfast": 10`) is an error, not a silently different balancer.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use lb_core::policy::{Level, Maglev, P2c, RingHash, RoundRobin, SlowStart, Topology, WeightedRoundRobin};
 use lb_core::pool::OutlierConfig;
-use lb_core::{Endpoint, EndpointState, Locality, Policy};
+use lb_core::{Endpoint, Locality, Policy};
+use lb_registry::document::EndpointDocument;
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -264,56 +263,33 @@ fn from_object<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result
     serde_json::from_value(value).map_err(|e| Error::options(format!("{what}: {e}")))
 }
 
-/// One instance to register (`instance_json` of `lb_registration_new`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Instance {
-    addr: String,
-    id: Option<String>,
-    weight: Option<u32>,
-    region: Option<String>,
-    zone: Option<String>,
-    node: Option<String>,
-    state: Option<String>,
-    #[serde(default)]
-    metadata: BTreeMap<String, String>,
-}
+/// One instance to register (`instance_json` of `lb_registration_new`): lb's endpoint document
+/// (`lb_registry::document`, the same JSON the etcd schema and the snapshot file use), with
+/// unknown keys refused as everywhere in this ABI.
+pub(crate) struct Instance;
 
 impl Instance {
     pub(crate) fn parse(json: &str) -> Result<Endpoint, Error> {
-        let i: Instance = from_object(json, "instance_json")?;
-        let addr: SocketAddr = i.addr.parse().map_err(|_| {
-            Error::options(format!("instance_json: addr `{}` is not ip:port", i.addr))
-        })?;
-        let mut ep = Endpoint::new(addr);
-        if let Some(id) = i.id {
-            ep = ep.with_id(id);
-        }
-        if let Some(w) = i.weight {
-            ep = ep.with_weight(w);
-        }
-        let locality = LocalityOpt {
-            region: i.region,
-            zone: i.zone,
-            node: i.node,
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| Error::options(format!("instance_json: {e}")))?;
+        let Some(object) = value.as_object() else {
+            return Err(Error::options(format!(
+                "instance_json: expected a JSON object, got `{value}`"
+            )));
         };
-        ep = ep.with_locality(locality.to_locality());
-        if let Some(s) = i.state {
-            ep = ep.with_state(match s.as_str() {
-                "ready" => EndpointState::Ready,
-                "serving" => EndpointState::Serving,
-                "terminating" => EndpointState::Terminating,
-                other => {
-                    return Err(Error::options(format!(
-                        "instance_json: state `{other}` is not ready, serving or terminating"
-                    )))
-                }
-            });
+        if let Some(key) = object
+            .keys()
+            .find(|k| !EndpointDocument::FIELDS.contains(&k.as_str()))
+        {
+            return Err(Error::options(format!(
+                "instance_json: unknown field `{key}`, expected one of {}",
+                EndpointDocument::FIELDS.join(", ")
+            )));
         }
-        for (k, v) in i.metadata {
-            ep = ep.with_metadata(k, v);
-        }
-        Ok(ep)
+        let doc: EndpointDocument = serde_json::from_value(value)
+            .map_err(|e| Error::options(format!("instance_json: {e}")))?;
+        doc.into_endpoint()
+            .map_err(|e| Error::options(format!("instance_json: {e}")))
     }
 }
 
@@ -382,5 +358,12 @@ mod tests {
             Instance::parse(r#"{"zone":"a"}"#).is_err(),
             "addr is required"
         );
+        let err = Instance::parse(r#"{"addr":"127.0.0.1:9","zoen":"a"}"#).expect_err("typo");
+        assert!(format!("{err:?}").contains("unknown field `zoen`"), "{err:?}");
+        let err = Instance::parse(r#"{"addr":"127.0.0.1:9","state":"asleep"}"#).expect_err("bad state");
+        assert!(format!("{err:?}").contains("asleep"), "{err:?}");
+        let ep = Instance::parse(r#"{"addr":"127.0.0.1:9","state":"terminating","id":"x"}"#).expect("valid");
+        assert_eq!(ep.state(), lb_core::EndpointState::Terminating);
+        assert_eq!(ep.id().as_str(), "x");
     }
 }

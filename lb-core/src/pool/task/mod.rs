@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{Connect, Connected, EndpointPhase, HealthCheck, Shared};
+use crate::backoff::Backoff;
 use crate::discover::{BoxDiscover, Diff, EndpointSet};
 use crate::endpoint::{Endpoint, EndpointId, EndpointState};
 use crate::load::Load;
@@ -63,7 +64,9 @@ struct Slot<C> {
     phase: Phase<C>,
     /// Bumped for every connection attempt; results and signals of older attempts are ignored.
     generation: u64,
-    connect_failures: u32,
+    /// Connection attempts that failed (or connections that closed young) in a row: its delays
+    /// space the reconnects.
+    reconnect: Backoff,
     /// Why the last connection attempt failed; cleared when one succeeds.
     connect_error: Option<Arc<str>>,
     connected_at: Option<Instant>,
@@ -247,7 +250,7 @@ impl<K: Connect> PoolTask<K> {
                     load,
                     phase: Phase::Idle,
                     generation: 0,
-                    connect_failures: 0,
+                    reconnect: self.new_backoff(),
                     connect_error: None,
                     connected_at: None,
                     ejections: 0,
@@ -274,7 +277,7 @@ impl<K: Connect> PoolTask<K> {
                 slot.abort_watchers();
                 slot.generation += 1;
                 slot.health = None;
-                slot.connect_failures = 0;
+                slot.reconnect.reset();
                 let old_load = std::mem::replace(&mut slot.load, fresh_load);
                 let old = std::mem::replace(&mut slot.phase, Phase::Idle);
                 self.retire(old_load, take_conn(old));
@@ -304,6 +307,10 @@ impl<K: Connect> PoolTask<K> {
                 self.start_connect(&id);
             }
         }
+    }
+
+    fn new_backoff(&self) -> Backoff {
+        Backoff::new(self.shared.config.reconnect_backoff, self.shared.config.max_reconnect_backoff)
     }
 
     fn new_load(&self) -> Arc<Load> {
@@ -377,21 +384,16 @@ impl<K: Connect> PoolTask<K> {
                 slot.phase = Phase::Ready(connection);
             }
             Err(error) => {
-                slot.connect_failures += 1;
                 let message: Arc<str> = Arc::from(error.to_string());
                 slot.connect_error = Some(Arc::clone(&message));
                 self.last_connect_error = Some(message);
                 m::connect_failure(&target);
-                let delay = backoff(
-                    self.shared.config.reconnect_backoff,
-                    self.shared.config.max_reconnect_backoff,
-                    slot.connect_failures,
-                );
+                let delay = slot.reconnect.next();
                 warn!(
                     target_uri = %target,
                     endpoint = %slot.endpoint.addr(),
                     %error,
-                    attempt = slot.connect_failures,
+                    attempt = slot.reconnect.attempts(),
                     retry_in = ?delay,
                     "connect failed"
                 );
@@ -415,19 +417,15 @@ impl<K: Connect> PoolTask<K> {
         slot.phase = match phase {
             Phase::Ready(_) => {
                 let lived = slot.connected_at.map(|t| t.elapsed()).unwrap_or_default();
+                // A connection that lived long enough was a success: reconnect at once. One that
+                // closed young counts as a failed attempt, so a server that accepts and closes at
+                // once is retried with backoff rather than in a tight loop (the first such close
+                // still reconnects at once).
                 if lived >= MIN_HEALTHY_CONNECTION {
-                    slot.connect_failures = 0;
+                    slot.reconnect.reset();
                 }
-                slot.connect_failures += 1;
-                let delay = if slot.connect_failures == 1 {
-                    Duration::ZERO
-                } else {
-                    backoff(
-                        self.shared.config.reconnect_backoff,
-                        self.shared.config.max_reconnect_backoff,
-                        slot.connect_failures - 1,
-                    )
-                };
+                let delay = slot.reconnect.next();
+                let delay = if slot.reconnect.attempts() == 1 { Duration::ZERO } else { delay };
                 info!(target_uri = %target, endpoint = %slot.endpoint.addr(), reconnect_in = ?delay, "connection closed");
                 slot.abort_watchers();
                 if delay.is_zero() {
@@ -477,9 +475,3 @@ fn take_conn<C>(phase: Phase<C>) -> Option<C> {
     }
 }
 
-/// `base × 2^(attempt-1)`, capped, with ±20% jitter so many clients do not reconnect in lockstep.
-fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
-    let jitter = 0.8 + 0.4 * rand::random::<f64>();
-    exp.mul_f64(jitter).min(max)
-}
