@@ -158,13 +158,9 @@ impl LbChannel {
                 return ResponseFuture::once(client.request(http::Request::from_parts(parts, body)));
             }
         };
-        let template = Arc::new(Template::of(&parts));
+        let template = Template::of(&parts);
         let mut first = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes.clone())));
-        let replay = {
-            let template = Arc::clone(&template);
-            let bytes = bytes.clone();
-            Replay::new(move || template.request(&bytes))
-        };
+        let replay = Replay::new(move || template.request(&bytes));
         first.extensions_mut().insert(replay.clone());
         match self.inner.retry.clone() {
             None => ResponseFuture::once(client.request(first)),
@@ -194,9 +190,7 @@ impl LbChannel {
                         drop(result);
                         tokio::time::sleep(policy.delay(attempt)).await;
                         attempt += 1;
-                        let mut next = template.request(&bytes);
-                        next.extensions_mut().insert(replay.clone());
-                        req = next;
+                        req = replay.rebuild();
                     }
                 })
             }

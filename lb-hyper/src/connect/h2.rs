@@ -44,14 +44,6 @@ pub(crate) struct H2Pool<B> {
     idle_timeout: Option<Duration>,
 }
 
-struct Decrement(Arc<AtomicUsize>);
-
-impl Drop for Decrement {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl<B> H2Pool<B>
 where
     B: http_body::Body + Send + Unpin + 'static,
@@ -103,13 +95,13 @@ where
             }
         };
         let now = sub.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        let slot = Decrement(Arc::clone(&sub.in_flight));
+        let slot = StreamSlot::counted(Arc::clone(&sub.in_flight));
         if now >= self.max_streams {
             self.grow();
         }
         let mut send = sub.send.clone();
         match send.try_send_request(req).await {
-            Ok(rsp) => Ok((rsp, StreamSlot::new(slot))),
+            Ok(rsp) => Ok((rsp, slot)),
             Err(mut e) => match e.take_message() {
                 Some(req) => Err(SendError::unsent(req, e.into_error())),
                 None => Err(SendError::sent(e.into_error())),

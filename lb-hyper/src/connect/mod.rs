@@ -442,7 +442,8 @@ impl<B> Replay<B> {
         Replay(Arc::new(make))
     }
 
-    fn request(&self) -> Request<B>
+    /// A copy of the request, carrying this replay too (so a second refusal can be replayed).
+    pub fn rebuild(&self) -> Request<B>
     where
         B: 'static,
     {
@@ -485,16 +486,25 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Taken out, not cloned: hyper has no use for it, and a refused stream puts it back.
+        let replay = req.extensions_mut().remove::<Replay<B>>();
+        let original = match self.point(&mut req) {
+            Ok(original) => original,
+            Err(e) => return Box::pin(std::future::ready(Err(SendError::not_sent(e)))),
+        };
         let conn = self.clone();
         Box::pin(async move {
-            let original = conn.point(&mut req).map_err(SendError::not_sent)?;
-            let replay = req.extensions().get::<Replay<B>>().cloned();
             match conn.send(req).await {
                 Ok((rsp, slot)) => Ok(rsp.map(|b| SlotBody::new(b, slot))),
                 Err(mut e) => {
                     match e.request.as_mut() {
-                        Some(unsent) => restore(unsent, original),
-                        None if e.unprocessed => e.request = replay.map(|r| r.request()),
+                        Some(unsent) => {
+                            restore(unsent, original);
+                            if let Some(replay) = replay {
+                                unsent.extensions_mut().insert(replay);
+                            }
+                        }
+                        None if e.unprocessed => e.request = replay.map(|r| r.rebuild()),
                         None => {}
                     }
                     Err(e)

@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
@@ -9,11 +11,32 @@ use pin_project_lite::pin_project;
 
 /// Holds what a response occupies on its connection until dropped: an HTTP/2 stream counted
 /// against the connection's limit, or an HTTP/1.1 connection lent to the request.
-pub struct StreamSlot(#[allow(dead_code)] Box<dyn Send + Sync + 'static>);
+pub struct StreamSlot(Slot);
+
+enum Slot {
+    /// An HTTP/2 stream: a count to give back (no allocation per request).
+    Counted(Arc<AtomicUsize>),
+    /// Anything else to hold, e.g. an HTTP/1.1 connection's lease.
+    #[allow(dead_code)] // held for its `Drop`
+    Held(Box<dyn Send + Sync + 'static>),
+}
 
 impl StreamSlot {
     pub(crate) fn new(inner: impl Send + Sync + 'static) -> Self {
-        StreamSlot(Box::new(inner))
+        StreamSlot(Slot::Held(Box::new(inner)))
+    }
+
+    /// A slot that decrements `count` when dropped (the caller has incremented it).
+    pub(crate) fn counted(count: Arc<AtomicUsize>) -> Self {
+        StreamSlot(Slot::Counted(count))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Slot::Counted(count) = &self.0 {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
