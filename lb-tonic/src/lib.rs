@@ -7,11 +7,16 @@
 //!
 //! - discovery from a target URI (`static:///`, and `etcd://`, `consul://`, `kubernetes:///` with
 //!   the cargo features of those names) or any stream of `lb_core::Update`s;
-//! - picks from the pool's lock-free snapshot on the caller's task — no `Buffer` worker that every
-//!   call must pass through (tonic's `balance_channel` has one, which caps throughput, tonic #607);
+//! - lb's one request engine ([`lb_core::Balance`] over [`lb_hyper`]'s connections): picks from the
+//!   pool's lock-free snapshot on the caller's task — no `Buffer` worker that every call must pass
+//!   through (tonic's `balance_channel` has one, which caps throughput, tonic #607);
 //! - P2C PeakEWMA by default, with the load of a call counted until the *end of its response
 //!   stream*, so long server streams count as load for as long as they run;
-//! - no endpoint → `UNAVAILABLE` naming the target after the failfast time, never a hang;
+//! - no endpoint → `UNAVAILABLE` naming the target after the endpoint wait, never a hang; at once,
+//!   with the connection error, while every endpoint refuses connections (unless
+//!   `wait_for_ready`);
+//! - the builder's `request_timeout` → `DEADLINE_EXCEEDED` (a `tower::timeout` stacked around the
+//!   channel reaches a generated client as `UNKNOWN`: its error is not a gRPC status);
 //! - calls that never reached a backend are re-sent elsewhere; calls that did are re-sent only under
 //!   a [`RetryPolicy`];
 //! - optional `grpc.health.v1` health checking ([`GrpcHealthCheck`]) and passive outlier detection.
@@ -28,6 +33,25 @@
 //! // Use it wherever a tonic Channel goes: `GreeterClient::new(channel.clone())`.
 //! let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
 //! let _ = health.check(tonic_health::pb::HealthCheckRequest::default()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every way a generated client is built takes it — with an interceptor, or behind tower layers:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tonic_health::pb::health_client::HealthClient;
+//!
+//! let channel = lb_tonic::LbChannel::from_target("static:///127.0.0.1:50051,127.0.0.1:50052")?;
+//! let mut with_token = HealthClient::with_interceptor(channel.clone(), |mut req: tonic::Request<()>| {
+//!     req.metadata_mut().insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer t"));
+//!     Ok(req)
+//! });
+//! let limited = tower::ServiceBuilder::new().concurrency_limit(64).service(channel);
+//! let mut bounded = HealthClient::new(limited);
+//! let probe = tonic_health::pb::HealthCheckRequest::default();
+//! with_token.check(probe.clone()).await?;
+//! bounded.check(probe).await?;
 //! # Ok(()) }
 //! ```
 
