@@ -15,9 +15,11 @@
 //! and, on a tie, the primary, so extras fall idle when the pressure that opened them ends. The
 //! primary stays for as long as the endpoint does; a closed extra is forgotten.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -30,9 +32,45 @@ use super::{SendError, StreamSlot};
 use lb_core::BoxError;
 
 pub(crate) struct Sub<B> {
+    /// For `is_closed`, which needs no exclusive access.
     send: SendRequest<B>,
+    /// Sending needs `&mut`: each thread locks its own stripe of clones made once, rather than
+    /// cloning (and dropping) a sender per request — a sender's clone and drop are four atomic
+    /// operations on counters every sending thread shares.
+    stripes: Box<[Mutex<SendRequest<B>>]>,
     in_flight: Arc<AtomicUsize>,
 }
+
+/// Sender clones per connection: a few per core keeps two threads from wanting the same one.
+const STRIPES: usize = 8;
+
+impl<B> Sub<B> {
+    fn new(send: SendRequest<B>) -> Self {
+        let stripes = (0..STRIPES).map(|_| Mutex::new(send.clone())).collect();
+        Sub {
+            send,
+            stripes,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn stripe(&self) -> MutexGuard<'_, SendRequest<B>> {
+        thread_local! {
+            static HOME: Cell<usize> = const { Cell::new(usize::MAX) };
+        }
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let i = HOME.with(|h| {
+            if h.get() == usize::MAX {
+                h.set(NEXT.fetch_add(1, Ordering::Relaxed));
+            }
+            h.get()
+        }) % self.stripes.len();
+        // A sender is never left half-used by a panic (the lock only spans a channel send).
+        self.stripes[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+
 
 pub(crate) struct H2Pool<B> {
     addr: SocketAddr,
@@ -58,10 +96,7 @@ where
         max_connections: usize,
         idle_timeout: Option<Duration>,
     ) -> Self {
-        let sub = Arc::new(Sub {
-            send: primary,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-        });
+        let sub = Arc::new(Sub::new(primary));
         H2Pool {
             addr,
             subs: ArcSwap::from_pointee(vec![sub]),
@@ -83,30 +118,43 @@ where
     }
 
     pub(crate) async fn send(self: &Arc<Self>, req: Request<B>) -> Result<(Response<Incoming>, StreamSlot), SendError<B>> {
-        let sub = {
-            let subs = self.subs.load();
-            let best = subs
-                .iter()
-                .filter(|s| !s.send.is_closed())
-                .min_by_key(|s| s.in_flight.load(Ordering::Relaxed));
-            match best {
-                Some(s) => Arc::clone(s),
-                None => return Err(SendError::unsent(req, "connection closed")),
-            }
+        let (sent, slot) = self.start(req)?;
+        Ok((sent.await?, slot))
+    }
+
+    /// Hands `req` to the least-loaded connection now; the future waits for the response. The
+    /// slot counts the stream against that connection until dropped.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        req: Request<B>,
+    ) -> Result<(impl Future<Output = Result<Response<Incoming>, SendError<B>>> + Send + 'static, StreamSlot), SendError<B>> {
+        let subs = self.subs.load();
+        let best = subs
+            .iter()
+            .filter(|s| !s.send.is_closed())
+            .min_by_key(|s| s.in_flight.load(Ordering::Relaxed));
+        let Some(sub) = best else {
+            return Err(SendError::unsent(req, "connection closed"));
         };
         let now = sub.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = StreamSlot::counted(Arc::clone(&sub.in_flight));
+        // hyper hands the request to the connection's task here; the future only awaits the answer.
+        let response = sub.stripe().try_send_request(req);
+        drop(subs);
         if now >= self.max_streams {
             self.grow();
         }
-        let mut send = sub.send.clone();
-        match send.try_send_request(req).await {
-            Ok(rsp) => Ok((rsp, slot)),
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::unsent(req, e.into_error())),
-                None => Err(SendError::sent(e.into_error())),
-            },
-        }
+        let sent = async move {
+            match response.await {
+                Ok(rsp) => Ok(rsp),
+                Err(mut e) => match e.take_message() {
+                    Some(req) => Err(SendError::unsent(req, e.into_error())),
+                    None => Err(SendError::sent(e.into_error())),
+                },
+            }
+        };
+        Ok((sent, slot))
     }
 
     /// Opens one more connection in the background unless one is already being opened or the cap
@@ -128,10 +176,7 @@ where
             pool.opening.store(false, Ordering::Release);
             match result {
                 Ok((send, driver)) => {
-                    let sub = Arc::new(Sub {
-                        send,
-                        in_flight: Arc::new(AtomicUsize::new(0)),
-                    });
+                    let sub = Arc::new(Sub::new(send));
                     let added = Arc::downgrade(&sub);
                     pool.subs.rcu(|subs| {
                         let mut next: Vec<_> = subs.iter().filter(|s| !s.send.is_closed()).cloned().collect();

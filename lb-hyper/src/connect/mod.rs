@@ -492,26 +492,45 @@ where
             Ok(original) => original,
             Err(e) => return Box::pin(std::future::ready(Err(SendError::not_sent(e)))),
         };
-        let conn = self.clone();
-        Box::pin(async move {
-            match conn.send(req).await {
-                Ok((rsp, slot)) => Ok(rsp.map(|b| SlotBody::new(b, slot))),
-                Err(mut e) => {
-                    match e.request.as_mut() {
-                        Some(unsent) => {
-                            restore(unsent, original);
-                            if let Some(replay) = replay {
-                                unsent.extensions_mut().insert(replay);
-                            }
-                        }
-                        None if e.unprocessed => e.request = replay.map(|r| r.rebuild()),
-                        None => {}
+        let h1 = match &self.shared.inner {
+            Inner::H2(pool) => {
+                // Handed to the connection now; only the answer is awaited.
+                let (sent, slot) = match pool.start(req) {
+                    Ok(started) => started,
+                    Err(e) => return Box::pin(std::future::ready(Err(handed_back(e, original, replay)))),
+                };
+                return Box::pin(async move {
+                    match sent.await {
+                        Ok(rsp) => Ok(rsp.map(|b| SlotBody::new(b, slot))),
+                        Err(e) => Err(handed_back(e, original, replay)),
                     }
-                    Err(e)
-                }
+                });
+            }
+            Inner::H1(pool) => Arc::clone(pool),
+        };
+        Box::pin(async move {
+            match h1.send(req).await {
+                Ok((rsp, slot)) => Ok(rsp.map(|b| SlotBody::new(b, slot))),
+                Err(e) => Err(handed_back(e, original, replay)),
             }
         })
     }
+}
+
+/// Prepares a failed send for the engine: an unsent request is restored to what the caller made
+/// (keeping its replay); a stream refused unprocessed is rebuilt from its replay, when it has one.
+fn handed_back<B: 'static>(mut e: SendError<B>, original: Uri, replay: Option<Replay<B>>) -> SendError<B> {
+    match e.request.as_mut() {
+        Some(unsent) => {
+            restore(unsent, original);
+            if let Some(replay) = replay {
+                unsent.extensions_mut().insert(replay);
+            }
+        }
+        None if e.unprocessed => e.request = replay.map(|r| r.rebuild()),
+        None => {}
+    }
+    e
 }
 
 /// A request that failed; carries the request back when it never reached the backend.
