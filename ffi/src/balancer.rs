@@ -90,8 +90,13 @@ impl lb_balancer {
     pub(crate) fn new(target: &str, options: Option<&str>) -> Result<Self, Error> {
         let parsed = Target::parse(target).map_err(Error::registry)?;
         let opts = Options::parse(options)?;
-        let balance = opts.balance()?;
         let discover = lb_registry::resolve(&parsed).map_err(Error::registry)?;
+        Self::with_discover(target, discover, &opts)
+    }
+
+    /// A balancer over any discovery stream (what `new` does after resolving the target).
+    fn with_discover(target: &str, discover: lb_core::discover::BoxDiscover, opts: &Options) -> Result<Self, Error> {
+        let balance = opts.balance()?;
         let connector = ProbeConnect::new(
             opts.probe,
             Duration::from_millis(opts.probe_interval_ms),
@@ -451,3 +456,52 @@ pub unsafe extern "C" fn lb_balancer_free(b: *mut lb_balancer) {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_core::discover::{self, Update};
+
+    /// Voluntary context switches of the calling thread so far (Linux).
+    fn voluntary_switches() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    #[test]
+    fn a_waiting_pick_sleeps_until_an_endpoint_is_published() {
+        let (tx, rx) = discover::channel();
+        let opts = Options::parse(Some(r#"{"probe":false,"endpoint_wait_ms":10000}"#)).expect("valid options");
+        let b = Arc::new(lb_balancer::with_discover("manual", Box::pin(rx), &opts).expect("builds"));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let picker = {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || {
+                let before = voluntary_switches();
+                started_tx.send(()).expect("the test waits for this");
+                let picked = b.pick(None);
+                let woke = std::time::Instant::now();
+                (picked.map(|(_, ep)| ep.addr()), woke, before, voluntary_switches())
+            })
+        };
+        started_rx.recv().expect("the picking thread started");
+        // Let the pick block for a while: a thread that polls would wake hundreds of times meanwhile.
+        std::thread::sleep(Duration::from_millis(300));
+        let addr: std::net::SocketAddr = "127.0.0.1:9".parse().expect("literal");
+        let sent = std::time::Instant::now();
+        assert!(tx.send(Update::Reset(vec![Endpoint::new(addr)])));
+        let (picked, woke, before, after) = picker.join().expect("the picking thread does not panic");
+        assert_eq!(picked.expect("picked once the endpoint arrived"), addr);
+        let latency = woke.saturating_duration_since(sent);
+        assert!(latency < Duration::from_millis(100), "woke {latency:?} after the endpoint was published");
+        if let (Some(before), Some(after)) = (before, after) {
+            // Blocking on the snapshot signal parks the thread once or twice; the old 1 ms polling
+            // loop switched ~300 times in 300 ms.
+            assert!(after - before < 20, "the waiting thread woke {} times", after - before);
+        }
+    }
+}
+
