@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lb_core::balance::error::Unavailable;
+use lb_core::balance::Wait;
 use lb_core::discover::{self, Update};
 use lb_core::pool::{Connect, Connected, PoolConfig};
 use lb_core::policy::{hash_key, RingHash, RoundRobin};
@@ -81,7 +82,7 @@ async fn picks_per_request_over_one_service() {
 async fn no_endpoint_fails_after_failfast_not_before() {
     let (_tx, rx) = discover::channel();
     let pool = Pool::spawn(Box::pin(rx), MockConnector::default(), RoundRobin::new(), PoolConfig::new("empty-target"));
-    let mut svc = Balance::new(pool).endpoint_wait_timeout(Duration::from_secs(2));
+    let mut svc = Balance::new(pool).wait(Wait::at_most(Duration::from_secs(2)));
     let started = tokio::time::Instant::now();
     let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("no endpoint");
     let waited = started.elapsed();
@@ -98,7 +99,7 @@ async fn a_request_waits_for_the_first_endpoint() {
     serve(conn.add(addr(1)), addr(1));
     let (tx, rx) = discover::channel();
     let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("late"));
-    let mut svc = Balance::new(pool).endpoint_wait_timeout(Duration::from_secs(5));
+    let mut svc = Balance::new(pool).wait(Wait::at_most(Duration::from_secs(5)));
     let call = tokio::spawn(async move { svc.ready().await.expect("ready").call("hi".to_string()).await });
     tokio::time::sleep(Duration::from_secs(1)).await;
     tx.send(Update::Reset(vec![Endpoint::new(addr(1))]));
@@ -169,7 +170,7 @@ async fn when_every_endpoint_fails_to_connect_calls_fail_at_once_with_the_reason
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(vec![Endpoint::new(addr(8)), Endpoint::new(addr(9))]));
     let pool = Pool::spawn(Box::pin(rx), MockConnector::default(), RoundRobin::new(), PoolConfig::new("refusing"));
-    let mut svc = Balance::new(pool.clone()).endpoint_wait_timeout(Duration::from_secs(3));
+    let mut svc = Balance::new(pool.clone()).wait(Wait::at_most(Duration::from_secs(3)));
     let started = tokio::time::Instant::now();
     let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("nothing connects");
     assert!(started.elapsed() < Duration::from_secs(3), "failed without waiting out the 3 s: {:?}", started.elapsed());
@@ -179,9 +180,9 @@ async fn when_every_endpoint_fails_to_connect_calls_fail_at_once_with_the_reason
     assert!(err.to_string().contains("failed to connect") && err.to_string().contains("no such backend"), "{err}");
 
     // Wait-for-ready calls wait out the whole timeout instead, and still say why.
-    let mut patient = Balance::new(pool).wait(lb_core::balance::Wait {
-        timeout: Duration::from_secs(3),
+    let mut patient = Balance::new(pool).wait(Wait {
         wait_for_ready: true,
+        ..Wait::at_most(Duration::from_secs(3))
     });
     let started = tokio::time::Instant::now();
     let err = patient.ready().await.expect("ready").call("hi".to_string()).await.expect_err("nothing connects");
@@ -194,16 +195,12 @@ async fn an_empty_set_is_waited_on_and_named() {
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(vec![]));
     let pool = Pool::spawn(Box::pin(rx), MockConnector::default(), RoundRobin::new(), PoolConfig::new("none"));
-    let mut svc = Balance::new(pool).endpoint_wait_timeout(Duration::from_secs(2));
+    let mut svc = Balance::new(pool).wait(Wait::at_most(Duration::from_secs(2)));
     let started = tokio::time::Instant::now();
     let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("no endpoint");
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(err.to_string().contains("discovery lists no endpoint"), "{err}");
 }
-
-/// An endpoint service that hands every request back unsent, as a closed HTTP/2 connection does.
-#[derive(Clone)]
-struct Refusing;
 
 #[derive(Debug)]
 struct HandedBack(Option<Req>);
@@ -218,27 +215,15 @@ impl lb_core::balance::EndpointError<Req> for HandedBack {
     }
 }
 
-impl Service<Req> for Refusing {
-    type Response = Rsp;
-    type Error = HandedBack;
-    type Future = std::future::Ready<Result<Rsp, HandedBack>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), HandedBack>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        std::future::ready(Err(HandedBack(Some(req))))
-    }
-}
-
+/// An endpoint service that answers with its address, or hands every request back unsent as a
+/// closed HTTP/2 connection does.
 #[derive(Clone)]
-enum Either {
-    Refusing(Refusing),
+enum Backend {
+    Refusing,
     Serving(SocketAddr),
 }
 
-impl Service<Req> for Either {
+impl Service<Req> for Backend {
     type Response = Rsp;
     type Error = HandedBack;
     type Future = std::future::Ready<Result<Rsp, HandedBack>>;
@@ -248,17 +233,17 @@ impl Service<Req> for Either {
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self {
-            Either::Refusing(r) => r.call(req),
-            Either::Serving(a) => std::future::ready(Ok(*a)),
-        }
+        std::future::ready(match self {
+            Backend::Refusing => Err(HandedBack(Some(req))),
+            Backend::Serving(a) => Ok(*a),
+        })
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_request_handed_back_unsent_goes_elsewhere_and_blames_no_one() {
     let connector = lb_core::pool::connect_fn(|ep: &Endpoint| {
-        let svc = if ep.addr() == addr(1) { Either::Refusing(Refusing) } else { Either::Serving(ep.addr()) };
+        let svc = if ep.addr() == addr(1) { Backend::Refusing } else { Backend::Serving(ep.addr()) };
         std::future::ready(Ok::<_, std::io::Error>(Connected::without_close_signal(svc)))
     });
     let (tx, rx) = discover::channel();
@@ -279,11 +264,11 @@ async fn a_request_handed_back_unsent_goes_elsewhere_and_blames_no_one() {
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(vec![Endpoint::new(addr(1))]));
     let connector = lb_core::pool::connect_fn(|_: &Endpoint| {
-        std::future::ready(Ok::<_, std::io::Error>(Connected::without_close_signal(Refusing)))
+        std::future::ready(Ok::<_, std::io::Error>(Connected::without_close_signal(Backend::Refusing)))
     });
     let pool = Pool::spawn(Box::pin(rx), connector, RoundRobin::new(), PoolConfig::new("alone"));
     assert!(pool.ready_timeout(Duration::from_secs(1)).await);
-    let mut svc = Balance::new(pool).endpoint_wait_timeout(Duration::from_millis(100));
+    let mut svc = Balance::new(pool).wait(Wait::at_most(Duration::from_millis(100)));
     let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("nowhere to go");
     assert!(err.downcast_ref::<Unavailable>().is_some(), "{err}");
 }
@@ -294,7 +279,7 @@ async fn pick_or_wait_wakes_on_the_first_endpoint() {
     let _h = conn.add(addr(1));
     let (tx, rx) = discover::channel();
     let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("later"));
-    let wait = lb_core::balance::Wait { timeout: Duration::from_secs(10), wait_for_ready: false };
+    let wait = Wait::at_most(Duration::from_secs(10));
     let pick = tokio::spawn(pool.pick_or_wait(Default::default(), wait));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let sent = tokio::time::Instant::now();

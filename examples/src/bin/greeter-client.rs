@@ -15,7 +15,6 @@
 //! one call succeeded (a run with some errors is still a measurement), 1 when none did, 2 on bad
 //! arguments.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -93,24 +92,7 @@ fn parse_policy(s: &str) -> Result<PolicyName, String> {
 async fn main() -> ExitCode {
     lb_examples::init_logging("info");
     let args = Args::parse();
-    match run(args).await {
-        Ok(report) => {
-            let line = serde_json::to_string(&report).expect("a report always serializes");
-            let mut out = std::io::stdout().lock();
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                return ExitCode::from(1);
-            }
-            if report.ok == 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(error) => {
-            eprintln!("greeter-client: {error:#}");
-            ExitCode::from(2)
-        }
-    }
+    load::finish("greeter-client", run(args).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<load::Report> {

@@ -15,7 +15,6 @@
 //! `{"requests":N,"ok":N,"errors":N,"per_backend":{"ip:port":count,...},"p50_ms":x,"p99_ms":y}`.
 //! It exits 0 when at least one call succeeded, 1 when none did, 2 on bad arguments.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -59,24 +58,7 @@ struct Args {
 async fn main() -> ExitCode {
     lb_examples::init_logging("info");
     let args = Args::parse();
-    match run(args).await {
-        Ok(report) => {
-            let line = serde_json::to_string(&report).expect("a report always serializes");
-            let mut out = std::io::stdout().lock();
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                return ExitCode::from(1);
-            }
-            if report.ok == 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(error) => {
-            eprintln!("tower-stack: {error:#}");
-            ExitCode::from(2)
-        }
-    }
+    load::finish("tower-stack", run(args).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<load::Report> {

@@ -1,6 +1,5 @@
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::Duration;
 
 use tower_layer::Layer;
 
@@ -40,18 +39,6 @@ impl<Req, T> BalanceLayer<Req, T> {
     pub fn wait(mut self, wait: Wait) -> Self {
         self.wait = wait;
         self
-    }
-
-    /// The longest a request waits for an endpoint.
-    pub fn endpoint_wait_timeout(mut self, timeout: Duration) -> Self {
-        self.wait.timeout = timeout;
-        self
-    }
-
-    /// Renamed [`BalanceLayer::endpoint_wait_timeout`].
-    #[deprecated(note = "renamed `endpoint_wait_timeout`: it is the longest wait for an endpoint")]
-    pub fn failfast(self, timeout: Duration) -> Self {
-        self.endpoint_wait_timeout(timeout)
     }
 
     /// How many times a request handed back unsent is sent to another endpoint.

@@ -30,7 +30,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), lb_core::BoxError> {
 //! use std::time::Duration;
-//! use lb_core::balance::BalanceLayer;
+//! use lb_core::balance::{BalanceLayer, Wait};
 //! use lb_core::pool::{connect_fn, Connected, PoolLayer};
 //! use lb_core::{discover, Endpoint, Options};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
@@ -48,7 +48,7 @@
 //! let backends = vec![Endpoint::new("127.0.0.1:8080".parse()?), Endpoint::new("127.0.0.1:8081".parse()?)];
 //! let mut client = ServiceBuilder::new()
 //!     .concurrency_limit(64) // around the balancer: at most 64 requests in flight
-//!     .layer(BalanceLayer::new().endpoint_wait_timeout(Duration::from_secs(1)))
+//!     .layer(BalanceLayer::new().wait(Wait::at_most(Duration::from_secs(1))))
 //!     .layer(PoolLayer::new("backends", move || discover::fixed(backends.clone()), Options::new())?)
 //!     .service(connector);
 //! let answer = client.ready().await?.call("hello".to_string()).await?;

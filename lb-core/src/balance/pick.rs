@@ -42,6 +42,14 @@ pub struct Wait {
 impl Wait {
     /// The default wait for an endpoint.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+
+    /// Waits at most `timeout`, and not at all while every endpoint is failing to connect.
+    pub const fn at_most(timeout: Duration) -> Self {
+        Wait {
+            timeout,
+            wait_for_ready: false,
+        }
+    }
 }
 
 impl Default for Wait {

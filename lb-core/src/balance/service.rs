@@ -46,23 +46,18 @@ impl<C, Req> Balance<C, Req> {
 }
 
 impl<C, Req, T> Balance<C, Req, T> {
-    /// How a request waits for an endpoint (see [`Wait`]).
+    /// How a request waits for an endpoint (see [`Wait`]): at most `timeout`, then it fails with
+    /// [`Unavailable`](super::error::Unavailable).
     pub fn wait(mut self, wait: Wait) -> Self {
         self.wait = wait;
         self
     }
 
-    /// The longest a request waits for an endpoint before failing with
-    /// [`Unavailable`](super::error::Unavailable).
-    pub fn endpoint_wait_timeout(mut self, timeout: Duration) -> Self {
-        self.wait.timeout = timeout;
-        self
-    }
-
-    /// Renamed [`Balance::endpoint_wait_timeout`].
-    #[deprecated(note = "renamed `endpoint_wait_timeout`: it is the longest wait for an endpoint")]
+    /// The longest wait for an endpoint: `wait(Wait { timeout, .. })`.
+    #[deprecated(note = "use `wait(Wait { timeout, .. })`: the timeout is the longest wait for an endpoint")]
     pub fn failfast(self, timeout: Duration) -> Self {
-        self.endpoint_wait_timeout(timeout)
+        let wait = Wait { timeout, ..self.wait };
+        self.wait(wait)
     }
 
     /// How many times a request its endpoint handed back unsent (or whose endpoint failed to become
