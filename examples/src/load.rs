@@ -172,6 +172,29 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// How a load-generating binary ends: its report as one JSON line on stdout, exit 0 when at least
+/// one call succeeded and 1 when none did (or stdout is gone); a usage error is printed as
+/// `<program>: <error>` on stderr with exit 2.
+pub fn finish(program: &str, result: anyhow::Result<Report>) -> std::process::ExitCode {
+    use std::io::Write as _;
+    use std::process::ExitCode;
+    match result {
+        Ok(report) => {
+            let line = serde_json::to_string(&report).expect("a report always serializes");
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() || report.ok == 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error) => {
+            eprintln!("{program}: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,27 +219,3 @@ mod tests {
         );
     }
 }
-
-/// How a load-generating binary ends: its report as one JSON line on stdout, exit 0 when at least
-/// one call succeeded and 1 when none did (or stdout is gone); a usage error is printed as
-/// `<program>: <error>` on stderr with exit 2.
-pub fn finish(program: &str, result: anyhow::Result<Report>) -> std::process::ExitCode {
-    use std::io::Write as _;
-    use std::process::ExitCode;
-    match result {
-        Ok(report) => {
-            let line = serde_json::to_string(&report).expect("a report always serializes");
-            let mut out = std::io::stdout().lock();
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() || report.ok == 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(error) => {
-            eprintln!("{program}: {error:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-

@@ -124,7 +124,8 @@ where
 
     /// Hands `req` to the least-loaded connection now; the future waits for the response. The
     /// slot counts the stream against that connection until dropped.
-    #[allow(clippy::type_complexity)]
+    // The error carries the unsent request back, as hyper's own `try_send_request` does.
+    #[allow(clippy::type_complexity, clippy::result_large_err)]
     pub(crate) fn start(
         self: &Arc<Self>,
         req: Request<B>,
