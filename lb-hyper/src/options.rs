@@ -44,7 +44,11 @@ pub enum IdleTimeout {
     After(Duration),
 }
 
-/// The options of an HTTP face; see the [module docs](self). The builders' setters fill it.
+/// The one options type behind `LbClient` and `lb_tonic::LbChannel`: the balancing options
+/// ([`lb_core::Options`], which the C ABI's `options_json` maps onto too) and the HTTP ones. The
+/// builders' setters only record; [`Options::validate`], which every `build()` calls, refuses what
+/// cannot mean what it says, so no builder chain carries a `Result` in its middle and no setter
+/// silently does nothing.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Options {
@@ -79,7 +83,8 @@ pub(crate) struct Parsed {
 }
 
 impl Options {
-    /// Checks every option; see the [module docs](self).
+    /// Checks every option: a TLS server name without TLS, an authority or header name that does
+    /// not parse, and what [`lb_core::Options::validate`] refuses are errors.
     pub fn validate(&self) -> Result<(), Error> {
         self.parse().map(|_| ())
     }

@@ -1,7 +1,7 @@
 //! Re-sending requests that reached a backend, under a policy the user configures.
 //!
 //! Requests that never reached a backend are re-sent elsewhere without any policy (see
-//! [`lb_hyper::balancer`]). A request that did reach one is re-sent only when a [`RetryPolicy`] is set,
+//! [`lb_core::balance`]). A request that did reach one is re-sent only when a [`RetryPolicy`] is set,
 //! and only while that is safe, following gRPC's retry design (gRFC A6):
 //!
 //! - the request body must be complete and buffered: its frames are read as far as they are

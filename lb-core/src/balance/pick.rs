@@ -175,7 +175,7 @@ impl Waiter {
 }
 
 /// Picks an endpoint of a pool, waiting for one as the [`Balance`](super::Balance) service does;
-/// see the [module docs](self). Returned by [`Pool::pick_or_wait`].
+/// see [`Pool::pick_or_wait`], which returns it.
 #[must_use = "futures do nothing unless polled"]
 pub struct PickFuture<C> {
     pool: Pool<C>,
