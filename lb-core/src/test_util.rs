@@ -10,10 +10,15 @@
 //!   them again at run time;
 //! - reads how many connection attempts each address has had (refused ones included), which is how
 //!   a test sees that an endpoint kept its connection across a discovery reset;
-//! - fires an address's close signal, the connection "dying" under the pool.
+//! - fires an address's close signal, the connection "dying" under the pool, when the connector was
+//!   made [`with_close_signals`](TestConnector::with_close_signals).
 //!
 //! [`TestConnector::over_tcp`] adds a real TCP connect before each connection is yielded, for tests
 //! whose endpoints are live listeners and whose point is that an unreachable one does not connect.
+//!
+//! Close signals are opt-in because each is an allocation the pool holds for the connection's life;
+//! without them, a bench that measures the pool's memory measures the pool and one attempt counter
+//! per address.
 //!
 //! ```
 //! use std::time::Duration;
@@ -40,11 +45,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
+use std::future::{ready, Future, Ready};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use futures_util::future::Either;
 use tokio::sync::Notify;
 
 use crate::endpoint::Endpoint;
@@ -55,6 +61,7 @@ use crate::BoxError;
 pub struct TestConnector<C = SocketAddr> {
     make: Arc<dyn Fn(&Endpoint) -> C + Send + Sync>,
     over_tcp: bool,
+    close_signals: bool,
     script: Arc<Mutex<Script>>,
 }
 
@@ -93,6 +100,7 @@ impl<C> TestConnector<C> {
         TestConnector {
             make: Arc::new(make),
             over_tcp: false,
+            close_signals: false,
             script: Arc::default(),
         }
     }
@@ -102,6 +110,13 @@ impl<C> TestConnector<C> {
     /// what [`with_connection`](Self::with_connection) makes.
     pub fn over_tcp(mut self) -> Self {
         self.over_tcp = true;
+        self
+    }
+
+    /// Gives every connection a close signal that [`close`](Self::close) fires (off by default; see
+    /// the [module docs](self)).
+    pub fn with_close_signals(mut self) -> Self {
+        self.close_signals = true;
         self
     }
 
@@ -126,7 +141,8 @@ impl<C> TestConnector<C> {
     }
 
     /// Fires the close signal of the latest connection yielded to `addr`, as if the peer had hung up.
-    /// Returns false when there was none to close (never connected, or already closed).
+    /// Returns false when there was none to close: never connected, already closed, or the connector
+    /// is not [`with_close_signals`](Self::with_close_signals).
     pub fn close(&self, addr: SocketAddr) -> bool {
         match self.script().open.remove(&addr) {
             Some(closed) => {
@@ -143,8 +159,8 @@ impl<C> TestConnector<C> {
     }
 }
 
-/// The script stays consistent whatever panicked while holding it (every update is one
-/// statement), so a poisoned lock is used as is rather than failing every later test step.
+/// No update of the script can stop half way, so a lock poisoned by a panic elsewhere still guards
+/// a consistent script: it is used as is rather than failing every later step of the test.
 fn lock(script: &Mutex<Script>) -> MutexGuard<'_, Script> {
     script.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -169,6 +185,7 @@ impl<C> Clone for TestConnector<C> {
         TestConnector {
             make: Arc::clone(&self.make),
             over_tcp: self.over_tcp,
+            close_signals: self.close_signals,
             script: Arc::clone(&self.script),
         }
     }
@@ -178,6 +195,7 @@ impl<C> fmt::Debug for TestConnector<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestConnector")
             .field("over_tcp", &self.over_tcp)
+            .field("close_signals", &self.close_signals)
             .field("script", &*self.script())
             .finish_non_exhaustive()
     }
@@ -186,28 +204,39 @@ impl<C> fmt::Debug for TestConnector<C> {
 impl<C: Clone + Send + Sync + 'static> Connect for TestConnector<C> {
     type Connection = C;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Connected<C>, BoxError>> + Send>>;
+    /// Ready at once unless [`over_tcp`](Self::over_tcp): nothing is boxed, so a connection
+    /// attempt costs what a real connector's would at the least (benches measure the pool's memory
+    /// with thousands of them under way at once).
+    type Future = Either<Ready<Result<Connected<C>, BoxError>>, OverTcp<C>>;
 
     fn connect(&self, endpoint: &Endpoint) -> Self::Future {
         let addr = endpoint.addr();
-        let refused = self.script().attempt(addr);
-        // Made here, since the endpoint is only borrowed for this call.
-        let connection = (!refused).then(|| (self.make)(endpoint));
-        let over_tcp = self.over_tcp;
-        let script = Arc::clone(&self.script);
-        Box::pin(async move {
-            let Some(connection) = connection else {
-                return Err(Refused { addr }.into());
-            };
-            if over_tcp {
-                // Dropped at once: only the handshake matters, the value is the connection.
-                tokio::net::TcpStream::connect(addr).await?;
-            }
-            let closed = Arc::new(Notify::new());
-            lock(&script).open.insert(addr, Arc::clone(&closed));
-            Ok(Connected::new(connection, async move { closed.notified().await }))
-        })
+        if self.script().attempt(addr) {
+            return Either::Left(ready(Err(Refused { addr }.into())));
+        }
+        let connection = (self.make)(endpoint);
+        let signals = self.close_signals.then(|| Arc::clone(&self.script));
+        if !self.over_tcp {
+            return Either::Left(ready(Ok(connected(connection, addr, signals.as_deref()))));
+        }
+        Either::Right(Box::pin(async move {
+            // Dropped at once: only the handshake matters, the value is the connection.
+            tokio::net::TcpStream::connect(addr).await?;
+            Ok(connected(connection, addr, signals.as_deref()))
+        }))
     }
+}
+
+type OverTcp<C> = Pin<Box<dyn Future<Output = Result<Connected<C>, BoxError>> + Send>>;
+
+/// `connection` with a close signal registered in `signals`' script, or with none.
+fn connected<C>(connection: C, addr: SocketAddr, signals: Option<&Mutex<Script>>) -> Connected<C> {
+    let Some(script) = signals else {
+        return Connected::without_close_signal(connection);
+    };
+    let closed = Arc::new(Notify::new());
+    lock(script).open.insert(addr, Arc::clone(&closed));
+    Connected::new(connection, async move { closed.notified().await })
 }
 
 /// A connection attempt that a [`TestConnector`] was told to refuse.
@@ -231,3 +260,57 @@ impl fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    async fn connect<C: Clone + Send + Sync + 'static>(c: &TestConnector<C>, addr: SocketAddr) -> Result<Connected<C>, BoxError> {
+        c.connect(&Endpoint::new(addr)).await
+    }
+
+    #[tokio::test]
+    async fn refusals_are_counted_and_lifted() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let c = TestConnector::new();
+        c.refuse_next(addr, 2);
+        for _ in 0..2 {
+            let err = connect(&c, addr).await.expect_err("refused");
+            assert_eq!(err.downcast_ref::<Refused>().map(Refused::addr), Some(addr));
+        }
+        assert_eq!(connect(&c, addr).await.expect("accepted after two").into_parts().0, addr);
+        c.refuse(addr);
+        assert!(connect(&c, addr).await.is_err());
+        c.clone().accept(addr);
+        assert!(connect(&c, addr).await.is_ok(), "a clone's accept lifts the refusal");
+        assert_eq!(c.attempts(addr), 5);
+    }
+
+    #[tokio::test]
+    async fn close_fires_the_latest_connections_signal() {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let silent = TestConnector::new();
+        let _ = connect(&silent, addr).await.expect("connected");
+        assert!(!silent.close(addr), "no signal without with_close_signals");
+
+        let c = TestConnector::new().with_close_signals();
+        let (_, closed) = connect(&c, addr).await.expect("connected").into_parts();
+        assert!(c.close(addr));
+        assert!(closed.now_or_never().is_some(), "fired, though not yet polled when closed");
+        assert!(!c.close(addr), "each connection closes once");
+    }
+
+    #[tokio::test]
+    async fn over_tcp_connects_only_where_something_listens() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let addr = listener.local_addr().expect("bound address");
+        let c = TestConnector::with_connection(|_| "value").over_tcp();
+        assert_eq!(connect(&c, addr).await.expect("listening").into_parts().0, "value");
+        drop(listener);
+        let err = connect(&c, addr).await.expect_err("nothing listens any more");
+        assert!(err.downcast_ref::<std::io::Error>().is_some(), "{err}");
+        assert_eq!(c.attempts(addr), 2);
+    }
+}

@@ -15,10 +15,12 @@ use tower_test::mock::{self, Handle, Mock};
 
 type Req = String;
 type Rsp = SocketAddr;
+/// The test's side of one endpoint's mock service.
+type Answers = Handle<Req, Rsp>;
 
 /// A connector handing each address of `ports` its own mock service, and the handles that answer
 /// them, in the order of `ports`. Other addresses are for the test to refuse.
-fn mocks<const N: usize>(ports: [u16; N]) -> (TestConnector<Mock<Req, Rsp>>, [Handle<Req, Rsp>; N]) {
+fn mocks<const N: usize>(ports: [u16; N]) -> (TestConnector<Mock<Req, Rsp>>, [Answers; N]) {
     let mut services = HashMap::new();
     let handles = ports.map(|p| {
         let (mock, mut handle) = mock::pair();
@@ -37,7 +39,7 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 /// Answers every request a handle receives with the handle's address, until the test ends.
-fn serve(mut handle: Handle<Req, Rsp>, me: SocketAddr) {
+fn serve(mut handle: Answers, me: SocketAddr) {
     tokio::spawn(async move {
         while let Some((_, tx)) = handle.next_request().await {
             tx.send_response(me);

@@ -108,7 +108,7 @@ async fn refused_endpoint_is_retried_with_backoff_until_it_accepts() {
 #[tokio::test(start_paused = true)]
 async fn closed_connection_is_reopened() {
     let (tx, rx) = discover::channel();
-    let conn = TestConnector::default();
+    let conn = TestConnector::new().with_close_signals();
     let pool = Pool::spawn(Box::pin(rx), conn.clone(), RoundRobin::new(), config());
     tx.send(Update::Reset(vec![ep(1)]));
     assert!(pool.ready_timeout(Duration::from_secs(1)).await);
