@@ -12,29 +12,15 @@
 #![allow(missing_docs)]
 
 use std::ffi::CString;
-use std::future::Future;
 use std::net::TcpListener;
-use std::pin::Pin;
 use std::ptr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lb_core::policy::{P2c, PickContext};
-use lb_core::pool::{Connect, Connected};
+use lb_core::test_util::TestConnector;
 use lb_core::{Endpoint, Outcome, Pool, PoolConfig};
 use lb_ffi::*;
-
-struct NoConnect;
-
-impl Connect for NoConnect {
-    type Connection = ();
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Connected<()>, std::io::Error>> + Send>>;
-
-    fn connect(&self, _: &Endpoint) -> Self::Future {
-        Box::pin(async { Ok(Connected::without_close_signal(())) })
-    }
-}
 
 struct CBalancer(*mut lb_balancer);
 // SAFETY: every lb_balancer_* function but free is documented thread-safe.
@@ -98,7 +84,7 @@ fn bench(c: &mut Criterion) {
         let _g = rt.enter();
         Pool::spawn(
             lb_core::discover::fixed(endpoints),
-            NoConnect,
+            TestConnector::with_connection(|_| ()),
             P2c::peak_ewma(),
             PoolConfig::new(&target),
         )
@@ -110,7 +96,7 @@ fn bench(c: &mut Criterion) {
         drop(picked);
     };
 
-    // C ABI: the same policy and endpoints, no probing (as NoConnect).
+    // C ABI: the same policy and endpoints, no probing (the Rust side connects nowhere either).
     let t = CString::new(target.clone()).expect("no NUL");
     let o = CString::new(r#"{"policy":"p2c-ewma","probe":false}"#).expect("no NUL");
     let mut b = ptr::null_mut();

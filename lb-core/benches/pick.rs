@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use lb_core::discover::{self, Update};
-use lb_core::pool::{Connect, Connected, PoolConfig};
+use lb_core::pool::PoolConfig;
 use lb_core::policy::{hash_key, Candidate, Maglev, P2c, PickContext, RingHash, RoundRobin, Topology, WeightedRoundRobin};
+use lb_core::test_util::TestConnector;
 use lb_core::{Endpoint, Locality, Outcome, Policy, Pool};
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
@@ -33,19 +34,6 @@ use tower::load::{CompleteOnResponse, PeakEwma};
 use tower::Service;
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
-
-#[derive(Clone)]
-struct Nothing;
-
-impl Connect for Nothing {
-    type Connection = ();
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Connected<()>, Infallible>>;
-
-    fn connect(&self, _: &Endpoint) -> Self::Future {
-        std::future::ready(Ok(Connected::without_close_signal(())))
-    }
-}
 
 fn endpoints(n: usize) -> Vec<Endpoint> {
     (0..n)
@@ -61,7 +49,8 @@ fn lb_pool(rt: &tokio::runtime::Runtime, n: usize, policy: Box<dyn Policy>) -> P
     rt.block_on(async {
         let (tx, rx) = discover::channel();
         tx.send(Update::Reset(endpoints(n)));
-        let pool = Pool::spawn(Box::pin(rx), Nothing, policy, PoolConfig::new("bench"));
+        // `()` connections: the measured pick clones no connection handle.
+        let pool = Pool::spawn(Box::pin(rx), TestConnector::with_connection(|_| ()), policy, PoolConfig::new("bench"));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while pool.snapshot().healthy() < n && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -46,6 +46,8 @@ pub mod metrics;
 pub mod options;
 pub mod policy;
 pub mod pool;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
 /// The boxed error type used inside the engine (tower's convention).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

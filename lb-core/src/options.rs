@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn spawning_outside_a_runtime_is_an_error() {
         let err = Options::new()
-            .spawn_pool("t", crate::discover::fixed(vec![]), crate::pool::connect_fn(|_: &crate::Endpoint| async { Ok::<_, std::io::Error>(crate::pool::Connected::without_close_signal(())) }), None)
+            .spawn_pool("t", crate::discover::fixed(vec![]), crate::test_util::TestConnector::with_connection(|_| ()), None)
             .expect_err("no runtime here");
         assert!(err.to_string().contains("inside a Tokio runtime"), "{err}");
     }

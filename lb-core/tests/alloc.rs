@@ -6,26 +6,14 @@
 use std::time::Duration;
 
 use lb_core::discover::{self, Update};
-use lb_core::pool::{Connect, Connected, PoolConfig};
+use lb_core::pool::PoolConfig;
 use lb_core::policy::{hash_key, Maglev, P2c, PickContext, RingHash, RoundRobin, SlowStart, Topology, WeightedRoundRobin};
+use lb_core::test_util::TestConnector;
 use lb_core::{Endpoint, Locality, Outcome, Policy, Pool};
 
 /// Allocations made by `f` on this thread (allocation-counter installs the counting allocator).
 fn allocations_during(f: impl FnOnce()) -> u64 {
     allocation_counter::measure(f).count_total
-}
-
-#[derive(Clone)]
-struct Nothing;
-
-impl Connect for Nothing {
-    type Connection = ();
-    type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Connected<()>, std::io::Error>>;
-
-    fn connect(&self, _: &Endpoint) -> Self::Future {
-        std::future::ready(Ok(Connected::without_close_signal(())))
-    }
 }
 
 async fn pool_with(policy: impl Policy) -> Pool<()> {
@@ -39,7 +27,7 @@ async fn pool_with(policy: impl Policy) -> Pool<()> {
         .collect();
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(eps));
-    let pool = Pool::spawn(Box::pin(rx), Nothing, policy, PoolConfig::new("alloc"));
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::with_connection(|_| ()), policy, PoolConfig::new("alloc"));
     assert!(pool.ready_timeout(Duration::from_secs(5)).await);
     // Let every endpoint connect.
     for _ in 0..50 {

@@ -2,48 +2,37 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lb_core::balance::error::Unavailable;
 use lb_core::balance::Wait;
 use lb_core::discover::{self, Update};
-use lb_core::pool::{Connect, Connected, PoolConfig};
+use lb_core::pool::PoolConfig;
 use lb_core::policy::{hash_key, RingHash, RoundRobin};
+use lb_core::test_util::TestConnector;
 use lb_core::{Balance, Endpoint, Pool};
 use tower::{Service, ServiceExt};
 use tower_test::mock::{self, Handle, Mock};
 
 type Req = String;
 type Rsp = SocketAddr;
+/// The test's side of one endpoint's mock service.
+type Answers = Handle<Req, Rsp>;
 
-/// Hands out one mock service per endpoint; the test keeps the handles to answer requests.
-#[derive(Clone, Default)]
-struct MockConnector {
-    mocks: Arc<Mutex<HashMap<SocketAddr, Mock<Req, Rsp>>>>,
-}
-
-impl MockConnector {
-    fn add(&self, addr: SocketAddr) -> Handle<Req, Rsp> {
+/// A connector handing each address of `ports` its own mock service, and the handles that answer
+/// them, in the order of `ports`. Other addresses are for the test to refuse.
+fn mocks<const N: usize>(ports: [u16; N]) -> (TestConnector<Mock<Req, Rsp>>, [Answers; N]) {
+    let mut services = HashMap::new();
+    let handles = ports.map(|p| {
         let (mock, mut handle) = mock::pair();
         handle.allow(u64::MAX);
-        self.mocks.lock().expect("lock").insert(addr, mock);
+        services.insert(addr(p), mock);
         handle
-    }
-}
-
-impl Connect for MockConnector {
-    type Connection = Mock<Req, Rsp>;
-    type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Connected<Mock<Req, Rsp>>, std::io::Error>>;
-
-    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
-        let mock = self.mocks.lock().expect("lock").get(&endpoint.addr()).cloned();
-        std::future::ready(match mock {
-            Some(m) => Ok(Connected::without_close_signal(m)),
-            None => Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no such backend")),
-        })
-    }
+    });
+    let connector = TestConnector::with_connection(move |ep: &Endpoint| {
+        services.get(&ep.addr()).cloned().expect("a mock for every endpoint the test does not refuse")
+    });
+    (connector, handles)
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -51,7 +40,7 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 /// Answers every request a handle receives with the handle's address, until the test ends.
-fn serve(mut handle: Handle<Req, Rsp>, me: SocketAddr) {
+fn serve(mut handle: Answers, me: SocketAddr) {
     tokio::spawn(async move {
         while let Some((_, tx)) = handle.next_request().await {
             tx.send_response(me);
@@ -61,9 +50,9 @@ fn serve(mut handle: Handle<Req, Rsp>, me: SocketAddr) {
 
 #[tokio::test(start_paused = true)]
 async fn picks_per_request_over_one_service() {
-    let conn = MockConnector::default();
-    for p in 1..=3 {
-        serve(conn.add(addr(p)), addr(p));
+    let (conn, handles) = mocks([1, 2, 3]);
+    for (p, handle) in (1..=3).zip(handles) {
+        serve(handle, addr(p));
     }
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset((1..=3).map(|p| Endpoint::new(addr(p))).collect()));
@@ -81,7 +70,7 @@ async fn picks_per_request_over_one_service() {
 #[tokio::test(start_paused = true)]
 async fn no_endpoint_fails_after_failfast_not_before() {
     let (_tx, rx) = discover::channel();
-    let pool = Pool::spawn(Box::pin(rx), MockConnector::default(), RoundRobin::new(), PoolConfig::new("empty-target"));
+    let pool = Pool::spawn(Box::pin(rx), mocks([]).0, RoundRobin::new(), PoolConfig::new("empty-target"));
     let mut svc = Balance::new(pool).wait(Wait::at_most(Duration::from_secs(2)));
     let started = tokio::time::Instant::now();
     let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("no endpoint");
@@ -95,8 +84,8 @@ async fn no_endpoint_fails_after_failfast_not_before() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_waits_for_the_first_endpoint() {
-    let conn = MockConnector::default();
-    serve(conn.add(addr(1)), addr(1));
+    let (conn, [handle]) = mocks([1]);
+    serve(handle, addr(1));
     let (tx, rx) = discover::channel();
     let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("late"));
     let mut svc = Balance::new(pool).wait(Wait::at_most(Duration::from_secs(5)));
@@ -109,9 +98,8 @@ async fn a_request_waits_for_the_first_endpoint() {
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_fails_before_sending_is_rerouted() {
-    let conn = MockConnector::default();
-    let mut broken = conn.add(addr(1));
-    serve(conn.add(addr(2)), addr(2));
+    let (conn, [mut broken, handle]) = mocks([1, 2]);
+    serve(handle, addr(2));
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(vec![Endpoint::new(addr(1)), Endpoint::new(addr(2))]));
     let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("reroute"));
@@ -126,8 +114,7 @@ async fn a_connection_that_fails_before_sending_is_rerouted() {
 
 #[tokio::test(start_paused = true)]
 async fn load_is_counted_while_the_call_is_outstanding() {
-    let conn = MockConnector::default();
-    let mut handle = conn.add(addr(1));
+    let (conn, [mut handle]) = mocks([1]);
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(vec![Endpoint::new(addr(1))]));
     let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("load"));
@@ -147,9 +134,9 @@ async fn load_is_counted_while_the_call_is_outstanding() {
 
 #[tokio::test(start_paused = true)]
 async fn hashing_routes_a_key_to_one_endpoint() {
-    let conn = MockConnector::default();
-    for p in 1..=4 {
-        serve(conn.add(addr(p)), addr(p));
+    let (conn, handles) = mocks([1, 2, 3, 4]);
+    for (p, handle) in (1..=4).zip(handles) {
+        serve(handle, addr(p));
     }
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset((1..=4).map(|p| Endpoint::new(addr(p))).collect()));
@@ -166,18 +153,21 @@ async fn hashing_routes_a_key_to_one_endpoint() {
 
 #[tokio::test(start_paused = true)]
 async fn when_every_endpoint_fails_to_connect_calls_fail_at_once_with_the_reason() {
-    // Nothing listens at either address: every connection attempt is refused.
+    // Both addresses refuse every connection attempt.
+    let (conn, []) = mocks([]);
+    conn.refuse(addr(8));
+    conn.refuse(addr(9));
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(vec![Endpoint::new(addr(8)), Endpoint::new(addr(9))]));
-    let pool = Pool::spawn(Box::pin(rx), MockConnector::default(), RoundRobin::new(), PoolConfig::new("refusing"));
+    let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("refusing"));
     let mut svc = Balance::new(pool.clone()).wait(Wait::at_most(Duration::from_secs(3)));
     let started = tokio::time::Instant::now();
     let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("nothing connects");
     assert!(started.elapsed() < Duration::from_secs(3), "failed without waiting out the 3 s: {:?}", started.elapsed());
     let unavailable = err.downcast_ref::<Unavailable>().expect("typed error");
     assert!(unavailable.is_connect_failure(), "{err}");
-    assert_eq!(unavailable.last_connect_error(), Some("no such backend"));
-    assert!(err.to_string().contains("failed to connect") && err.to_string().contains("no such backend"), "{err}");
+    assert_eq!(unavailable.last_connect_error(), Some("connection refused by the test connector"));
+    assert!(err.to_string().contains("failed to connect") && err.to_string().contains("connection refused by the test connector"), "{err}");
 
     // Wait-for-ready calls wait out the whole timeout instead, and still say why.
     let mut patient = Balance::new(pool).wait(Wait {
@@ -187,14 +177,14 @@ async fn when_every_endpoint_fails_to_connect_calls_fail_at_once_with_the_reason
     let started = tokio::time::Instant::now();
     let err = patient.ready().await.expect("ready").call("hi".to_string()).await.expect_err("nothing connects");
     assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
-    assert!(err.to_string().contains("no such backend"), "{err}");
+    assert!(err.to_string().contains("connection refused by the test connector"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_empty_set_is_waited_on_and_named() {
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(vec![]));
-    let pool = Pool::spawn(Box::pin(rx), MockConnector::default(), RoundRobin::new(), PoolConfig::new("none"));
+    let pool = Pool::spawn(Box::pin(rx), mocks([]).0, RoundRobin::new(), PoolConfig::new("none"));
     let mut svc = Balance::new(pool).wait(Wait::at_most(Duration::from_secs(2)));
     let started = tokio::time::Instant::now();
     let err = svc.ready().await.expect("ready").call("hi".to_string()).await.expect_err("no endpoint");
@@ -242,9 +232,8 @@ impl Service<Req> for Backend {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_handed_back_unsent_goes_elsewhere_and_blames_no_one() {
-    let connector = lb_core::pool::connect_fn(|ep: &Endpoint| {
-        let svc = if ep.addr() == addr(1) { Backend::Refusing } else { Backend::Serving(ep.addr()) };
-        std::future::ready(Ok::<_, std::io::Error>(Connected::without_close_signal(svc)))
+    let connector = TestConnector::with_connection(|ep: &Endpoint| {
+        if ep.addr() == addr(1) { Backend::Refusing } else { Backend::Serving(ep.addr()) }
     });
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(vec![Endpoint::new(addr(1)), Endpoint::new(addr(2))]));
@@ -263,9 +252,7 @@ async fn a_request_handed_back_unsent_goes_elsewhere_and_blames_no_one() {
     // With no other endpoint, the request waits for a new snapshot, which never comes: unavailable.
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(vec![Endpoint::new(addr(1))]));
-    let connector = lb_core::pool::connect_fn(|_: &Endpoint| {
-        std::future::ready(Ok::<_, std::io::Error>(Connected::without_close_signal(Backend::Refusing)))
-    });
+    let connector = TestConnector::with_connection(|_: &Endpoint| Backend::Refusing);
     let pool = Pool::spawn(Box::pin(rx), connector, RoundRobin::new(), PoolConfig::new("alone"));
     assert!(pool.ready_timeout(Duration::from_secs(1)).await);
     let mut svc = Balance::new(pool).wait(Wait::at_most(Duration::from_millis(100)));
@@ -275,8 +262,7 @@ async fn a_request_handed_back_unsent_goes_elsewhere_and_blames_no_one() {
 
 #[tokio::test(start_paused = true)]
 async fn pick_or_wait_wakes_on_the_first_endpoint() {
-    let conn = MockConnector::default();
-    let _h = conn.add(addr(1));
+    let (conn, [_handle]) = mocks([1]);
     let (tx, rx) = discover::channel();
     let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("later"));
     let wait = Wait::at_most(Duration::from_secs(10));

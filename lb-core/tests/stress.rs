@@ -9,24 +9,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lb_core::discover::{self, Update};
-use lb_core::pool::{Connect, Connected, EndpointPhase, PoolConfig};
+use lb_core::pool::{EndpointPhase, PoolConfig};
 use lb_core::policy::{P2c, PickContext};
+use lb_core::test_util::TestConnector;
 use lb_core::{Endpoint, EndpointState, Outcome, Pool};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-#[derive(Clone)]
-struct Addr;
-
-impl Connect for Addr {
-    type Connection = SocketAddr;
-    type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Connected<SocketAddr>, std::io::Error>>;
-
-    fn connect(&self, ep: &Endpoint) -> Self::Future {
-        std::future::ready(Ok(Connected::without_close_signal(ep.addr())))
-    }
-}
 
 async fn settle() {
     for _ in 0..50 {
@@ -39,7 +27,7 @@ async fn random_operations_keep_the_pool_consistent() {
     let seed = std::env::var("LB_STRESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
     let mut rng = StdRng::seed_from_u64(seed);
     let (tx, rx) = discover::channel();
-    let pool = Pool::spawn(Box::pin(rx), Addr, P2c::peak_ewma(), PoolConfig::new("stress"));
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::new(), P2c::peak_ewma(), PoolConfig::new("stress"));
     let mut model: BTreeMap<u16, EndpointState> = BTreeMap::new();
     let mut held = Vec::new();
 

@@ -18,36 +18,23 @@
 //! `SAMPLES` (default 200) sets the samples of the blocking-query and floor cases; the polling
 //! baseline takes a tenth of them (each costs about half a second).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use lb_core::discover::{self, BoxDiscover};
 use lb_core::policy::RoundRobin;
-use lb_core::pool::Connected;
-use lb_core::{Connect, Endpoint, Pool, PoolConfig, Update};
+use lb_core::test_util::TestConnector;
+use lb_core::{Endpoint, Pool, PoolConfig, Update};
 use lb_doubles::consul::ConsulDouble;
 use lb_registry::consul::{ConsulRegistrar, ConsulResolver};
 use lb_registry::{Registrar as _, Resolver as _};
-
-struct AddrConnector;
-
-impl Connect for AddrConnector {
-    type Connection = SocketAddr;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Connected<SocketAddr>, Infallible>>;
-
-    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
-        std::future::ready(Ok(Connected::without_close_signal(endpoint.addr())))
-    }
-}
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn pool(discover: BoxDiscover) -> Pool<SocketAddr> {
-    Pool::spawn(discover, AddrConnector, RoundRobin::new(), PoolConfig::new("bench"))
+    Pool::spawn(discover, TestConnector::new(), RoundRobin::new(), PoolConfig::new("bench"))
 }
 
 /// Waits until the picker's healthy set does (or does not) contain `port`.

@@ -15,33 +15,20 @@
 //!
 //! `SAMPLES` (default 200) sets the samples per case.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use lb_core::discover::{self, BoxDiscover};
 use lb_core::policy::RoundRobin;
-use lb_core::pool::Connected;
-use lb_core::{Connect, Endpoint, Pool, PoolConfig, Update};
+use lb_core::test_util::TestConnector;
+use lb_core::{Endpoint, Pool, PoolConfig, Update};
 use lb_doubles::kube::{endpoint, endpoint_slice, KubeDouble};
 use lb_registry::kubernetes::KubernetesResolver;
-
-struct AddrConnector;
-
-impl Connect for AddrConnector {
-    type Connection = SocketAddr;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Connected<SocketAddr>, Infallible>>;
-
-    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
-        std::future::ready(Ok(Connected::without_close_signal(endpoint.addr())))
-    }
-}
 
 fn pool(discover: BoxDiscover) -> Pool<SocketAddr> {
     let mut config = PoolConfig::new("bench");
     config.outlier = None;
-    Pool::spawn(discover, AddrConnector, RoundRobin::new(), config)
+    Pool::spawn(discover, TestConnector::new(), RoundRobin::new(), config)
 }
 
 fn ip(slice: usize, i: usize) -> String {

@@ -32,31 +32,21 @@ fn main() {
 
 #[cfg(feature = "etcd")]
 mod bench {
-    use std::future::Future;
-    use std::pin::Pin;
     use std::process::{Child, Command, Stdio};
     use std::time::Duration;
 
     use etcd_client::{Client, EventType, GetOptions, WatchOptions};
     use futures_util::StreamExt as _;
     use lb_core::policy::RoundRobin;
-    use lb_core::pool::Connected;
-    use lb_core::{Connect, Endpoint, Pool, PoolConfig};
+    use lb_core::test_util::TestConnector;
+    use lb_core::{Pool, PoolConfig};
     use lb_registry::etcd::EtcdResolver;
     use lb_registry::Resolver as _;
     use tokio::time::Instant;
 
     /// Connects instantly, so what is measured is discovery, not TCP.
-    #[derive(Clone, Copy, Debug)]
-    struct Instant0;
-
-    impl Connect for Instant0 {
-        type Connection = ();
-        type Error = std::convert::Infallible;
-        type Future = Pin<Box<dyn Future<Output = Result<Connected<()>, Self::Error>> + Send>>;
-        fn connect(&self, _: &Endpoint) -> Self::Future {
-            Box::pin(async { Ok(Connected::without_close_signal(())) })
-        }
+    fn instant() -> TestConnector<()> {
+        TestConnector::with_connection(|_| ())
     }
 
     struct Server {
@@ -162,7 +152,7 @@ mod bench {
             client.put(format!("{prefix}base{i}"), value(1000 + i), None).await.expect("put");
         }
         let resolver = EtcdResolver::builder([server.endpoint.clone()]).build_resolver().expect("options");
-        let pool = Pool::spawn(resolver.resolve("prop"), Instant0, RoundRobin::new(), PoolConfig::new("prop"));
+        let pool = Pool::spawn(resolver.resolve("prop"), instant(), RoundRobin::new(), PoolConfig::new("prop"));
         assert!(pool.ready_timeout(Duration::from_secs(10)).await, "pool ready");
 
         // The floor: a raw watch on the same prefix, timestamps taken as events arrive.
@@ -292,7 +282,7 @@ mod bench {
 
         let t0 = Instant::now();
         let resolver = EtcdResolver::builder([server.endpoint.clone()]).build_resolver().expect("options");
-        let pool = Pool::spawn(resolver.resolve("big"), Instant0, RoundRobin::new(), PoolConfig::new("big"));
+        let pool = Pool::spawn(resolver.resolve("big"), instant(), RoundRobin::new(), PoolConfig::new("big"));
         let first = wait_until(&pool, Duration::from_secs(60), |p| p.snapshot().entries().len() == instances).await;
         let listed = t0.elapsed();
         let all = wait_until(&pool, Duration::from_secs(60), |p| p.snapshot().healthy() == instances).await;

@@ -2,19 +2,19 @@
 //! Consul's HTTP API on 127.0.0.1 with its blocking-query and TTL-check semantics. It is a double:
 //! no Consul server can be installed where these tests run.
 //!
-//! Clients here are real `lb_core::Pool`s over the Consul resolver, with a connector that "connects"
-//! by handing out the address, so what is asserted is what a caller's picker would choose.
+//! Clients here are real `lb_core::Pool`s over the Consul resolver, with lb-core's `TestConnector`,
+//! whose "connection" is the endpoint's address: picks are observable without servers, and what is
+//! asserted is what a caller's picker would choose.
 #![cfg(feature = "consul")]
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use lb_core::policy::RoundRobin;
-use lb_core::pool::Connected;
-use lb_core::{Connect, Endpoint, Locality, PickContext, Pool, PoolConfig};
+use lb_core::test_util::TestConnector;
+use lb_core::{Endpoint, Locality, PickContext, Pool, PoolConfig};
 use lb_doubles::consul::{CheckStatus, ConsulDouble, DoubleConfig, Fault};
 use lb_registry::cache::Cache;
 use lb_registry::consul::{ConsulRegistrar, ConsulResolver};
@@ -24,19 +24,6 @@ const TTL: Duration = Duration::from_millis(300);
 const DEREGISTER_AFTER: Duration = Duration::from_secs(2);
 /// Generous: the machines running these tests are shared and slow.
 const PATIENCE: Duration = Duration::from_secs(15);
-
-/// A connector whose "connection" is the endpoint's address: picks are observable without servers.
-struct AddrConnector;
-
-impl Connect for AddrConnector {
-    type Connection = SocketAddr;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Connected<SocketAddr>, Infallible>>;
-
-    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
-        std::future::ready(Ok(Connected::without_close_signal(endpoint.addr())))
-    }
-}
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -64,7 +51,7 @@ fn resolver(double: &ConsulDouble) -> ConsulResolver {
 /// A client as `lb_registry::resolve` builds one: the resolver behind the default cache.
 fn client(double: &ConsulDouble, service: &str) -> Pool<SocketAddr> {
     let discover = Cache::builder().resolve(resolver(double), service).boxed();
-    Pool::spawn(discover, AddrConnector, RoundRobin::new(), PoolConfig::new(service))
+    Pool::spawn(discover, TestConnector::new(), RoundRobin::new(), PoolConfig::new(service))
 }
 
 /// The ports a picker chooses over enough picks to see every healthy endpoint (round robin).
@@ -238,7 +225,7 @@ async fn the_picker_follows_registrations() {
     let double = ConsulDouble::start().await.expect("start the consul double");
     // Through the target-URI entry points, as the CLI and the C ABI use them.
     let target = Target::parse(&format!("consul://{}/follow?wait=3s", double.authority())).expect("target");
-    let pool = Pool::spawn(lb_registry::resolve(&target).expect("resolve"), AddrConnector, RoundRobin::new(), PoolConfig::new("follow"));
+    let pool = Pool::spawn(lb_registry::resolve(&target).expect("resolve"), TestConnector::new(), RoundRobin::new(), PoolConfig::new("follow"));
     assert!(!pool.ready_timeout(Duration::from_millis(300)).await, "nothing registered yet");
     assert!(pool.is_initialized(), "an empty service is a known, empty set");
 
@@ -391,7 +378,7 @@ async fn fails_over_to_the_next_agent_and_queries_the_given_datacenter() {
             .build()
             .expect("options")
     };
-    let pool = Pool::spawn(build("dc1").resolve("dc"), AddrConnector, RoundRobin::new(), PoolConfig::new("dc"));
+    let pool = Pool::spawn(build("dc1").resolve("dc"), TestConnector::new(), RoundRobin::new(), PoolConfig::new("dc"));
     picks_exactly(&pool, &[7701]).await;
 
     // Consul answers 500 "No path to datacenter" for an unknown one: an error, never an empty set.

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_core::policy::RoundRobin;
+use lb_core::test_util::TestConnector;
 use lb_core::{Endpoint, PickContext, Pool, PoolConfig};
 use lb_registry::cache::Cache;
 use lb_registry::etcd::{EtcdRegistrar, EtcdResolver};
 use lb_registry::{Registrar as _, Registration, Target};
-use support::{echo_request, eventually, keys, Echo, Etcd, EtcdCluster, SetWatcher, TcpConnector, TempDir};
+use support::{echo_request, eventually, keys, Echo, Etcd, EtcdCluster, SetWatcher, TempDir};
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -98,7 +99,7 @@ impl Load {
 fn pool_over(etcd: &Etcd, service: &str) -> Pool<std::net::SocketAddr> {
     let target = Target::parse(&format!("etcd://{}/{service}", etcd.endpoint())).expect("valid target");
     let discover = lb_registry::resolve(&target).expect("resolves");
-    Pool::spawn(discover, TcpConnector::default(), RoundRobin::new(), PoolConfig::new(service))
+    Pool::spawn(discover, TestConnector::new().over_tcp(), RoundRobin::new(), PoolConfig::new(service))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +191,7 @@ async fn a_client_started_while_etcd_is_down_serves_from_the_snapshot() {
         .snapshot(&path)
         .resolve(resolver, "cold");
     let handle = cached.handle();
-    let pool = Pool::spawn(cached.boxed(), TcpConnector::default(), RoundRobin::new(), PoolConfig::new("cold"));
+    let pool = Pool::spawn(cached.boxed(), TestConnector::new().over_tcp(), RoundRobin::new(), PoolConfig::new("cold"));
     assert!(pool.ready_timeout(Duration::from_secs(5)).await, "served from the snapshot while etcd is down");
     eventually("both endpoints connected", Duration::from_secs(10), || async { pool.snapshot().healthy() == 2 }).await;
     for _ in 0..20 {
@@ -213,7 +214,7 @@ async fn losing_the_etcd_member_in_use_fails_over_without_losing_anything() {
     let target = Target::parse(&format!("etcd://{}/failover?ttl=3s", cluster.endpoints())).expect("valid");
     let (a, b) = (Echo::start().await, Echo::start().await);
     let _ra = lb_registry::register(&target, Endpoint::new(a.addr).with_id("a")).await.expect("register a");
-    let pool = Pool::spawn(lb_registry::resolve(&target).expect("resolves"), TcpConnector::default(), RoundRobin::new(), PoolConfig::new("failover"));
+    let pool = Pool::spawn(lb_registry::resolve(&target).expect("resolves"), TestConnector::new().over_tcp(), RoundRobin::new(), PoolConfig::new("failover"));
     assert!(pool.ready_timeout(Duration::from_secs(10)).await, "pool ready");
     let load = Load::start(pool.clone());
 

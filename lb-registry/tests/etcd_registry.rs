@@ -9,10 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lb_core::policy::RoundRobin;
+use lb_core::test_util::TestConnector;
 use lb_core::{Endpoint, Locality, Pool, PoolConfig};
 use lb_registry::etcd::{EtcdRegistrar, EtcdResolver};
 use lb_registry::{Registrar as _, Resolver as _, Target};
-use support::{eventually, keys, Echo, Etcd, Proxy, SetWatcher, TcpConnector};
+use support::{eventually, keys, Echo, Etcd, Proxy, SetWatcher};
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -195,7 +196,7 @@ async fn watch_resumes_across_a_compaction_and_keeps_unchanged_connections() {
         .backoff(Duration::from_millis(100), Duration::from_millis(500))
         .build_resolver()
         .expect("valid options");
-    let connector = TcpConnector::default();
+    let connector = TestConnector::new().over_tcp();
     let pool = Pool::spawn(resolver.resolve("comp"), connector.clone(), RoundRobin::new(), PoolConfig::new("comp"));
     assert!(pool.ready_timeout(Duration::from_secs(10)).await, "pool ready");
     eventually("both endpoints connected", Duration::from_secs(10), || async { pool.snapshot().healthy() == 2 }).await;
@@ -225,8 +226,7 @@ async fn watch_resumes_across_a_compaction_and_keeps_unchanged_connections() {
         async move { got == want }
     })
     .await;
-    let connects = connector.connects.lock().expect("lock").clone();
-    assert_eq!(connects.get(&a.addr), Some(&1), "the unchanged endpoint kept its connection: {connects:?}");
+    assert_eq!(connector.attempts(a.addr), 1, "the unchanged endpoint kept its connection: {connector:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

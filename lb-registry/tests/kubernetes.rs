@@ -21,7 +21,7 @@ async fn endpoints_appear_and_disappear_with_slice_changes() {
             .fold(endpoint_slice("greeter-abc", "greeter").port(Some("grpc"), b.port), |s, &i| s.endpoint(endpoint(b.ip(i))))
     };
     double.apply(slice(&[0, 1]).build());
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
     wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
 
@@ -66,7 +66,7 @@ async fn several_slices_of_a_service_are_merged() {
             .build(),
     );
 
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
     wait_healthy(&pool, &[b.addr(0), b.addr(1), b.addr(2)]).await;
     let n = picks(&pool, 300);
@@ -90,7 +90,7 @@ async fn terminating_endpoints_serve_only_when_no_ready_one_is_left() {
             .endpoint(gone())
             .build(),
     );
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
     wait_healthy(&pool, &[b.addr(0)]).await;
     assert_eq!(picks(&pool, 50).get(&b.addr(0)), Some(&50));
@@ -130,7 +130,7 @@ async fn relist_after_410_keeps_healthy_endpoints_and_their_connections() {
             .build()
     };
     double.apply(slice(&[0, 1, 2]));
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
     wait_healthy(&pool, &[b.addr(0), b.addr(1), b.addr(2)]).await;
     assert_eq!(double.list_requests(), 1);
@@ -148,7 +148,7 @@ async fn relist_after_410_keeps_healthy_endpoints_and_their_connections() {
     // The client side counts a connect before the backend's accept loop has run.
     wait_until("backend 3 accepting its connection", || b.accepts(3) == 1).await;
     for i in 0..4 {
-        assert_eq!(connector.connects(b.addr(i)), 1, "backend {i} was reconnected by the relist");
+        assert_eq!(connector.attempts(b.addr(i)), 1, "backend {i} was reconnected by the relist");
         assert_eq!(b.accepts(i), 1, "backend {i} accepted a second connection");
     }
 }
@@ -163,7 +163,7 @@ async fn api_outage_keeps_the_last_known_set_and_the_relist_applies_what_changed
             .build()
     };
     double.apply(slice(&[0, 1, 2]));
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
     wait_healthy(&pool, &[b.addr(0), b.addr(1), b.addr(2)]).await;
 
@@ -185,7 +185,7 @@ async fn api_outage_keeps_the_last_known_set_and_the_relist_applies_what_changed
     assert_eq!(double.list_requests(), 2, "exactly one relist");
     assert_eq!(double.expired_requests(), 1, "after one 410 for the compacted version");
     for i in [0, 2, 3] {
-        assert_eq!(connector.connects(b.addr(i)), 1, "backend {i}");
+        assert_eq!(connector.attempts(b.addr(i)), 1, "backend {i}");
     }
 }
 
@@ -194,7 +194,7 @@ async fn bookmarks_spare_a_relist_when_the_history_is_compacted() {
     let double = KubeDouble::start().await.expect("double");
     let b = Backends::start(2).await;
     double.apply(endpoint_slice("greeter-abc", "greeter").port(Some("grpc"), b.port).endpoint(endpoint(b.ip(0))).build());
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
     wait_healthy(&pool, &[b.addr(0)]).await;
 
@@ -302,7 +302,7 @@ async fn malformed_entries_and_events_are_skipped_without_losing_the_set() {
             .endpoint(endpoint("greeter-0.example.com"))
             .build(),
     );
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
     wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
 
@@ -332,7 +332,7 @@ async fn a_slice_relabelled_away_from_the_service_leaves_it() {
     let b = Backends::start(2).await;
     double.apply(endpoint_slice("greeter-a", "greeter").port(Some("grpc"), b.port).endpoint(endpoint(b.ip(0))).build());
     double.apply(endpoint_slice("greeter-b", "greeter").port(Some("grpc"), b.port).endpoint(endpoint(b.ip(1))).build());
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver(&double).build(), SERVICE, &connector, RoundRobin::new());
     wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
     wait_until("the watch after the list", || double.open_watches() == 1).await;

@@ -61,14 +61,14 @@ impl Fleet {
 }
 
 /// Which backends 400 picks went to, by index.
-fn spread(fleet: &Fleet, pool: &lb_core::Pool<std::sync::Arc<tokio::net::TcpStream>>) -> BTreeMap<usize, usize> {
+fn spread(fleet: &Fleet, pool: &lb_core::Pool<std::net::SocketAddr>) -> BTreeMap<usize, usize> {
     picks(pool, 400)
         .into_iter()
         .map(|(addr, n)| ((0..4).find(|&i| fleet.b.addr(i) == addr).expect("a fleet address"), n))
         .collect()
 }
 
-async fn wait_up(fleet: &Fleet, pool: &lb_core::Pool<std::sync::Arc<tokio::net::TcpStream>>, down: &[usize]) {
+async fn wait_up(fleet: &Fleet, pool: &lb_core::Pool<std::net::SocketAddr>, down: &[usize]) {
     let up: Vec<_> = (0..4).filter(|i| !down.contains(i)).map(|i| fleet.b.addr(i)).collect();
     wait_healthy(pool, &up).await;
 }
@@ -79,7 +79,7 @@ async fn node_then_zone_then_region_then_anywhere() {
     let resolver = fleet.resolver();
     let policy = Topology::from_topology_keys(RoundRobin::new(), resolver.caller().clone(), &[HOST, ZONE, REGION, "*"])
         .expect("valid keys");
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver, SERVICE, &connector, policy);
 
     for (down, only) in [(&[][..], 0), (&[0][..], 1), (&[0, 1][..], 2), (&[0, 1, 2][..], 3)] {
@@ -94,7 +94,7 @@ async fn hostname_alone_is_strict_node_local() {
     let fleet = Fleet::start().await;
     let resolver = fleet.resolver();
     let policy = Topology::from_topology_keys(RoundRobin::new(), resolver.caller().clone(), &[HOST]).expect("valid keys");
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver, SERVICE, &connector, policy);
     wait_up(&fleet, &pool, &[]).await;
     assert_eq!(spread(&fleet, &pool), BTreeMap::from([(0, 400)]));
@@ -111,7 +111,7 @@ async fn a_list_without_star_never_goes_past_its_last_key() {
     let resolver = fleet.resolver();
     let policy = Topology::from_topology_keys(RoundRobin::new(), resolver.caller().clone(), &[HOST, ZONE, REGION])
         .expect("valid keys");
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let pool = pool(&resolver, SERVICE, &connector, policy);
 
     fleet.publish(&[0, 1]);
@@ -146,7 +146,7 @@ async fn zone_hints_are_honoured() {
     let index = |addr| (0..4).find(|&i| b.addr(i) == addr).expect("a fleet address");
 
     let resolver = resolver(&double).node("n9").zone("z1").build();
-    let connector = CountingConnector::default();
+    let connector = tcp_connector();
     let hinted = pool(&resolver, SERVICE, &connector, zone_first(&resolver));
     wait_healthy(&hinted, &all).await;
     let n: BTreeMap<usize, usize> = picks(&hinted, 400).into_iter().map(|(a, n)| (index(a), n)).collect();

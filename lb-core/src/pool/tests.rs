@@ -1,4 +1,4 @@
-//! Pool behaviour on a paused clock, with a scripted connector.
+//! Pool behaviour on a paused clock, with the scripted `TestConnector` (connections are addresses).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -6,69 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use super::*;
 use crate::discover::{self, Update};
 use crate::endpoint::{EndpointState, Locality};
 use crate::load::Outcome;
 use crate::policy::{RoundRobin, SlowStart, Topology};
-
-/// A connection handle that records which endpoint it belongs to.
-#[derive(Clone, Debug)]
-struct Conn {
-    addr: SocketAddr,
-    _close: Arc<Notify>,
-}
-
-#[derive(Default)]
-struct Script {
-    /// Remaining refusals per address (`u32::MAX`: refuse forever).
-    refuse: HashMap<SocketAddr, u32>,
-    connects: HashMap<SocketAddr, u32>,
-    open: HashMap<SocketAddr, Arc<Notify>>,
-}
-
-#[derive(Clone, Default)]
-struct TestConnector(Arc<Mutex<Script>>);
-
-impl TestConnector {
-    fn refuse(&self, addr: SocketAddr, times: u32) {
-        self.0.lock().expect("script lock").refuse.insert(addr, times);
-    }
-
-    fn connects(&self, addr: SocketAddr) -> u32 {
-        self.0.lock().expect("script lock").connects.get(&addr).copied().unwrap_or(0)
-    }
-
-    fn close(&self, addr: SocketAddr) {
-        if let Some(n) = self.0.lock().expect("script lock").open.get(&addr) {
-            n.notify_one();
-        }
-    }
-}
-
-impl Connect for TestConnector {
-    type Connection = Conn;
-    type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Connected<Conn>, std::io::Error>>;
-
-    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
-        let addr = endpoint.addr();
-        let mut s = self.0.lock().expect("script lock");
-        *s.connects.entry(addr).or_default() += 1;
-        if let Some(left) = s.refuse.get_mut(&addr) {
-            if *left > 0 {
-                *left = left.saturating_sub(if *left == u32::MAX { 0 } else { 1 });
-                return std::future::ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused")));
-            }
-        }
-        let close = Arc::new(Notify::new());
-        s.open.insert(addr, Arc::clone(&close));
-        let conn = Conn { addr, _close: Arc::clone(&close) };
-        std::future::ready(Ok(Connected::new(conn, async move { close.notified().await })))
-    }
-}
+use crate::test_util::TestConnector;
 
 fn addr(port: u16) -> SocketAddr {
     ([127, 0, 0, 1], port).into()
@@ -89,11 +34,11 @@ async fn settle() {
     }
 }
 
-fn picks(pool: &Pool<Conn>, n: usize) -> HashMap<u16, usize> {
+fn picks(pool: &Pool<SocketAddr>, n: usize) -> HashMap<u16, usize> {
     let mut out = HashMap::new();
     for _ in 0..n {
         if let Some(p) = pool.pick(&PickContext::default()) {
-            *out.entry(p.connection.addr.port()).or_default() += 1;
+            *out.entry(p.connection.port()).or_default() += 1;
         }
     }
     out
@@ -123,14 +68,14 @@ async fn reset_keeps_unchanged_connections_and_load() {
     tx.send(Update::Reset(vec![ep(1), ep(2)]));
     assert!(pool.ready_timeout(Duration::from_secs(1)).await);
     let held = pool.pick(&PickContext::default()).expect("an endpoint");
-    let held_port = held.connection.addr.port();
+    let held_port = held.connection.port();
 
     // A relist with one endpoint reweighted, one removed and one added.
     tx.send(Update::Reset(vec![ep(1).with_weight(7), ep(2), ep(3)]));
     tx.send(Update::Remove(vec![ep(if held_port == 1 { 2 } else { 1 }).id().clone()]));
     settle().await;
-    assert_eq!(conn.connects(addr(held_port)), 1, "an unchanged endpoint was not reconnected");
-    assert_eq!(conn.connects(addr(3)), 1);
+    assert_eq!(conn.attempts(addr(held_port)), 1, "an unchanged endpoint was not reconnected");
+    assert_eq!(conn.attempts(addr(3)), 1);
     let snap = pool.snapshot();
     let entry = snap
         .entries()
@@ -145,7 +90,7 @@ async fn reset_keeps_unchanged_connections_and_load() {
 async fn refused_endpoint_is_retried_with_backoff_until_it_accepts() {
     let (tx, rx) = discover::channel();
     let conn = TestConnector::default();
-    conn.refuse(addr(2), 3);
+    conn.refuse_next(addr(2), 3);
     let pool = Pool::spawn(Box::pin(rx), conn.clone(), RoundRobin::new(), config());
     tx.send(Update::Reset(vec![ep(1), ep(2)]));
     assert!(pool.ready_timeout(Duration::from_secs(1)).await);
@@ -156,25 +101,25 @@ async fn refused_endpoint_is_retried_with_backoff_until_it_accepts() {
     // 100 ms, 200 ms, 400 ms (±20%) of backoff: within a second it is connected.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     settle().await;
-    assert_eq!(conn.connects(addr(2)), 4);
+    assert_eq!(conn.attempts(addr(2)), 4);
     assert_eq!(pool.snapshot().healthy(), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn closed_connection_is_reopened() {
     let (tx, rx) = discover::channel();
-    let conn = TestConnector::default();
+    let conn = TestConnector::new().with_close_signals();
     let pool = Pool::spawn(Box::pin(rx), conn.clone(), RoundRobin::new(), config());
     tx.send(Update::Reset(vec![ep(1)]));
     assert!(pool.ready_timeout(Duration::from_secs(1)).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    conn.close(addr(1));
+    assert!(conn.close(addr(1)), "connection 1 was open");
     settle().await;
-    assert_eq!(conn.connects(addr(1)), 2, "a long-lived connection that closes is reopened at once");
+    assert_eq!(conn.attempts(addr(1)), 2, "a long-lived connection that closes is reopened at once");
     assert_eq!(pool.snapshot().healthy(), 1);
 }
 
-fn fail(pool: &Pool<Conn>, port: u16, times: usize) {
+fn fail(pool: &Pool<SocketAddr>, port: u16, times: usize) {
     for _ in 0..times {
         let snap = pool.snapshot();
         let e = snap.entries().iter().find(|e| e.endpoint.addr().port() == port).expect("listed");
@@ -263,7 +208,7 @@ async fn terminating_endpoints_drain_and_serving_ones_are_a_fallback() {
     tx.send(Update::Reset(vec![ep(1), ep(2)]));
     assert!(pool.ready_timeout(Duration::from_secs(1)).await);
     let in_flight = pool.pick(&PickContext::default()).expect("picked");
-    let port = in_flight.connection.addr.port();
+    let port = in_flight.connection.port();
     let other = if port == 1 { 2 } else { 1 };
 
     tx.send(Update::Add(vec![ep(port).with_state(EndpointState::Terminating)]));
@@ -300,8 +245,8 @@ async fn discovery_errors_and_end_keep_the_last_set() {
 
 struct ScriptedHealth(Mutex<HashMap<SocketAddr, mpsc::UnboundedReceiver<bool>>>);
 
-impl HealthCheck<Conn> for ScriptedHealth {
-    fn watch(&self, endpoint: &Endpoint, _: &Conn) -> BoxStream<'static, bool> {
+impl HealthCheck<SocketAddr> for ScriptedHealth {
+    fn watch(&self, endpoint: &Endpoint, _: &SocketAddr) -> BoxStream<'static, bool> {
         match self.0.lock().expect("health lock").remove(&endpoint.addr()) {
             Some(rx) => Box::pin(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })),
             None => Box::pin(stream::iter([true])),

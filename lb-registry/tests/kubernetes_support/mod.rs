@@ -1,23 +1,20 @@
 //! Fixtures for the Kubernetes tests: the API server double, real TCP backends on loopback
 //! addresses that share one port (an EndpointSlice gives one port to all its endpoints), a
-//! connector that counts connects, and a pool wired to the resolver under test.
+//! connector that connects over TCP and counts attempts, and a pool wired to the resolver under test.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lb_core::policy::{PickContext, Policy};
-use lb_core::pool::Connected;
-use lb_core::{Connect, Endpoint, Pool, PoolConfig};
+use lb_core::test_util::TestConnector;
+use lb_core::{Pool, PoolConfig};
 use lb_doubles::kube::KubeDouble;
 use lb_registry::kubernetes::{KubernetesResolver, KubernetesResolverBuilder};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 pub const SERVICE: &str = "greeter.default:grpc";
 
@@ -89,38 +86,10 @@ impl Drop for Backends {
     }
 }
 
-/// Opens real TCP connections and counts them per address.
-#[derive(Clone, Default)]
-pub struct CountingConnector {
-    connects: Arc<Mutex<BTreeMap<SocketAddr, u64>>>,
-    total: Arc<AtomicU64>,
-}
-
-impl CountingConnector {
-    pub fn connects(&self, addr: SocketAddr) -> u64 {
-        self.connects.lock().expect("connects lock").get(&addr).copied().unwrap_or(0)
-    }
-
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::SeqCst)
-    }
-}
-
-impl Connect for CountingConnector {
-    type Connection = Arc<TcpStream>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Connected<Arc<TcpStream>>, std::io::Error>> + Send>>;
-
-    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
-        let addr = endpoint.addr();
-        let this = self.clone();
-        Box::pin(async move {
-            let s = TcpStream::connect(addr).await?;
-            *this.connects.lock().expect("connects lock").entry(addr).or_insert(0) += 1;
-            this.total.fetch_add(1, Ordering::SeqCst);
-            Ok(Connected::without_close_signal(Arc::new(s)))
-        })
-    }
+/// A connector that connects over TCP (a backend that is not listening does not connect), counts
+/// attempts per address, and whose connection is the address.
+pub fn tcp_connector() -> TestConnector {
+    TestConnector::new().over_tcp()
 }
 
 /// A client of the double, the way a test (or anyone with a kubeconfig) would build one.
@@ -137,13 +106,13 @@ pub fn resolver(double: &KubeDouble) -> KubernetesResolverBuilder {
         .watch_backoff(Duration::from_millis(20), Duration::from_millis(200))
 }
 
-pub fn pool(resolver: &KubernetesResolver, service: &str, connector: &CountingConnector, policy: impl Policy) -> Pool<Arc<TcpStream>> {
+pub fn pool(resolver: &KubernetesResolver, service: &str, connector: &TestConnector, policy: impl Policy) -> Pool<SocketAddr> {
     let discover = resolver.watch(service).expect("valid service");
     Pool::spawn(discover, connector.clone(), policy, PoolConfig::new(format!("kubernetes:///{service}")))
 }
 
 /// The addresses of the endpoints the pool can send to now, sorted.
-pub fn healthy(pool: &Pool<Arc<TcpStream>>) -> Vec<SocketAddr> {
+pub fn healthy(pool: &Pool<SocketAddr>) -> Vec<SocketAddr> {
     let snap = pool.snapshot();
     let mut v: Vec<SocketAddr> = snap.entries().iter().filter(|e| e.healthy).map(|e| e.endpoint.addr()).collect();
     v.sort();
@@ -151,7 +120,7 @@ pub fn healthy(pool: &Pool<Arc<TcpStream>>) -> Vec<SocketAddr> {
 }
 
 /// Waits (at most 10 s) until the pool's healthy set is exactly `want`.
-pub async fn wait_healthy(pool: &Pool<Arc<TcpStream>>, want: &[SocketAddr]) {
+pub async fn wait_healthy(pool: &Pool<SocketAddr>, want: &[SocketAddr]) {
     let mut want = want.to_vec();
     want.sort();
     let mut rx = pool.subscribe();
@@ -176,7 +145,7 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Picks `n` times and counts picks per address.
-pub fn picks(pool: &Pool<Arc<TcpStream>>, n: usize) -> BTreeMap<SocketAddr, usize> {
+pub fn picks(pool: &Pool<SocketAddr>, n: usize) -> BTreeMap<SocketAddr, usize> {
     let mut out = BTreeMap::new();
     for _ in 0..n {
         if let Some(p) = pool.pick(&PickContext::default()) {

@@ -1,5 +1,6 @@
 //! Shared fixtures for the etcd integration tests: a real `etcd` on free loopback ports, a TCP proxy
-//! that can cut connections, echo backends, a TCP connector for `lb_core::Pool`, and polling helpers.
+//! that can cut connections, echo backends and polling helpers. Pools in these tests connect through
+//! `lb_core::test_util::TestConnector::over_tcp`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
@@ -12,8 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use lb_core::discover::BoxDiscover;
-use lb_core::pool::Connected;
-use lb_core::{Connect, Endpoint, EndpointSet};
+use lb_core::{Endpoint, EndpointSet};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -486,30 +486,6 @@ pub async fn echo_request(addr: SocketAddr) -> std::io::Result<()> {
     tokio::time::timeout(Duration::from_secs(5), fut)
         .await
         .map_err(|_| std::io::Error::other("echo timed out"))?
-}
-
-/// A connector whose "connection" is the address, after a real TCP connect proves it reachable.
-/// Counts connects per address, so tests can see that unchanged endpoints keep their connection.
-#[derive(Clone, Debug, Default)]
-pub struct TcpConnector {
-    pub connects: Arc<Mutex<std::collections::HashMap<SocketAddr, usize>>>,
-}
-
-impl Connect for TcpConnector {
-    type Connection = SocketAddr;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Connected<SocketAddr>, std::io::Error>> + Send>>;
-
-    fn connect(&self, endpoint: &Endpoint) -> Self::Future {
-        let addr = endpoint.addr();
-        let connects = Arc::clone(&self.connects);
-        Box::pin(async move {
-            let s = TcpStream::connect(addr).await?;
-            drop(s);
-            *connects.lock().expect("connector lock").entry(addr).or_default() += 1;
-            Ok(Connected::without_close_signal(addr))
-        })
-    }
 }
 
 /// Applies a discovery stream to an `EndpointSet` in the background, for assertions.
