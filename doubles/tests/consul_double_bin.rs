@@ -55,17 +55,38 @@ fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &
 
 #[test]
 fn serves_registration_and_health_with_the_token_it_was_given() {
-    let (_double, addr) = start(&["--acl-token", "t0k"]);
-    let (status, _, _) = http(addr, "GET", "/v1/health/service/web", None, "");
-    assert_eq!(status, 403, "the token is required");
-
+    let (_double, addr) = start(&["--acl-token", "t0k", "--unprivileged-token", "weak"]);
     let reg = r#"{"ID":"web-1","Name":"web","Address":"127.0.0.1","Port":8080,
                  "Check":{"TTL":"30s","Status":"passing"}}"#;
+    // Writes need service:write: 403 without a token, with a token lacking it, with an unknown one.
+    for token in [None, Some("weak")] {
+        let (status, head, body) = http(addr, "PUT", "/v1/agent/service/register", token, reg);
+        assert_eq!(status, 403, "{token:?}: {body}");
+        assert!(body.starts_with("Permission denied") && body.contains("service:write"), "{body}");
+        assert!(head.contains("x-consul-default-acl-policy: deny"), "{head}");
+    }
+    let (status, _, body) = http(addr, "PUT", "/v1/agent/service/register", Some("n0pe"), reg);
+    assert_eq!((status, body.as_str()), (403, "ACL not found"));
     let (status, _, body) = http(addr, "PUT", "/v1/agent/service/register", Some("t0k"), reg);
     assert_eq!(status, 200, "{body}");
+
+    // Reads are filtered, not refused: 200 and an empty list. The header that says so goes only to
+    // a caller that presented a token (Consul hides it from the anonymous token).
+    let (status, head, body) = http(addr, "GET", "/v1/health/service/web", None, "");
+    assert_eq!((status, body.as_str()), (200, "[]"), "anonymous read");
+    assert!(!head.contains("x-consul-results-filtered-by-acls"), "{head}");
+    let (status, head, body) = http(addr, "GET", "/v1/health/service/web", Some("weak"), "");
+    assert_eq!((status, body.as_str()), (200, "[]"), "a token without service:read");
+    assert!(head.contains("x-consul-results-filtered-by-acls: true"), "{head}");
+    let (_, head, _) = http(addr, "GET", "/v1/health/service/nothing-here", Some("weak"), "");
+    assert!(!head.contains("x-consul-results-filtered-by-acls"), "nothing hidden, no header: {head}");
+    let (status, _, body) = http(addr, "GET", "/v1/health/service/web", Some("n0pe"), "");
+    assert_eq!((status, body.as_str()), (403, "ACL not found"), "an unknown secret is refused, reads included");
+
     let (status, head, body) = http(addr, "GET", "/v1/health/service/web?passing", Some("t0k"), "");
     assert_eq!(status, 200);
     assert!(head.contains("x-consul-index: "), "{head}");
+    assert!(!head.contains("x-consul-results-filtered-by-acls"), "{head}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v[0]["Service"]["ID"], "web-1");
     assert_eq!(v[0]["Service"]["Port"], 8080);

@@ -87,3 +87,37 @@ fn registered_instances_are_discovered_and_free_deregisters() {
     drop(bal);
     drop(double);
 }
+
+/// An agent with ACLs (default policy deny) and a balancer without a token: Consul answers an empty
+/// list, not an error. The C caller's pick fails `LB_ERR_UNAVAILABLE`, and its last error says why
+/// discovery has nothing instead of only "no endpoint".
+#[test]
+fn a_pick_that_acls_starved_names_the_cause_in_the_last_error() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime for the double");
+    let double = rt
+        .block_on(ConsulDouble::start_with(lb_doubles::consul::DoubleConfig {
+            acl_token: Some("management-token".into()),
+            ..Default::default()
+        }))
+        .expect("start the Consul double");
+    let bal = Bal::new(
+        &format!("consul://{}/acl-starved?wait=2s", double.authority()),
+        r#"{"policy":"rr","endpoint_wait_ms":50}"#,
+    )
+    .expect("a Consul balancer");
+    // The first answer may not be in before the first pick gives up: pick until it is named.
+    let mut message = String::new();
+    wait_until("the last error names the ACL cause", || {
+        assert_eq!(bal.pick(None).err(), Some(lb_status::LB_ERR_UNAVAILABLE));
+        message = last_error();
+        message.contains("discovery error")
+    });
+    assert!(
+        message.contains("acl-starved")
+            && message.contains("without an ACL token")
+            && message.contains("default ACL policy is deny"),
+        "{message}"
+    );
+    drop(bal);
+    drop(double);
+}

@@ -313,14 +313,81 @@ async fn weight_locality_token_and_namespace_travel_through_consul() {
     assert_eq!(got.locality(), &Locality::unknown().with_zone("eu-1a").with_region("eu-1").with_node("host-7"));
     assert_eq!(got.metadata().get("version").map(String::as_str), Some("1.2.3"));
 
-    // Other namespaces and tags see nothing; a resolver without the token gets 403s, not data.
+    // Other namespaces and tags see nothing: a known, empty set.
     let other_ns = ConsulResolver::builder().address(double.authority()).token("s3cret").build().expect("options");
     let first = tokio::time::timeout(PATIENCE, other_ns.resolve("meta").next()).await.expect("answer").expect("open");
     assert_eq!(first.expect("ok"), lb_core::Update::Reset(vec![]));
+}
+
+/// Consul filters reads by ACLs instead of refusing them: 200, an empty list, and
+/// `X-Consul-Results-Filtered-By-ACLs`. lb reports that as an error naming the token, never as an
+/// empty set, and a request that finds no endpoint says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_filtered_answer_is_an_error_naming_the_token_never_an_empty_set() {
+    use futures_util::StreamExt as _;
+    let recorder = lb_core::test_util::TestRecorder::global();
+    let double = ConsulDouble::start_with(DoubleConfig {
+        acl_token: Some("management-token".into()),
+        unprivileged_tokens: vec!["weak-token-3f9a".into()],
+        ..DoubleConfig::default()
+    })
+    .await
+    .expect("start the consul double");
+    let admin = ConsulRegistrar::builder().address(double.authority()).token("management-token").ttl(TTL).build().expect("options");
+    let _reg = register(&admin, "acl", 7801).await;
+
+    // A write without service:write is refused (403), and registration says so.
+    let weak = ConsulRegistrar::builder().address(double.authority()).token("weak-token-3f9a").ttl(TTL).build().expect("options");
+    let err = weak.register("acl", Endpoint::new(addr(7802))).await.expect_err("no service:write");
+    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source()).map(ToString::to_string).collect::<Vec<_>>().join(": ");
+    assert!(err.is_registry() && chain.contains("403") && chain.contains("Permission denied"), "{chain}");
+
+    // A read it may not see: an error naming the token (its last four characters and where it came
+    // from, never the secret), not the empty list Consul sent.
+    let before = recorder.counter("lb_registry_auth_errors_total", &[("registry", "consul"), ("reason", "acl_filtered")]);
+    let filtered = ConsulResolver::builder().address(double.authority()).token("weak-token-3f9a").build().expect("options");
+    let first = tokio::time::timeout(PATIENCE, filtered.resolve("acl").next()).await.expect("answer").expect("open");
+    let message = first.expect_err("a filtered answer is not a set").to_string();
+    assert!(message.contains("…3f9a (from the builder's token option)") && message.contains("service:read"), "{message}");
+    assert!(!message.contains("weak-token"), "the secret stays out of messages: {message}");
+    assert!(recorder.counter("lb_registry_auth_errors_total", &[("registry", "consul"), ("reason", "acl_filtered")]) > before);
+
+    // Without a token the answer is just empty (Consul hides the header from the anonymous token);
+    // the agent's default policy is deny, so at cold start that is reported the same way.
     let tokenless = ConsulResolver::builder().address(double.authority()).build().expect("options");
-    let first = tokio::time::timeout(PATIENCE, tokenless.resolve("meta").next()).await.expect("answer").expect("open");
-    let err = first.expect_err("403 without the token");
-    assert!(err.to_string().contains("403"), "{err}");
+    let first = tokio::time::timeout(PATIENCE, tokenless.resolve("acl").next()).await.expect("answer").expect("open");
+    let message = first.expect_err("nothing visible without a token").to_string();
+    assert!(message.contains("without an ACL token") && message.contains("default ACL policy is deny"), "{message}");
+
+    // An unknown secret is refused outright, reads included.
+    let unknown = ConsulResolver::builder().address(double.authority()).token("no-such-token").build().expect("options");
+    let first = tokio::time::timeout(PATIENCE, unknown.resolve("acl").next()).await.expect("answer").expect("open");
+    let message = first.expect_err("ACL not found").to_string();
+    assert!(message.contains("403") && message.contains("ACL not found"), "{message}");
+
+    // End to end: a client whose token may not read the service fails its requests with the cause.
+    let discover = Cache::builder().resolve(filtered, "acl").boxed();
+    let pool = Pool::spawn(discover, TestConnector::new(), RoundRobin::new(), PoolConfig::new("consul-acl"));
+    let wait = lb_core::balance::Wait { timeout: Duration::from_millis(50), wait_for_ready: false };
+    eventually("the pool holds the ACL error", || {
+        let seen = pool.snapshot().discovery_error().is_some();
+        async move { seen }
+    })
+    .await;
+    let err = pool.pick_or_wait(PickContext::default(), wait).await.expect_err("nothing to pick");
+    let message = err.to_string();
+    assert!(message.contains("discovery error: consul filtered the health answer for `acl` by ACLs"), "{message}");
+    assert!(message.contains("…3f9a"), "{message}");
+    assert!(!pool.is_initialized(), "the filtered empty list was never applied as a set");
+
+    // With a token that may read it, the same service is there.
+    let good = Pool::spawn(
+        ConsulResolver::builder().address(double.authority()).token("management-token").build().expect("options").resolve("acl"),
+        TestConnector::new(),
+        RoundRobin::new(),
+        PoolConfig::new("consul-acl-ok"),
+    );
+    picks_exactly(&good, &[7801]).await;
 }
 
 /// Consul-realistic durations on a paused clock: a 10 s TTL, the 1-minute minimum of
