@@ -16,7 +16,8 @@
 //! [`TestConnector::over_tcp`] adds a real TCP connect before each connection is yielded, for tests
 //! whose endpoints are live listeners and whose point is that an unreachable one does not connect.
 //!
-//! [`TestRecorder`] keeps the counters and gauges the library emits, so a test can assert them.
+//! [`TestRecorder`] keeps the counters and gauges the library emits, so a test can assert them;
+//! [`skip`] reports a test that cannot run here where it is seen, instead of a silent pass.
 //!
 //! Close signals are opt-in because each is an allocation the pool holds for the connection's life;
 //! without them, a bench that measures the pool's memory measures the pool and one attempt counter
@@ -319,3 +320,5 @@ mod tests {
 
 mod recorder;
 pub use self::recorder::TestRecorder;
+mod skip;
+pub use self::skip::{skip, SKIP_LOG};

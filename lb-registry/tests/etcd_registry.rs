@@ -82,8 +82,7 @@ async fn registration_is_visible_and_graceful_deregistration_is_immediate() {
 #[ignore = "helper process for sigkilled_instance_disappears_within_ttl"]
 async fn child_registrar() {
     let (Ok(endpoint), Ok(id)) = (std::env::var("LB_CHILD_ETCD"), std::env::var("LB_CHILD_ID")) else {
-        eprintln!("child_registrar only runs as the child of sigkilled_instance_disappears_within_ttl");
-        return;
+        panic!("child_registrar runs only as the child of sigkilled_instance_disappears_within_ttl");
     };
     let reg = EtcdRegistrar::builder([endpoint]).ttl(TTL).build_registrar().expect("valid options");
     let _r = reg.register("crashy", instance(&id, 7100)).await.expect("child registers");

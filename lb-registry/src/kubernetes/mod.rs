@@ -15,7 +15,11 @@
 //! - keeps the last-known-good set across API errors: an error is reported on the stream (the
 //!   pool logs and counts it and keeps its set) and a relist that fails half-way emits nothing.
 //!   Only a relist that *completes* replaces the set, even when it is empty (a service scaled to
-//!   zero really has no endpoints).
+//!   zero really has no endpoints);
+//! - says what to fix when the API server refuses the watch: a `401` (credentials missing, expired
+//!   or for another cluster) or a `403` (RBAC: `list` and `watch` on `endpointslices.discovery.k8s.io`
+//!   in the namespace) is an error of its own, counted in [`AUTH_ERRORS`], that a request finding no
+//!   endpoint quotes (`Unavailable`, the C ABI's last error).
 //!
 //! # Target
 //!
@@ -87,6 +91,11 @@ use self::slices::PortSpec;
 /// garbage), labels `registry="kubernetes"`, `reason="address"`. The same name as the other
 /// registries' invalid-entry counters.
 pub const INVALID_ENTRIES: &str = "lb_registry_invalid_entries_total";
+
+/// Counter: watches the API server refused, labels `registry="kubernetes"` and `reason`
+/// (`unauthorized`: a 401, the credentials; `forbidden`: a 403, RBAC). The same name as Consul's
+/// ACL counter.
+pub const AUTH_ERRORS: &str = "lb_registry_auth_errors_total";
 
 /// Environment variables read for the caller's node, first set wins.
 pub const NODE_ENV: [&str; 2] = ["LB_NODE", "NODE_NAME"];
