@@ -41,7 +41,7 @@ pub use self::hash::{hash_key, RingHash};
 pub use self::maglev::Maglev;
 pub use self::p2c::{Cost, P2c};
 pub use self::round_robin::RoundRobin;
-pub use self::slow_start::SlowStart;
+pub use self::slow_start::{SlowStart, SlowStartError};
 pub use self::topology::{Level, Topology, TopologyKeyError};
 pub use self::weighted::WeightedRoundRobin;
 
@@ -114,6 +114,13 @@ pub trait Policy: Send + Sync + fmt::Debug + 'static {
     fn is_topology_aware(&self) -> bool {
         false
     }
+
+    /// True when picks follow the request's hash key, for affinity ([`RingHash`], [`Maglev`], or
+    /// a wrapper around one). [`SlowStart::new`] refuses such a policy: its re-picks would send a
+    /// key elsewhere.
+    fn is_hashing(&self) -> bool {
+        false
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Arc<P> {
@@ -124,6 +131,10 @@ impl<P: Policy + ?Sized> Policy for Arc<P> {
     fn is_topology_aware(&self) -> bool {
         (**self).is_topology_aware()
     }
+
+    fn is_hashing(&self) -> bool {
+        (**self).is_hashing()
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Box<P> {
@@ -133,6 +144,10 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
 
     fn is_topology_aware(&self) -> bool {
         (**self).is_topology_aware()
+    }
+
+    fn is_hashing(&self) -> bool {
+        (**self).is_hashing()
     }
 }
 

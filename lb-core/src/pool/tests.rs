@@ -327,7 +327,7 @@ async fn topology_prefers_the_callers_zone_through_the_pool() {
 #[tokio::test(start_paused = true)]
 async fn slow_start_ramps_a_new_endpoint_up_from_its_connection() {
     let (tx, rx) = discover::channel();
-    let policy = SlowStart::new(RoundRobin::new(), Duration::from_secs(10));
+    let policy = SlowStart::new(RoundRobin::new(), Duration::from_secs(10)).expect("not hashing");
     let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), policy, config());
     tx.send(Update::Reset(vec![ep(1), ep(2), ep(3)]));
     assert!(pool.ready_timeout(Duration::from_secs(1)).await);
