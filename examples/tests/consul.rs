@@ -5,7 +5,6 @@
 //!
 //! What an operator relies on: a client sending throughout loses no call, and the servers register
 //! themselves again without being restarted.
-#![cfg(feature = "consul")]
 
 mod support;
 

@@ -2,7 +2,6 @@
 //!
 //! `lb-doubles` serves Consul's HTTP API (agent registration, TTL checks, health blocking queries)
 //! on 127.0.0.1. It is a double, not Consul: no Consul server can be installed where tests run.
-#![cfg(feature = "consul")]
 
 mod support;
 

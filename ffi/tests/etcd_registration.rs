@@ -2,7 +2,6 @@
 //!
 //! `cargo test -p lb-ffi --features etcd --test etcd_registration` (scripts/test-all.sh runs it with
 //! `--all-features`). The test starts its own `etcd` (Debian's etcd-server) on free loopback ports.
-#![cfg(feature = "etcd")]
 
 mod support;
 

@@ -5,7 +5,6 @@
 //! Clients here are real `lb_core::Pool`s over the Consul resolver, with lb-core's `TestConnector`,
 //! whose "connection" is the endpoint's address: picks are observable without servers, and what is
 //! asserted is what a caller's picker would choose.
-#![cfg(feature = "consul")]
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -1,7 +1,6 @@
 //! Consul over TLS: discovery and registration against the Consul double (`lb-doubles`) serving
 //! HTTPS on 127.0.0.1 with certificates from a private CA made by rcgen, with and without client
 //! certificate verification (Consul's `verify_incoming`). It is a double, not Consul.
-#![cfg(feature = "consul")]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

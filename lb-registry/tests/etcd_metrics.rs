@@ -1,6 +1,5 @@
 //! The counters a user alerts on, observed through a process-wide `metrics` recorder (so this file
 //! holds a single test): invalid registry values and refused empty updates.
-#![cfg(feature = "etcd")]
 
 mod support;
 

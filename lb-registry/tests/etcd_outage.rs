@@ -1,6 +1,5 @@
 //! etcd outages against a real etcd: down longer than the TTL under client load, restarted with an
 //! empty data dir, and a client that starts while etcd is down (served from the disk snapshot).
-#![cfg(feature = "etcd")]
 
 mod support;
 

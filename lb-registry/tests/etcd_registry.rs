@@ -1,6 +1,5 @@
 //! etcd registration and discovery against a real etcd: visibility, graceful and crash removal,
 //! lost registrations, malformed values, and a watch resumed across a compaction.
-#![cfg(feature = "etcd")]
 
 mod support;
 

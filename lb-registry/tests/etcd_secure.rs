@@ -1,6 +1,5 @@
 //! etcd with mutual TLS and with username/password authentication, configured through the builder
 //! and through the `LB_ETCD_*` environment variables.
-#![cfg(feature = "etcd")]
 
 mod support;
 

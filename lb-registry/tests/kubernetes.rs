@@ -1,7 +1,6 @@
 //! Kubernetes discovery end to end: the API server double → `KubernetesResolver` (kube-runtime's
 //! watcher) → `lb_core::Pool` with real TCP connections to loopback backends.
 
-#![cfg(feature = "kubernetes")]
 
 mod kubernetes_support;
 

@@ -4,7 +4,6 @@
 //! the CA and token of a kubeconfig, a rejected token (401) and an identity RBAC grants nothing
 //! (403), each reported as what to fix rather than kube's raw error.
 
-#![cfg(feature = "kubernetes")]
 
 mod kubernetes_support;
 

@@ -8,7 +8,6 @@
 //! server) serving HTTPS with that CA and checking that token. Without root the test says it
 //! skipped; as root (CI) a failure to build the namespace fails it.
 
-#![cfg(feature = "kubernetes")]
 
 mod kubernetes_support;
 

@@ -4,7 +4,6 @@
 //! double — over HTTPS, with the kubeconfig's CA file and bearer token, as a real cluster is
 //! reached — endpoints arrive. One test per binary, since it sets a process-wide variable.
 
-#![cfg(feature = "kubernetes")]
 
 mod kubernetes_support;
 
