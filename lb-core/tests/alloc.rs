@@ -28,15 +28,11 @@ async fn pool_with(policy: impl Policy) -> Pool<()> {
     let (tx, rx) = discover::channel();
     tx.send(Update::Reset(eps));
     let pool = Pool::spawn(Box::pin(rx), TestConnector::with_connection(|_| ()), policy, PoolConfig::new("alloc"));
-    assert!(pool.ready_timeout(Duration::from_secs(5)).await);
-    // Let every endpoint connect.
-    for _ in 0..50 {
-        if pool.snapshot().healthy() == 1000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(pool.snapshot().healthy(), 1000);
+    // Every endpoint connects: wait for the snapshot that says so (generously: how long a pool
+    // takes to connect 1,000 endpoints is a benchmark's question, not this test's).
+    let mut published = pool.subscribe();
+    let all = tokio::time::timeout(Duration::from_secs(60), published.wait_for(|_| pool.snapshot().healthy() == 1000)).await;
+    assert!(matches!(all, Ok(Ok(_))), "{} of 1000 endpoints healthy", pool.snapshot().healthy());
     pool
 }
 

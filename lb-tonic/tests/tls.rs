@@ -64,7 +64,7 @@ async fn calls_over_tls_verified_by_ip_address() {
         .tls(client_config(&pki))
         .build_from_target(&static_target(&bs))
         .expect("valid target");
-    wait_healthy(&channel, 2, Duration::from_secs(5)).await;
+    wait_healthy(&channel, 2, Duration::from_secs(30)).await;
     let (per, errors) = support::load(&channel, 100, 4).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(per.values().sum::<usize>(), 100);
