@@ -79,6 +79,12 @@ async fn picks_exactly(pool: &Pool<SocketAddr>, want: &[u16]) {
     .await;
 }
 
+/// Updates a cache named `name` refused for emptying its set, as counted in the process's metrics:
+/// proof that a client saw an empty answer, before asserting it kept its set.
+fn refused_empty(name: &str) -> u64 {
+    lb_core::test_util::TestRecorder::global().counter(lb_registry::cache::EMPTY_REFUSED, &[("target", name)])
+}
+
 async fn register(r: &ConsulRegistrar, service: &str, port: u16) -> Registration {
     r.register(service, Endpoint::new(addr(port))).await.expect("register with the consul double")
 }
@@ -86,12 +92,20 @@ async fn register(r: &ConsulRegistrar, service: &str, port: u16) -> Registration
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_the_check_passing() {
     let double = ConsulDouble::start().await.expect("start the consul double");
-    let reg = register(&registrar(&double), "hb", 7001).await;
-    // Ten TTLs: without passes the check would have turned critical nine times over.
-    tokio::time::sleep(TTL * 10).await;
+    // A TTL of a second, passed every third of it: a heartbeat may be late by two thirds of a
+    // second on a loaded machine before the check expires.
+    let ttl = Duration::from_secs(1);
+    let r = ConsulRegistrar::builder().address(double.authority()).ttl(ttl).build().expect("valid registrar options");
+    let reg = register(&r, "hb", 7001).await;
+    // Thirty passes span ten TTLs: without them the check would have expired nine times over.
+    eventually("thirty TTL passes", || {
+        let passes = double.services().first().map_or(0, |s| s.passes);
+        async move { passes >= 30 }
+    })
+    .await;
     let svc = double.services().into_iter().next().expect("still registered");
     assert_eq!(svc.status, CheckStatus::Passing);
-    assert!(svc.passes >= 15, "passed every ttl/3: {} passes", svc.passes);
+    assert_eq!(double.ttl_expirations(), 0, "no TTL ran out between passes");
     assert_eq!(double.registrations(), 1, "passes found their check: no re-registration");
     let pool = client(&double, "hb");
     picks_exactly(&pool, &[7001]).await;
@@ -166,12 +180,18 @@ async fn a_restarted_agent_with_a_reset_index_gets_everything_back() {
         let registrations = double.registrations();
 
         // The agent comes back empty and, for a while, cannot take registrations.
+        let refused = refused_empty("restart");
         double.set_agent_down(true);
         double.restart_with_reset_index();
         assert!(double.index() < before, "the index went backwards");
         assert!(double.services().is_empty());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // Meanwhile the client keeps serving what it had: the empty answer is refused.
+        // Meanwhile the client keeps serving what it had: the empty answer, once it came, was
+        // refused (the cache counted it), and the set stands.
+        eventually("the client hears the empty answer and refuses it", || {
+            let now = refused_empty("restart");
+            async move { now > refused }
+        })
+        .await;
         assert_eq!(picked(&pool), ports(&[7201, 7202]));
         double.set_agent_down(false);
 
@@ -202,11 +222,14 @@ async fn errors_and_garbage_never_wipe_the_set() {
     for fault in [Fault::ServerError, Fault::Garbage, Fault::Empty, Fault::MalformedEntries] {
         let queries = double.health_queries();
         double.set_fault(fault.clone());
-        // Long enough for several answers (and backoffs) under the fault.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let served = double.health_queries() - queries;
-        assert!(served >= 2, "{fault:?}: the client kept asking ({served} answers)");
-        assert!(served <= 60, "{fault:?}: {served} queries in a second is a tight loop");
+        // Several faulty answers: the client asks again only after handling the previous one, so
+        // at least two were handled. (That it does not ask in a tight loop is the paused-clock
+        // unit tests' job: consul::watch::tests.)
+        eventually(&format!("{fault:?}: the client keeps asking"), || {
+            let served = double.health_queries() - queries;
+            async move { served >= 3 }
+        })
+        .await;
         let snapshot = pool.snapshot();
         assert!(snapshot.is_initialized());
         assert_eq!(snapshot.healthy(), 2, "{fault:?} wiped endpoints");
@@ -225,8 +248,8 @@ async fn the_picker_follows_registrations() {
     // Through the target-URI entry points, as the CLI and the C ABI use them.
     let target = Target::parse(&format!("consul://{}/follow?wait=3s", double.authority())).expect("target");
     let pool = Pool::spawn(lb_registry::resolve(&target).expect("resolve"), TestConnector::new(), RoundRobin::new(), PoolConfig::new("follow"));
-    assert!(!pool.ready_timeout(Duration::from_millis(300)).await, "nothing registered yet");
-    assert!(pool.is_initialized(), "an empty service is a known, empty set");
+    assert!(pool.initialized_timeout(PATIENCE).await, "an empty service is a known, empty set");
+    assert_eq!(pool.snapshot().healthy(), 0, "nothing registered yet");
 
     let reg_target = Target::parse(&format!("consul://{}/follow?ttl=300ms&deregister_after=2s", double.authority())).expect("target");
     let mut regs = Vec::new();
@@ -247,6 +270,8 @@ async fn the_picker_follows_registrations() {
     let middle = regs.remove(1);
     middle.deregister().await;
     picks_exactly(&pool, &[7401, 7403]).await;
+    let cache_name = format!("consul://{}/follow", double.authority());
+    let refused = refused_empty(&cache_name);
     drop(regs);
     // Dropping a registration deregisters in the background; the last one is refused as empty.
     eventually("the double has no instances left", || {
@@ -254,7 +279,13 @@ async fn the_picker_follows_registrations() {
         async move { n == 0 }
     })
     .await;
-    // The last answer before the empty one may have held one or both of them.
+    // The client got the empty answer and refused it; the last answer before it may have held
+    // one or both of them.
+    eventually("the client refuses the empty answer", || {
+        let now = refused_empty(&cache_name);
+        async move { now > refused }
+    })
+    .await;
     let left = picked(&pool);
     assert!(!left.is_empty() && left.is_subset(&ports(&[7401, 7403])), "an empty answer does not wipe the set: {left:?}");
 }

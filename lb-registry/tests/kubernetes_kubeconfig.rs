@@ -58,6 +58,15 @@ async fn target_uri_with_kubeconfig_and_a_lazily_created_client() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(double.auth_failures(), 0, "every request carried the kubeconfig's token");
 
+    // An API server outage reaches the stream as errors at once: the inferred client leaves 503s to
+    // the watcher's backoff, which reports each one, instead of kube's retry layer, which would
+    // retry them silently for minutes.
+    double.set_unavailable(true);
+    let during = tokio::time::timeout(Duration::from_secs(30), discover.next()).await.expect("the outage is reported").expect("open");
+    let message = during.expect_err("a 503 is an error on the stream").to_string();
+    assert!(message.contains("503") || message.contains("unavailable"), "{message}");
+    double.set_unavailable(false);
+
     let Update::Reset(mut eps) = update else { panic!("the first update is a full set: {update:?}") };
     eps.sort_by_key(|e| e.addr());
     let got: Vec<(String, EndpointState, Locality)> =

@@ -340,6 +340,11 @@ impl ConsulDouble {
         self.shared.lock().deregistrations
     }
 
+    /// How many times a check turned critical because its TTL ran out without a pass.
+    pub fn ttl_expirations(&self) -> u64 {
+        self.shared.lock().ttl_expirations
+    }
+
     /// The `X-Consul-Token` of the last request, if it had one.
     pub fn last_token(&self) -> Option<String> {
         self.shared.lock().last_token.clone()

@@ -292,6 +292,11 @@ impl KubeDouble {
         self.shared.lock().expired_requests
     }
 
+    /// Requests answered `503` while [`KubeDouble::set_unavailable`] was set.
+    pub fn unavailable_answers(&self) -> u64 {
+        self.shared.lock().unavailable_answers
+    }
+
     /// Requests refused with `401` or `403`.
     pub fn auth_failures(&self) -> u64 {
         self.shared.lock().auth_failures

@@ -133,7 +133,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "BadRequest", "could not read the request body")),
     };
-    if shared.lock().unavailable {
+    if let Some(mut store) = Some(shared.lock()).filter(|s| s.unavailable) {
+        store.unavailable_answers += 1;
+        drop(store);
         return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the API server double is unavailable"));
     }
     let Some(rest) = path.strip_prefix(PREFIX) else {

@@ -108,6 +108,8 @@ pub(crate) struct Store {
     pub(crate) expired_requests: u64,
     /// Requests refused with 401 or 403.
     pub(crate) auth_failures: u64,
+    /// Requests answered 503 while unavailable.
+    pub(crate) unavailable_answers: u64,
     pub(crate) unavailable: bool,
 }
 

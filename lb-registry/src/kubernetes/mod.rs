@@ -28,8 +28,9 @@
 //! the port may be a number (`greeter.default:8080`) or left out for a single unnamed port
 //! (`greeter.default`). The authority must be empty: the API server comes from `KUBECONFIG` (or
 //! `~/.kube/config`) when set, else from the in-cluster service account
-//! ([`kube::Client::try_default`]). The client is created lazily, inside the stream, and retried
-//! with backoff while it cannot be.
+//! (as [`kube::Client::try_default`] finds them, but with kube's own retry layer off, so every
+//! failed request reaches the watcher's backoff and is reported). The client is created lazily,
+//! inside the stream, and retried with backoff while it cannot be.
 //!
 //! Query parameters (so the URI alone configures the CLI, the C ABI and the agent): `node`, `zone`,
 //! `region` override the caller's locality, `hints=off` ignores zone hints; and the
@@ -215,7 +216,11 @@ impl fmt::Debug for KubernetesResolverBuilder {
 
 impl KubernetesResolverBuilder {
     /// Uses this client instead of inferring one (KUBECONFIG, then in-cluster). Tests point it at
-    /// an API server double: `kube::Client::try_from(kube::Config::new(url))`.
+    /// an API server double with a `kube::Config::new(url)`.
+    ///
+    /// Build it with `Config::default_retry` off, as the inferred client is: kube's retry layer
+    /// retries 429/503/504 answers up to 15 times, for minutes, before the watch hears of them,
+    /// so an API server outage would neither be reported nor counted as staleness.
     pub fn client(mut self, client: kube::Client) -> Self {
         self.client = Some(client);
         self

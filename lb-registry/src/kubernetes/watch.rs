@@ -173,7 +173,7 @@ impl Watch {
         }
         let client = match &self.inner.client {
             Some(c) => c.clone(),
-            None => match kube::Client::try_default().await {
+            None => match inferred_client().await {
                 Ok(c) => c,
                 Err(error) => {
                     self.client_retry.get_or_insert_with(|| Backoff::new(Duration::from_secs(2), Duration::from_secs(30)));
@@ -264,6 +264,18 @@ impl Watch {
             debug!(service = %self.svc.name, slice = %slice.name_any(), port = ?self.svc.port, "endpointslice lacks the requested port");
         }
     }
+}
+
+/// The client from KUBECONFIG or the in-cluster configuration, as `kube::Client::try_default`
+/// builds it but without kube's retry layer: that layer retries 429/503/504 answers up to 15
+/// times with delays doubling from 5 ms (about two and a half minutes in all) before the watcher
+/// hears of anything, so an API server outage would show no error, no staleness, and recovery
+/// would wait out the last delay. The watcher's own backoff retries instead, reporting every
+/// failure.
+async fn inferred_client() -> Result<kube::Client, kube::Error> {
+    let mut config = kube::Config::infer().await.map_err(kube::Error::InferConfig)?;
+    config.default_retry = false;
+    kube::Client::try_from(config)
 }
 
 /// lb-core's backoff in the shape kube-runtime's watcher takes, for

@@ -92,10 +92,13 @@ pub fn tcp_connector() -> TestConnector {
     TestConnector::new().over_tcp()
 }
 
-/// A client of the double, the way a test (or anyone with a kubeconfig) would build one.
+/// A client of the double, as `KubernetesResolverBuilder::client` asks for one: kube's retry layer
+/// off, so the watch hears of every failure (as the client lb infers for itself does).
 pub fn client(double: &KubeDouble) -> kube::Client {
     let url = double.url().parse().expect("the double's URL is a valid URI");
-    kube::Client::try_from(kube::Config::new(url)).expect("a client for the double")
+    let mut config = kube::Config::new(url);
+    config.default_retry = false;
+    kube::Client::try_from(config).expect("a client for the double")
 }
 
 /// A resolver builder on the double with a short watch backoff and no environment.
@@ -201,8 +204,9 @@ impl Drop for TestCa {
 /// A client built the way `KUBECONFIG` users get one: from a kubeconfig document.
 pub async fn client_from_kubeconfig(yaml: &str) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml).expect("a valid kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
         .await
         .expect("a usable kubeconfig");
+    config.default_retry = false;
     kube::Client::try_from(config).expect("a client for the double")
 }
