@@ -67,6 +67,7 @@ impl Greeter for GreeterService {
             tokio::time::sleep(self.delay).await;
         }
         self.served.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(addr = %self.addr, "hello answered");
         let name = request.into_inner().name;
         Ok(Response::new(HelloReply {
             message: greeting(&name, self.addr),

@@ -91,6 +91,15 @@ impl Drop for ConsulDouble {
     }
 }
 
+/// Waits (polling, at most 30 s) until `cond` holds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn report_and_log(args: &[&str]) -> (Report, String) {
     let out = run_client(args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -105,8 +114,8 @@ fn greeters_ride_through_a_restart_of_the_consul_double() {
     let consul = ConsulDouble::start(&bin, "127.0.0.1:0");
     let addr = consul.addr;
     let target = format!("consul://{addr}/greeter");
-    let a = Server::start(&["--zone", "a", "--register", &target, "--ttl-secs", "1"]);
-    let b = Server::start(&["--zone", "b", "--register", &target, "--ttl-secs", "1"]);
+    let a = Server::start_logged(&["--zone", "a", "--register", &target, "--ttl-secs", "1"]);
+    let b = Server::start_logged(&["--zone", "b", "--register", &target, "--ttl-secs", "1"]);
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
 
     let (r, log) = report_and_log(&["--target", &target, "--requests", "200", "--concurrency", "4", "--policy", "rr"]);
@@ -116,11 +125,17 @@ fn greeters_ride_through_a_restart_of_the_consul_double() {
     // A client sends throughout: the registry dies, stays down for a while, comes back empty.
     let client = {
         let target = target.clone();
-        thread::spawn(move || report_and_log(&["--target", &target, "--duration-secs", "4", "--concurrency", "4", "--policy", "rr"]))
+        thread::spawn(move || report_and_log(&["--target", &target, "--duration-secs", "8", "--concurrency", "4", "--policy", "rr"]))
     };
-    thread::sleep(Duration::from_millis(1000));
+    let answered = |s: &Server| s.log().matches("hello answered").count();
+    let (a_before, b_before) = (answered(&a), answered(&b));
+    wait_until("both servers answer the running client", || answered(&a) > a_before && answered(&b) > b_before);
     drop(consul);
-    thread::sleep(Duration::from_millis(1000));
+    // Down long enough that the servers' heartbeats fail (they log it) while the client sends.
+    wait_until("the servers' heartbeats fail", || {
+        a.log().contains("consul heartbeat failed") && b.log().contains("consul heartbeat failed")
+    });
+    assert!(!client.is_finished(), "the client was still sending when the registry came back");
     let consul = ConsulDouble::start(&bin, &addr.to_string());
     let (r, log) = client.join().expect("client thread");
     assert_eq!(r.errors, 0, "the client kept its endpoints through the registry restart: {r:?}\n{log}");
