@@ -26,7 +26,7 @@ fn listed(b: &Bal) -> Vec<String> {
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(50));
@@ -63,7 +63,7 @@ fn registered_instances_are_discovered_and_free_deregisters() {
 
     let bal =
         Bal::new(&format!("{service}?wait=2s"), r#"{"policy":"rr"}"#).expect("a Consul balancer");
-    assert_eq!(bal.ready(15_000), lb_status::LB_OK, "{}", last_error());
+    assert_eq!(bal.ready(30_000), lb_status::LB_OK, "{}", last_error());
     let mut both = vec![a.addr.to_string(), b.addr.to_string()];
     both.sort();
     wait_until("both instances are listed", || listed(&bal) == both);
