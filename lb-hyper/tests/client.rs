@@ -316,3 +316,31 @@ async fn surplus_http1_connections_close_when_idle() {
 async fn extra_http2_connections_close_when_idle() {
     surplus_connections_close_when_idle(Protocol::Http2).await;
 }
+
+/// Whether this machine has IPv6 loopback (`::1`); a test that needs it says so when it does not.
+fn ipv6_loopback() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_endpoint_is_called_with_a_bracketed_authority() {
+    if !ipv6_loopback() {
+        lb_core::test_util::skip("no IPv6 loopback (::1) on this machine");
+        return;
+    }
+    let b = support::Backend::start_with("[::1]:0".parse().expect("addr"), Duration::ZERO, None).await;
+    let target = format!("static:///{}", b.addr);
+    assert!(target.starts_with("static:///[::1]:"), "{target}");
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        let client = LbClient::builder().protocol(protocol).build_from_target::<Empty<Bytes>>(&target).expect("valid");
+        wait_healthy(&client, 1).await;
+        let (status, body) = get(&client, "/echo").await;
+        assert_eq!(status, 200, "{body}");
+        let parts: Vec<&str> = body.split(' ').collect();
+        assert_eq!(parts[0], b.addr.to_string(), "served by the IPv6 backend");
+        match protocol {
+            Protocol::Http1 => assert_eq!(parts[1], b.addr.to_string(), "Host is [::1]:port"),
+            Protocol::Http2 => assert_eq!(parts[3], format!("http://{}/echo", b.addr), ":authority is [::1]:port"),
+        }
+    }
+}

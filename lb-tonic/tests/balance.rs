@@ -91,3 +91,21 @@ async fn extra_connections_open_under_stream_pressure() {
     let e = &channel.endpoints()[0];
     assert_eq!(e.connections, 3, "16 callers over a 4-stream limit open the 3 allowed connections: {e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_endpoint_is_called_over_ipv6_loopback() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        lb_core::test_util::skip("no IPv6 loopback (::1) on this machine");
+        return;
+    }
+    let b = support::Backend::start_on("[::1]:0".parse().expect("addr"), Duration::ZERO, None).await;
+    let target = format!("static:///{}", b.addr);
+    let channel = LbChannel::builder().build_from_target(&target).expect("valid target");
+    wait_healthy(&channel, 1, Duration::from_secs(30)).await;
+    for _ in 0..5 {
+        let reply = support::lbtest::echo_client::EchoClient::new(channel.clone()).unary(support::lbtest::EchoRequest::default()).await.expect("answered over IPv6");
+        assert_eq!(reply.into_inner().backend, b.addr.to_string());
+    }
+    let authority = b.authorities.lock().expect("lock").last().cloned();
+    assert_eq!(authority, Some(b.addr.to_string()), ":authority is [::1]:port");
+}
