@@ -490,3 +490,29 @@ async fn fails_over_to_the_next_agent_and_queries_the_given_datacenter() {
         }
     }
 }
+
+/// `allow_empty=true` end to end: the last instance leaving empties the client's set (the default
+/// refuses that), and a request then fails saying discovery lists nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_allow_empty_the_last_instance_leaving_empties_the_set() {
+    let double = ConsulDouble::start().await.expect("start the consul double");
+    let target = Target::parse(&format!("consul://{}/emptied?wait=3s&allow_empty=true", double.authority())).expect("target");
+    let pool = Pool::spawn(lb_registry::resolve(&target).expect("resolve"), TestConnector::new(), RoundRobin::new(), PoolConfig::new("emptied"));
+    let reg = register(&registrar(&double), "emptied", 8001).await;
+    picks_exactly(&pool, &[8001]).await;
+
+    reg.deregister().await;
+    let mut published = pool.subscribe();
+    tokio::time::timeout(PATIENCE, published.wait_for(|_| pool.snapshot().entries().is_empty()))
+        .await
+        .expect("the empty answer is applied")
+        .expect("the pool runs");
+    assert!(pool.snapshot().is_initialized() && pool.snapshot().discovery_error().is_none());
+    let wait = lb_core::balance::Wait { timeout: Duration::from_millis(50), wait_for_ready: false };
+    let err = pool.pick_or_wait(PickContext::default(), wait).await.expect_err("nothing left");
+    assert!(err.to_string().contains("discovery lists no endpoint"), "{err}");
+
+    // And the set fills again when an instance comes back.
+    let _again = register(&registrar(&double), "emptied", 8002).await;
+    picks_exactly(&pool, &[8002]).await;
+}
