@@ -10,6 +10,9 @@
 //! | `lb_connect_failures_total` | counter | failed connection attempts |
 //! | `lb_ejections_total` | counter | outlier ejections |
 //! | `lb_no_endpoint_total` | counter | requests failed because no endpoint was available in time |
+//! | `lb_overload_penalties_total` | counter | endpoints kept out of picks for answering that they are overloaded |
+//! | `lb_endpoint_weight` | gauge, label `endpoint` | the weight a load-report policy gives each endpoint |
+//! | `lb_weight_fallback_total` | counter | rebuilds where a load-report policy fell back to round robin |
 //!
 //! Nothing here is on the pick path: picks are counted by the protocol crates only where a response
 //! is recorded anyway.
@@ -26,6 +29,12 @@ pub const CONNECT_FAILURES: &str = "lb_connect_failures_total";
 pub const EJECTIONS: &str = "lb_ejections_total";
 /// Counter: requests failed for want of an endpoint.
 pub const NO_ENDPOINT: &str = "lb_no_endpoint_total";
+/// Counter: overload penalties applied.
+pub const OVERLOAD_PENALTIES: &str = "lb_overload_penalties_total";
+/// Gauge: an endpoint's weight under a load-report policy.
+pub const ENDPOINT_WEIGHT: &str = "lb_endpoint_weight";
+/// Counter: picker rebuilds where a load-report policy fell back to round robin.
+pub const WEIGHT_FALLBACK: &str = "lb_weight_fallback_total";
 
 const PHASES: [&str; 5] = ["idle", "connecting", "ready", "ejected", "draining"];
 
@@ -56,5 +65,18 @@ pub(crate) fn endpoints(target: &str, phases: &[usize; 5], drained: usize) {
             n += drained;
         }
         metrics::gauge!(ENDPOINTS, "target" => target.to_string(), "phase" => *name).set(n as f64);
+    }
+}
+
+pub(crate) fn overload_penalty(target: &str) {
+    metrics::counter!(OVERLOAD_PENALTIES, "target" => target.to_string()).increment(1);
+}
+
+pub(crate) fn weights(target: &str, endpoints: &[(std::net::SocketAddr, f64)], fallback: bool) {
+    for (addr, w) in endpoints {
+        metrics::gauge!(ENDPOINT_WEIGHT, "target" => target.to_string(), "endpoint" => addr.to_string()).set(*w);
+    }
+    if fallback {
+        metrics::counter!(WEIGHT_FALLBACK, "target" => target.to_string()).increment(1);
     }
 }

@@ -36,6 +36,7 @@ pub struct Options {
     outlier: Option<OutlierConfig>,
     ewma: EwmaConfig,
     subset: Option<Subset>,
+    overload_penalty_cap: Option<Duration>,
 }
 
 impl Default for Options {
@@ -49,6 +50,7 @@ impl Default for Options {
             outlier: Some(OutlierConfig::default()),
             ewma: EwmaConfig::default(),
             subset: None,
+            overload_penalty_cap: PoolConfig::default().overload_penalty_cap,
         }
     }
 }
@@ -64,6 +66,7 @@ impl fmt::Debug for Options {
             .field("outlier", &self.outlier)
             .field("ewma", &self.ewma)
             .field("subset", &self.subset)
+            .field("overload_penalty_cap", &self.overload_penalty_cap)
             .finish()
     }
 }
@@ -171,6 +174,15 @@ impl Options {
         self
     }
 
+    /// The longest an endpoint is kept out of picks after answering that it is overloaded —
+    /// gRPC `RESOURCE_EXHAUSTED` (for `grpc-retry-pushback-ms`, else 1 s), HTTP 429 or 503 with
+    /// `Retry-After` (for that long) — default 30 s; `None` ignores such answers. At most the
+    /// outlier detector's share of the endpoints is out at once.
+    pub fn overload_penalty_cap(mut self, cap: Option<Duration>) -> Self {
+        self.overload_penalty_cap = cap;
+        self
+    }
+
     /// How requests wait for an endpoint.
     pub fn wait(&self) -> Wait {
         self.wait
@@ -230,6 +242,7 @@ impl Options {
         config.connect_timeout = self.connect_timeout;
         config.outlier = self.outlier.clone();
         config.ewma = self.ewma;
+        config.overload_penalty_cap = self.overload_penalty_cap;
         config
     }
 

@@ -47,6 +47,8 @@ async fn a_pick_allocates_nothing() {
         ("weighted round robin", Box::new(WeightedRoundRobin::new())),
         ("p2c least request", Box::new(P2c::least_request())),
         ("p2c peak ewma", Box::new(P2c::peak_ewma())),
+        ("p2c utilization", Box::new(P2c::utilization())),
+        ("weighted round robin from load reports", Box::new(WeightedRoundRobin::from_load_reports())),
         ("ring hash", Box::new(RingHash::new())),
         ("maglev", Box::new(Maglev::new())),
         ("slow start(p2c least request)", Box::new(SlowStart::new(P2c::least_request(), std::time::Duration::from_secs(30)))),

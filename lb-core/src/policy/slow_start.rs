@@ -75,6 +75,10 @@ impl<P: Policy> SlowStart<P> {
 }
 
 impl<P: Policy> Policy for SlowStart<P> {
+    fn rebuild_every(&self) -> Option<std::time::Duration> {
+        self.inner.rebuild_every()
+    }
+
     fn is_topology_aware(&self) -> bool {
         self.inner.is_topology_aware()
     }

@@ -134,6 +134,9 @@ pub struct PoolConfig {
     pub ewma: EwmaConfig,
     /// How long a removed endpoint with requests in flight is tracked before being forgotten.
     pub drain_timeout: Duration,
+    /// The longest an endpoint is kept out of picks for answering that it is overloaded
+    /// (`RESOURCE_EXHAUSTED`, HTTP 429/503 with `Retry-After`); `None` ignores such answers.
+    pub overload_penalty_cap: Option<Duration>,
 }
 
 impl Default for PoolConfig {
@@ -146,6 +149,7 @@ impl Default for PoolConfig {
             outlier: Some(OutlierConfig::default()),
             ewma: EwmaConfig::default(),
             drain_timeout: Duration::from_secs(60),
+            overload_penalty_cap: Some(Duration::from_secs(30)),
         }
     }
 }

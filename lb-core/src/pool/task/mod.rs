@@ -155,6 +155,13 @@ impl<K: Connect> PoolTask<K> {
             .unwrap_or(Duration::from_secs(3600));
         let mut sweep = tokio::time::interval_at(Instant::now() + outlier_interval, outlier_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Policies whose picker depends on something that moves by itself (weights from load
+        // reports) are rebuilt on their own period too.
+        let mut rebuild = self.policy.rebuild_every().map(|p| {
+            let mut i = tokio::time::interval_at(Instant::now() + p, p);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         let mut events = 0usize;
         loop {
             let deadline = self.next_deadline();
@@ -179,7 +186,11 @@ impl<K: Connect> PoolTask<K> {
                 Some((id, generation, ok)) = self.health_events.next(), if !self.health_events.is_empty() => {
                     self.on_health(id, generation, ok);
                 }
-                _ = self.alarm.notified() => self.eject_consecutive(),
+                _ = self.alarm.notified() => {
+                    self.eject_consecutive();
+                    self.apply_penalties();
+                }
+                _ = tick(&mut rebuild) => self.dirty = true,
                 _ = sweep.tick() => self.outlier_sweep(),
                 _ = &mut timer, if deadline.is_some() => self.on_timers(),
                 _ = std::future::ready(()), if self.dirty => {
@@ -457,6 +468,15 @@ impl<K: Connect> PoolTask<K> {
         }
         slot.health = Some(ok);
         self.dirty = true;
+    }
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -66,6 +66,15 @@ impl<K: Connect> PoolTask<K> {
         }
         let entries_empty = entries.is_empty();
         let picker = self.policy.build(&candidates);
+        if let Some(w) = picker.weights() {
+            let by_addr: Vec<(std::net::SocketAddr, f64)> = w
+                .indices
+                .iter()
+                .zip(w.weights)
+                .filter_map(|(&i, &weight)| candidates.get(i as usize).map(|c| (c.endpoint.addr(), weight)))
+                .collect();
+            m::weights(self.target(), &by_addr, w.fallback);
+        }
         self.version += 1;
         let snapshot = Snapshot {
             entries,
