@@ -6,6 +6,10 @@
 //! into a [`TrackedBody`], which holds it until the body ends or is dropped, setting the outcome
 //! from the trailers (gRPC) or the status (HTTP) on the way ([`Classify`]). It works over any
 //! `http::Response<B>`: lb-hyper's own connections, or a per-endpoint service a user composed.
+//!
+//! On the way it also picks up what the server says of its own load: an ORCA load report in the
+//! `endpoint-load-metrics-bin` trailer (or header), and an overload answer's hint
+//! ([`Classify::penalty`]); both ride the guard into the endpoint's load state.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -43,8 +47,15 @@ impl TrackBody {
 impl<B> TrackCompletion<http::Response<B>> for TrackBody {
     type Output = http::Response<TrackedBody<B>>;
 
-    fn track_completion(&self, guard: LoadGuard, response: http::Response<B>) -> Self::Output {
+    fn track_completion(&self, mut guard: LoadGuard, response: http::Response<B>) -> Self::Output {
         let verdict = self.classify.head(response.status(), response.headers());
+        // HTTP/1.1 responses and trailers-only gRPC answers carry these in their headers.
+        if let Some(report) = lb_orca::from_headers(response.headers()) {
+            guard.set_report(report);
+        }
+        if let Some(penalty) = self.classify.penalty(Some(response.status()), response.headers()) {
+            guard.set_penalty(penalty);
+        }
         let classify = self.classify.clone();
         response.map(|b| TrackedBody::new(b, guard, classify, verdict))
     }
@@ -93,6 +104,14 @@ where
                             g.set_outcome(outcome);
                         }
                         *this.decided = true;
+                    }
+                    if let Some(g) = this.guard.as_mut() {
+                        if let Some(report) = lb_orca::from_headers(t) {
+                            g.set_report(report);
+                        }
+                        if let Some(penalty) = this.classify.penalty(None, t) {
+                            g.set_penalty(penalty);
+                        }
                     }
                     // Trailers are the last frame: callers (tonic's `Streaming`) stop polling here.
                     true

@@ -13,9 +13,20 @@
 //!   `grpc-status`, or a body that fails mid-stream, is a failure.
 //!
 //! A response the caller drops before its end counts neither way (gRPC) or by its status (HTTP).
+//!
+//! Separately, an answer can say the server is **overloaded** and for how long to leave it alone:
+//! gRPC `RESOURCE_EXHAUSTED` (the hint in `grpc-retry-pushback-ms`, else `Retry-After`, else
+//! [`DEFAULT_OVERLOAD_PENALTY`]), HTTP 429 or 503 with a `Retry-After` (delta-seconds or an HTTP
+//! date). [`Classify::penalty`] reads it; the pool keeps the endpoint out of picks that long
+//! (linkerd's load biaser; capped by the pool's `overload_penalty_cap`).
+
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
 use lb_core::Outcome;
+
+/// How long an endpoint sits out after `RESOURCE_EXHAUSTED` without a hint.
+pub const DEFAULT_OVERLOAD_PENALTY: Duration = Duration::from_secs(1);
 
 /// Classifies responses; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -93,6 +104,25 @@ impl Classify {
         }
     }
 
+    /// How long the server asked to be left alone, when the response head (`status`, `headers`)
+    /// or, for gRPC, the trailers (`status` `None`) say it is overloaded; see the
+    /// [module docs](self).
+    pub fn penalty(&self, status: Option<StatusCode>, headers: &HeaderMap) -> Option<Duration> {
+        if let Some(status) = status {
+            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+                return retry_after(headers);
+            }
+        }
+        match self {
+            Classify::Grpc { .. } if grpc_status(headers) == Some(RESOURCE_EXHAUSTED) => Some(
+                pushback(headers)
+                    .or_else(|| retry_after(headers))
+                    .unwrap_or(DEFAULT_OVERLOAD_PENALTY),
+            ),
+            _ => None,
+        }
+    }
+
     /// The outcome of a stream that ended with no outcome from head or trailers.
     pub(crate) fn end_without_status(&self) -> Outcome {
         match self {
@@ -107,6 +137,24 @@ impl Classify {
             _ => Outcome::Success,
         }
     }
+}
+
+const RESOURCE_EXHAUSTED: i32 = 8;
+
+/// `grpc-retry-pushback-ms` (gRFC A6): milliseconds; a negative or unreadable value is no hint.
+fn pushback(headers: &HeaderMap) -> Option<Duration> {
+    let ms: i64 = headers.get("grpc-retry-pushback-ms")?.to_str().ok()?.trim().parse().ok()?;
+    u64::try_from(ms).ok().map(Duration::from_millis)
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delta-seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 /// The `grpc-status` code in `headers`; an unparsable value reads as `UNKNOWN`.
@@ -147,4 +195,32 @@ mod tests {
         assert_eq!(c.head(StatusCode::NOT_FOUND, &HeaderMap::new()), Verdict::done(Outcome::Success));
         assert_eq!(c.head(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()), Verdict::done(Outcome::Failure));
     }
+
+    #[test]
+    fn overload_answers_carry_a_penalty() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().expect("valid"));
+            }
+            m
+        };
+        let http = Classify::http();
+        assert_eq!(http.penalty(Some(StatusCode::TOO_MANY_REQUESTS), &h(&[("retry-after", "7")])), Some(Duration::from_secs(7)));
+        assert_eq!(http.penalty(Some(StatusCode::SERVICE_UNAVAILABLE), &h(&[("retry-after", "2")])), Some(Duration::from_secs(2)));
+        assert_eq!(http.penalty(Some(StatusCode::SERVICE_UNAVAILABLE), &HeaderMap::new()), None, "no hint, no penalty");
+        assert_eq!(http.penalty(Some(StatusCode::OK), &h(&[("retry-after", "2")])), None);
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let mut dated = HeaderMap::new();
+        dated.insert("retry-after", later.parse().expect("valid"));
+        let p = http.penalty(Some(StatusCode::TOO_MANY_REQUESTS), &dated).expect("a date hint");
+        assert!(p > Duration::from_secs(100) && p <= Duration::from_secs(120), "{p:?}");
+
+        let grpc = Classify::grpc();
+        assert_eq!(grpc.penalty(None, &h(&[("grpc-status", "8"), ("grpc-retry-pushback-ms", "1500")])), Some(Duration::from_millis(1500)));
+        assert_eq!(grpc.penalty(None, &h(&[("grpc-status", "8")])), Some(DEFAULT_OVERLOAD_PENALTY));
+        assert_eq!(grpc.penalty(None, &h(&[("grpc-status", "8"), ("grpc-retry-pushback-ms", "-1")])), Some(DEFAULT_OVERLOAD_PENALTY));
+        assert_eq!(grpc.penalty(None, &h(&[("grpc-status", "14")])), None);
+    }
 }
+

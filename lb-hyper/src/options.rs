@@ -299,6 +299,14 @@ macro_rules! __builder_options {
             self
         }
 
+        /// The longest an endpoint sits out after answering that it is overloaded (gRPC
+        /// `RESOURCE_EXHAUSTED`, HTTP 429/503 with `Retry-After`): default 30 s; `None` ignores such
+        /// answers. See `lb_core::Options::overload_penalty_cap`.
+        pub fn overload_penalty_cap(mut self, cap: Option<::std::time::Duration>) -> Self {
+            self.options.balance = self.options.balance.overload_penalty_cap(cap);
+            self
+        }
+
         /// How many times a request that never reached its endpoint is sent to another
         /// (default 3).
         pub fn max_reroutes(mut self, n: u8) -> Self {

@@ -230,6 +230,11 @@ impl<C> Snapshot<C> {
         self.initialized
     }
 
+    /// The picker the policy built for this snapshot (e.g. to read the weights it uses).
+    pub fn picker(&self) -> &dyn Picker {
+        &*self.picker
+    }
+
     /// How many endpoints can take requests.
     pub fn healthy(&self) -> usize {
         self.healthy

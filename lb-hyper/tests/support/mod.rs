@@ -30,6 +30,17 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(delay: Duration) -> Backend {
+        Self::spawn(delay, None).await
+    }
+
+    /// A backend that answers every request with `status` and `headers` (e.g. 429 and a
+    /// `Retry-After`).
+    pub async fn start_answering(status: u16, headers: &[(&'static str, &'static str)]) -> Backend {
+        Self::spawn(Duration::ZERO, Some((status, headers.to_vec()))).await
+    }
+
+    async fn spawn(delay: Duration, fixed: Option<(u16, Vec<(&'static str, &'static str)>)>) -> Backend {
+        let fixed = Arc::new(fixed);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound socket has an address");
         let served = Arc::new(AtomicUsize::new(0));
@@ -43,10 +54,18 @@ impl Backend {
         tasks.lock().expect("not poisoned").spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (s, h, f) = (s.clone(), h.clone(), f.clone());
+                let (s, h, f, fixed) = (s.clone(), h.clone(), f.clone(), fixed.clone());
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (s, h, f) = (s.clone(), h.clone(), f.clone());
+                    let (s, h, f, fixed) = (s.clone(), h.clone(), f.clone(), fixed.clone());
                     async move {
+                        if let Some((status, headers)) = &*fixed {
+                            s.fetch_add(1, Ordering::Relaxed);
+                            let mut rsp = Response::builder().status(*status);
+                            for (k, v) in headers {
+                                rsp = rsp.header(*k, *v);
+                            }
+                            return Ok::<_, Infallible>(rsp.body(Full::new(Bytes::new())).expect("valid"));
+                        }
                         if req.uri().path() == "/health" {
                             let status = if h.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                             return Ok::<_, Infallible>(Response::builder().status(status).body(Full::new(Bytes::new())).expect("valid"));
