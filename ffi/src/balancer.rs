@@ -158,6 +158,16 @@ impl lb_balancer {
         outcome: Outcome,
         latency: Option<Duration>,
     ) -> Result<(), Error> {
+        self.report_with(token, outcome, latency, None)
+    }
+
+    pub(crate) fn report_with(
+        &self,
+        token: u64,
+        outcome: Outcome,
+        latency: Option<Duration>,
+        load: Option<lb_core::LoadReport>,
+    ) -> Result<(), Error> {
         let mut guard = self.pending.take(token).map_err(|e| match e {
             TokenError::Unknown => Error::new(
                 lb_status::LB_ERR_UNKNOWN_TOKEN,
@@ -174,6 +184,9 @@ impl lb_balancer {
         guard.set_outcome(outcome);
         if let Some(l) = latency {
             guard.set_latency(l);
+        }
+        if let Some(r) = load {
+            guard.set_report(r);
         }
         drop(guard);
         Ok(())
@@ -254,7 +267,11 @@ unsafe fn balancer<'a>(b: *const lb_balancer) -> Result<&'a lb_balancer, Error> 
 ///   the same names).
 /// - `options_json`: NULL or "" for the defaults, else a JSON object; every key is optional and an
 ///   unknown key is an error:
-///   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash", "maglev"), `seed` (u64),
+///   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash", "maglev", "wrr-orca" (weighted
+///   round robin from load reports given to `lb_balancer_report_load`, gRFC A58), "p2c-util"
+///   (power of two choices by reported utilization)), `seed` (u64),
+///   `blackout_ms`, `weight_update_ms` (for "wrr-orca": how long an endpoint reports before its
+///   weight counts, default 10000; how often weights are recomputed, default 1000),
 ///   `slow_start_ms` (a newly connected endpoint's share ramps up over this window; not for the
 ///   hashing policies),
 ///   `subset_size` + `subset_client_id` (connect to only that many endpoints, chosen
@@ -391,21 +408,61 @@ pub unsafe extern "C" fn lb_balancer_report(
     guard(|| {
         // SAFETY: forwarded contract.
         let b = unsafe { balancer(b) }?;
-        let outcome =
-            match outcome {
-                0 => Outcome::Success,
-                1 => Outcome::Failure,
-                2 => Outcome::Cancelled,
-                other => return Err(Error::new(
-                    lb_status::LB_ERR_INVALID_ARGUMENT,
-                    format!(
-                        "outcome {other} is not an lb_outcome (0 success, 1 failure, 2 cancelled)"
-                    ),
-                )),
-            };
+        let outcome = outcome_arg(outcome)?;
         let latency = u64::try_from(latency_us).ok().map(Duration::from_micros);
         b.report(token, outcome, latency)
     })
+}
+
+/// Like `lb_balancer_report`, with the server's load report: the bytes of an ORCA
+/// `xds.data.orca.v3.OrcaLoadReport` protobuf, as a gRPC server sends it in the
+/// `endpoint-load-metrics-bin` trailer (base64-decoded). The "wrr-orca" and "p2c-util" policies
+/// balance by these reports.
+///
+/// - `report`, `report_len`: the serialized report; NULL with length 0 reports none.
+///
+/// Errors: those of `lb_balancer_report`, and `LB_ERR_INVALID_ARGUMENT` for a report that does not
+/// decode (the token stays pending, so it can be reported again without one). Thread-safe.
+///
+/// # Safety
+/// `b` is NULL or a live balancer; `report` is NULL or points to `report_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn lb_balancer_report_load(
+    b: *const lb_balancer,
+    token: u64,
+    outcome: c_int,
+    latency_us: i64,
+    report: *const u8,
+    report_len: usize,
+) -> lb_status {
+    guard(|| {
+        // SAFETY: the caller guarantees `report_len` readable bytes when non-NULL.
+        let bytes = unsafe { bytes_arg(report, report_len, "report") }?;
+        let load = match bytes {
+            Some(bytes) => Some(lb_orca::load_report(&lb_orca::decode_bytes(bytes).map_err(|e| {
+                Error::new(lb_status::LB_ERR_INVALID_ARGUMENT, format!("report: {e}"))
+            })?)),
+            None => None,
+        };
+        // SAFETY: forwarded contract.
+        let b = unsafe { balancer(b) }?;
+        let outcome = outcome_arg(outcome)?;
+        let latency = u64::try_from(latency_us).ok().map(Duration::from_micros);
+        b.report_with(token, outcome, latency, load)
+    })
+}
+
+/// An `lb_outcome` passed as an `int`.
+fn outcome_arg(outcome: c_int) -> Result<Outcome, Error> {
+    match outcome {
+        0 => Ok(Outcome::Success),
+        1 => Ok(Outcome::Failure),
+        2 => Ok(Outcome::Cancelled),
+        other => Err(Error::new(
+            lb_status::LB_ERR_INVALID_ARGUMENT,
+            format!("outcome {other} is not an lb_outcome (0 success, 1 failure, 2 cancelled)"),
+        )),
+    }
 }
 
 /// Describes the current endpoints as a JSON object:

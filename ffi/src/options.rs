@@ -21,6 +21,10 @@ pub(crate) struct Options {
     policy: PolicyName,
     /// Seeds the random choices of `p2c`/`p2c-ewma`/`hash` (reproducible runs).
     seed: Option<u64>,
+    /// "wrr-orca": how long an endpoint must have reported load before its weight counts.
+    blackout_ms: Option<u64>,
+    /// "wrr-orca": how often weights are recomputed from the reports.
+    weight_update_ms: Option<u64>,
     /// Slow start: a newly connected endpoint's share ramps up over this many milliseconds.
     slow_start_ms: Option<u64>,
     /// Deterministic subsetting: connect to only this many endpoints, chosen for `subset_client_id`.
@@ -52,6 +56,8 @@ impl Default for Options {
         Options {
             policy: PolicyName::P2cEwma,
             seed: None,
+            blackout_ms: None,
+            weight_update_ms: None,
             slow_start_ms: None,
             subset_size: None,
             subset_client_id: None,
@@ -88,6 +94,10 @@ enum PolicyName {
     Hash,
     #[serde(rename = "maglev")]
     Maglev,
+    #[serde(rename = "wrr-orca")]
+    WrrOrca,
+    #[serde(rename = "p2c-util")]
+    P2cUtilization,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,7 +219,24 @@ impl Options {
             (PolicyName::P2cEwma, Some(s)) => Box::new(P2c::peak_ewma().with_seed(s)),
             (PolicyName::Hash, _) => Box::new(RingHash::new()),
             (PolicyName::Maglev, _) => Box::new(Maglev::new()),
+            (PolicyName::WrrOrca, _) => {
+                let mut p = WeightedRoundRobin::from_load_reports();
+                if let Some(b) = self.blackout_ms {
+                    p = p.blackout_period(ms(b));
+                }
+                if let Some(u) = self.weight_update_ms {
+                    p = p.weight_update_period(ms(u));
+                }
+                Box::new(p)
+            }
+            (PolicyName::P2cUtilization, None) => Box::new(P2c::utilization()),
+            (PolicyName::P2cUtilization, Some(s)) => Box::new(P2c::utilization().with_seed(s)),
         };
+        if !matches!(self.policy, PolicyName::WrrOrca) && (self.blackout_ms.is_some() || self.weight_update_ms.is_some()) {
+            return Err(Error::options(
+                "options_json: blackout_ms and weight_update_ms apply to the \"wrr-orca\" policy only",
+            ));
+        }
         let inner: Box<dyn Policy> = match self.slow_start_ms {
             None | Some(0) => inner,
             Some(_) if matches!(self.policy, PolicyName::Hash | PolicyName::Maglev) => {

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! greeter-client --target TARGET (--requests N | --duration-secs S) --concurrency C
-//!                --policy rr|wrr|p2c|p2c-ewma|hash|maglev [--zone Z] [--region R] [--node N]
+//!                --policy rr|wrr|p2c|p2c-ewma|hash|maglev|wrr-orca|p2c-util [--zone Z] [--region R] [--node N]
+//!                [--blackout-secs S] [--weight-update-ms MS]
 //! ```
 //!
 //! With `--policy hash`, call i carries the affinity key `key-<i mod --keys>` in the `x-lb-key`
@@ -79,6 +80,13 @@ struct Args {
     /// metadata, so 1 pins every call to one backend and a large N spreads them over the ring.
     #[arg(long, default_value_t = 1)]
     keys: u64,
+    /// With --policy wrr-orca: seconds an endpoint must have reported load before its weight is
+    /// used (gRFC A58's blackout period).
+    #[arg(long, default_value_t = 10.0)]
+    blackout_secs: f64,
+    /// With --policy wrr-orca: how often weights are recomputed from the reports, in ms.
+    #[arg(long, default_value_t = 1000)]
+    weight_update_ms: u64,
     /// The name sent in every HelloRequest.
     #[arg(long, default_value = "world")]
     name: String,
@@ -112,8 +120,20 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
     if let Some(n) = &args.node {
         locality = locality.with_node(n);
     }
+    let policy: std::sync::Arc<dyn lb_core::Policy> = match args.policy {
+        PolicyName::WrrOrca => {
+            let blackout = Duration::try_from_secs_f64(args.blackout_secs)
+                .map_err(|_| anyhow::anyhow!("--blackout-secs must be a non-negative number of seconds"))?;
+            std::sync::Arc::new(
+                lb_core::policy::WeightedRoundRobin::from_load_reports()
+                    .blackout_period(blackout)
+                    .weight_update_period(Duration::from_millis(args.weight_update_ms)),
+            )
+        }
+        other => other.build(),
+    };
     let mut builder = LbChannel::builder()
-        .policy(args.policy.build())
+        .policy(policy)
         .endpoint_wait_timeout(Duration::from_millis(args.endpoint_wait_ms))
         .health_check(args.health_check);
     if locality != Locality::unknown() {

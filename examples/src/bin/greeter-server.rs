@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! greeter-server --addr 127.0.0.1:0 [--zone Z] [--region R] [--node N] [--delay-ms D]
-//!                [--register TARGET --ttl-secs S]
+//!                [--capacity N] [--orca] [--register TARGET --ttl-secs S]
 //! ```
 //!
 //! The first line on stdout is the bound `ip:port` (so scripts and tests can start it on port 0),
@@ -11,6 +11,11 @@
 //! (`etcd://…/greeter`, `consul://…/greeter`) with its locality, keeps the registration alive, and
 //! on Ctrl-C or SIGTERM reports NOT_SERVING, deregisters, keeps serving for `--drain-delay-ms`
 //! (default 500) while clients catch up, then drains in-flight calls (at most 3 s).
+//!
+//! `--capacity N` plays a machine that serves at most N calls at once (the rest queue), each
+//! taking `--delay-ms`; `--orca` reports its load in every response (ORCA's
+//! `endpoint-load-metrics-bin` trailer): utilization = the busy share of its capacity, and its
+//! calls per second.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -19,7 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use lb_core::{Endpoint, Locality};
-use lb_examples::server::Backend;
+use lb_examples::server::{Backend, Config};
 use lb_registry::Target;
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -43,6 +48,13 @@ struct Args {
     /// Artificial delay before every reply, in milliseconds (to play a slow backend).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Serve at most this many calls at once; the rest wait their turn.
+    #[arg(long)]
+    capacity: Option<usize>,
+    /// Report load with ORCA in every response (utilization = busy share of --capacity, else the
+    /// process's CPU; and calls per second).
+    #[arg(long)]
+    orca: bool,
     /// Register in this registry, e.g. etcd://127.0.0.1:2379/greeter or consul://127.0.0.1:8500/greeter.
     #[arg(long, value_name = "TARGET")]
     register: Option<String>,
@@ -67,7 +79,12 @@ async fn main() -> anyhow::Result<()> {
         .map(|t| registration_target(t, args.ttl_secs))
         .transpose()?;
 
-    let backend = Backend::bind(args.addr, Duration::from_millis(args.delay_ms))
+    let config = Config {
+        delay: Duration::from_millis(args.delay_ms),
+        capacity: args.capacity,
+        orca: args.orca,
+    };
+    let backend = Backend::bind_with(args.addr, config)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = backend.addr();
