@@ -53,15 +53,19 @@ pub struct Config {
     pub orca: bool,
 }
 
-/// The busy share of a capacity, averaged over windows of about a second.
+/// A limit on calls served at once, resizable while serving, and the busy share of it averaged
+/// over windows of about a second.
 #[derive(Debug)]
-struct Busy {
-    capacity: f64,
+struct Capacity {
+    slots: Arc<Semaphore>,
+    /// Slots taken out of service by a shrink.
+    withheld: Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>,
     state: Mutex<BusyState>,
 }
 
 #[derive(Debug)]
 struct BusyState {
+    capacity: f64,
     busy: usize,
     since: tokio::time::Instant,
     window_start: tokio::time::Instant,
@@ -69,31 +73,66 @@ struct BusyState {
     last: f64,
 }
 
-impl Busy {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Capacity {
     fn new(capacity: usize) -> Self {
         let now = tokio::time::Instant::now();
-        Busy {
-            capacity: capacity.max(1) as f64,
-            state: Mutex::new(BusyState { busy: 0, since: now, window_start: now, area: 0.0, last: 0.0 }),
+        let capacity = capacity.max(1);
+        Capacity {
+            slots: Arc::new(Semaphore::new(capacity)),
+            withheld: Mutex::new(Vec::new()),
+            state: Mutex::new(BusyState { capacity: capacity as f64, busy: 0, since: now, window_start: now, area: 0.0, last: 0.0 }),
         }
     }
 
     /// Adds `delta` calls in service; returns the utilization to report.
     fn change(&self, delta: isize) -> f64 {
         let now = tokio::time::Instant::now();
-        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = lock(&self.state);
         s.area += s.busy as f64 * now.saturating_duration_since(s.since).as_secs_f64();
         s.since = now;
         s.busy = s.busy.saturating_add_signed(delta);
         let window = now.saturating_duration_since(s.window_start).as_secs_f64();
         if window >= 1.0 {
-            s.last = s.area / (self.capacity * window);
+            s.last = s.area / (s.capacity * window);
             s.area = 0.0;
             s.window_start = now;
         } else if s.last == 0.0 && window > 0.0 {
-            return s.area / (self.capacity * window);
+            return s.area / (s.capacity * window);
         }
         s.last
+    }
+
+    /// Serves at most `n` calls at once from now on (a shrink waits for calls to finish).
+    async fn resize(&self, n: usize) {
+        let n = n.max(1);
+        let current = lock(&self.state).capacity as usize;
+        if n < current {
+            if let Ok(p) = Arc::clone(&self.slots).acquire_many_owned((current - n) as u32).await {
+                lock(&self.withheld).push(p);
+            }
+        } else if n > current {
+            let mut grow = n - current;
+            let mut withheld = lock(&self.withheld);
+            while grow > 0 {
+                let Some(mut p) = withheld.pop() else { break };
+                let give = grow.min(p.num_permits());
+                if give < p.num_permits() {
+                    // Keep the rest withheld.
+                    if let Some(rest) = p.split(p.num_permits() - give) {
+                        withheld.push(rest);
+                    }
+                }
+                drop(p);
+                grow -= give;
+            }
+            drop(withheld);
+            self.slots.add_permits(grow);
+        }
+        lock(&self.state).capacity = n as f64;
     }
 }
 
@@ -103,8 +142,7 @@ pub struct GreeterService {
     addr: SocketAddr,
     delay: Duration,
     served: Arc<AtomicU64>,
-    capacity: Option<Arc<Semaphore>>,
-    busy: Option<Arc<Busy>>,
+    capacity: Option<Arc<Capacity>>,
     orca: Option<lb_orca::Recorder>,
 }
 
@@ -120,8 +158,7 @@ impl GreeterService {
             addr,
             delay: config.delay,
             served: Arc::new(AtomicU64::new(0)),
-            capacity: config.capacity.map(|n| Arc::new(Semaphore::new(n.max(1)))),
-            busy: config.capacity.map(|n| Arc::new(Busy::new(n))),
+            capacity: config.capacity.map(|n| Arc::new(Capacity::new(n))),
             orca: config.orca.then(|| lb_orca::Recorder::new().with_cpu_sampling()),
         }
     }
@@ -132,8 +169,23 @@ impl GreeterService {
     }
 
     fn busy(&self, delta: isize) {
-        if let (Some(busy), Some(orca)) = (&self.busy, &self.orca) {
-            orca.set_application_utilization(busy.change(delta));
+        if let Some(capacity) = &self.capacity {
+            let utilization = capacity.change(delta);
+            if let Some(orca) = &self.orca {
+                orca.set_application_utilization(utilization);
+            }
+        }
+    }
+
+    /// Serves at most `n` calls at once from now on, when the greeter has a capacity (a shrink
+    /// waits for enough calls to finish); returns whether it has one.
+    pub async fn set_capacity(&self, n: usize) -> bool {
+        match &self.capacity {
+            Some(c) => {
+                c.resize(n).await;
+                true
+            }
+            None => false,
         }
     }
 
@@ -147,8 +199,8 @@ impl GreeterService {
 impl Greeter for GreeterService {
     async fn say_hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let _permit = match &self.capacity {
-            Some(slots) => Some(
-                Arc::clone(slots)
+            Some(c) => Some(
+                Arc::clone(&c.slots)
                     .acquire_owned()
                     .await
                     .map_err(|_| Status::unavailable("shutting down"))?,
@@ -250,6 +302,11 @@ impl Backend {
     /// How many requests the backend answered.
     pub fn served(&self) -> u64 {
         self.greeter.served()
+    }
+
+    /// Serves at most `n` calls at once from now on (see [`GreeterService::set_capacity`]).
+    pub async fn set_capacity(&self, n: usize) -> bool {
+        self.greeter.set_capacity(n).await
     }
 
     /// Reports NOT_SERVING on `grpc.health.v1` (for the whole server and the Greeter service),
