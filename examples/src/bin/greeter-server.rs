@@ -112,6 +112,9 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Listen for the signals before announcing the address: a SIGTERM sent by whoever read the
+    // line must find the handler installed, not kill the process.
+    let shutdown = shutdown_signal();
     // The address goes out only now, so whoever waits for this line gets a server that is serving
     // and, with --register, already discoverable.
     {
@@ -120,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
         out.flush()?;
     }
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     // Order matters: stop advertising first so clients route new requests elsewhere, then drain.
     backend.set_not_serving().await;
@@ -150,25 +153,31 @@ fn registration_target(target: &str, ttl_secs: Option<u64>) -> anyhow::Result<Ta
     }
 }
 
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        signal(SignalKind::terminate())
+            .map_err(|error| tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server"))
+            .ok()
+    };
+    // `ctrl_c` installs its handler on first poll: poll it once now.
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    let already = futures_util::FutureExt::now_or_never(&mut ctrl_c).is_some();
+    async move {
+        if already {
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = ctrl_c.await;
     }
 }
