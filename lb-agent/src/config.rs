@@ -164,14 +164,16 @@ impl FromStr for Config {
         if !(1..=65_536).contains(&max_slots) {
             return Err(Error::config("max_slots must be between 1 and 65536"));
         }
+        // The file wins; then the variables a DaemonSet fills from the downward API (the same
+        // names lb-registry's Kubernetes resolver reads); the node name falls back to the hostname.
         let mut node = Locality::unknown();
-        if let Some(n) = raw.node.name.or_else(hostname) {
+        if let Some(n) = raw.node.name.or_else(|| env(NODE_ENV)).or_else(hostname) {
             node = node.with_node(n);
         }
-        if let Some(z) = raw.node.zone {
+        if let Some(z) = raw.node.zone.or_else(|| env(ZONE_ENV)) {
             node = node.with_zone(z);
         }
-        if let Some(r) = raw.node.region {
+        if let Some(r) = raw.node.region.or_else(|| env(REGION_ENV)) {
             node = node.with_region(r);
         }
         let mut seen = BTreeSet::new();
@@ -259,6 +261,17 @@ impl FromStr for Config {
             services,
         })
     }
+}
+
+/// Environment variables read for this node's name when `[node] name` is not set, first set wins.
+pub const NODE_ENV: [&str; 2] = ["LB_NODE", "NODE_NAME"];
+/// Likewise for its zone.
+pub const ZONE_ENV: [&str; 2] = ["LB_ZONE", "POD_ZONE"];
+/// Likewise for its region.
+pub const REGION_ENV: [&str; 2] = ["LB_REGION", "POD_REGION"];
+
+fn env(names: [&str; 2]) -> Option<String> {
+    names.iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
 }
 
 fn hostname() -> Option<String> {

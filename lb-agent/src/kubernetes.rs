@@ -12,6 +12,7 @@
 
 use crate::agent::Event;
 use crate::config::Config;
+#[cfg(feature = "kubernetes")]
 use crate::model::Affinity;
 
 /// The affinity a Service asks for (`None` unless `sessionAffinity` is `ClientIP`); a timeout the
@@ -47,21 +48,25 @@ pub(crate) fn spawn_affinity_watches(
     generation: u64,
     tx: &tokio::sync::mpsc::UnboundedSender<Event>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for (service, svc) in cfg.services.iter().enumerate() {
-        if svc.affinity_explicit || svc.target.scheme() != "kubernetes" {
-            continue;
-        }
-        #[cfg(feature = "kubernetes")]
-        {
-            let (name, namespace) = service_of(svc.target.path());
-            let (name, namespace, tx) = (name.to_string(), namespace.map(str::to_string), tx.clone());
-            tasks.push(tokio::spawn(watch::run(name, namespace, generation, service, tx)));
-        }
-        #[cfg(not(feature = "kubernetes"))]
-        let _ = (service, generation, tx);
+    #[cfg(feature = "kubernetes")]
+    {
+        cfg.services
+            .iter()
+            .enumerate()
+            .filter(|(_, svc)| !svc.affinity_explicit && svc.target.scheme() == "kubernetes")
+            .map(|(service, svc)| {
+                let (name, namespace) = service_of(svc.target.path());
+                let (name, namespace, tx) = (name.to_string(), namespace.map(str::to_string), tx.clone());
+                tokio::spawn(watch::run(name, namespace, generation, service, tx))
+            })
+            .collect()
     }
-    tasks
+    // Without the feature a `kubernetes:///` target is refused when it is resolved.
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = (cfg, generation, tx);
+        Vec::new()
+    }
 }
 
 #[cfg(feature = "kubernetes")]
