@@ -233,6 +233,17 @@ fn parse_dnat(line: &str) -> Option<(ServiceKey, SocketAddr)> {
     Some((ServiceKey { protocol, vip: vip.parse().ok()? }, dest))
 }
 
+/// What one family's sync wrote (or would write).
+#[derive(Debug, Default)]
+struct Planned {
+    /// The restore input, headed by a comment naming the tool; empty when nothing changes.
+    shown: String,
+    /// UDP flows to delete from conntrack.
+    flush: Vec<(ServiceKey, SocketAddr)>,
+    /// Rules owned afterwards.
+    objects: usize,
+}
+
 impl Side {
     fn load(&mut self) -> Result<(), Error> {
         self.reset();
@@ -261,16 +272,16 @@ impl Side {
 
     /// The transaction bringing this family to `desired` (empty when it already matches), its
     /// conntrack deletions and the rules it owns afterwards; commits unless `dry_run`.
-    fn sync(&mut self, desired: &Desired, dry_run: bool) -> Result<(String, Vec<(ServiceKey, SocketAddr)>, usize), Error> {
+    fn sync(&mut self, desired: &Desired, dry_run: bool) -> Result<Planned, Error> {
         let wanted = desired.keys().any(|k| k.family() == self.family);
         if !wanted && self.is_empty() {
-            return Ok((String::new(), Vec::new(), 0));
+            return Ok(Planned::default());
         }
         let (transaction, chains) = self.render(desired);
         let objects = transaction.lines().filter(|l| l.starts_with("-A ")).count();
         let complete = self.hooks.len() == HOOKS.len();
         if complete && state_hash(&transaction) == self.state {
-            return Ok((String::new(), Vec::new(), objects));
+            return Ok(Planned { objects, ..Planned::default() });
         }
         let mut flush = Vec::new();
         for (key, old) in &self.committed {
@@ -278,7 +289,7 @@ impl Side {
         }
         let shown = format!("# {} --noflush\n{transaction}", self.tools.0);
         if dry_run {
-            return Ok((shown, flush, objects));
+            return Ok(Planned { shown, flush, objects });
         }
         exec::run(&self.tools.0, &["--noflush"], Some(&transaction))?;
         self.state = state_hash(&transaction);
@@ -289,7 +300,7 @@ impl Side {
             .filter(|(k, _)| k.family() == self.family)
             .map(|(k, s)| (*k, s.destinations.iter().map(|d| d.addr).collect()))
             .collect();
-        Ok((shown, flush, objects))
+        Ok(Planned { shown, flush, objects })
     }
 
     fn cleanup(&mut self, dry_run: bool) -> Result<String, Error> {
@@ -343,10 +354,10 @@ impl Backend for Iptables {
         let mut report = SyncReport::default();
         let mut flush = Vec::new();
         for side in self.sides() {
-            let (tx, f, objects) = side.sync(desired, dry_run)?;
-            report.transaction.push_str(&tx);
-            report.objects += objects;
-            flush.extend(f);
+            let planned = side.sync(desired, dry_run)?;
+            report.transaction.push_str(&planned.shown);
+            report.objects += planned.objects;
+            flush.extend(planned.flush);
         }
         report.commands = if dry_run { conntrack::describe(&flush) } else { conntrack::run(&flush) };
         Ok(report)

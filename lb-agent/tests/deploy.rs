@@ -87,19 +87,30 @@ fn net_admin_alone_is_enough_for_nftables_and_conntrack() {
     assert_eq!(lab.client.exec(&["nft", "list", "ruleset"]).trim(), "", "cleaned up");
 }
 
+/// A document as its API type. k8s-openapi skips fields it does not know, so the value is also
+/// written back and compared: a misspelt or misplaced field fails here, not on a cluster.
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(value: serde_yaml::Value, kind: &str) -> T {
+    let t: T = match serde_yaml::from_value(value.clone()) {
+        Ok(t) => t,
+        Err(e) => panic!("the {kind} document is not a valid {kind}: {e}"),
+    };
+    let back = serde_yaml::to_value(&t).expect("an API object serializes");
+    assert_eq!(back, value, "the {kind} document has fields its type does not know");
+    t
+}
+
 #[test]
 fn kubernetes_manifests_are_valid_api_objects_with_what_the_agent_needs() {
     let (mut sa, mut role, mut binding, mut config, mut ds) = (None, None, None, None, None);
     for doc in serde_yaml::Deserializer::from_str(MANIFESTS) {
         let value = serde_yaml::Value::deserialize(doc).expect("a YAML document");
         let kind = value.get("kind").and_then(serde_yaml::Value::as_str).expect("every document has a kind").to_string();
-        let typed = |what: &str| format!("{kind} is not a valid {what}");
         match kind.as_str() {
-            "ServiceAccount" => sa = Some(serde_yaml::from_value::<ServiceAccount>(value).expect(&typed("ServiceAccount"))),
-            "ClusterRole" => role = Some(serde_yaml::from_value::<ClusterRole>(value).expect(&typed("ClusterRole"))),
-            "ClusterRoleBinding" => binding = Some(serde_yaml::from_value::<ClusterRoleBinding>(value).expect(&typed("binding"))),
-            "ConfigMap" => config = Some(serde_yaml::from_value::<ConfigMap>(value).expect(&typed("ConfigMap"))),
-            "DaemonSet" => ds = Some(serde_yaml::from_value::<DaemonSet>(value).expect(&typed("DaemonSet"))),
+            "ServiceAccount" => sa = Some(typed::<ServiceAccount>(value, &kind)),
+            "ClusterRole" => role = Some(typed::<ClusterRole>(value, &kind)),
+            "ClusterRoleBinding" => binding = Some(typed::<ClusterRoleBinding>(value, &kind)),
+            "ConfigMap" => config = Some(typed::<ConfigMap>(value, &kind)),
+            "DaemonSet" => ds = Some(typed::<DaemonSet>(value, &kind)),
             other => panic!("unexpected document kind {other}"),
         }
     }
