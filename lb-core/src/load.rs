@@ -271,6 +271,7 @@ impl Load {
             latency: None,
             report: None,
             penalty: None,
+            permit: None,
         }
     }
 
@@ -390,6 +391,7 @@ pub struct LoadGuard {
     latency: Option<Duration>,
     report: Option<LoadReport>,
     penalty: Option<Duration>,
+    permit: Option<crate::balance::Permit>,
 }
 
 impl fmt::Debug for LoadGuard {
@@ -425,6 +427,12 @@ impl LoadGuard {
     /// (capped by the pool). Applied when the guard drops.
     pub fn set_penalty(&mut self, duration: Duration) {
         self.penalty = Some(duration);
+    }
+
+    /// Holds a circuit breaker's in-flight slot for as long as the request counts (to the end of
+    /// its response), giving it back when the guard drops.
+    pub fn hold(&mut self, permit: crate::balance::Permit) {
+        self.permit = Some(permit);
     }
 
     /// The outcome recorded so far.

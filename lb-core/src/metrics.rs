@@ -10,6 +10,7 @@
 //! | `lb_connect_failures_total` | counter | failed connection attempts |
 //! | `lb_ejections_total` | counter | outlier ejections |
 //! | `lb_no_endpoint_total` | counter | requests failed because no endpoint was available in time |
+//! | `lb_circuit_breaker_overflows_total` | counter, label `limit` | requests refused at once by a circuit-breaker bound |
 //! | `lb_overload_penalties_total` | counter | endpoints kept out of picks for answering that they are overloaded |
 //! | `lb_endpoint_weight` | gauge, label `endpoint` | the weight a load-report policy gives each endpoint |
 //! | `lb_weight_fallback_total` | counter | rebuilds where a load-report policy fell back to round robin |
@@ -29,6 +30,8 @@ pub const CONNECT_FAILURES: &str = "lb_connect_failures_total";
 pub const EJECTIONS: &str = "lb_ejections_total";
 /// Counter: requests failed for want of an endpoint.
 pub const NO_ENDPOINT: &str = "lb_no_endpoint_total";
+/// Counter: requests refused by a circuit-breaker bound.
+pub const OVERFLOWS: &str = "lb_circuit_breaker_overflows_total";
 /// Counter: overload penalties applied.
 pub const OVERLOAD_PENALTIES: &str = "lb_overload_penalties_total";
 /// Gauge: an endpoint's weight under a load-report policy.
@@ -80,3 +83,8 @@ pub(crate) fn weights(target: &str, endpoints: &[(std::net::SocketAddr, f64)], f
         metrics::counter!(WEIGHT_FALLBACK, "target" => target.to_string()).increment(1);
     }
 }
+
+pub(crate) fn overflow(target: &str, limit: &'static str) {
+    metrics::counter!(OVERFLOWS, "target" => target.to_string(), "limit" => limit).increment(1);
+}
+

@@ -307,6 +307,28 @@ macro_rules! __builder_options {
             self
         }
 
+        /// Circuit breaking: at most `n` requests of the target in flight at once (to the end of
+        /// their responses); more fail at once — `RESOURCE_EXHAUSTED` from `LbChannel`,
+        /// `Error::is_overloaded` from `LbClient`. Default unbounded.
+        pub fn max_in_flight(mut self, n: usize) -> Self {
+            self.options.balance = self.options.balance.max_in_flight(n);
+            self
+        }
+
+        /// Circuit breaking: an endpoint with `n` requests in flight is not picked; when every
+        /// endpoint tried is at that bound the request fails at once. Default unbounded.
+        pub fn max_in_flight_per_endpoint(mut self, n: u32) -> Self {
+            self.options.balance = self.options.balance.max_in_flight_per_endpoint(n);
+            self
+        }
+
+        /// Circuit breaking: at most `n` requests wait for an endpoint at once; more fail at once.
+        /// Default unbounded.
+        pub fn max_waiting(mut self, n: usize) -> Self {
+            self.options.balance = self.options.balance.max_waiting(n);
+            self
+        }
+
         /// How many times a request that never reached its endpoint is sent to another
         /// (default 3).
         pub fn max_reroutes(mut self, n: u8) -> Self {

@@ -23,6 +23,7 @@ pin_project! {
     where
         C: Service<Req>,
     {
+        Refused { error: Option<BoxError> },
         Picking,
         Readying { picked: Option<Picked<C>> },
         Calling {
@@ -52,6 +53,7 @@ pin_project! {
         waiter: Waiter,
         track: T,
         reroutes_left: u8,
+        permit: Option<super::Permit>,
     }
 }
 
@@ -72,16 +74,36 @@ impl<C, Req, T> ResponseFuture<C, Req, T>
 where
     C: Service<Req>,
 {
-    pub(crate) fn new(pool: Pool<C>, req: Req, ctx: PickContext, wait: Wait, track: T, reroutes: u8) -> Self {
+    pub(crate) fn new(
+        pool: Pool<C>,
+        req: Req,
+        ctx: PickContext,
+        wait: Wait,
+        track: T,
+        reroutes: u8,
+        gate: Option<&Arc<super::Gate>>,
+    ) -> Self {
+        let (state, permit) = match gate {
+            None => (State::Picking, None),
+            Some(gate) => match gate.enter() {
+                Some(permit) => (State::Picking, Some(permit)),
+                None => {
+                    let bound = gate.limits().max_in_flight.unwrap_or(0);
+                    let error = super::error::Overloaded::new(Arc::clone(pool.target()), super::Limit::InFlight, bound);
+                    (State::Refused { error: Some(Box::new(error)) }, None)
+                }
+            },
+        };
         ResponseFuture {
-            state: State::Picking,
+            state,
             req: Some(req),
             pool,
             ctx,
             wait,
-            waiter: Waiter::default(),
+            waiter: Waiter::gated(gate.cloned()),
             track,
             reroutes_left: reroutes,
+            permit,
         }
     }
 }
@@ -98,8 +120,17 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
+                StateProj::Refused { error } => {
+                    let error = error.take().expect("polled after completion");
+                    return Poll::Ready(Err(error));
+                }
                 StateProj::Picking => {
-                    let picked = ready!(this.waiter.poll_pick(this.pool, this.ctx, *this.wait, cx))?;
+                    let mut picked = ready!(this.waiter.poll_pick(this.pool, this.ctx, *this.wait, cx))
+                        .map_err(super::error::PickError::into_error)?;
+                    if let Some(permit) = this.permit.take() {
+                        // The slot rides the guard to the end of the response.
+                        picked.guard.hold(permit);
+                    }
                     this.state.set(State::Readying { picked: Some(picked) });
                 }
                 StateProj::Readying { picked } => {
