@@ -130,12 +130,20 @@ impl lb_balancer {
     }
 
     /// Picks, and stores the pick's guard under a new token.
+    ///
+    /// A pick is a call of one attempt, for the metrics (`lb_core::metrics`): it starts at the
+    /// pick (or at the start of its wait) and ends at its report, with the caller's latency.
     pub(crate) fn pick(&self, hash: Option<u64>) -> Result<(u64, Arc<Endpoint>), Error> {
         let ctx = PickContext { hash };
-        let picked = match self.pool.pick(&ctx) {
-            Some(p) => p,
+        let mut picked = match self.pool.pick(&ctx) {
+            Some(mut p) => {
+                let started = p.guard.started_at();
+                p.guard.end_call(started);
+                p
+            }
             None => self.pick_slow(&ctx)?,
         };
+        picked.guard.begin_attempt();
         let Picked {
             endpoint, guard, ..
         } = picked;
@@ -147,9 +155,14 @@ impl lb_balancer {
     /// the pick returns as soon as an endpoint is published.
     #[cold]
     fn pick_slow(&self, ctx: &PickContext) -> Result<Picked<Probed>, Error> {
-        self.runtime()
+        let waiting = Instant::now();
+        let mut picked = self
+            .runtime()
             .block_on(self.pool.pick_or_wait(*ctx, self.wait))
-            .map_err(|e| Error::new(lb_status::LB_ERR_UNAVAILABLE, e.to_string()))
+            .map_err(|e| Error::new(lb_status::LB_ERR_UNAVAILABLE, e.to_string()))?;
+        // The call began with the wait.
+        picked.guard.end_call(waiting);
+        Ok(picked)
     }
 
     pub(crate) fn report(
@@ -268,7 +281,10 @@ unsafe fn balancer<'a>(b: *const lb_balancer) -> Result<&'a lb_balancer, Error> 
 ///   `connect_timeout_ms`, `probe` (TCP-probe endpoints before use, default true),
 ///   `probe_interval_ms` (re-probe period, 0 = only on reconnect; default 5000),
 ///   `outlier` (null disables; or {"consecutive_failures","failure_rate","min_requests",
-///   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}).
+///   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}),
+///   `metrics_endpoint_labels` (label the per-attempt metrics with the endpoint's address;
+///   default false). Metrics go to the `metrics` recorder the Rust side of the process installed;
+///   a pick is one call of one attempt, recorded when it is reported.
 /// - `out`: receives the balancer on `LB_OK`; untouched otherwise.
 ///
 /// Returns immediately; use `lb_balancer_wait_ready` to wait for the first endpoints.

@@ -45,6 +45,8 @@ pub(crate) struct Options {
     pub(crate) probe_interval_ms: u64,
     #[serde(default = "default_outlier")]
     outlier: Option<OutlierOpt>,
+    /// Label the per-attempt metrics with the endpoint's address.
+    metrics_endpoint_labels: bool,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             probe: true,
             probe_interval_ms: 5000,
             outlier: default_outlier(),
+            metrics_endpoint_labels: false,
         }
     }
 }
@@ -167,7 +170,8 @@ impl Options {
             .policy(self.policy()?)
             .endpoint_wait_timeout(ms(self.failfast_ms))
             .wait_for_ready(self.wait_for_ready)
-            .outlier_detection(self.outlier.as_ref().map(OutlierOpt::to_config));
+            .outlier_detection(self.outlier.as_ref().map(OutlierOpt::to_config))
+            .metrics_endpoint_labels(self.metrics_endpoint_labels);
         if let Some(t) = self.connect_timeout_ms {
             o = o.connect_timeout(ms(t.max(1)));
         }

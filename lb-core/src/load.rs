@@ -22,6 +22,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::metrics::{EndpointSeries, Record, Status};
+
 /// How a request ended, as recorded by [`LoadGuard`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -69,6 +71,7 @@ pub struct Load {
     consecutive_failures: AtomicU32,
     consecutive_threshold: u32,
     alarm: Option<Arc<Notify>>,
+    series: Option<EndpointSeries>,
 }
 
 impl fmt::Debug for Load {
@@ -101,7 +104,14 @@ impl Load {
             consecutive_failures: AtomicU32::new(0),
             consecutive_threshold: u32::MAX,
             alarm: None,
+            series: None,
         }
+    }
+
+    /// Records this endpoint's requests into `series` (see [`crate::metrics`]).
+    pub(crate) fn with_series(mut self, series: EndpointSeries) -> Self {
+        self.series = Some(series);
+        self
     }
 
     /// Wakes `alarm` whenever the consecutive-failure count reaches `threshold`, so the pool can
@@ -126,6 +136,7 @@ impl Load {
             start: now,
             outcome: Outcome::Cancelled,
             latency: None,
+            record: Record::default(),
         }
     }
 
@@ -243,6 +254,7 @@ pub struct LoadGuard {
     start: Instant,
     outcome: Outcome,
     latency: Option<Duration>,
+    record: Record,
 }
 
 impl fmt::Debug for LoadGuard {
@@ -282,16 +294,51 @@ impl LoadGuard {
     pub fn load(&self) -> &Arc<Load> {
         &self.load
     }
+
+    /// Counts this pick as an attempt: a request sent to its endpoint (`grpc.client.attempt.started`,
+    /// `lb_endpoint_picks_total`), whose end records `grpc.client.attempt.duration` (see
+    /// [`crate::metrics`]). The engine calls it as it sends; callers of
+    /// [`Pool::pick_or_wait`](crate::Pool::pick_or_wait) that send themselves call it too. A pick
+    /// dropped without it records nothing.
+    pub fn begin_attempt(&mut self) {
+        if !self.record.attempt {
+            self.record.attempt = true;
+            if let Some(s) = &self.load.series {
+                s.attempt_started();
+            }
+        }
+    }
+
+    /// The `grpc.status` the attempt (and its call) is recorded with (the last call wins); unset, it
+    /// is the outcome's word (`success`, `failure`, `cancelled`).
+    pub fn set_status(&mut self, status: Status) {
+        self.record.status = Some(status);
+    }
+
+    /// Makes this attempt its call's last: its end records the call's duration
+    /// (`grpc.client.call.duration`) as well, from `started` — before any wait for an endpoint and
+    /// any earlier attempt.
+    pub fn end_call(&mut self, started: Instant) {
+        self.record.call_start = Some(started);
+    }
 }
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.outcome == Outcome::Cancelled {
+        if self.outcome == Outcome::Cancelled && !self.record.attempt {
             return;
         }
         let now = Instant::now();
         let latency = self.latency.unwrap_or_else(|| now.saturating_duration_since(self.start));
+        if self.record.attempt {
+            if let Some(s) = &self.load.series {
+                s.attempt_ended(&self.record, self.outcome, self.start, latency);
+            }
+        }
+        if self.outcome == Outcome::Cancelled {
+            return;
+        }
         self.load.record(latency, self.outcome, now);
     }
 }

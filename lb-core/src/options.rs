@@ -36,6 +36,7 @@ pub struct Options {
     outlier: Option<OutlierConfig>,
     ewma: EwmaConfig,
     subset: Option<Subset>,
+    metrics_endpoint_labels: bool,
 }
 
 impl Default for Options {
@@ -49,6 +50,7 @@ impl Default for Options {
             outlier: Some(OutlierConfig::default()),
             ewma: EwmaConfig::default(),
             subset: None,
+            metrics_endpoint_labels: false,
         }
     }
 }
@@ -64,6 +66,7 @@ impl fmt::Debug for Options {
             .field("outlier", &self.outlier)
             .field("ewma", &self.ewma)
             .field("subset", &self.subset)
+            .field("metrics_endpoint_labels", &self.metrics_endpoint_labels)
             .finish()
     }
 }
@@ -171,6 +174,15 @@ impl Options {
         self
     }
 
+    /// Labels the per-attempt metrics (`grpc.client.attempt.*`) with the endpoint's address,
+    /// `lb.endpoint` (default off: a latency histogram per status per endpoint multiplies series by
+    /// the fleet's size). The per-endpoint `lb_endpoint_*` series are kept either way; see
+    /// [`crate::metrics`].
+    pub fn metrics_endpoint_labels(mut self, on: bool) -> Self {
+        self.metrics_endpoint_labels = on;
+        self
+    }
+
     /// How requests wait for an endpoint.
     pub fn wait(&self) -> Wait {
         self.wait
@@ -230,6 +242,7 @@ impl Options {
         config.connect_timeout = self.connect_timeout;
         config.outlier = self.outlier.clone();
         config.ewma = self.ewma;
+        config.metrics_endpoint_labels = self.metrics_endpoint_labels;
         config
     }
 

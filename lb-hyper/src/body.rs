@@ -12,6 +12,7 @@ use std::task::{ready, Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 use lb_core::balance::TrackCompletion;
+use lb_core::metrics::Dialect;
 use lb_core::{LoadGuard, Outcome};
 use pin_project_lite::pin_project;
 
@@ -43,10 +44,17 @@ impl TrackBody {
 impl<B> TrackCompletion<http::Response<B>> for TrackBody {
     type Output = http::Response<TrackedBody<B>>;
 
-    fn track_completion(&self, guard: LoadGuard, response: http::Response<B>) -> Self::Output {
+    fn track_completion(&self, mut guard: LoadGuard, response: http::Response<B>) -> Self::Output {
         let verdict = self.classify.head(response.status(), response.headers());
+        if let Some(status) = self.classify.head_status(response.status(), response.headers()) {
+            guard.set_status(status);
+        }
         let classify = self.classify.clone();
         response.map(|b| TrackedBody::new(b, guard, classify, verdict))
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.classify.dialect()
     }
 }
 
@@ -91,6 +99,9 @@ where
                     if let Some(outcome) = this.classify.trailers(t) {
                         if let Some(g) = this.guard.as_mut() {
                             g.set_outcome(outcome);
+                            if let Some(status) = this.classify.trailers_status(t) {
+                                g.set_status(status);
+                            }
                         }
                         *this.decided = true;
                     }
@@ -102,6 +113,7 @@ where
             Some(Err(_)) => {
                 if let Some(g) = this.guard.as_mut() {
                     g.set_outcome(Outcome::Failure);
+                    g.set_status(this.classify.broken_status());
                 }
                 *this.decided = true;
                 true
@@ -112,6 +124,9 @@ where
             if let Some(mut g) = this.guard.take() {
                 if !*this.decided {
                     g.set_outcome(this.classify.end_without_status());
+                    if let Some(status) = this.classify.missing_status() {
+                        g.set_status(status);
+                    }
                 }
             }
         }
