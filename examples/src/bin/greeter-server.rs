@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! greeter-server --addr 127.0.0.1:0 [--zone Z] [--region R] [--node N] [--delay-ms D]
-//!                [--register TARGET --ttl-secs S]
+//!                [--register TARGET --ttl-secs S] [--metrics-addr HOST:PORT]
 //! ```
 //!
 //! The first line on stdout is the bound `ip:port` (so scripts and tests can start it on port 0),
@@ -10,7 +10,9 @@
 //! serves `grpc.health.v1`. With `--register` it registers itself in the registry TARGET names
 //! (`etcd://…/greeter`, `consul://…/greeter`) with its locality, keeps the registration alive, and
 //! on Ctrl-C or SIGTERM reports NOT_SERVING, deregisters, keeps serving for `--drain-delay-ms`
-//! (default 500) while clients catch up, then drains in-flight calls (at most 3 s).
+//! (default 500) while clients catch up, then drains in-flight calls (at most 3 s). With
+//! `--metrics-addr` it serves Prometheus text at `/metrics` there: gRFC A66's server call metrics
+//! and, with `--register`, the registrar's.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -54,6 +56,9 @@ struct Args {
     /// Registration TTL in seconds (the etcd lease / Consul TTL check), with --register.
     #[arg(long, requires = "register")]
     ttl_secs: Option<u64>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; logged).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -66,6 +71,9 @@ async fn main() -> anyhow::Result<()> {
         .as_deref()
         .map(|t| registration_target(t, args.ttl_secs))
         .transpose()?;
+    if let Some(addr) = args.metrics_addr {
+        lb_examples::metrics::serve(addr).await?;
+    }
 
     let backend = Backend::bind(args.addr, Duration::from_millis(args.delay_ms))
         .await
