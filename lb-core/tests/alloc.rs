@@ -79,7 +79,7 @@ mod atomics {
 
     use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 
-    pub struct Samples(pub AtomicU64);
+    pub(crate) struct Samples(pub(crate) AtomicU64);
 
     impl HistogramFn for Samples {
         fn record(&self, _: f64) {
@@ -87,7 +87,7 @@ mod atomics {
         }
     }
 
-    pub struct Atomics;
+    pub(crate) struct Atomics;
 
     impl Recorder for Atomics {
         fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
