@@ -46,9 +46,10 @@ impl<B> TrackCompletion<http::Response<B>> for TrackBody {
 
     fn track_completion(&self, mut guard: LoadGuard, response: http::Response<B>) -> Self::Output {
         let verdict = self.classify.head(response.status(), response.headers());
-        if let Some(status) = self.classify.head_status(response.status(), response.headers()) {
-            guard.set_status(status);
-        }
+        // A gRPC answer's status comes with its trailers; until then, a caller that drops the body
+        // cancelled the call.
+        let status = self.classify.head_status(response.status(), response.headers());
+        guard.set_status(status.unwrap_or(self.classify.dialect().cancelled()));
         let classify = self.classify.clone();
         response.map(|b| TrackedBody::new(b, guard, classify, verdict))
     }

@@ -203,8 +203,6 @@ where
                             let req = this.req.take().expect("a request is sent once at a time");
                             this.call.attempts = this.call.attempts.saturating_add(1);
                             guard.begin_attempt();
-                            // What it ends with if the caller drops it before the answer.
-                            guard.set_status(this.call.dialect.cancelled());
                             this.span.record("endpoint", tracing::field::display(endpoint.addr()));
                             this.span.record("attempt", this.call.attempts);
                             let fut = connection.call(req);

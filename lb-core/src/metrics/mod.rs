@@ -40,7 +40,8 @@
 //! `lb_tonic::LbChannel` (`OK`, `UNAVAILABLE`, …, as A66 has it), the HTTP status class through
 //! `lb_hyper::LbClient` (`2xx`, `5xx`), and where a face knows no status — the C ABI's reports, a
 //! Tower stack built with [`CompleteOnResponse`](crate::balance::CompleteOnResponse) — one of
-//! `success`, `failure`, `cancelled`, `unavailable`, `timeout` (see [`Status`]). The endpoint label
+//! `success`, `failure`, `cancelled`, `unavailable`, `timeout` (see [`Status`]); a C ABI pick that
+//! finds no endpoint is counted in `lb_no_endpoint_total` only. The endpoint label
 //! of the attempt series is off by default (a histogram per status per endpoint multiplies
 //! series); turn it on with [`Options::metrics_endpoint_labels`](crate::Options).
 //!
