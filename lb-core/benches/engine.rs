@@ -71,6 +71,12 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine");
     let sizes = [10, 1_000];
     let pools: Vec<Pool<Instant>> = sizes.iter().map(|n| pool(&rt, *n, "bench")).collect();
+    // A status's series is registered the first time it is recorded: once each, before the recorder.
+    for pool in &pools {
+        let balance: Balance<Instant, ()> = Balance::new(pool.clone());
+        let fut = pin!(balance.send(()));
+        assert!(fut.poll(&mut Context::from_waker(Waker::noop())).is_ready());
+    }
     // Pools built from here on record into Prometheus; the ones above keep no-op handles.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(lb_core::metrics::DURATION_BUCKETS)

@@ -236,8 +236,12 @@ fn main() {
             .expect("valid target");
         assert!(lb_fast.ready(Duration::from_secs(5)).await);
 
-        // Every channel above registered its per-call series with no recorder installed: their
-        // handles are no-ops. The one built now records into Prometheus.
+        // Every channel above registers its per-call series with no recorder installed: their
+        // handles are no-ops. (A status's histogram is registered the first time it is recorded,
+        // so one call each, now.) The one built after the recorder records into Prometheus.
+        for channel in [&lb, &lb_one, &lb_rr, &lb_fast] {
+            EchoClient::new(channel.clone()).unary(EchoRequest::default()).await.expect("a first call");
+        }
         let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
             .set_buckets(lb_core::metrics::DURATION_BUCKETS)
             .expect("valid buckets")

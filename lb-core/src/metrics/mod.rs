@@ -3,8 +3,9 @@
 //!
 //! The library only emits; the application installs the recorder it already uses (Prometheus,
 //! StatsD, OpenTelemetry) **before building a channel or client**: each target's and endpoint's
-//! series are registered once, when its pool is spawned and as discovery adds endpoints, and the
-//! request path records into those handles (no label is built and nothing allocated per call).
+//! series are registered once, when its pool is spawned and as discovery adds endpoints (a latency
+//! histogram the first time its status is recorded), and the request path records into those
+//! handles (no label is built and nothing allocated per call).
 //! Without a recorder the handles are no-ops. [`describe`] gives the recorder each metric's unit
 //! and help text, and [`DURATION_BUCKETS`] are A66's histogram buckets:
 //!
