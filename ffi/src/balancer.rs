@@ -133,6 +133,9 @@ impl lb_balancer {
     }
 
     /// Picks, and stores the pick's guard under a new token.
+    ///
+    /// A pick is a call of one attempt, for the metrics (`lb_core::metrics`): it starts at the
+    /// pick (or at the start of its wait) and ends at its report, with the caller's latency.
     pub(crate) fn pick(&self, hash: Option<u64>) -> Result<(u64, Arc<Endpoint>), Error> {
         let ctx = PickContext { hash };
         let permit = match &self.gate {
@@ -148,14 +151,19 @@ impl lb_balancer {
             })?),
             None => None,
         };
-        let picked = match &self.gate {
+        let mut picked = match &self.gate {
             // Without bounds the fast path is one lock-free read of the snapshot.
             None => match self.pool.pick(&ctx) {
-                Some(p) => p,
+                Some(mut p) => {
+                    let started = p.guard.started_at();
+                    p.guard.end_call(started);
+                    p
+                }
                 None => self.pick_slow(&ctx)?,
             },
             Some(_) => self.pick_slow(&ctx)?,
         };
+        picked.guard.begin_attempt();
         let Picked {
             endpoint,
             mut guard,
@@ -177,9 +185,14 @@ impl lb_balancer {
             Some(gate) => pick.gated(Arc::clone(gate)),
             None => pick,
         };
-        self.runtime()
+        let waiting = Instant::now();
+        let mut picked = self
+            .runtime()
             .block_on(pick)
-            .map_err(|e| Error::new(lb_status::LB_ERR_UNAVAILABLE, e.to_string()))
+            .map_err(|e| Error::new(lb_status::LB_ERR_UNAVAILABLE, e.to_string()))?;
+        // The call began with the wait.
+        picked.guard.end_call(waiting);
+        Ok(picked)
     }
 
     pub(crate) fn report(
@@ -319,6 +332,9 @@ unsafe fn balancer<'a>(b: *const lb_balancer) -> Result<&'a lb_balancer, Error> 
 ///   `max_in_flight` (picks awaiting their report at once), `max_in_flight_per_endpoint`,
 ///   `max_waiting` (picks waiting for an endpoint at once): circuit breaking, a pick over a bound
 ///   fails at once with `LB_ERR_UNAVAILABLE` naming the bound.
+///   `metrics_endpoint_labels` (label the per-attempt metrics with the endpoint's address;
+///   default false). Metrics go to the `metrics` recorder the Rust side of the process installed;
+///   a pick is one call of one attempt, recorded when it is reported.
 /// - `out`: receives the balancer on `LB_OK`; untouched otherwise.
 ///
 /// Returns immediately; use `lb_balancer_wait_ready` to wait for the first endpoints.

@@ -52,6 +52,8 @@ pub(crate) struct Options {
     max_in_flight: Option<usize>,
     max_in_flight_per_endpoint: Option<u32>,
     max_waiting: Option<usize>,
+    /// Label the per-attempt metrics with the endpoint's address.
+    metrics_endpoint_labels: bool,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             max_in_flight: None,
             max_in_flight_per_endpoint: None,
             max_waiting: None,
+            metrics_endpoint_labels: false,
         }
     }
 }
@@ -183,7 +186,8 @@ impl Options {
             .policy(self.policy()?)
             .endpoint_wait_timeout(ms(self.failfast_ms))
             .wait_for_ready(self.wait_for_ready)
-            .outlier_detection(self.outlier.as_ref().map(OutlierOpt::to_config));
+            .outlier_detection(self.outlier.as_ref().map(OutlierOpt::to_config))
+            .metrics_endpoint_labels(self.metrics_endpoint_labels);
         if let Some(t) = self.connect_timeout_ms {
             o = o.connect_timeout(ms(t.max(1)));
         }

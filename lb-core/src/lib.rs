@@ -47,6 +47,8 @@ pub mod options;
 pub mod policy;
 pub mod pool;
 #[cfg(feature = "test-util")]
+pub mod test_recorder;
+#[cfg(feature = "test-util")]
 pub mod test_util;
 
 /// The boxed error type used inside the engine (tower's convention).

@@ -38,6 +38,7 @@ pub struct Options {
     subset: Option<Subset>,
     overload_penalty_cap: Option<Duration>,
     limits: crate::balance::Limits,
+    metrics_endpoint_labels: bool,
 }
 
 impl Default for Options {
@@ -53,6 +54,7 @@ impl Default for Options {
             subset: None,
             overload_penalty_cap: PoolConfig::default().overload_penalty_cap,
             limits: crate::balance::Limits::default(),
+            metrics_endpoint_labels: false,
         }
     }
 }
@@ -70,6 +72,7 @@ impl fmt::Debug for Options {
             .field("subset", &self.subset)
             .field("overload_penalty_cap", &self.overload_penalty_cap)
             .field("limits", &self.limits)
+            .field("metrics_endpoint_labels", &self.metrics_endpoint_labels)
             .finish()
     }
 }
@@ -212,6 +215,15 @@ impl Options {
         self.limits
     }
 
+    /// Labels the per-attempt metrics (`grpc.client.attempt.*`) with the endpoint's address,
+    /// `lb.endpoint` (default off: a latency histogram per status per endpoint multiplies series by
+    /// the fleet's size). The per-endpoint `lb_endpoint_*` series are kept either way; see
+    /// [`crate::metrics`].
+    pub fn metrics_endpoint_labels(mut self, on: bool) -> Self {
+        self.metrics_endpoint_labels = on;
+        self
+    }
+
     /// How requests wait for an endpoint.
     pub fn wait(&self) -> Wait {
         self.wait
@@ -272,6 +284,7 @@ impl Options {
         config.outlier = self.outlier.clone();
         config.ewma = self.ewma;
         config.overload_penalty_cap = self.overload_penalty_cap;
+        config.metrics_endpoint_labels = self.metrics_endpoint_labels;
         config
     }
 

@@ -352,6 +352,14 @@ macro_rules! __builder_options {
             self
         }
 
+        /// Labels the per-attempt metrics (`grpc.client.attempt.*`) with the endpoint's address
+        /// (`lb.endpoint`); default off, since it multiplies their series by the number of
+        /// endpoints. See `lb_core::metrics`.
+        pub fn metrics_endpoint_labels(mut self, on: bool) -> Self {
+            self.options.balance = self.options.balance.metrics_endpoint_labels(on);
+            self
+        }
+
         /// Replaces every option at once.
         pub fn options(mut self, options: $crate::Options) -> Self {
             self.options = options;

@@ -136,6 +136,11 @@ impl Waiter {
         self.excluded = Some(endpoint);
     }
 
+    /// When the request began to wait for an endpoint, if it had to.
+    pub(crate) fn waited_since(&self) -> Option<Instant> {
+        self.started
+    }
+
     pub(crate) fn poll_pick<C: Clone>(
         &mut self,
         pool: &Pool<C>,
@@ -179,6 +184,15 @@ impl Waiter {
                 if changed.as_mut().poll(cx).is_ready() {
                     self.changed = None;
                     self.excluded = None;
+                    if let Ok(p) = try_pick(&pool.snapshot(), ctx, None, self.gate.as_deref()) {
+                        tracing::debug!(
+                            target_uri = %pool.target(),
+                            endpoint = %p.endpoint.addr(),
+                            waited = ?self.started.map(|s| s.elapsed()).unwrap_or_default(),
+                            "picked after waiting for an endpoint"
+                        );
+                        return Poll::Ready(self.admit(p));
+                    }
                     continue;
                 }
             }
