@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, then lists the tests that skipped themselves. On Debian, as
-# root, it first installs what the tests need
-# (etcd, protoc for etcd-client's build script, nftables/iptables/iproute2 for the agent, valgrind
-# for the C ABI, nginx for the benchmark report) when missing.
+# root, it first installs what the tests need (etcd, protoc for etcd-client's build script,
+# nftables/iptables/iproute2 for the agent, systemd's `systemd-analyze` for the agent's unit file
+# and util-linux's `setpriv` to run the agent with its unit's privileges, valgrind for the C ABI,
+# nginx for the benchmark report) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,8 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v python3 >/dev/null 2>&1 || need+=(python3)

@@ -16,6 +16,7 @@ mod churn;
 mod drive;
 mod l4;
 mod netns;
+mod orca;
 mod procs;
 mod scenarios;
 mod svg;
@@ -37,6 +38,9 @@ struct Args {
     /// Where to write the report; the SVG charts go next to it.
     #[arg(long, default_value = "bench/REPORT.md")]
     out: PathBuf,
+    /// Run only these scenarios (1–6, comma-separated); the report then has only their sections.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u32>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -50,6 +54,26 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long, default_value_t = 0)]
         delay_us: u64,
+        #[arg(long)]
+        capacity: Option<usize>,
+        #[arg(long)]
+        orca: bool,
+    },
+    /// Internal: scenario 6's client processes: closed-loop calls with one policy, one JSON line.
+    #[command(hide = true)]
+    LoadClient {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        policy: String,
+        #[arg(long)]
+        concurrency: usize,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long)]
+        warmup_ms: u64,
+        #[arg(long, default_value_t = 1.0)]
+        blackout_secs: f64,
     },
     /// Internal: scenario 2's client side, run inside the client network namespace.
     #[command(hide = true)]
@@ -69,33 +93,53 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Cmd::Backend { listen, delay_us }) = args.command {
+    if let Some(Cmd::Backend { listen, delay_us, capacity, orca }) = args.command {
         // A backend is one process with a small runtime, like a single small service instance.
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
-        return rt.block_on(procs::serve_backend(listen, Duration::from_micros(delay_us)));
+        let shape = procs::Shape { capacity, orca };
+        return rt.block_on(procs::serve_backend(listen, Duration::from_micros(delay_us), shape));
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("runtime")?;
+    if let Some(Cmd::LoadClient { target, policy, concurrency, secs, warmup_ms, blackout_secs }) = args.command {
+        let run = orca::LoadRun { target, policy, concurrency, secs, warmup_ms, blackout_secs };
+        return rt.block_on(orca::load_client(run));
+    }
     if let Some(Cmd::NetnsClient { agent_config, backends, secs, warmup_ms }) = args.command {
         let s = scenarios::Settings { secs, warmup: Duration::from_millis(warmup_ms), ..scenarios::Settings::quick() };
         return rt.block_on(l4::netns_client(&agent_config, &backends, s));
     }
-    rt.block_on(report(args.quick, args.out))
+    rt.block_on(report(args.quick, args.out, &args.only))
 }
 
-async fn report(quick: bool, out: PathBuf) -> anyhow::Result<()> {
+async fn report(quick: bool, out: PathBuf, only: &[u32]) -> anyhow::Result<()> {
     let settings = if quick { scenarios::Settings::quick() } else { scenarios::Settings::full() };
     let started = std::time::Instant::now();
     let mut sections = Vec::new();
-    eprintln!("scenario 1: nginx vs LbChannel vs balance_list vs direct");
-    sections.push(scenarios::centralized(settings).await.context("scenario 1")?);
-    eprintln!("scenario 2: L4 vs per-request");
-    sections.push(l4::l4(settings).await.context("scenario 2")?);
-    eprintln!("scenario 3: slow backend");
-    sections.push(scenarios::slow(settings).await.context("scenario 3")?);
-    eprintln!("scenario 4: etcd churn and etcd restart");
-    sections.push(churn::churn(settings).await.context("scenario 4")?);
-    eprintln!("scenario 5: backend SIGKILL");
-    sections.push(scenarios::faults(settings).await.context("scenario 5")?);
+    let run = |n: u32| only.is_empty() || only.contains(&n);
+    if run(1) {
+        eprintln!("scenario 1: nginx vs LbChannel vs balance_list vs direct");
+        sections.push(scenarios::centralized(settings).await.context("scenario 1")?);
+    }
+    if run(2) {
+        eprintln!("scenario 2: L4 vs per-request");
+        sections.push(l4::l4(settings).await.context("scenario 2")?);
+    }
+    if run(3) {
+        eprintln!("scenario 3: slow backend");
+        sections.push(scenarios::slow(settings).await.context("scenario 3")?);
+    }
+    if run(4) {
+        eprintln!("scenario 4: etcd churn and etcd restart");
+        sections.push(churn::churn(settings).await.context("scenario 4")?);
+    }
+    if run(5) {
+        eprintln!("scenario 5: backend SIGKILL");
+        sections.push(scenarios::faults(settings).await.context("scenario 5")?);
+    }
+    if run(6) {
+        eprintln!("scenario 6: load reports (ORCA) over unequal capacities");
+        sections.push(orca::capacities(settings).await.context("scenario 6")?);
+    }
     let took = started.elapsed();
 
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));

@@ -23,6 +23,15 @@ pub(crate) struct BackendProc {
     child: Option<Child>,
 }
 
+/// How a backend process behaves beyond its delay.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Shape {
+    /// Calls served at once (the rest queue).
+    pub(crate) capacity: Option<usize>,
+    /// Report load with ORCA.
+    pub(crate) orca: bool,
+}
+
 impl BackendProc {
     /// Starts `lb-report backend --listen <listen> --delay-ms <delay>` and waits for its address.
     pub(crate) async fn start(listen: SocketAddr, delay: Duration) -> anyhow::Result<BackendProc> {
@@ -31,6 +40,16 @@ impl BackendProc {
 
     /// Like [`BackendProc::start`], inside the network namespace `netns` (`ip netns exec`).
     pub(crate) async fn start_in(netns: Option<&str>, listen: SocketAddr, delay: Duration) -> anyhow::Result<BackendProc> {
+        BackendProc::start_shaped(netns, listen, delay, Shape::default()).await
+    }
+
+    /// Like [`BackendProc::start_in`], with a capacity and ORCA reporting.
+    pub(crate) async fn start_shaped(
+        netns: Option<&str>,
+        listen: SocketAddr,
+        delay: Duration,
+        shape: Shape,
+    ) -> anyhow::Result<BackendProc> {
         let exe = std::env::current_exe().context("locate the lb-report binary")?;
         let mut cmd = match netns {
             Some(ns) => {
@@ -46,6 +65,8 @@ impl BackendProc {
             .arg(listen.to_string())
             .arg("--delay-us")
             .arg(delay.as_micros().to_string())
+            .args(shape.capacity.map(|c| format!("--capacity={c}")))
+            .args(shape.orca.then_some("--orca"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -70,6 +91,15 @@ impl BackendProc {
         self.addr
     }
 
+    /// Tells the backend to serve at most `n` calls at once from now on.
+    pub(crate) async fn set_capacity(&mut self, n: usize) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        let stdin = self.child.as_mut().and_then(|c| c.stdin.as_mut()).context("the backend is running")?;
+        stdin.write_all(format!("capacity {n}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
     /// SIGKILLs the process and reaps it.
     pub(crate) async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -86,16 +116,21 @@ impl BackendProc {
     }
 }
 
-/// The body of `lb-report backend`: serve the greeter until killed.
-pub(crate) async fn serve_backend(listen: SocketAddr, delay: Duration) -> anyhow::Result<()> {
-    let backend = lb_examples::server::Backend::bind(listen, delay)
+/// The body of `lb-report backend`: serve the greeter until killed. A `capacity N` line on stdin
+/// resizes its capacity.
+pub(crate) async fn serve_backend(listen: SocketAddr, delay: Duration, shape: Shape) -> anyhow::Result<()> {
+    let config = lb_examples::server::Config { delay, capacity: shape.capacity, orca: shape.orca };
+    let backend = lb_examples::server::Backend::bind_with(listen, config)
         .await
         .with_context(|| format!("bind {listen}"))?;
     println!("listening {}", backend.addr());
     // Serve until the parent kills this process (or the parent dies: stdin then closes).
-    let mut stdin = tokio::io::stdin();
-    let mut buf = [0u8; 64];
-    while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf).await.unwrap_or(0) > 0 {}
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(n) = line.strip_prefix("capacity ").and_then(|n| n.trim().parse().ok()) {
+            backend.set_capacity(n).await;
+        }
+    }
     drop(backend);
     Ok(())
 }

@@ -22,17 +22,23 @@ pub enum PolicyName {
     RingHash,
     /// `maglev`: consistent hashing (Maglev lookup table).
     Maglev,
+    /// `wrr-orca`: weighted round robin from the servers' ORCA load reports (gRFC A58).
+    WrrOrca,
+    /// `p2c-util`: power of two choices by the servers' reported utilization.
+    P2cUtilization,
 }
 
 impl PolicyName {
     /// Every name, in the order the help text lists them.
-    pub const ALL: [PolicyName; 6] = [
+    pub const ALL: [PolicyName; 8] = [
         PolicyName::RoundRobin,
         PolicyName::WeightedRoundRobin,
         PolicyName::P2cLeastRequest,
         PolicyName::P2cPeakEwma,
         PolicyName::RingHash,
         PolicyName::Maglev,
+        PolicyName::WrrOrca,
+        PolicyName::P2cUtilization,
     ];
 
     /// Whether the policy hashes a request key (`hash`, `maglev`).
@@ -49,6 +55,8 @@ impl PolicyName {
             PolicyName::P2cPeakEwma => "p2c-ewma",
             PolicyName::RingHash => "hash",
             PolicyName::Maglev => "maglev",
+            PolicyName::WrrOrca => "wrr-orca",
+            PolicyName::P2cUtilization => "p2c-util",
         }
     }
 
@@ -62,6 +70,8 @@ impl PolicyName {
             PolicyName::P2cPeakEwma => Arc::new(P2c::peak_ewma()),
             PolicyName::RingHash => Arc::new(RingHash::new()),
             PolicyName::Maglev => Arc::new(Maglev::new()),
+            PolicyName::WrrOrca => Arc::new(WeightedRoundRobin::from_load_reports()),
+            PolicyName::P2cUtilization => Arc::new(P2c::utilization()),
         }
     }
 }

@@ -6,14 +6,20 @@
 //!
 //! Every backend also serves the standard `grpc.health.v1.Health` service (tonic-health), so health
 //! checking clients (lb-tonic's, `grpc_health_probe`, Kubernetes' gRPC probes) work against it.
+//!
+//! A backend may play a machine of limited size ([`Config::capacity`]: at most that many calls at
+//! once, the rest queue) and report its load with ORCA ([`Config::orca`]): its utilization is the
+//! busy share of its capacity over about the last second, its rate the calls it answered.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -36,21 +42,150 @@ pub fn backend_of(message: &str) -> Option<&str> {
     message.rsplit_once(FROM).map(|(_, addr)| addr.trim()).filter(|a| !a.is_empty())
 }
 
+/// How a backend behaves.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Artificial delay before every reply.
+    pub delay: Duration,
+    /// At most this many calls served at once; the rest wait their turn (`None`: no limit).
+    pub capacity: Option<usize>,
+    /// Report load with ORCA (`endpoint-load-metrics-bin` in every response's trailers).
+    pub orca: bool,
+}
+
+/// A limit on calls served at once, resizable while serving, and the busy share of it averaged
+/// over windows of about a second.
+#[derive(Debug)]
+struct Capacity {
+    slots: Arc<Semaphore>,
+    /// Slots taken out of service by a shrink.
+    withheld: Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>,
+    state: Mutex<BusyState>,
+}
+
+#[derive(Debug)]
+struct BusyState {
+    capacity: f64,
+    busy: usize,
+    since: tokio::time::Instant,
+    window_start: tokio::time::Instant,
+    area: f64,
+    last: f64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Capacity {
+    fn new(capacity: usize) -> Self {
+        let now = tokio::time::Instant::now();
+        let capacity = capacity.max(1);
+        Capacity {
+            slots: Arc::new(Semaphore::new(capacity)),
+            withheld: Mutex::new(Vec::new()),
+            state: Mutex::new(BusyState { capacity: capacity as f64, busy: 0, since: now, window_start: now, area: 0.0, last: 0.0 }),
+        }
+    }
+
+    /// Adds `delta` calls in service; returns the utilization to report.
+    fn change(&self, delta: isize) -> f64 {
+        let now = tokio::time::Instant::now();
+        let mut s = lock(&self.state);
+        s.area += s.busy as f64 * now.saturating_duration_since(s.since).as_secs_f64();
+        s.since = now;
+        s.busy = s.busy.saturating_add_signed(delta);
+        let window = now.saturating_duration_since(s.window_start).as_secs_f64();
+        if window >= 1.0 {
+            s.last = s.area / (s.capacity * window);
+            s.area = 0.0;
+            s.window_start = now;
+        } else if s.last == 0.0 && window > 0.0 {
+            return s.area / (s.capacity * window);
+        }
+        s.last
+    }
+
+    /// Serves at most `n` calls at once from now on (a shrink waits for calls to finish).
+    async fn resize(&self, n: usize) {
+        let n = n.max(1);
+        let current = lock(&self.state).capacity as usize;
+        if n < current {
+            if let Ok(p) = Arc::clone(&self.slots).acquire_many_owned((current - n) as u32).await {
+                lock(&self.withheld).push(p);
+            }
+        } else if n > current {
+            let mut grow = n - current;
+            let mut withheld = lock(&self.withheld);
+            while grow > 0 {
+                let Some(mut p) = withheld.pop() else { break };
+                let give = grow.min(p.num_permits());
+                if give < p.num_permits() {
+                    // Keep the rest withheld.
+                    if let Some(rest) = p.split(p.num_permits() - give) {
+                        withheld.push(rest);
+                    }
+                }
+                drop(p);
+                grow -= give;
+            }
+            drop(withheld);
+            self.slots.add_permits(grow);
+        }
+        lock(&self.state).capacity = n as f64;
+    }
+}
+
 /// A greeter that names `addr` in its replies, after an optional artificial delay.
 #[derive(Debug, Clone)]
 pub struct GreeterService {
     addr: SocketAddr,
     delay: Duration,
     served: Arc<AtomicU64>,
+    capacity: Option<Arc<Capacity>>,
+    orca: Option<lb_orca::Recorder>,
 }
 
 impl GreeterService {
     /// A greeter for the backend listening on `addr`, answering after `delay`.
     pub fn new(addr: SocketAddr, delay: Duration) -> Self {
+        GreeterService::with_config(addr, &Config { delay, ..Config::default() })
+    }
+
+    /// A greeter for the backend listening on `addr`, behaving as `config` says.
+    pub fn with_config(addr: SocketAddr, config: &Config) -> Self {
         GreeterService {
             addr,
-            delay,
+            delay: config.delay,
             served: Arc::new(AtomicU64::new(0)),
+            capacity: config.capacity.map(|n| Arc::new(Capacity::new(n))),
+            orca: config.orca.then(|| lb_orca::Recorder::new().with_cpu_sampling()),
+        }
+    }
+
+    /// The ORCA recorder, when the greeter reports load.
+    pub fn recorder(&self) -> Option<&lb_orca::Recorder> {
+        self.orca.as_ref()
+    }
+
+    fn busy(&self, delta: isize) {
+        if let Some(capacity) = &self.capacity {
+            let utilization = capacity.change(delta);
+            if let Some(orca) = &self.orca {
+                orca.set_application_utilization(utilization);
+            }
+        }
+    }
+
+    /// Serves at most `n` calls at once from now on, when the greeter has a capacity (a shrink
+    /// waits for enough calls to finish); returns whether it has one.
+    pub async fn set_capacity(&self, n: usize) -> bool {
+        match &self.capacity {
+            Some(c) => {
+                c.resize(n).await;
+                true
+            }
+            None => false,
         }
     }
 
@@ -63,17 +198,36 @@ impl GreeterService {
 #[tonic::async_trait]
 impl Greeter for GreeterService {
     async fn say_hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        // gRFC A66's server metrics (no-ops unless the process installed a recorder).
+        let started = std::time::Instant::now();
+        metrics::counter!(crate::metrics::SERVER_CALLS_STARTED, "grpc.method" => SAY_HELLO).increment(1);
+        let _permit = match &self.capacity {
+            Some(c) => Some(
+                Arc::clone(&c.slots)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Status::unavailable("shutting down"))?,
+            ),
+            None => None,
+        };
+        self.busy(1);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
+        self.busy(-1);
         self.served.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(addr = %self.addr, "hello answered");
         let name = request.into_inner().name;
+        metrics::histogram!(crate::metrics::SERVER_CALL_DURATION, "grpc.method" => SAY_HELLO, "grpc.status" => "OK")
+            .record(started.elapsed().as_secs_f64());
         Ok(Response::new(HelloReply {
             message: greeting(&name, self.addr),
         }))
     }
 }
+
+/// The `grpc.method` label of `SayHello`.
+const SAY_HELLO: &str = "helloworld.Greeter/SayHello";
 
 /// A running greeter backend: a tonic server with the greeter and the health service.
 #[derive(Debug)]
@@ -88,36 +242,58 @@ pub struct Backend {
 impl Backend {
     /// Binds `addr` (port 0 picks a free one) and starts serving in the background.
     pub async fn bind(addr: SocketAddr, delay: Duration) -> std::io::Result<Backend> {
+        Backend::bind_with(addr, Config { delay, ..Config::default() }).await
+    }
+
+    /// Like [`Backend::bind`], behaving as `config` says.
+    pub async fn bind_with(addr: SocketAddr, config: Config) -> std::io::Result<Backend> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Backend::serve(listener, delay))
+        Ok(Backend::serve_with(listener, config))
     }
 
     /// Serves on an already bound listener.
     pub fn serve(listener: TcpListener, delay: Duration) -> Backend {
+        Backend::serve_with(listener, Config { delay, ..Config::default() })
+    }
+
+    /// Serves on an already bound listener, behaving as `config` says.
+    pub fn serve_with(listener: TcpListener, config: Config) -> Backend {
         let addr = listener
             .local_addr()
             .expect("a bound TCP listener has a local address");
-        let greeter = GreeterService::new(addr, delay);
+        let greeter = GreeterService::with_config(addr, &config);
         let (health, health_service) = tonic_health::server::health_reporter();
         // Both the whole server ("") and the Greeter service report SERVING from the start; the
         // greeter status is set before the server accepts its first connection.
         let greeter_name = <GreeterServer<GreeterService> as tonic::server::NamedService>::NAME;
         let (shutdown, stop) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(GreeterServer::new(greeter.clone()));
         let reporter = health.clone();
-        let task = tokio::spawn(async move {
+        let greeter_service = GreeterServer::new(greeter.clone());
+        let ready = async move {
             reporter
                 .set_service_status(greeter_name, tonic_health::ServingStatus::Serving)
                 .await;
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            router
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stop.await;
-                })
-                .await
-        });
+            TcpIncoming::from(listener).with_nodelay(Some(true))
+        };
+        let stopped = async {
+            let _ = stop.await;
+        };
+        // With ORCA the router's type changes (its responses carry the report), hence two arms.
+        let task = match greeter.recorder().cloned() {
+            Some(recorder) => {
+                let router = tonic::transport::Server::builder()
+                    .layer(lb_orca::OrcaLayer::new(recorder))
+                    .add_service(health_service)
+                    .add_service(greeter_service);
+                tokio::spawn(async move { router.serve_with_incoming_shutdown(ready.await, stopped).await })
+            }
+            None => {
+                let router = tonic::transport::Server::builder()
+                    .add_service(health_service)
+                    .add_service(greeter_service);
+                tokio::spawn(async move { router.serve_with_incoming_shutdown(ready.await, stopped).await })
+            }
+        };
         Backend {
             addr,
             greeter,
@@ -135,6 +311,11 @@ impl Backend {
     /// How many requests the backend answered.
     pub fn served(&self) -> u64 {
         self.greeter.served()
+    }
+
+    /// Serves at most `n` calls at once from now on (see [`GreeterService::set_capacity`]).
+    pub async fn set_capacity(&self, n: usize) -> bool {
+        self.greeter.set_capacity(n).await
     }
 
     /// Reports NOT_SERVING on `grpc.health.v1` (for the whole server and the Greeter service),

@@ -156,3 +156,22 @@ fn weighted_round_robin_follows_registry_weights() {
     let share = r.share(&heavy.addr.to_string());
     assert!((share - 0.75).abs() <= 0.03, "weight 300 of 400 got {share:.3}: {r:?}");
 }
+
+#[test]
+fn orca_load_reports_send_more_to_the_bigger_servers() {
+    // Four servers of capacities 1, 1, 2 and 4 calls at once, each call 20 ms, reporting their
+    // busy share with ORCA. Weighted round robin from the reports (A58) follows capacity.
+    let servers: Vec<Server> = [1, 1, 2, 4]
+        .iter()
+        .map(|c| Server::start(&["--delay-ms", "20", "--capacity", &c.to_string(), "--orca"]))
+        .collect();
+    let target = static_target(&servers.iter().collect::<Vec<_>>());
+    let r = report(&[
+        "--target", &target, "--duration-secs", "3", "--concurrency", "6", "--policy", "wrr-orca",
+        "--blackout-secs", "0", "--weight-update-ms", "200",
+    ]);
+    assert_eq!(r.errors, 0, "{r:?}");
+    let share = |i: usize| r.share(&servers[i].addr.to_string());
+    assert!(share(3) > share(2) && share(2) > share(0).max(share(1)), "shares follow capacity 4 > 2 > 1: {r:?}");
+    assert!(share(3) >= 0.3, "the capacity-4 server takes well over a quarter: {r:?}");
+}

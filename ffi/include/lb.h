@@ -139,7 +139,11 @@ void lb_string_free(char *s);
 //   the same names).
 // - `options_json`: NULL or "" for the defaults, else a JSON object; every key is optional and an
 //   unknown key is an error:
-//   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash", "maglev"), `seed` (u64),
+//   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash", "maglev", "wrr-orca" (weighted
+//   round robin from load reports given to `lb_balancer_report_load`, gRFC A58), "p2c-util"
+//   (power of two choices by reported utilization)), `seed` (u64),
+//   `blackout_ms`, `weight_update_ms` (for "wrr-orca": how long an endpoint reports before its
+//   weight counts, default 10000; how often weights are recomputed, default 1000),
 //   `slow_start_ms` (a newly connected endpoint's share ramps up over this window; not for the
 //   hashing policies),
 //   `subset_size` + `subset_client_id` (connect to only that many endpoints, chosen
@@ -153,7 +157,13 @@ void lb_string_free(char *s);
 //   `connect_timeout_ms`, `probe` (TCP-probe endpoints before use, default true),
 //   `probe_interval_ms` (re-probe period, 0 = only on reconnect; default 5000),
 //   `outlier` (null disables; or {"consecutive_failures","failure_rate","min_requests",
-//   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}).
+//   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}),
+//   `max_in_flight` (picks awaiting their report at once), `max_in_flight_per_endpoint`,
+//   `max_waiting` (picks waiting for an endpoint at once): circuit breaking, a pick over a bound
+//   fails at once with `LB_ERR_UNAVAILABLE` naming the bound.
+//   `metrics_endpoint_labels` (label the per-attempt metrics with the endpoint's address;
+//   default false). Metrics go to the `metrics` recorder the Rust side of the process installed;
+//   a pick is one call of one attempt, recorded when it is reported.
 // - `out`: receives the balancer on `LB_OK`; untouched otherwise.
 //
 // Returns immediately; use `lb_balancer_wait_ready` to wait for the first endpoints.
@@ -213,6 +223,25 @@ enum lb_status lb_balancer_report(const struct lb_balancer *b,
                                   uint64_t token,
                                   int outcome,
                                   int64_t latency_us);
+
+// Like `lb_balancer_report`, with the server's load report: the bytes of an ORCA
+// `xds.data.orca.v3.OrcaLoadReport` protobuf, as a gRPC server sends it in the
+// `endpoint-load-metrics-bin` trailer (base64-decoded). The "wrr-orca" and "p2c-util" policies
+// balance by these reports.
+//
+// - `report`, `report_len`: the serialized report; NULL with length 0 reports none.
+//
+// Errors: those of `lb_balancer_report`, and `LB_ERR_INVALID_ARGUMENT` for a report that does not
+// decode (the token stays pending, so it can be reported again without one). Thread-safe.
+//
+// # Safety
+// `b` is NULL or a live balancer; `report` is NULL or points to `report_len` readable bytes.
+enum lb_status lb_balancer_report_load(const struct lb_balancer *b,
+                                       uint64_t token,
+                                       int outcome,
+                                       int64_t latency_us,
+                                       const uint8_t *report,
+                                       size_t report_len);
 
 // Describes the current endpoints as a JSON object:
 // `{"target", "initialized", "healthy", "pending_reports", "endpoints": [{"id", "addr", "weight",

@@ -48,6 +48,7 @@ pub struct lb_balancer {
     pool: Pool<Probed>,
     pending: Arc<Pending>,
     wait: Wait,
+    gate: Option<Arc<lb_core::balance::Gate>>,
     // Dropped (shut down) explicitly in `Drop`, which joins its threads.
     runtime: Option<Runtime>,
 }
@@ -117,6 +118,8 @@ impl lb_balancer {
             pool,
             pending,
             wait: balance.wait(),
+            gate: (balance.limits() != lb_core::balance::Limits::default())
+                .then(|| lb_core::balance::Gate::new(balance.limits())),
             runtime: Some(runtime),
         })
     }
@@ -130,15 +133,45 @@ impl lb_balancer {
     }
 
     /// Picks, and stores the pick's guard under a new token.
+    ///
+    /// A pick is a call of one attempt, for the metrics (`lb_core::metrics`): it starts at the
+    /// pick (or at the start of its wait) and ends at its report, with the caller's latency.
     pub(crate) fn pick(&self, hash: Option<u64>) -> Result<(u64, Arc<Endpoint>), Error> {
         let ctx = PickContext { hash };
-        let picked = match self.pool.pick(&ctx) {
-            Some(p) => p,
-            None => self.pick_slow(&ctx)?,
+        let permit = match &self.gate {
+            Some(gate) => Some(gate.enter().ok_or_else(|| {
+                let bound = gate.limits().max_in_flight.unwrap_or(0);
+                Error::new(
+                    lb_status::LB_ERR_UNAVAILABLE,
+                    format!(
+                        "`{}` has {bound} picks awaiting their report, its bound (max_in_flight)",
+                        self.target
+                    ),
+                )
+            })?),
+            None => None,
         };
+        let mut picked = match &self.gate {
+            // Without bounds the fast path is one lock-free read of the snapshot.
+            None => match self.pool.pick(&ctx) {
+                Some(mut p) => {
+                    let started = p.guard.started_at();
+                    p.guard.end_call(started);
+                    p
+                }
+                None => self.pick_slow(&ctx)?,
+            },
+            Some(_) => self.pick_slow(&ctx)?,
+        };
+        picked.guard.begin_attempt();
         let Picked {
-            endpoint, guard, ..
+            endpoint,
+            mut guard,
+            ..
         } = picked;
+        if let Some(permit) = permit {
+            guard.hold(permit);
+        }
         Ok((self.pending.insert(guard), endpoint))
     }
 
@@ -147,9 +180,19 @@ impl lb_balancer {
     /// the pick returns as soon as an endpoint is published.
     #[cold]
     fn pick_slow(&self, ctx: &PickContext) -> Result<Picked<Probed>, Error> {
-        self.runtime()
-            .block_on(self.pool.pick_or_wait(*ctx, self.wait))
-            .map_err(|e| Error::new(lb_status::LB_ERR_UNAVAILABLE, e.to_string()))
+        let pick = self.pool.pick_or_wait(*ctx, self.wait);
+        let pick = match &self.gate {
+            Some(gate) => pick.gated(Arc::clone(gate)),
+            None => pick,
+        };
+        let waiting = Instant::now();
+        let mut picked = self
+            .runtime()
+            .block_on(pick)
+            .map_err(|e| Error::new(lb_status::LB_ERR_UNAVAILABLE, e.to_string()))?;
+        // The call began with the wait.
+        picked.guard.end_call(waiting);
+        Ok(picked)
     }
 
     pub(crate) fn report(
@@ -157,6 +200,16 @@ impl lb_balancer {
         token: u64,
         outcome: Outcome,
         latency: Option<Duration>,
+    ) -> Result<(), Error> {
+        self.report_with(token, outcome, latency, None)
+    }
+
+    pub(crate) fn report_with(
+        &self,
+        token: u64,
+        outcome: Outcome,
+        latency: Option<Duration>,
+        load: Option<lb_core::LoadReport>,
     ) -> Result<(), Error> {
         let mut guard = self.pending.take(token).map_err(|e| match e {
             TokenError::Unknown => Error::new(
@@ -174,6 +227,9 @@ impl lb_balancer {
         guard.set_outcome(outcome);
         if let Some(l) = latency {
             guard.set_latency(l);
+        }
+        if let Some(r) = load {
+            guard.set_report(r);
         }
         drop(guard);
         Ok(())
@@ -254,7 +310,11 @@ unsafe fn balancer<'a>(b: *const lb_balancer) -> Result<&'a lb_balancer, Error> 
 ///   the same names).
 /// - `options_json`: NULL or "" for the defaults, else a JSON object; every key is optional and an
 ///   unknown key is an error:
-///   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash", "maglev"), `seed` (u64),
+///   `policy` ("rr", "wrr", "p2c", "p2c-ewma" (default), "hash", "maglev", "wrr-orca" (weighted
+///   round robin from load reports given to `lb_balancer_report_load`, gRFC A58), "p2c-util"
+///   (power of two choices by reported utilization)), `seed` (u64),
+///   `blackout_ms`, `weight_update_ms` (for "wrr-orca": how long an endpoint reports before its
+///   weight counts, default 10000; how often weights are recomputed, default 1000),
 ///   `slow_start_ms` (a newly connected endpoint's share ramps up over this window; not for the
 ///   hashing policies),
 ///   `subset_size` + `subset_client_id` (connect to only that many endpoints, chosen
@@ -268,7 +328,13 @@ unsafe fn balancer<'a>(b: *const lb_balancer) -> Result<&'a lb_balancer, Error> 
 ///   `connect_timeout_ms`, `probe` (TCP-probe endpoints before use, default true),
 ///   `probe_interval_ms` (re-probe period, 0 = only on reconnect; default 5000),
 ///   `outlier` (null disables; or {"consecutive_failures","failure_rate","min_requests",
-///   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}).
+///   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}),
+///   `max_in_flight` (picks awaiting their report at once), `max_in_flight_per_endpoint`,
+///   `max_waiting` (picks waiting for an endpoint at once): circuit breaking, a pick over a bound
+///   fails at once with `LB_ERR_UNAVAILABLE` naming the bound.
+///   `metrics_endpoint_labels` (label the per-attempt metrics with the endpoint's address;
+///   default false). Metrics go to the `metrics` recorder the Rust side of the process installed;
+///   a pick is one call of one attempt, recorded when it is reported.
 /// - `out`: receives the balancer on `LB_OK`; untouched otherwise.
 ///
 /// Returns immediately; use `lb_balancer_wait_ready` to wait for the first endpoints.
@@ -391,21 +457,61 @@ pub unsafe extern "C" fn lb_balancer_report(
     guard(|| {
         // SAFETY: forwarded contract.
         let b = unsafe { balancer(b) }?;
-        let outcome =
-            match outcome {
-                0 => Outcome::Success,
-                1 => Outcome::Failure,
-                2 => Outcome::Cancelled,
-                other => return Err(Error::new(
-                    lb_status::LB_ERR_INVALID_ARGUMENT,
-                    format!(
-                        "outcome {other} is not an lb_outcome (0 success, 1 failure, 2 cancelled)"
-                    ),
-                )),
-            };
+        let outcome = outcome_arg(outcome)?;
         let latency = u64::try_from(latency_us).ok().map(Duration::from_micros);
         b.report(token, outcome, latency)
     })
+}
+
+/// Like `lb_balancer_report`, with the server's load report: the bytes of an ORCA
+/// `xds.data.orca.v3.OrcaLoadReport` protobuf, as a gRPC server sends it in the
+/// `endpoint-load-metrics-bin` trailer (base64-decoded). The "wrr-orca" and "p2c-util" policies
+/// balance by these reports.
+///
+/// - `report`, `report_len`: the serialized report; NULL with length 0 reports none.
+///
+/// Errors: those of `lb_balancer_report`, and `LB_ERR_INVALID_ARGUMENT` for a report that does not
+/// decode (the token stays pending, so it can be reported again without one). Thread-safe.
+///
+/// # Safety
+/// `b` is NULL or a live balancer; `report` is NULL or points to `report_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn lb_balancer_report_load(
+    b: *const lb_balancer,
+    token: u64,
+    outcome: c_int,
+    latency_us: i64,
+    report: *const u8,
+    report_len: usize,
+) -> lb_status {
+    guard(|| {
+        // SAFETY: the caller guarantees `report_len` readable bytes when non-NULL.
+        let bytes = unsafe { bytes_arg(report, report_len, "report") }?;
+        let load = match bytes {
+            Some(bytes) => Some(lb_orca::load_report(&lb_orca::decode_bytes(bytes).map_err(|e| {
+                Error::new(lb_status::LB_ERR_INVALID_ARGUMENT, format!("report: {e}"))
+            })?)),
+            None => None,
+        };
+        // SAFETY: forwarded contract.
+        let b = unsafe { balancer(b) }?;
+        let outcome = outcome_arg(outcome)?;
+        let latency = u64::try_from(latency_us).ok().map(Duration::from_micros);
+        b.report_with(token, outcome, latency, load)
+    })
+}
+
+/// An `lb_outcome` passed as an `int`.
+fn outcome_arg(outcome: c_int) -> Result<Outcome, Error> {
+    match outcome {
+        0 => Ok(Outcome::Success),
+        1 => Ok(Outcome::Failure),
+        2 => Ok(Outcome::Cancelled),
+        other => Err(Error::new(
+            lb_status::LB_ERR_INVALID_ARGUMENT,
+            format!("outcome {other} is not an lb_outcome (0 success, 1 failure, 2 cancelled)"),
+        )),
+    }
 }
 
 /// Describes the current endpoints as a JSON object:

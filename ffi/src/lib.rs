@@ -37,7 +37,7 @@ use std::ffi::c_char;
 
 pub use crate::balancer::{
     lb_balancer, lb_balancer_endpoints, lb_balancer_free, lb_balancer_new, lb_balancer_pick,
-    lb_balancer_report, lb_balancer_wait_ready, lb_outcome,
+    lb_balancer_report, lb_balancer_report_load, lb_balancer_wait_ready, lb_outcome,
 };
 pub use crate::error::lb_status;
 pub use crate::pick::{lb_pick, LB_ADDR_LEN, LB_IP_LEN, LB_LABEL_LEN, LB_NODE_LEN};

@@ -21,6 +21,10 @@ pub(crate) struct Options {
     policy: PolicyName,
     /// Seeds the random choices of `p2c`/`p2c-ewma`/`hash` (reproducible runs).
     seed: Option<u64>,
+    /// "wrr-orca": how long an endpoint must have reported load before its weight counts.
+    blackout_ms: Option<u64>,
+    /// "wrr-orca": how often weights are recomputed from the reports.
+    weight_update_ms: Option<u64>,
     /// Slow start: a newly connected endpoint's share ramps up over this many milliseconds.
     slow_start_ms: Option<u64>,
     /// Deterministic subsetting: connect to only this many endpoints, chosen for `subset_client_id`.
@@ -45,6 +49,11 @@ pub(crate) struct Options {
     pub(crate) probe_interval_ms: u64,
     #[serde(default = "default_outlier")]
     outlier: Option<OutlierOpt>,
+    max_in_flight: Option<usize>,
+    max_in_flight_per_endpoint: Option<u32>,
+    max_waiting: Option<usize>,
+    /// Label the per-attempt metrics with the endpoint's address.
+    metrics_endpoint_labels: bool,
 }
 
 impl Default for Options {
@@ -52,6 +61,8 @@ impl Default for Options {
         Options {
             policy: PolicyName::P2cEwma,
             seed: None,
+            blackout_ms: None,
+            weight_update_ms: None,
             slow_start_ms: None,
             subset_size: None,
             subset_client_id: None,
@@ -66,6 +77,10 @@ impl Default for Options {
             probe: true,
             probe_interval_ms: 5000,
             outlier: default_outlier(),
+            max_in_flight: None,
+            max_in_flight_per_endpoint: None,
+            max_waiting: None,
+            metrics_endpoint_labels: false,
         }
     }
 }
@@ -88,6 +103,10 @@ enum PolicyName {
     Hash,
     #[serde(rename = "maglev")]
     Maglev,
+    #[serde(rename = "wrr-orca")]
+    WrrOrca,
+    #[serde(rename = "p2c-util")]
+    P2cUtilization,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,9 +186,19 @@ impl Options {
             .policy(self.policy()?)
             .endpoint_wait_timeout(ms(self.failfast_ms))
             .wait_for_ready(self.wait_for_ready)
-            .outlier_detection(self.outlier.as_ref().map(OutlierOpt::to_config));
+            .outlier_detection(self.outlier.as_ref().map(OutlierOpt::to_config))
+            .metrics_endpoint_labels(self.metrics_endpoint_labels);
         if let Some(t) = self.connect_timeout_ms {
             o = o.connect_timeout(ms(t.max(1)));
+        }
+        if let Some(n) = self.max_in_flight {
+            o = o.max_in_flight(n);
+        }
+        if let Some(n) = self.max_in_flight_per_endpoint {
+            o = o.max_in_flight_per_endpoint(n);
+        }
+        if let Some(n) = self.max_waiting {
+            o = o.max_waiting(n);
         }
         match (self.subset_size, self.subset_client_id.as_deref()) {
             (None | Some(0), _) => {}
@@ -209,7 +238,24 @@ impl Options {
             (PolicyName::P2cEwma, Some(s)) => Box::new(P2c::peak_ewma().with_seed(s)),
             (PolicyName::Hash, _) => Box::new(RingHash::new()),
             (PolicyName::Maglev, _) => Box::new(Maglev::new()),
+            (PolicyName::WrrOrca, _) => {
+                let mut p = WeightedRoundRobin::from_load_reports();
+                if let Some(b) = self.blackout_ms {
+                    p = p.blackout_period(ms(b));
+                }
+                if let Some(u) = self.weight_update_ms {
+                    p = p.weight_update_period(ms(u));
+                }
+                Box::new(p)
+            }
+            (PolicyName::P2cUtilization, None) => Box::new(P2c::utilization()),
+            (PolicyName::P2cUtilization, Some(s)) => Box::new(P2c::utilization().with_seed(s)),
         };
+        if !matches!(self.policy, PolicyName::WrrOrca) && (self.blackout_ms.is_some() || self.weight_update_ms.is_some()) {
+            return Err(Error::options(
+                "options_json: blackout_ms and weight_update_ms apply to the \"wrr-orca\" policy only",
+            ));
+        }
         let inner: Box<dyn Policy> = match self.slow_start_ms {
             None | Some(0) => inner,
             // lb-core refuses it (`SlowStart::new` on a hashing policy), as the Rust API does.

@@ -507,3 +507,53 @@ fn subsetting_connects_to_only_part_of_the_fleet() {
     }
     assert_eq!(seen.len(), 2, "picks stay inside the subset: {seen:?}");
 }
+
+/// An `OrcaLoadReport` written field by field: 6 `rps_fractional`, 9 `application_utilization`.
+fn orca_report(utilization: f64, qps: f64) -> Vec<u8> {
+    let mut b = vec![(6 << 3) | 1];
+    b.extend_from_slice(&qps.to_le_bytes());
+    b.push((9 << 3) | 1);
+    b.extend_from_slice(&utilization.to_le_bytes());
+    b
+}
+
+#[test]
+fn load_reports_weigh_the_picks() {
+    let (a, b): (std::net::SocketAddr, std::net::SocketAddr) =
+        ("127.0.0.1:9001".parse().expect("literal"), "127.0.0.1:9002".parse().expect("literal"));
+    let bal = Bal::new(
+        &format!("static:///{a},{b}"),
+        r#"{"policy":"wrr-orca","blackout_ms":0,"weight_update_ms":100,"probe":false}"#,
+    )
+    .expect("valid");
+    assert_eq!(bal.ready(5000), lb_status::LB_OK);
+
+    // A garbage report is refused and the token stays pending.
+    let p = bal.pick(None).expect("a pick");
+    assert_eq!(bal.report_load(p.token, 0, &[0xff, 0xff]), lb_status::LB_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("report"), "{}", last_error());
+    assert_eq!(bal.report(p.token, 0, 0), lb_status::LB_OK, "still pending after the bad report");
+
+    // `a` reports utilization 0.2, `b` 0.8, at the same rate: weights 4 : 1 once the pool has
+    // recomputed them (every 100 ms); rounds until the picks show it, for at most 10 s.
+    let mut shares = (0u32, 0u32);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        shares = (0, 0);
+        for _ in 0..100 {
+            let p = bal.pick(None).expect("a pick");
+            let is_a = p.port == a.port();
+            let report = orca_report(if is_a { 0.2 } else { 0.8 }, 100.0);
+            assert_eq!(bal.report_load(p.token, 0, &report), lb_status::LB_OK);
+            if is_a {
+                shares.0 += 1;
+            } else {
+                shares.1 += 1;
+            }
+        }
+        if shares.0 >= 3 * shares.1 {
+            break;
+        }
+    }
+    assert!(shares.0.abs_diff(80) <= 3 && shares.1.abs_diff(20) <= 3, "4 : 1 from the reports: {shares:?}");
+}

@@ -1,9 +1,12 @@
 //! Sync-time benchmark: the agent's nftables layout vs a kube-proxy-style nftables layout vs
-//! iptables-restore, at 1k and 10k services × 10 endpoints, in a network namespace of its own.
+//! iptables-restore, at 1k and 10k services × 10 endpoints, in a network namespace of its own; and
+//! the agent's layout with every service dual-stack (an IPv4 and an IPv6 VIP, 10 endpoints per
+//! family), measured in the same run.
 //!
 //! Run as root: `cargo bench -p lb-agent --bench sync` (sizes as arguments: `-- 1000 10000`).
 //! For each layout and size: a cold sync (empty kernel → everything), then single changes — add
-//! one service, remove one endpoint from a service — each timed end to end (transaction text
+//! one service, remove one endpoint from a service (for dual-stack: both VIPs of one service, in
+//! one transaction, as the agent does when one registry entry changes) — each timed end to end (transaction text
 //! generation + the kernel tool). The agent's own numbers come from its real backend (`Nft::sync`,
 //! planning included). The kube-proxy layout follows kube-proxy's nftables mode (a chain per
 //! service with a `numgen` verdict map, a chain per endpoint, a `service-ips` verdict map) and
@@ -13,7 +16,7 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::net::SocketAddrV4;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::process::Command;
 use std::time::Instant;
 
@@ -36,7 +39,7 @@ fn main() {
     println!("{:<26} {:>8} {:>10} {:>22} {:>22}", "layout", "services", "cold (s)", "add service p50/p99 ms", "remove endpoint p50/p99");
     std::io::Write::flush(&mut std::io::stdout()).ok();
     for &n in &sizes {
-        let ours = bench_ours(n);
+        let ours = bench_ours(n, false);
         ours.print("lb-agent nft (global map)", n);
         println!("  of which planning (dry run, no kernel): p50 {:.3} ms, p99 {:.3} ms", p(&ours.plan, 50.0), p(&ours.plan, 99.0));
         println!(
@@ -49,6 +52,17 @@ fn main() {
         println!(
             "  restart with unchanged state (read the table once + compare, nothing written): {:.3} s",
             ours.restart
+        );
+        let dual = bench_ours(n, true);
+        dual.print("lb-agent nft, dual-stack", n);
+        println!(
+            "  dual-stack ({} VIPs, {} endpoints) vs IPv4 at {n}: cold ×{:.2}, add ×{:.2}, remove ×{:.2}; restart {:.3} s",
+            2 * n,
+            2 * n * ENDPOINTS,
+            dual.cold / ours.cold,
+            p(&dual.add, 50.0) / p(&ours.add, 50.0),
+            p(&dual.remove, 50.0) / p(&ours.remove, 50.0),
+            dual.restart
         );
         if agent_only {
             continue;
@@ -160,18 +174,49 @@ fn endpoint(i: usize, e: usize) -> SocketAddrV4 {
     SocketAddrV4::new([10, 128 + (n >> 16) as u8, (n >> 8) as u8, n as u8].into(), 8080)
 }
 
+fn vip6(i: usize) -> SocketAddr {
+    SocketAddr::new(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, (i >> 16) as u16, i as u16).into(), 80)
+}
+
+fn endpoint6(i: usize, e: usize) -> SocketAddr {
+    let n = i * ENDPOINTS + e;
+    SocketAddr::new(Ipv6Addr::new(0xfd00, 0x128, 0, 0, 0, 0, (n >> 16) as u16, n as u16).into(), 8080)
+}
+
 fn key(i: usize) -> ServiceKey {
-    ServiceKey { protocol: Protocol::Tcp, vip: vip(i) }
+    ServiceKey { protocol: Protocol::Tcp, vip: vip(i).into() }
+}
+
+fn key6(i: usize) -> ServiceKey {
+    ServiceKey { protocol: Protocol::Tcp, vip: vip6(i) }
+}
+
+fn state_of(destinations: Vec<Destination>) -> ServiceState {
+    ServiceState { keep_flows: destinations.iter().map(|d| d.addr).collect(), destinations, affinity: None }
 }
 
 fn state(i: usize, endpoints: usize) -> ServiceState {
-    let destinations: Vec<Destination> =
-        (0..endpoints).map(|e| Destination { addr: endpoint(i, e), weight: 1 }).collect();
-    ServiceState { keep_flows: destinations.iter().map(|d| d.addr).collect(), destinations }
+    state_of((0..endpoints).map(|e| Destination { addr: endpoint(i, e).into(), weight: 1 }).collect())
+}
+
+fn state6(i: usize, endpoints: usize) -> ServiceState {
+    state_of((0..endpoints).map(|e| Destination { addr: endpoint6(i, e), weight: 1 }).collect())
 }
 
 fn desired(n: usize) -> Desired {
     (0..n).map(|i| (key(i), state(i, ENDPOINTS))).collect()
+}
+
+/// Service `i` with `endpoints` endpoints into `d`, in both families when `dual`; returns the
+/// keys it wrote (what the agent's loop passes to `sync_changed`).
+fn put(d: &mut Desired, i: usize, endpoints: usize, dual: bool) -> std::collections::BTreeSet<ServiceKey> {
+    d.insert(key(i), state(i, endpoints));
+    if dual {
+        d.insert(key6(i), state6(i, endpoints));
+        [key(i), key6(i)].into()
+    } else {
+        [key(i)].into()
+    }
 }
 
 fn time<T>(f: impl FnOnce() -> T) -> (f64, T) {
@@ -184,10 +229,13 @@ fn changes(n: usize) -> usize {
     if n >= 10_000 { 20 } else { 50 }
 }
 
-fn bench_ours(n: usize) -> Result_ {
-    let _ns = Netns::enter("ours");
+fn bench_ours(n: usize, dual: bool) -> Result_ {
+    let _ns = Netns::enter(if dual { "dual" } else { "ours" });
     let mut nft = Nft::new("lb_agent", 256);
-    let mut d = desired(n);
+    let mut d = Desired::new();
+    for i in 0..n {
+        put(&mut d, i, ENDPOINTS, dual);
+    }
     let (cold, r) = time(|| {
         nft.load().and_then(|_| nft.sync(&d, false))
     });
@@ -196,20 +244,20 @@ fn bench_ours(n: usize) -> Result_ {
     let mut remove = Vec::new();
     for c in 0..changes(n) {
         // As the agent's loop does: it knows which service changed.
-        d.insert(key(n + c), state(n + c, ENDPOINTS));
-        let (t, r) = time(|| nft.sync_changed(&d, &[key(n + c)].into(), false));
+        let changed = put(&mut d, n + c, ENDPOINTS, dual);
+        let (t, r) = time(|| nft.sync_changed(&d, &changed, false));
         r.expect("add service");
         add.push(t * 1e3);
-        d.insert(key(c * 7), state(c * 7, ENDPOINTS - 1));
-        let (t, r) = time(|| nft.sync_changed(&d, &[key(c * 7)].into(), false));
+        let changed = put(&mut d, c * 7, ENDPOINTS - 1, dual);
+        let (t, r) = time(|| nft.sync_changed(&d, &changed, false));
         r.expect("remove endpoint");
         remove.push(t * 1e3);
     }
     let mut plan = Vec::new();
     for c in 0..changes(n) {
         let mut d2 = d.clone();
-        d2.insert(key(2 * n + c), state(2 * n + c, ENDPOINTS));
-        let (t, r) = time(|| nft.sync_changed(&d2, &[key(2 * n + c)].into(), true));
+        let changed = put(&mut d2, 2 * n + c, ENDPOINTS, dual);
+        let (t, r) = time(|| nft.sync_changed(&d2, &changed, true));
         r.expect("dry run");
         plan.push(t * 1e3);
     }
@@ -218,7 +266,7 @@ fn bench_ours(n: usize) -> Result_ {
         again.load().and_then(|_| again.sync(&d, false))
     });
     assert!(r.expect("restart sync").is_noop(), "a restart with unchanged state must write nothing");
-    let (floor, floor_replace) = floor(changes(n));
+    let (floor, floor_replace) = if dual { (vec![0.0], vec![0.0]) } else { floor(changes(n)) };
     Result_ { restart, floor, floor_replace, plan, cold, add, remove }
 }
 

@@ -9,16 +9,18 @@
 //! zone = "eu-west-1a"
 //!
 //! [[service]]
-//! vip = "10.96.0.10:80"
+//! vips = ["10.96.0.10:80", "[fd00:96::10]:80"]   # one per family; `vip = "…"` for one
 //! protocol = "tcp"                # "tcp" | "udp"
-//! target = "static:///10.0.0.1:8080,10.0.0.2:8080"
+//! target = "static:///10.0.0.1:8080,[fd00::1]:8080"
 //! topology = ["node", "zone", "any"]   # optional; Kubernetes topology keys work too
+//! affinity = "client-ip"          # optional: "none" (default) | "client-ip"
+//! affinity_timeout_secs = 10800   # optional, with client-ip (Kubernetes' default)
 //! ```
 //!
 //! Unknown keys are errors: a typo in a kernel-programming agent should stop it, not be ignored.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -27,7 +29,7 @@ use lb_core::Locality;
 use lb_registry::Target;
 use serde::Deserialize;
 
-use crate::model::{Protocol, ServiceKey};
+use crate::model::{Affinity, Family, Protocol, ServiceKey};
 use crate::Error;
 
 /// Which kernel facility the agent programs.
@@ -48,7 +50,7 @@ pub enum BackendKind {
 pub struct Config {
     /// The kernel backend.
     pub backend: BackendKind,
-    /// Name of the agent's own nftables table (family `ip`).
+    /// Name of the agent's own nftables table (family `inet`).
     pub table: String,
     /// Address of the `/healthz` + `/metrics` server.
     pub metrics_addr: Option<SocketAddr>,
@@ -65,16 +67,27 @@ pub struct Config {
 /// One balanced service.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
-    /// A name for logs and metrics (defaults to the VIP).
+    /// A name for logs and metrics (defaults to the first VIP).
     pub name: String,
-    /// The VIP, port and protocol.
-    pub key: ServiceKey,
+    /// One key per VIP (at most one per address family), all of one protocol.
+    pub keys: Vec<ServiceKey>,
     /// Where its endpoints come from.
     pub target: Target,
     /// Topology preference, nearest first; empty means anywhere.
     pub topology: Vec<Level>,
     /// A tier is used only when it has at least this many usable endpoints.
     pub topology_min_endpoints: usize,
+    /// Client-IP session affinity as configured (`None`: off).
+    pub affinity: Option<Affinity>,
+    /// True when the file sets `affinity`; otherwise a Kubernetes target's Service decides.
+    pub affinity_explicit: bool,
+}
+
+impl ServiceConfig {
+    /// The address families of the service's VIPs.
+    pub fn families(&self) -> Vec<Family> {
+        self.keys.iter().map(ServiceKey::family).collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -104,13 +117,16 @@ struct RawNode {
 #[serde(deny_unknown_fields)]
 struct RawService {
     name: Option<String>,
-    vip: String,
+    vip: Option<String>,
+    vips: Option<Vec<String>>,
     #[serde(default = "default_protocol")]
     protocol: String,
     target: String,
     #[serde(default)]
     topology: Vec<String>,
     topology_min_endpoints: Option<usize>,
+    affinity: Option<String>,
+    affinity_timeout_secs: Option<u32>,
 }
 
 fn default_protocol() -> String {
@@ -148,31 +164,54 @@ impl FromStr for Config {
         if !(1..=65_536).contains(&max_slots) {
             return Err(Error::config("max_slots must be between 1 and 65536"));
         }
+        // The file wins; then the variables a DaemonSet fills from the downward API (the same
+        // names lb-registry's Kubernetes resolver reads); the node name falls back to the hostname.
         let mut node = Locality::unknown();
-        if let Some(n) = raw.node.name.or_else(hostname) {
+        if let Some(n) = raw.node.name.or_else(|| env(NODE_ENV)).or_else(hostname) {
             node = node.with_node(n);
         }
-        if let Some(z) = raw.node.zone {
+        if let Some(z) = raw.node.zone.or_else(|| env(ZONE_ENV)) {
             node = node.with_zone(z);
         }
-        if let Some(r) = raw.node.region {
+        if let Some(r) = raw.node.region.or_else(|| env(REGION_ENV)) {
             node = node.with_region(r);
         }
         let mut seen = BTreeSet::new();
         let mut services = Vec::new();
         for s in raw.service {
-            let vip: SocketAddrV4 = s.vip.parse().map_err(|_| {
-                Error::config(format!("vip `{}` is not an IPv4 ip:port (IPv6 VIPs are not supported yet)", s.vip))
-            })?;
+            let vips = match (s.vip, s.vips) {
+                (Some(v), None) => vec![v],
+                (None, Some(v)) if !v.is_empty() => v,
+                (None, Some(_)) => return Err(Error::config("`vips` of a service is empty")),
+                (None, None) => return Err(Error::config(format!("service with target `{}` has no `vip` or `vips`", s.target))),
+                (Some(_), Some(_)) => return Err(Error::config("a service sets both `vip` and `vips`; use one")),
+            };
+            let mut addrs: Vec<SocketAddr> = Vec::with_capacity(vips.len());
+            for v in &vips {
+                let vip: SocketAddr = v.parse().map_err(|_| {
+                    Error::config(format!("vip `{v}` is not ip:port (IPv4 `10.96.0.10:80` or IPv6 `[fd00::10]:80`)"))
+                })?;
+                if vip.ip().is_unspecified() || vip.ip().is_multicast() || vip.port() == 0 {
+                    return Err(Error::config(format!("vip `{v}` must be a unicast address with a non-zero port")));
+                }
+                if addrs.iter().any(|a| Family::of(a.ip()) == Family::of(vip.ip())) {
+                    return Err(Error::config(format!("vips {vips:?} list two addresses of one family; a service has one VIP per family")));
+                }
+                addrs.push(vip);
+            }
+            let first = addrs[0];
             let protocol = match s.protocol.as_str() {
                 "tcp" => Protocol::Tcp,
                 "udp" => Protocol::Udp,
-                other => return Err(Error::config(format!("protocol `{other}` of {vip} must be tcp or udp"))),
+                other => return Err(Error::config(format!("protocol `{other}` of {first} must be tcp or udp"))),
             };
-            let key = ServiceKey { protocol, vip };
-            if !seen.insert(key) {
-                return Err(Error::config(format!("service {key} is listed twice")));
+            let keys: Vec<ServiceKey> = addrs.iter().map(|vip| ServiceKey { protocol, vip: *vip }).collect();
+            for key in &keys {
+                if !seen.insert(*key) {
+                    return Err(Error::config(format!("service {key} is listed twice")));
+                }
             }
+            let key = keys[0];
             let target = Target::parse(&s.target)
                 .map_err(|e| Error::config(format!("target of service {key}: {e}")))?;
             let topology = s
@@ -183,12 +222,33 @@ impl FromStr for Config {
                         .ok_or_else(|| Error::config(format!("topology key `{k}` of {key} is not node, zone, region or any")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let affinity = match (s.affinity.as_deref(), s.affinity_timeout_secs) {
+                (None | Some("none"), None) => None,
+                (Some("client-ip"), t) => {
+                    let timeout_secs = t.unwrap_or(Affinity::DEFAULT_TIMEOUT_SECS);
+                    if !(1..=Affinity::MAX_TIMEOUT_SECS).contains(&timeout_secs) {
+                        return Err(Error::config(format!(
+                            "affinity_timeout_secs of {key} must be between 1 and {} (Kubernetes' range)",
+                            Affinity::MAX_TIMEOUT_SECS
+                        )));
+                    }
+                    Some(Affinity { timeout_secs })
+                }
+                (None | Some("none"), Some(_)) => {
+                    return Err(Error::config(format!("affinity_timeout_secs of {key} needs affinity = \"client-ip\"")))
+                }
+                (Some(other), _) => {
+                    return Err(Error::config(format!("affinity `{other}` of {key} must be \"none\" or \"client-ip\"")))
+                }
+            };
             services.push(ServiceConfig {
                 name: s.name.unwrap_or_else(|| key.to_string()),
-                key,
+                keys,
                 target,
                 topology,
                 topology_min_endpoints: s.topology_min_endpoints.unwrap_or(1).max(1),
+                affinity,
+                affinity_explicit: s.affinity.is_some(),
             });
         }
         Ok(Config {
@@ -201,6 +261,17 @@ impl FromStr for Config {
             services,
         })
     }
+}
+
+/// Environment variables read for this node's name when `[node] name` is not set, first set wins.
+pub const NODE_ENV: [&str; 2] = ["LB_NODE", "NODE_NAME"];
+/// Likewise for its zone.
+pub const ZONE_ENV: [&str; 2] = ["LB_ZONE", "POD_ZONE"];
+/// Likewise for its region.
+pub const REGION_ENV: [&str; 2] = ["LB_REGION", "POD_REGION"];
+
+fn env(names: [&str; 2]) -> Option<String> {
+    names.iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
 }
 
 fn hostname() -> Option<String> {
@@ -230,14 +301,22 @@ mod tests {
         assert_eq!(cfg.backend, BackendKind::Iptables);
         assert_eq!(cfg.table, DEFAULT_TABLE);
         assert_eq!(cfg.node.node.as_deref(), Some("n1"));
-        assert_eq!(cfg.services[0].key.protocol, Protocol::Udp);
+        assert_eq!(cfg.services[0].keys[0].protocol, Protocol::Udp);
+        assert_eq!(cfg.services[0].affinity, None);
         assert_eq!(cfg.services[0].topology, vec![Level::Node, Level::Zone, Level::Any]);
     }
 
     #[test]
     fn bad_configs_name_the_problem() {
         for (text, needle) in [
-            ("[[service]]\nvip = \"10.96.0.10\"\ntarget = \"static:///1.1.1.1:1\"", "not an IPv4 ip:port"),
+            ("[[service]]\nvip = \"10.96.0.10\"\ntarget = \"static:///1.1.1.1:1\"", "is not ip:port"),
+            ("[[service]]\nvips = [\"10.96.0.10:1\", \"10.96.0.11:1\"]\ntarget = \"static:///1.1.1.1:1\"", "one VIP per family"),
+            ("[[service]]\nvip = \"10.96.0.10:1\"\nvips = [\"[fd00::1]:1\"]\ntarget = \"static:///1.1.1.1:1\"", "both `vip` and `vips`"),
+            ("[[service]]\ntarget = \"static:///1.1.1.1:1\"", "no `vip` or `vips`"),
+            ("[[service]]\nvip = \"10.96.0.10:1\"\ntarget = \"static:///1.1.1.1:1\"\naffinity = \"cookie\"", "\"none\" or \"client-ip\""),
+            ("[[service]]\nvip = \"10.96.0.10:1\"\ntarget = \"static:///1.1.1.1:1\"\naffinity_timeout_secs = 5", "needs affinity"),
+            ("[[service]]\nvip = \"10.96.0.10:1\"\ntarget = \"static:///1.1.1.1:1\"\naffinity = \"client-ip\"\naffinity_timeout_secs = 0", "between 1 and 86400"),
+            ("[[service]]\nvips = [\"10.96.0.10:1\"]\ntarget = \"static:///1.1.1.1:1\"\n[[service]]\nvips = [\"[fd00::1]:2\", \"10.96.0.10:1\"]\ntarget = \"static:///1.1.1.1:1\"", "twice"),
             ("[[service]]\nvip = \"10.96.0.10:1\"\nprotocol = \"sctp\"\ntarget = \"static:///1.1.1.1:1\"", "must be tcp or udp"),
             ("[[service]]\nvip = \"10.96.0.10:1\"\ntarget = \"nope\"", "no scheme"),
             ("bakend = \"ipvs\"", "unknown field"),
@@ -248,5 +327,30 @@ mod tests {
             assert!(err.is_config());
             assert!(err.to_string().contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn dual_stack_vips_and_affinity() {
+        let cfg: Config = r#"
+            [[service]]
+            vips = ["10.96.0.10:80", "[fd00:96::10]:80"]
+            target = "static:///10.0.0.1:80,[fd00::1]:80"
+            affinity = "client-ip"
+            [[service]]
+            vip = "[fd00:96::11]:53"
+            protocol = "udp"
+            target = "static:///[fd00::1]:53"
+            affinity = "client-ip"
+            affinity_timeout_secs = 60
+        "#
+        .parse()
+        .expect("valid config");
+        let s = &cfg.services[0];
+        assert_eq!(s.families(), vec![Family::V4, Family::V6]);
+        assert_eq!(s.keys[1].vip, "[fd00:96::10]:80".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(s.affinity, Some(Affinity { timeout_secs: 10_800 }));
+        assert!(s.affinity_explicit);
+        assert_eq!(cfg.services[1].affinity, Some(Affinity { timeout_secs: 60 }));
+        assert_eq!(cfg.services[1].name, "[fd00:96::11]:53/udp");
     }
 }

@@ -6,17 +6,24 @@
 //! statsd stream this way. After a transaction removes a UDP destination that no longer serves, the
 //! agent deletes the entries whose original destination is the VIP and whose reply source is that
 //! endpoint, exactly as kube-proxy does with `conntrack -D`. TCP entries are left alone: a
-//! terminating backend should finish its established connections.
+//! terminating backend should finish its established connections. IPv6 flows are the same with
+//! `-f ipv6` (conntrack's default family is IPv4, which would not even parse an IPv6 address).
 
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
-use crate::model::{Protocol, ServiceKey, ServiceState};
+use crate::model::{Family, Protocol, ServiceKey, ServiceState};
 
 /// The `conntrack` arguments deleting `key`'s flows to `endpoint`.
-pub fn delete_args(key: &ServiceKey, endpoint: SocketAddrV4) -> Vec<String> {
+pub fn delete_args(key: &ServiceKey, endpoint: SocketAddr) -> Vec<String> {
+    let family = match key.family() {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    };
     vec![
         "-D".into(),
+        "-f".into(),
+        family.into(),
         "-p".into(),
         key.protocol.as_str().into(),
         "--orig-dst".into(),
@@ -32,11 +39,11 @@ pub fn delete_args(key: &ServiceKey, endpoint: SocketAddrV4) -> Vec<String> {
 
 /// Former destinations of a UDP service whose flows must go: not a destination any more and not
 /// serving (`new` is `None` when the service itself is gone).
-pub fn stale(key: &ServiceKey, old: impl IntoIterator<Item = SocketAddrV4>, new: Option<&ServiceState>) -> Vec<SocketAddrV4> {
+pub fn stale(key: &ServiceKey, old: impl IntoIterator<Item = SocketAddr>, new: Option<&ServiceState>) -> Vec<SocketAddr> {
     if key.protocol != Protocol::Udp {
         return Vec::new();
     }
-    let old: BTreeSet<SocketAddrV4> = old.into_iter().collect();
+    let old: BTreeSet<SocketAddr> = old.into_iter().collect();
     old.into_iter()
         .filter(|a| match new {
             None => true,
@@ -47,7 +54,7 @@ pub fn stale(key: &ServiceKey, old: impl IntoIterator<Item = SocketAddrV4>, new:
 
 /// Runs the deletions; a missing `conntrack` tool or a failure is logged and counted, never fatal
 /// (the rules are already right; only old flows linger until they time out).
-pub fn run(commands: &[(ServiceKey, SocketAddrV4)]) -> Vec<String> {
+pub fn run(commands: &[(ServiceKey, SocketAddr)]) -> Vec<String> {
     let mut shown = Vec::new();
     for (key, ep) in commands {
         let args = delete_args(key, *ep);
@@ -67,6 +74,21 @@ pub fn run(commands: &[(ServiceKey, SocketAddrV4)]) -> Vec<String> {
 }
 
 /// The commands [`run`] would run, for dry runs.
-pub fn describe(commands: &[(ServiceKey, SocketAddrV4)]) -> Vec<String> {
+pub fn describe(commands: &[(ServiceKey, SocketAddr)]) -> Vec<String> {
     commands.iter().map(|(k, e)| format!("conntrack {}", delete_args(k, *e).join(" "))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletes_name_the_family() {
+        let key = ServiceKey { protocol: Protocol::Udp, vip: "[fd00:96::10]:53".parse().expect("vip") };
+        let shown = describe(&[(key, "[fd00::1]:5353".parse().expect("endpoint"))]);
+        assert_eq!(
+            shown,
+            ["conntrack -D -f ipv6 -p udp --orig-dst fd00:96::10 --orig-port-dst 53 --reply-src fd00::1 --reply-port-src 5353"]
+        );
+    }
 }

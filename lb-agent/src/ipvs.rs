@@ -6,16 +6,20 @@
 //! with weight 0, IPVS' own way to drain; a service without endpoints has no virtual server, so the
 //! local VIP answers new connections with a reset (TCP) or port-unreachable (UDP).
 //!
+//! IPv6 VIPs are IPv6 virtual servers (`-A -t [fd00:96::10]:80`), their addresses `/128` on the
+//! same dummy interface. Client-IP affinity is IPVS' persistence (`-p <timeout>`), which is what
+//! kube-proxy's IPVS mode uses for `sessionAffinity: ClientIP`.
+//!
 //! Limitations: `ipvsadm-restore` applies its commands one by one, so a crash mid-sync can leave a
 //! partial update (the next sync repairs it), and this project's test kernels have no IPVS
 //! (`CONFIG_IP_VS` unset), so this backend is only exercised where `/proc/net/ip_vs` exists.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::backend::{Backend, SyncReport};
-use crate::model::{Desired, Protocol, ServiceKey};
+use crate::model::{Desired, Family, Protocol, ServiceKey};
 use crate::{conntrack, exec, Error};
 
 /// The dummy interface holding the VIPs.
@@ -30,9 +34,33 @@ pub fn available() -> bool {
 #[derive(Debug, Default)]
 pub struct Ipvs {
     link: bool,
-    vips: BTreeSet<Ipv4Addr>,
+    vips: BTreeSet<IpAddr>,
     /// Virtual servers of ours and their real servers with weights.
-    services: BTreeMap<ServiceKey, BTreeMap<SocketAddrV4, u32>>,
+    services: BTreeMap<ServiceKey, Virtual>,
+}
+
+/// One virtual server as committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Virtual {
+    /// Persistence timeout in seconds (client-IP affinity), if any.
+    persistent: Option<u32>,
+    reals: BTreeMap<SocketAddr, u32>,
+}
+
+/// `10.96.0.10/32` or `fd00:96::10/128`.
+fn host(ip: IpAddr) -> String {
+    match Family::of(ip) {
+        Family::V4 => format!("{ip}/32"),
+        Family::V6 => format!("{ip}/128"),
+    }
+}
+
+/// The scheduler and persistence arguments of `-A` / `-E`.
+fn options(v: &Virtual) -> String {
+    match v.persistent {
+        Some(t) => format!("-s wrr -p {t}"),
+        None => "-s wrr".to_string(),
+    }
 }
 
 impl Ipvs {
@@ -48,16 +76,16 @@ impl Ipvs {
         }
     }
 
-    fn want(desired: &Desired) -> BTreeMap<ServiceKey, BTreeMap<SocketAddrV4, u32>> {
+    fn want(desired: &Desired) -> BTreeMap<ServiceKey, Virtual> {
         desired
             .iter()
             .filter(|(_, s)| !s.destinations.is_empty())
             .map(|(k, s)| {
-                let mut reals: BTreeMap<SocketAddrV4, u32> = s.destinations.iter().map(|d| (d.addr, d.weight)).collect();
+                let mut reals: BTreeMap<SocketAddr, u32> = s.destinations.iter().map(|d| (d.addr, d.weight)).collect();
                 for a in &s.keep_flows {
                     reals.entry(*a).or_insert(0);
                 }
-                (*k, reals)
+                (*k, Virtual { persistent: s.affinity.map(|a| a.timeout_secs), reals })
             })
             .collect()
     }
@@ -73,10 +101,10 @@ impl Backend for Ipvs {
             return Err(Error::kernel("this kernel has no IPVS (/proc/net/ip_vs is absent); use backend = \"nftables\""));
         }
         *self = Ipvs::new();
-        match exec::run("ip", &["-4", "-o", "addr", "show", "dev", DUMMY], None) {
+        match exec::run("ip", &["-o", "addr", "show", "dev", DUMMY], None) {
             Ok(out) => {
                 self.link = true;
-                for w in out.split_whitespace().filter_map(|w| w.strip_suffix("/32")) {
+                for w in out.split_whitespace().filter_map(|w| w.strip_suffix("/32").or_else(|| w.strip_suffix("/128"))) {
                     if let Ok(ip) = w.parse() {
                         self.vips.insert(ip);
                     }
@@ -92,20 +120,21 @@ impl Backend for Ipvs {
                 Some(&"-u") => Protocol::Udp,
                 _ => continue,
             };
-            let Some(vip) = w.get(2).and_then(|v| v.parse::<SocketAddrV4>().ok()) else { continue };
-            if !self.vips.contains(vip.ip()) {
+            let Some(vip) = w.get(2).and_then(|v| v.parse::<SocketAddr>().ok()) else { continue };
+            if !self.vips.contains(&vip.ip()) {
                 continue; // not ours
             }
             let key = ServiceKey { protocol: proto, vip };
+            let arg = |flag: &str| w.iter().position(|x| *x == flag).and_then(|i| w.get(i + 1));
             match w.first() {
                 Some(&"-A") => {
-                    self.services.entry(key).or_default();
+                    self.services.entry(key).or_default().persistent = arg("-p").and_then(|t| t.parse().ok());
                 }
                 Some(&"-a") => {
-                    let real = w.iter().position(|x| *x == "-r").and_then(|i| w.get(i + 1)).and_then(|r| r.parse().ok());
-                    let weight = w.iter().position(|x| *x == "-w").and_then(|i| w.get(i + 1)).and_then(|r| r.parse().ok());
+                    let real = arg("-r").and_then(|r| r.parse().ok());
+                    let weight = arg("-w").and_then(|r| r.parse().ok());
                     if let (Some(real), Some(weight)) = (real, weight) {
-                        self.services.entry(key).or_default().insert(real, weight);
+                        self.services.entry(key).or_default().reals.insert(real, weight);
                     }
                 }
                 _ => {}
@@ -116,38 +145,44 @@ impl Backend for Ipvs {
 
     fn sync(&mut self, desired: &Desired, dry_run: bool) -> Result<SyncReport, Error> {
         let want = Self::want(desired);
-        let want_vips: BTreeSet<Ipv4Addr> = desired.keys().map(|k| *k.vip.ip()).collect();
+        let want_vips: BTreeSet<IpAddr> = desired.keys().map(|k| k.vip.ip()).collect();
         let mut commands = Vec::new();
         if !self.link {
             commands.push(format!("ip link add {DUMMY} type dummy"));
         }
         for ip in want_vips.difference(&self.vips) {
-            commands.push(format!("ip addr add {ip}/32 dev {DUMMY}"));
+            commands.push(format!("ip addr add {} dev {DUMMY}", host(*ip)));
         }
         let mut tx = String::new();
         let mut flush = Vec::new();
-        for (key, reals) in &self.services {
+        for (key, cur) in &self.services {
             let f = Self::flag(key.protocol);
             match want.get(key) {
                 None => {
                     let _ = writeln!(tx, "-D {f} {}", key.vip);
                 }
                 Some(next) => {
-                    for real in reals.keys().filter(|r| !next.contains_key(r)) {
+                    for real in cur.reals.keys().filter(|r| !next.reals.contains_key(r)) {
                         let _ = writeln!(tx, "-d {f} {} -r {real}", key.vip);
                     }
                 }
             }
-            flush.extend(conntrack::stale(key, reals.keys().copied(), desired.get(key)).into_iter().map(|e| (*key, e)));
+            flush.extend(conntrack::stale(key, cur.reals.keys().copied(), desired.get(key)).into_iter().map(|e| (*key, e)));
         }
         for (key, next) in &want {
             let f = Self::flag(key.protocol);
             let cur = self.services.get(key);
-            if cur.is_none() {
-                let _ = writeln!(tx, "-A {f} {} -s wrr", key.vip);
+            match cur {
+                None => {
+                    let _ = writeln!(tx, "-A {f} {} {}", key.vip, options(next));
+                }
+                Some(c) if c.persistent != next.persistent => {
+                    let _ = writeln!(tx, "-E {f} {} {}", key.vip, options(next));
+                }
+                Some(_) => {}
             }
-            for (real, w) in next {
-                match cur.and_then(|c| c.get(real)) {
+            for (real, w) in &next.reals {
+                match cur.and_then(|c| c.reals.get(real)) {
                     None => {
                         let _ = writeln!(tx, "-a {f} {} -r {real} -m -w {w}", key.vip);
                     }
@@ -158,11 +193,11 @@ impl Backend for Ipvs {
                 }
             }
         }
-        let stale_vips: Vec<Ipv4Addr> = self.vips.difference(&want_vips).copied().collect();
+        let stale_vips: Vec<IpAddr> = self.vips.difference(&want_vips).copied().collect();
         for ip in &stale_vips {
-            commands.push(format!("ip addr del {ip}/32 dev {DUMMY}"));
+            commands.push(format!("ip addr del {} dev {DUMMY}", host(*ip)));
         }
-        let objects = want.values().map(|r| 1 + r.len()).sum();
+        let objects = want.values().map(|v| 1 + v.reals.len()).sum();
         if dry_run {
             commands.extend(conntrack::describe(&flush));
             return Ok(SyncReport { transaction: tx, commands, objects });
@@ -215,11 +250,11 @@ mod tests {
     use crate::model::{Destination, ServiceState};
 
     fn key(port: u16) -> ServiceKey {
-        ServiceKey { protocol: Protocol::Tcp, vip: SocketAddrV4::new([10, 96, 0, 10].into(), port) }
+        ServiceKey { protocol: Protocol::Tcp, vip: SocketAddr::from(([10, 96, 0, 10], port)) }
     }
 
-    fn ep(last: u8) -> SocketAddrV4 {
-        SocketAddrV4::new([10, 0, 0, last].into(), 8080)
+    fn ep(last: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, last], 8080))
     }
 
     #[test]
@@ -231,6 +266,7 @@ mod tests {
             ServiceState {
                 destinations: vec![Destination { addr: ep(1), weight: 100 }],
                 keep_flows: [ep(1), ep(2)].into(),
+                affinity: None,
             },
         );
         desired.insert(key(81), ServiceState::default());
@@ -244,10 +280,37 @@ mod tests {
 
         // As if committed: removing the service and the VIP.
         ipvs.link = true;
-        ipvs.vips = [*key(80).vip.ip()].into();
+        ipvs.vips = [key(80).vip.ip()].into();
         ipvs.services = Ipvs::want(&desired);
         let r = ipvs.sync(&Desired::new(), true).expect("dry run");
         assert_eq!(r.transaction, "-D -t 10.96.0.10:80\n");
         assert_eq!(r.commands, vec!["ip addr del 10.96.0.10/32 dev lb-ipvs0"]);
+    }
+
+    #[test]
+    fn ipv6_virtual_servers_with_persistence() {
+        let mut ipvs = Ipvs::new();
+        let k = ServiceKey { protocol: Protocol::Udp, vip: "[fd00:96::10]:53".parse().expect("vip") };
+        let real: SocketAddr = "[fd00::1]:5353".parse().expect("real");
+        let mut desired = Desired::new();
+        desired.insert(
+            k,
+            ServiceState {
+                destinations: vec![Destination { addr: real, weight: 1 }],
+                keep_flows: [real].into(),
+                affinity: Some(crate::model::Affinity { timeout_secs: 60 }),
+            },
+        );
+        let r = ipvs.sync(&desired, true).expect("dry run needs no kernel");
+        assert_eq!(r.commands, vec!["ip link add lb-ipvs0 type dummy", "ip addr add fd00:96::10/128 dev lb-ipvs0"]);
+        assert_eq!(r.transaction, "-A -u [fd00:96::10]:53 -s wrr -p 60\n-a -u [fd00:96::10]:53 -r [fd00::1]:5353 -m -w 1\n");
+
+        // Committed; affinity switched off edits the virtual server in place.
+        ipvs.link = true;
+        ipvs.vips = [k.vip.ip()].into();
+        ipvs.services = Ipvs::want(&desired);
+        desired.get_mut(&k).expect("present").affinity = None;
+        let r = ipvs.sync(&desired, true).expect("dry run");
+        assert_eq!(r.transaction, "-E -u [fd00:96::10]:53 -s wrr\n");
     }
 }

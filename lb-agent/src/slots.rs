@@ -11,7 +11,7 @@
 //! therefore costs O(changed slots) map writes, not O(service) — which is what keeps updates flat.
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use crate::model::Destination;
 
@@ -54,11 +54,11 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 /// The new slot table: keeps every old slot whose endpoint still has quota, fills the rest.
-pub fn assign(old: &[SocketAddrV4], dests: &[Destination], max_slots: usize) -> Vec<SocketAddrV4> {
+pub fn assign(old: &[SocketAddr], dests: &[Destination], max_slots: usize) -> Vec<SocketAddr> {
     let counts = slot_counts(dests, max_slots);
     let m: usize = counts.iter().sum();
-    let mut quota: HashMap<SocketAddrV4, usize> = dests.iter().map(|d| d.addr).zip(counts).collect();
-    let mut new: Vec<Option<SocketAddrV4>> = vec![None; m];
+    let mut quota: HashMap<SocketAddr, usize> = dests.iter().map(|d| d.addr).zip(counts).collect();
+    let mut new: Vec<Option<SocketAddr>> = vec![None; m];
     for (slot, addr) in old.iter().take(m).enumerate() {
         if let Some(q) = quota.get_mut(addr).filter(|q| **q > 0) {
             *q -= 1;
@@ -79,7 +79,7 @@ mod tests {
     use super::*;
 
     fn d(last: u8, weight: u32) -> Destination {
-        Destination { addr: SocketAddrV4::new([10, 0, 0, last].into(), 80), weight }
+        Destination { addr: SocketAddr::from(([10, 0, 0, last], 80)), weight }
     }
 
     #[test]
@@ -112,7 +112,7 @@ mod tests {
         let old = assign(&[], &[d(1, 1), d(2, 1)], 256);
         let new = assign(&old, &[d(1, 1), d(2, 1), d(3, 2)], 256);
         assert_eq!(&new[..2], &old[..]);
-        let threes = new.iter().filter(|a| a.ip().octets()[3] == 3).count();
+        let threes = new.iter().filter(|a| a.ip() == std::net::IpAddr::from([10, 0, 0, 3])).count();
         assert_eq!((new.len(), threes), (4, 2));
     }
 }

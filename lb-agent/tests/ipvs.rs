@@ -40,3 +40,26 @@ fn removing_a_backend_keeps_established_connections() {
     let lab = lab_with_servers(3);
     traffic::removal_keeps_established_and_moves_new_flows(&lab, "ipvs");
 }
+
+#[test]
+fn ipv6_and_dual_stack_virtual_servers() {
+    skip_unless_capable!();
+    if ipvs_missing() {
+        return;
+    }
+    let lab = dual_lab_with_servers(3);
+    traffic::ipv6_and_dual_stack_reach_their_family(&lab, "ipvs", 3);
+    traffic::ipv6_removal_keeps_established(&lab, "ipvs");
+    lab.agent_ok(&["cleanup"]);
+}
+
+#[test]
+fn client_ip_affinity_is_persistence() {
+    skip_unless_capable!();
+    if ipvs_missing() {
+        return;
+    }
+    let lab = dual_lab_with_servers(3);
+    traffic::affinity_sticks_per_client(&lab, "ipvs");
+    lab.agent_ok(&["cleanup"]);
+}

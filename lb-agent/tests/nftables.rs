@@ -32,8 +32,8 @@ fn tcp_and_udp_reach_every_backend_and_the_rest_is_untouched() {
     lab.write_config(&config("nftables", &[0, 1, 2], &[0, 1, 2]));
 
     let dry = lab.agent_ok(&["--dry-run"]);
-    assert!(dry.contains("table ip lb_agent {") && dry.contains("add element ip lb_agent be_tcp"), "{dry}");
-    assert!(!lab.client.try_exec(&["nft", "list", "table", "ip", "lb_agent"]).status.success(), "dry run applied nothing");
+    assert!(dry.contains("table inet lb_agent {") && dry.contains("add element inet lb_agent be_tcp4"), "{dry}");
+    assert!(!lab.client.try_exec(&["nft", "list", "table", "inet", "lb_agent"]).status.success(), "dry run applied nothing");
 
     lab.agent_ok(&["--once"]);
     traffic::reaches_every_backend_and_rejects_empty(&lab, 3);
@@ -98,7 +98,7 @@ fn big_config(n: usize) -> String {
 }
 
 fn service_count(lab: &Lab) -> usize {
-    let json = lab.client.exec(&["nft", "-j", "list", "map", "ip", "lb_agent", "svc_tcp"]);
+    let json = lab.client.exec(&["nft", "-j", "list", "map", "inet", "lb_agent", "svc_tcp4"]);
     json.matches("\"goto\"").count()
 }
 
@@ -180,7 +180,7 @@ fn a_hand_edited_table_is_rebuilt_not_trusted() {
     let lab = lab_with_servers(2);
     lab.write_config(&config("nftables", &[0, 1], &[0, 1]));
     lab.agent_ok(&["--once"]);
-    lab.client.exec(&["nft", "delete", "element", "ip", "lb_agent", "be_tcp", "{ 10.96.0.10 . 80 . 1 }"]);
+    lab.client.exec(&["nft", "delete", "element", "inet", "lb_agent", "be_tcp4", "{ 10.96.0.10 . 80 . 1 }"]);
     lab.agent_ok(&["--once"]);
     assert_eq!(lab.tcp_spread(vip(TCP_VIP), 40).len(), 2, "the missing slot is back");
     assert_eq!(lab.agent_ok(&["--dry-run"]), "");
@@ -289,13 +289,13 @@ fn a_bad_config_fails_clearly_and_touches_nothing() {
     let lab = lab_with_servers(1);
     lab.write_config(&config("nftables", &[0], &[0]));
     lab.agent_ok(&["--once"]);
-    let table = lab.client.exec(&["nft", "list", "table", "ip", "lb_agent"]);
+    let table = lab.client.exec(&["nft", "list", "table", "inet", "lb_agent"]);
     lab.write_config(&format!("{}\n[[service]]\nvip = \"10.96.0.99\"\ntarget = \"static:///10.200.0.11:1\"\n", config("nftables", &[0], &[0])));
     let out = lab.agent(&["--once"]);
     assert!(!out.status.success(), "a bad config must fail");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("vip `10.96.0.99` is not an IPv4 ip:port"), "{err}");
-    assert_eq!(lab.client.exec(&["nft", "list", "table", "ip", "lb_agent"]), table, "the kernel is untouched");
+    assert!(err.contains("vip `10.96.0.99` is not ip:port"), "{err}");
+    assert_eq!(lab.client.exec(&["nft", "list", "table", "inet", "lb_agent"]), table, "the kernel is untouched");
 }
 
 #[test]
@@ -333,4 +333,73 @@ fn sighup_reloads_the_configuration() {
     assert_eq!(lab.agent_ok(&["--dry-run"]), "", "kernel matches the reloaded configuration");
     let _ = agent.kill();
     let _ = agent.wait();
+}
+
+#[test]
+fn ipv6_and_dual_stack_services_reach_their_own_family() {
+    skip_unless_capable!();
+    let lab = dual_lab_with_servers(3);
+    traffic::ipv6_and_dual_stack_reach_their_family(&lab, "nftables", 3);
+    assert_eq!(lab.agent_ok(&["--dry-run"]), "", "a restart with unchanged dual-stack state writes nothing");
+}
+
+#[test]
+fn removing_an_ipv6_endpoint_keeps_established_connections() {
+    skip_unless_capable!();
+    let lab = dual_lab_with_servers(3);
+    traffic::ipv6_removal_keeps_established(&lab, "nftables");
+}
+
+#[test]
+fn client_ip_affinity_sticks_and_moves_with_its_endpoint() {
+    skip_unless_capable!();
+    let lab = dual_lab_with_servers(3);
+    traffic::affinity_sticks_per_client(&lab, "nftables");
+    assert_eq!(lab.agent_ok(&["--dry-run"]), "", "a restart with unchanged affinity services writes nothing");
+}
+
+#[test]
+fn dry_run_of_a_dual_stack_config_shows_both_families() {
+    skip_unless_capable!();
+    let lab = dual_lab_with_servers(2);
+    lab.write_config(&traffic::dual_config("nftables", &[0, 1], &[0], "affinity = \"client-ip\""));
+    let dry = lab.agent_ok(&["--dry-run"]);
+    for needle in [
+        "table inet lb_agent {",
+        "add element inet lb_agent svc_tcp4 { 10.96.0.50 . 80 : goto aff_t4_0a600032_0050 }",
+        "fd00:96::50 . 80 : goto aff_t6_fd000096000000000000000000000050_0050",
+        "add element inet lb_agent be_udp6 { fd00:96::53 . 53 . 0 : fd00:200::11 . 5353 }",
+        "fd00:96::20 . 80 : goto no_endpoints",
+        "timeout 10800s",
+        "dnat ip6 to [fd00:200::12]:8080",
+        "add element inet lb_agent hairpin6 {",
+    ] {
+        assert!(dry.contains(needle), "missing `{needle}` in\n{dry}");
+    }
+    assert!(!lab.client.try_exec(&["nft", "list", "table", "inet", "lb_agent"]).status.success(), "dry run applied nothing");
+    // The printed transaction is valid input for nft as it is.
+    let file = std::env::temp_dir().join(format!("{}-dry.nft", lab.client.name));
+    std::fs::write(&file, &dry).expect("write dry run");
+    lab.client.exec(&["nft", "-c", "-f", file.to_str().expect("utf-8 path")]);
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn cleanup_removes_both_families_and_an_old_ipv4_table_and_nothing_else() {
+    skip_unless_capable!();
+    let lab = dual_lab_with_servers(2);
+    let bystander = add_bystander(&lab);
+    // What an agent from before dual-stack left behind: its IPv4-only table.
+    lab.client.exec(&["nft", "add", "table", "ip", "lb_agent"]);
+    lab.client.exec(&["nft", "add", "chain", "ip", "lb_agent", "services"]);
+    lab.write_config(&traffic::dual_config("nftables", &[0, 1], &[0], "affinity = \"client-ip\""));
+    lab.agent_ok(&["--once"]);
+    assert!(!lab.client.try_exec(&["nft", "list", "table", "ip", "lb_agent"]).status.success(), "the old table was replaced");
+    assert_eq!(lab.tcp_spread(vip(traffic::DUAL_VIP6), 10).len(), 1, "affinity: one endpoint per source");
+    let udp = lab.udp_socket(vip(traffic::UDP_VIP6));
+    udp_who(&udp).expect("an IPv6 UDP flow");
+    lab.agent_ok(&["cleanup"]);
+    let ruleset = lab.client.exec(&["nft", "list", "ruleset"]);
+    assert_eq!(ruleset.trim(), bystander.trim(), "cleanup leaves only the bystander");
+    lab.agent_ok(&["cleanup"]); // idempotent
 }

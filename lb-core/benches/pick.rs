@@ -27,7 +27,7 @@ use lb_core::discover::{self, Update};
 use lb_core::pool::PoolConfig;
 use lb_core::policy::{hash_key, Candidate, Maglev, P2c, PickContext, RingHash, RoundRobin, Topology, WeightedRoundRobin};
 use lb_core::test_util::TestConnector;
-use lb_core::{Endpoint, Locality, Outcome, Policy, Pool};
+use lb_core::{Endpoint, Locality, LoadReport, Outcome, Policy, Pool};
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma};
@@ -56,6 +56,12 @@ fn lb_pool(rt: &tokio::runtime::Runtime, n: usize, policy: Box<dyn Policy>) -> P
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(pool.snapshot().healthy(), n, "every endpoint connected");
+        // Servers' load reports, for the policies that use them (weights take a rebuild, 100 ms).
+        for (i, e) in pool.snapshot().entries().iter().enumerate() {
+            let report = LoadReport { application_utilization: 0.1 + (i % 10) as f64 / 10.0, rps_fractional: 100.0, ..Default::default() };
+            e.load.record_report(&report, tokio::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
         std::mem::forget(tx); // keep discovery open for the run
         pool
     })
@@ -72,6 +78,14 @@ fn policies() -> Vec<NamedPolicy> {
         ("p2c-peak-ewma", || Box::new(P2c::peak_ewma())),
         ("ring-hash", || Box::new(RingHash::new())),
         ("maglev", || Box::new(Maglev::new())),
+        ("weighted-round-robin-orca", || {
+            Box::new(
+                WeightedRoundRobin::from_load_reports()
+                    .blackout_period(Duration::ZERO)
+                    .weight_update_period(Duration::from_millis(100)),
+            )
+        }),
+        ("p2c-utilization", || Box::new(P2c::utilization())),
         ("topology-p2c-peak-ewma", || {
             Box::new(Topology::new(P2c::peak_ewma(), Locality::unknown().with_zone("a")))
         }),

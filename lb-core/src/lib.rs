@@ -47,6 +47,8 @@ pub mod options;
 pub mod policy;
 pub mod pool;
 #[cfg(feature = "test-util")]
+pub mod test_recorder;
+#[cfg(feature = "test-util")]
 pub mod test_util;
 
 /// The boxed error type used inside the engine (tower's convention).
@@ -55,7 +57,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub use crate::balance::{Balance, BalanceLayer};
 pub use crate::discover::{EndpointSet, Update};
 pub use crate::endpoint::{Endpoint, EndpointId, EndpointState, Locality};
-pub use crate::load::{Load, LoadGuard, Outcome};
+pub use crate::load::{Load, LoadGuard, LoadReport, Outcome};
 pub use crate::options::Options;
 pub use crate::policy::{PickContext, Picker, Policy};
 pub use crate::pool::{Connect, Pool, PoolConfig};

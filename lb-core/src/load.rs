@@ -13,6 +13,13 @@
 //! Failures are recorded with the larger of their latency and the current estimate, so an endpoint
 //! that fails fast never looks faster than it was (the "failure black hole"); ejecting it is the outlier
 //! detector's job.
+//!
+//! Servers may also say how loaded they are: a [`LoadReport`] (ORCA's `OrcaLoadReport`, parsed by
+//! the protocol crate from the response's trailers) rides the guard like the outcome and is kept in
+//! the endpoint's `Load` — utilization, queries and errors per second, and when they were reported —
+//! for the policies that weigh endpoints by what the servers report (gRFC A58). An answer that says
+//! the server is overloaded (`RESOURCE_EXHAUSTED`, HTTP 429/503 with `Retry-After`) sets a penalty
+//! on the guard; the pool keeps the endpoint out of picks for that long.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -21,6 +28,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::metrics::{EndpointSeries, Record, Status};
 
 /// How a request ended, as recorded by [`LoadGuard`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,6 +61,51 @@ impl Default for EwmaConfig {
     }
 }
 
+/// A server's own report of its load: the scalar fields of ORCA's `OrcaLoadReport`
+/// (`xds.data.orca.v3`), which is what weighting by reported load uses. Zero means "not reported",
+/// as in the protobuf.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LoadReport {
+    /// CPU utilization as a fraction of the server's CPU (may exceed 1 past soft limits).
+    pub cpu_utilization: f64,
+    /// Memory utilization as a fraction of the server's memory.
+    pub mem_utilization: f64,
+    /// The application's own utilization figure (a fraction of its capacity).
+    pub application_utilization: f64,
+    /// Queries per second the server is serving, across all its callers.
+    pub rps_fractional: f64,
+    /// Errors per second the server is answering.
+    pub eps: f64,
+}
+
+impl LoadReport {
+    /// The utilization weighting uses: `application_utilization` when reported, else
+    /// `cpu_utilization` (gRFC A58).
+    pub fn utilization(&self) -> f64 {
+        if self.application_utilization > 0.0 {
+            self.application_utilization
+        } else {
+            self.cpu_utilization
+        }
+    }
+}
+
+/// What an endpoint's servers last reported, as [`Load::reported`] returns it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reported {
+    /// [`LoadReport::utilization`] of the last report.
+    pub utilization: f64,
+    /// Its `rps_fractional`.
+    pub qps: f64,
+    /// Its `eps`.
+    pub eps: f64,
+    /// When it arrived.
+    pub at: Instant,
+    /// Since when reports have said the endpoint is doing work (non-zero utilization and
+    /// queries), without a gap longer than the weight expiration (A58's `non_empty_since`).
+    pub non_empty_since: Option<Instant>,
+}
+
 /// The live load of one endpoint, shared by the pool, the pickers and every in-flight guard.
 ///
 /// It survives discovery resets: an endpoint whose id is unchanged keeps its `Load`.
@@ -69,6 +123,15 @@ pub struct Load {
     consecutive_failures: AtomicU32,
     consecutive_threshold: u32,
     alarm: Option<Arc<Notify>>,
+    // The last load report (f64 bits) and its times, nanoseconds since `epoch` plus one (0: none).
+    report_util: AtomicU64,
+    report_qps: AtomicU64,
+    report_eps: AtomicU64,
+    report_at: AtomicU64,
+    non_empty_since: AtomicU64,
+    /// An overload penalty waiting for the pool, in nanoseconds (0: none).
+    penalty_ns: AtomicU64,
+    series: Option<EndpointSeries>,
 }
 
 impl fmt::Debug for Load {
@@ -101,7 +164,20 @@ impl Load {
             consecutive_failures: AtomicU32::new(0),
             consecutive_threshold: u32::MAX,
             alarm: None,
+            report_util: AtomicU64::new(0),
+            report_qps: AtomicU64::new(0),
+            report_eps: AtomicU64::new(0),
+            report_at: AtomicU64::new(0),
+            non_empty_since: AtomicU64::new(0),
+            penalty_ns: AtomicU64::new(0),
+            series: None,
         }
+    }
+
+    /// Records this endpoint's requests into `series` (see [`crate::metrics`]).
+    pub(crate) fn with_series(mut self, series: EndpointSeries) -> Self {
+        self.series = Some(series);
+        self
     }
 
     /// Wakes `alarm` whenever the consecutive-failure count reaches `threshold`, so the pool can
@@ -110,6 +186,83 @@ impl Load {
         self.consecutive_threshold = threshold.max(1);
         self.alarm = Some(alarm);
         self
+    }
+
+    /// What the endpoint's servers last reported, if anything.
+    pub fn reported(&self) -> Option<Reported> {
+        let at = self.report_at.load(Ordering::Relaxed);
+        if at == 0 {
+            return None;
+        }
+        let since = self.non_empty_since.load(Ordering::Relaxed);
+        let instant = |ns: u64| self.epoch + Duration::from_nanos(ns - 1);
+        Some(Reported {
+            utilization: f64::from_bits(self.report_util.load(Ordering::Relaxed)),
+            qps: f64::from_bits(self.report_qps.load(Ordering::Relaxed)),
+            eps: f64::from_bits(self.report_eps.load(Ordering::Relaxed)),
+            at: instant(at),
+            non_empty_since: (since != 0).then(|| instant(since)),
+        })
+    }
+
+    /// The reported utilization when the last report is younger than `max_age` (the pick path's
+    /// read: two atomics).
+    #[inline]
+    pub fn utilization_at(&self, now: Instant, max_age: Duration) -> Option<f64> {
+        let at = self.report_at.load(Ordering::Relaxed);
+        if at == 0 {
+            return None;
+        }
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
+        if now_ns.saturating_sub(at) >= max_age.as_nanos() as u64 {
+            return None;
+        }
+        Some(f64::from_bits(self.report_util.load(Ordering::Relaxed)))
+    }
+
+    /// Forgets since when reports were non-empty (A58: after the weight expired, the blackout
+    /// period starts again with the next report).
+    pub fn reset_non_empty_since(&self) {
+        self.non_empty_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Records a server's load report that arrived at `now`.
+    pub fn record_report(&self, report: &LoadReport, now: Instant) {
+        let u = report.utilization();
+        if !u.is_finite() || u < 0.0 {
+            return;
+        }
+        let qps = if report.rps_fractional.is_finite() { report.rps_fractional.max(0.0) } else { 0.0 };
+        let eps = if report.eps.is_finite() { report.eps.max(0.0) } else { 0.0 };
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
+        self.report_util.store(u.to_bits(), Ordering::Relaxed);
+        self.report_qps.store(qps.to_bits(), Ordering::Relaxed);
+        self.report_eps.store(eps.to_bits(), Ordering::Relaxed);
+        self.report_at.store(now_ns, Ordering::Relaxed);
+        if u > 0.0 && qps > 0.0 {
+            // Racing reports may both see 0: either time is a fine start of the blackout.
+            if self.non_empty_since.load(Ordering::Relaxed) == 0 {
+                self.non_empty_since.store(now_ns, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Asks the pool to keep the endpoint out of picks for `duration` (an overload answer); the
+    /// pool applies it, capped, at its next wake-up, which this triggers.
+    pub fn penalize(&self, duration: Duration) {
+        let ns = (duration.as_nanos() as u64).max(1);
+        self.penalty_ns.fetch_max(ns, Ordering::Relaxed);
+        if let Some(alarm) = &self.alarm {
+            alarm.notify_one();
+        }
+    }
+
+    /// Takes the penalty waiting to be applied, if any.
+    pub(crate) fn take_penalty(&self) -> Option<Duration> {
+        match self.penalty_ns.swap(0, Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
     }
 
     /// Starts tracking one request. The returned guard records latency and outcome when dropped.
@@ -126,6 +279,10 @@ impl Load {
             start: now,
             outcome: Outcome::Cancelled,
             latency: None,
+            report: None,
+            penalty: None,
+            permit: None,
+            record: Record::default(),
         }
     }
 
@@ -243,6 +400,10 @@ pub struct LoadGuard {
     start: Instant,
     outcome: Outcome,
     latency: Option<Duration>,
+    report: Option<LoadReport>,
+    penalty: Option<Duration>,
+    permit: Option<crate::balance::Permit>,
+    record: Record,
 }
 
 impl fmt::Debug for LoadGuard {
@@ -268,6 +429,24 @@ impl LoadGuard {
         self.latency = Some(latency);
     }
 
+    /// Attaches the server's load report from the response (the last call wins); recorded in
+    /// the endpoint's [`Load`] when the guard drops.
+    pub fn set_report(&mut self, report: LoadReport) {
+        self.report = Some(report);
+    }
+
+    /// The server answered that it is overloaded: keep the endpoint out of picks for `duration`
+    /// (capped by the pool). Applied when the guard drops.
+    pub fn set_penalty(&mut self, duration: Duration) {
+        self.penalty = Some(duration);
+    }
+
+    /// Holds a circuit breaker's in-flight slot for as long as the request counts (to the end of
+    /// its response), giving it back when the guard drops.
+    pub fn hold(&mut self, permit: crate::balance::Permit) {
+        self.permit = Some(permit);
+    }
+
     /// The outcome recorded so far.
     pub fn outcome(&self) -> Outcome {
         self.outcome
@@ -282,16 +461,57 @@ impl LoadGuard {
     pub fn load(&self) -> &Arc<Load> {
         &self.load
     }
+
+    /// Counts this pick as an attempt: a request sent to its endpoint (`grpc.client.attempt.started`,
+    /// `lb_endpoint_picks_total`), whose end records `grpc.client.attempt.duration` (see
+    /// [`crate::metrics`]). The engine calls it as it sends; callers of
+    /// [`Pool::pick_or_wait`](crate::Pool::pick_or_wait) that send themselves call it too. A pick
+    /// dropped without it records nothing.
+    pub fn begin_attempt(&mut self) {
+        if !self.record.attempt {
+            self.record.attempt = true;
+            if let Some(s) = &self.load.series {
+                s.attempt_started();
+            }
+        }
+    }
+
+    /// The `grpc.status` the attempt (and its call) is recorded with (the last call wins); unset, it
+    /// is the outcome's word (`success`, `failure`, `cancelled`).
+    pub fn set_status(&mut self, status: Status) {
+        self.record.status = Some(status);
+    }
+
+    /// Makes this attempt its call's last: its end records the call's duration
+    /// (`grpc.client.call.duration`) as well, from `started` — before any wait for an endpoint and
+    /// any earlier attempt.
+    pub fn end_call(&mut self, started: Instant) {
+        self.record.call_start = Some(started);
+    }
 }
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.outcome == Outcome::Cancelled {
+        if let Some(report) = self.report.take() {
+            self.load.record_report(&report, Instant::now());
+        }
+        if let Some(penalty) = self.penalty.take() {
+            self.load.penalize(penalty);
+        }
+        if self.outcome == Outcome::Cancelled && !self.record.attempt {
             return;
         }
         let now = Instant::now();
         let latency = self.latency.unwrap_or_else(|| now.saturating_duration_since(self.start));
+        if self.record.attempt {
+            if let Some(s) = &self.load.series {
+                s.attempt_ended(&self.record, self.outcome, self.start, latency);
+            }
+        }
+        if self.outcome == Outcome::Cancelled {
+            return;
+        }
         self.load.record(latency, self.outcome, now);
     }
 }
@@ -380,5 +600,45 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(1), alarm.notified())
             .await
             .expect("alarm notified at the third consecutive failure");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_ride_the_guard() {
+        let load = Arc::new(Load::default());
+        assert!(load.reported().is_none());
+        let mut g = load.start();
+        g.set_report(LoadReport { cpu_utilization: 0.5, application_utilization: 0.25, rps_fractional: 100.0, eps: 2.0, ..Default::default() });
+        g.set_outcome(Outcome::Success);
+        drop(g);
+        let r = load.reported().expect("recorded");
+        assert_eq!((r.utilization, r.qps, r.eps), (0.25, 100.0, 2.0), "application utilization wins over cpu");
+        assert_eq!(r.non_empty_since, Some(r.at));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut g = load.start();
+        g.set_report(LoadReport { cpu_utilization: 0.75, rps_fractional: 50.0, ..Default::default() });
+        drop(g);
+        let r2 = load.reported().expect("recorded");
+        assert_eq!(r2.utilization, 0.75, "cpu when the application reports none");
+        assert_eq!(r2.non_empty_since, r.non_empty_since, "still the first non-empty report");
+        assert_eq!(load.utilization_at(tokio::time::Instant::now(), Duration::from_secs(1)), Some(0.75));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(load.utilization_at(tokio::time::Instant::now(), Duration::from_secs(1)), None, "expired");
+        // A garbage report changes nothing.
+        let mut g = load.start();
+        g.set_report(LoadReport { cpu_utilization: f64::NAN, ..Default::default() });
+        drop(g);
+        assert_eq!(load.reported().map(|r| r.utilization), Some(0.75));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_penalty_wakes_the_pool() {
+        let alarm = Arc::new(Notify::new());
+        let load = Arc::new(Load::default().with_alarm(u32::MAX, alarm.clone()));
+        let mut g = load.start();
+        g.set_penalty(Duration::from_secs(2));
+        drop(g);
+        tokio::time::timeout(Duration::from_millis(1), alarm.notified()).await.expect("alarm notified");
+        assert_eq!(load.take_penalty(), Some(Duration::from_secs(2)));
+        assert_eq!(load.take_penalty(), None, "taken once");
     }
 }

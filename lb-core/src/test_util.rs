@@ -1,4 +1,4 @@
-//! Test support (feature `test-util`): a scriptable [`Connect`] for tests and benches, and a metrics recorder.
+//! Test support (feature `test-util`): a scriptable [`Connect`] for tests and benches, and skips that are seen.
 //!
 //! [`TestConnector`] stands in for a protocol crate's connector wherever what is under test is the
 //! engine (discovery, the pool's state machine, picking) rather than a wire protocol. It connects at
@@ -16,7 +16,6 @@
 //! [`TestConnector::over_tcp`] adds a real TCP connect before each connection is yielded, for tests
 //! whose endpoints are live listeners and whose point is that an unreachable one does not connect.
 //!
-//! [`TestRecorder`] keeps the counters and gauges the library emits, so a test can assert them;
 //! [`skip`] reports a test that cannot run here where it is seen, instead of a silent pass.
 //!
 //! Close signals are opt-in because each is an allocation the pool holds for the connection's life;
@@ -318,7 +317,5 @@ mod tests {
     }
 }
 
-mod recorder;
-pub use self::recorder::TestRecorder;
 mod skip;
 pub use self::skip::{skip, SKIP_LOG};

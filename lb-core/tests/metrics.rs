@@ -1,71 +1,68 @@
-//! The metrics a pool emits (`lb_core::metrics`), read back through a recorder installed for this
-//! test binary: endpoints per phase, discovery updates and errors, failed connection attempts,
-//! ejections, and requests that found no endpoint. Each test uses its own target name, the label
-//! that tells their metrics apart.
+//! The engine's books for a hand-built Tower stack (`CompleteOnResponse`, plain words): a call that
+//! answers, one the caller drops mid-flight, one that finds no endpoint.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use lb_core::balance::Wait;
-use lb_core::discover::{self, Update};
-use lb_core::metrics::{CONNECT_FAILURES, DISCOVERY_ERRORS, DISCOVERY_UPDATES, EJECTIONS, ENDPOINTS, NO_ENDPOINT};
-use lb_core::policy::RoundRobin;
-use lb_core::test_util::{TestConnector, TestRecorder};
-use lb_core::{Endpoint, Outcome, PickContext, Pool, PoolConfig};
+use lb_core::metrics::{ATTEMPTS_STARTED, ATTEMPT_DURATION, CALL_DURATION, NO_ENDPOINT};
+use lb_core::test_recorder;
+use lb_core::test_util::TestConnector;
+use lb_core::{discover, Balance, BoxError, Endpoint, Pool, PoolConfig, Update};
 
-fn addr(port: u16) -> SocketAddr {
-    ([127, 0, 0, 1], port).into()
-}
+type Svc = tower::util::BoxCloneSyncService<u32, u32, BoxError>;
 
-/// Waits for the pool to publish a snapshot that satisfies `cond` (paused clock: no real time).
-async fn published(pool: &Pool<SocketAddr>, cond: impl Fn(&Pool<SocketAddr>) -> bool) {
-    let mut rx = pool.subscribe();
-    tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|_| cond(pool)))
-        .await
-        .expect("published in time")
-        .expect("the pool runs");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_pool_counts_what_happens_to_it() {
-    let recorder = TestRecorder::global();
-    let target = [("target", "metrics-pool")];
-    let connector = TestConnector::new();
-    connector.refuse(addr(3));
+/// A pool over one endpoint whose service answers even numbers at once and never answers odd ones.
+async fn pool(name: &str, endpoints: usize) -> Pool<Svc> {
+    test_recorder::install();
+    let eps = (0..endpoints).map(|i| Endpoint::new(([10, 0, 0, 1 + i as u8], 80).into())).collect();
     let (tx, rx) = discover::channel();
-    let pool = Pool::spawn(Box::pin(rx), connector, RoundRobin::new(), PoolConfig::new("metrics-pool"));
-
-    tx.send(Update::Reset((1..=3).map(|p| Endpoint::new(addr(p))).collect()));
-    published(&pool, |p| p.snapshot().healthy() == 2 && !p.snapshot().is_connect_failing()).await;
-    published(&pool, |_| recorder.counter(CONNECT_FAILURES, &target) >= 1).await;
-    assert_eq!(recorder.counter(DISCOVERY_UPDATES, &target), 1);
-    assert_eq!(recorder.counter(DISCOVERY_ERRORS, &target), 0);
-    let phase = |name: &str| recorder.gauge(ENDPOINTS, &[("target", "metrics-pool"), ("phase", name)]);
-    assert_eq!((phase("ready"), phase("ejected")), (Some(2.0), Some(1.0)), "two ready, the refused one backing off");
-
-    tx.send_error("registry unreachable");
-    published(&pool, |p| p.snapshot().discovery_error().is_some()).await;
-    assert_eq!(recorder.counter(DISCOVERY_ERRORS, &target), 1);
-
-    // Five failures in a row eject an endpoint (the default outlier detection).
-    let victim = addr(1);
-    for _ in 0..5 {
-        let snap = pool.snapshot();
-        let entry = snap.entries().iter().find(|e| e.endpoint.addr() == victim).expect("listed");
-        let mut guard = entry.load.start();
-        guard.set_outcome(Outcome::Failure);
-    }
-    published(&pool, |p| p.snapshot().healthy() == 1).await;
-    assert_eq!(recorder.counter(EJECTIONS, &target), 1);
-    assert_eq!((phase("ready"), phase("ejected")), (Some(1.0), Some(2.0)));
+    tx.send(Update::Reset(eps));
+    std::mem::forget(tx);
+    let connector = TestConnector::with_connection(|_| {
+        Svc::new(tower::service_fn(|n: u32| async move {
+            if n % 2 == 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(n)
+        }))
+    });
+    let pool = Pool::spawn(Box::pin(rx), connector, lb_core::policy::RoundRobin::new(), PoolConfig::new(name));
+    assert!(pool.initialized_timeout(Duration::from_secs(5)).await);
+    pool
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_request_that_finds_no_endpoint_is_counted() {
-    let recorder = TestRecorder::global();
-    let (_tx, rx) = discover::channel();
-    let pool: Pool<SocketAddr> = Pool::spawn(Box::pin(rx), TestConnector::new(), RoundRobin::new(), PoolConfig::new("metrics-empty"));
-    let err = pool.pick_or_wait(PickContext::default(), Wait::at_most(Duration::from_secs(1))).await.expect_err("no endpoint");
-    assert!(!err.discovery_initialized());
-    assert_eq!(recorder.counter(NO_ENDPOINT, &[("target", "metrics-empty")]), 1);
+async fn answered_dropped_and_unavailable_calls_in_plain_words() {
+    let name = "core-plain";
+    let pool = pool(name, 1).await;
+    assert!(pool.ready_timeout(Duration::from_secs(5)).await);
+    let balance: Balance<Svc, u32> = Balance::new(pool);
+    for n in [0, 2, 4] {
+        assert_eq!(balance.send(n).await.expect("answered"), n);
+    }
+    // The caller gives up on a call whose endpoint never answers.
+    let mut hanging = Box::pin(balance.send(1));
+    assert!((&mut hanging).now_or_never().is_none(), "sent, not answered");
+    drop(hanging);
+    let seen = test_recorder::recorded();
+    let status = |s| [("grpc.target", name), ("grpc.status", s)];
+    assert_eq!(seen.histogram_count(CALL_DURATION, &status("success")), 3);
+    assert_eq!(seen.histogram_count(ATTEMPT_DURATION, &status("success")), 3);
+    assert_eq!(seen.histogram_count(CALL_DURATION, &status("cancelled")), 1);
+    assert_eq!(seen.histogram_count(ATTEMPT_DURATION, &status("cancelled")), 1);
+    assert_eq!(seen.counter(ATTEMPTS_STARTED, &[("grpc.target", name)]), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_waits_out_the_endpoint_wait_is_unavailable_for_that_long() {
+    let name = "core-empty";
+    let pool = pool(name, 0).await;
+    let balance: Balance<Svc, u32> = Balance::new(pool).wait(Wait::at_most(Duration::from_millis(300)));
+    balance.send(0).await.expect_err("no endpoint");
+    let seen = test_recorder::recorded();
+    let calls = seen.samples(CALL_DURATION, &[("grpc.target", name), ("grpc.status", "unavailable")]);
+    assert_eq!(calls, vec![0.3], "the call lasted its wait (paused clock)");
+    assert_eq!(seen.counter(NO_ENDPOINT, &[("target", name)]), 1);
+    assert_eq!(seen.counter(ATTEMPTS_STARTED, &[("grpc.target", name)]), 0);
 }

@@ -6,12 +6,17 @@
 //! into a [`TrackedBody`], which holds it until the body ends or is dropped, setting the outcome
 //! from the trailers (gRPC) or the status (HTTP) on the way ([`Classify`]). It works over any
 //! `http::Response<B>`: lb-hyper's own connections, or a per-endpoint service a user composed.
+//!
+//! On the way it also picks up what the server says of its own load: an ORCA load report in the
+//! `endpoint-load-metrics-bin` trailer (or header), and an overload answer's hint
+//! ([`Classify::penalty`]); both ride the guard into the endpoint's load state.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 use lb_core::balance::TrackCompletion;
+use lb_core::metrics::Dialect;
 use lb_core::{LoadGuard, Outcome};
 use pin_project_lite::pin_project;
 
@@ -43,10 +48,25 @@ impl TrackBody {
 impl<B> TrackCompletion<http::Response<B>> for TrackBody {
     type Output = http::Response<TrackedBody<B>>;
 
-    fn track_completion(&self, guard: LoadGuard, response: http::Response<B>) -> Self::Output {
+    fn track_completion(&self, mut guard: LoadGuard, response: http::Response<B>) -> Self::Output {
         let verdict = self.classify.head(response.status(), response.headers());
+        // HTTP/1.1 responses and trailers-only gRPC answers carry these in their headers.
+        if let Some(report) = lb_orca::from_headers(response.headers()) {
+            guard.set_report(report);
+        }
+        if let Some(penalty) = self.classify.penalty(Some(response.status()), response.headers()) {
+            guard.set_penalty(penalty);
+        }
+        // A gRPC answer's status comes with its trailers; until then, a caller that drops the body
+        // cancelled the call.
+        let status = self.classify.head_status(response.status(), response.headers());
+        guard.set_status(status.unwrap_or(self.classify.dialect().cancelled()));
         let classify = self.classify.clone();
         response.map(|b| TrackedBody::new(b, guard, classify, verdict))
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.classify.dialect()
     }
 }
 
@@ -91,8 +111,19 @@ where
                     if let Some(outcome) = this.classify.trailers(t) {
                         if let Some(g) = this.guard.as_mut() {
                             g.set_outcome(outcome);
+                            if let Some(status) = this.classify.trailers_status(t) {
+                                g.set_status(status);
+                            }
                         }
                         *this.decided = true;
+                    }
+                    if let Some(g) = this.guard.as_mut() {
+                        if let Some(report) = lb_orca::from_headers(t) {
+                            g.set_report(report);
+                        }
+                        if let Some(penalty) = this.classify.penalty(None, t) {
+                            g.set_penalty(penalty);
+                        }
                     }
                     // Trailers are the last frame: callers (tonic's `Streaming`) stop polling here.
                     true
@@ -102,6 +133,7 @@ where
             Some(Err(_)) => {
                 if let Some(g) = this.guard.as_mut() {
                     g.set_outcome(Outcome::Failure);
+                    g.set_status(this.classify.broken_status());
                 }
                 *this.decided = true;
                 true
@@ -112,6 +144,9 @@ where
             if let Some(mut g) = this.guard.take() {
                 if !*this.decided {
                     g.set_outcome(this.classify.end_without_status());
+                    if let Some(status) = this.classify.missing_status() {
+                        g.set_status(status);
+                    }
                 }
             }
         }

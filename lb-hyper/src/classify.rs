@@ -13,9 +13,21 @@
 //!   `grpc-status`, or a body that fails mid-stream, is a failure.
 //!
 //! A response the caller drops before its end counts neither way (gRPC) or by its status (HTTP).
+//!
+//! Separately, an answer can say the server is **overloaded** and for how long to leave it alone:
+//! gRPC `RESOURCE_EXHAUSTED` (the hint in `grpc-retry-pushback-ms`, else `Retry-After`, else
+//! [`DEFAULT_OVERLOAD_PENALTY`]), HTTP 429 or 503 with a `Retry-After` (delta-seconds or an HTTP
+//! date). [`Classify::penalty`] reads it; the pool keeps the endpoint out of picks that long
+//! (linkerd's load biaser; capped by the pool's `overload_penalty_cap`).
+
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
+use lb_core::metrics::{Dialect, Status};
 use lb_core::Outcome;
+
+/// How long an endpoint sits out after `RESOURCE_EXHAUSTED` without a hint.
+pub const DEFAULT_OVERLOAD_PENALTY: Duration = Duration::from_secs(1);
 
 /// Classifies responses; see the [module docs](self).
 #[derive(Clone, Debug)]
@@ -93,11 +105,78 @@ impl Classify {
         }
     }
 
+    /// How long the server asked to be left alone, when the response head (`status`, `headers`)
+    /// or, for gRPC, the trailers (`status` `None`) say it is overloaded; see the
+    /// [module docs](self).
+    pub fn penalty(&self, status: Option<StatusCode>, headers: &HeaderMap) -> Option<Duration> {
+        if let Some(status) = status {
+            if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+                return retry_after(headers);
+            }
+        }
+        match self {
+            Classify::Grpc { .. } if grpc_status(headers) == Some(RESOURCE_EXHAUSTED) => Some(
+                pushback(headers)
+                    .or_else(|| retry_after(headers))
+                    .unwrap_or(DEFAULT_OVERLOAD_PENALTY),
+            ),
+            _ => None,
+        }
+    }
+
     /// The outcome of a stream that ended with no outcome from head or trailers.
     pub(crate) fn end_without_status(&self) -> Outcome {
         match self {
             Classify::Http => Outcome::Success,
             Classify::Grpc { .. } => Outcome::Failure,
+        }
+    }
+
+    /// The `grpc.status` a response's head gives its request ([`lb_core::metrics::Status`]): the
+    /// HTTP status class, or for gRPC a trailers-only answer's code, or a non-200 answer's status
+    /// mapped as gRPC clients map it; `None` while a gRPC answer's trailers are awaited.
+    pub(crate) fn head_status(&self, status: StatusCode, headers: &HeaderMap) -> Option<Status> {
+        match self {
+            Classify::Http => Some(Status::http(status.as_u16())),
+            Classify::Grpc { .. } if !status.is_success() => Some(Status::grpc(match status.as_u16() {
+                // gRPC's "HTTP to gRPC status code mapping".
+                400 => 13,
+                401 => 16,
+                403 => 7,
+                404 => 12,
+                429 | 502 | 503 | 504 => 14,
+                _ => 2,
+            })),
+            Classify::Grpc { .. } => grpc_status(headers).map(Status::grpc),
+        }
+    }
+
+    /// The `grpc.status` in trailers (gRPC).
+    pub(crate) fn trailers_status(&self, trailers: &HeaderMap) -> Option<Status> {
+        match self {
+            Classify::Http => None,
+            Classify::Grpc { .. } => grpc_status(trailers).map(Status::grpc),
+        }
+    }
+
+    /// The `grpc.status` of a response whose body failed.
+    pub(crate) fn broken_status(&self) -> Status {
+        self.dialect().failed()
+    }
+
+    /// The `grpc.status` of a gRPC stream that ended without one (gRPC clients say `INTERNAL`).
+    pub(crate) fn missing_status(&self) -> Option<Status> {
+        match self {
+            Classify::Http => None,
+            Classify::Grpc { .. } => Some(Status::INTERNAL),
+        }
+    }
+
+    /// The words the engine uses for this face's failures.
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self {
+            Classify::Http => Dialect::Plain,
+            Classify::Grpc { .. } => Dialect::Grpc,
         }
     }
 
@@ -107,6 +186,24 @@ impl Classify {
             _ => Outcome::Success,
         }
     }
+}
+
+const RESOURCE_EXHAUSTED: i32 = 8;
+
+/// `grpc-retry-pushback-ms` (gRFC A6): milliseconds; a negative or unreadable value is no hint.
+fn pushback(headers: &HeaderMap) -> Option<Duration> {
+    let ms: i64 = headers.get("grpc-retry-pushback-ms")?.to_str().ok()?.trim().parse().ok()?;
+    u64::try_from(ms).ok().map(Duration::from_millis)
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delta-seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 /// The `grpc-status` code in `headers`; an unparsable value reads as `UNKNOWN`.
@@ -142,9 +239,52 @@ mod tests {
     }
 
     #[test]
+    fn statuses() {
+        let g = Classify::grpc();
+        assert_eq!(g.head_status(StatusCode::OK, &HeaderMap::new()), None, "awaits the trailers");
+        assert_eq!(g.head_status(StatusCode::OK, &trailers("5")), Some(Status::grpc(5)));
+        assert_eq!(g.head_status(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()), Some(Status::UNAVAILABLE));
+        assert_eq!(g.head_status(StatusCode::NOT_FOUND, &HeaderMap::new()), Some(Status::grpc(12)));
+        assert_eq!(g.trailers_status(&trailers("0")), Some(Status::OK));
+        assert_eq!(g.broken_status(), Status::UNAVAILABLE);
+        let h = Classify::http();
+        assert_eq!(h.head_status(StatusCode::NOT_FOUND, &HeaderMap::new()).map(|s| s.as_str()), Some("4xx"));
+        assert_eq!(h.broken_status().as_str(), "failure");
+        assert_eq!(h.missing_status(), None);
+    }
+
+    #[test]
     fn http_codes() {
         let c = Classify::http();
         assert_eq!(c.head(StatusCode::NOT_FOUND, &HeaderMap::new()), Verdict::done(Outcome::Success));
         assert_eq!(c.head(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()), Verdict::done(Outcome::Failure));
     }
+
+    #[test]
+    fn overload_answers_carry_a_penalty() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().expect("valid"));
+            }
+            m
+        };
+        let http = Classify::http();
+        assert_eq!(http.penalty(Some(StatusCode::TOO_MANY_REQUESTS), &h(&[("retry-after", "7")])), Some(Duration::from_secs(7)));
+        assert_eq!(http.penalty(Some(StatusCode::SERVICE_UNAVAILABLE), &h(&[("retry-after", "2")])), Some(Duration::from_secs(2)));
+        assert_eq!(http.penalty(Some(StatusCode::SERVICE_UNAVAILABLE), &HeaderMap::new()), None, "no hint, no penalty");
+        assert_eq!(http.penalty(Some(StatusCode::OK), &h(&[("retry-after", "2")])), None);
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let mut dated = HeaderMap::new();
+        dated.insert("retry-after", later.parse().expect("valid"));
+        let p = http.penalty(Some(StatusCode::TOO_MANY_REQUESTS), &dated).expect("a date hint");
+        assert!(p > Duration::from_secs(100) && p <= Duration::from_secs(120), "{p:?}");
+
+        let grpc = Classify::grpc();
+        assert_eq!(grpc.penalty(None, &h(&[("grpc-status", "8"), ("grpc-retry-pushback-ms", "1500")])), Some(Duration::from_millis(1500)));
+        assert_eq!(grpc.penalty(None, &h(&[("grpc-status", "8")])), Some(DEFAULT_OVERLOAD_PENALTY));
+        assert_eq!(grpc.penalty(None, &h(&[("grpc-status", "8"), ("grpc-retry-pushback-ms", "-1")])), Some(DEFAULT_OVERLOAD_PENALTY));
+        assert_eq!(grpc.penalty(None, &h(&[("grpc-status", "14")])), None);
+    }
 }
+

@@ -280,12 +280,14 @@ where
     type Output = Result<Response<ResponseBody>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.inner.as_mut().poll(cx) {
             return Poll::Ready(result.map_err(Error::from_engine));
         }
         if let Some((after, sleep)) = this.timeout.as_mut() {
             ready!(sleep.as_mut().poll(cx));
+            // Dropped with this future, the call is recorded as timed out, not cancelled.
+            this.inner.timed_out();
             return Poll::Ready(Err(Error::timeout(*after)));
         }
         Poll::Pending

@@ -299,6 +299,36 @@ macro_rules! __builder_options {
             self
         }
 
+        /// The longest an endpoint sits out after answering that it is overloaded (gRPC
+        /// `RESOURCE_EXHAUSTED`, HTTP 429/503 with `Retry-After`): default 30 s; `None` ignores such
+        /// answers. See `lb_core::Options::overload_penalty_cap`.
+        pub fn overload_penalty_cap(mut self, cap: Option<::std::time::Duration>) -> Self {
+            self.options.balance = self.options.balance.overload_penalty_cap(cap);
+            self
+        }
+
+        /// Circuit breaking: at most `n` requests of the target in flight at once (to the end of
+        /// their responses); more fail at once — `RESOURCE_EXHAUSTED` from `LbChannel`,
+        /// `Error::is_overloaded` from `LbClient`. Default unbounded.
+        pub fn max_in_flight(mut self, n: usize) -> Self {
+            self.options.balance = self.options.balance.max_in_flight(n);
+            self
+        }
+
+        /// Circuit breaking: an endpoint with `n` requests in flight is not picked; when every
+        /// endpoint tried is at that bound the request fails at once. Default unbounded.
+        pub fn max_in_flight_per_endpoint(mut self, n: u32) -> Self {
+            self.options.balance = self.options.balance.max_in_flight_per_endpoint(n);
+            self
+        }
+
+        /// Circuit breaking: at most `n` requests wait for an endpoint at once; more fail at once.
+        /// Default unbounded.
+        pub fn max_waiting(mut self, n: usize) -> Self {
+            self.options.balance = self.options.balance.max_waiting(n);
+            self
+        }
+
         /// How many times a request that never reached its endpoint is sent to another
         /// (default 3).
         pub fn max_reroutes(mut self, n: u8) -> Self {
@@ -319,6 +349,14 @@ macro_rules! __builder_options {
         /// affinity key (e.g. `x-user-id`); requests without it get no key. Checked at `build()`.
         pub fn hash_header(mut self, name: impl Into<String>) -> Self {
             self.options.hash_header = Some(name.into());
+            self
+        }
+
+        /// Labels the per-attempt metrics (`grpc.client.attempt.*`) with the endpoint's address
+        /// (`lb.endpoint`); default off, since it multiplies their series by the number of
+        /// endpoints. See `lb_core::metrics`.
+        pub fn metrics_endpoint_labels(mut self, on: bool) -> Self {
+            self.options.balance = self.options.balance.metrics_endpoint_labels(on);
             self
         }
 

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use lb_core::discover::{self, Update};
-use lb_core::test_util::TestRecorder;
+use lb_core::test_recorder;
 use lb_core::Endpoint;
 use lb_registry::cache::{Cache, STALENESS};
 
 #[tokio::test(start_paused = true)]
 async fn the_staleness_gauge_grows_while_the_source_fails_and_drops_to_zero_when_it_answers() {
-    let recorder = TestRecorder::global();
-    let gauge = || recorder.gauge(STALENESS, &[("target", "stale-target")]);
+    test_recorder::install();
+    let gauge = || test_recorder::recorded().gauge(STALENESS, &[("target", "stale-target")]);
     let (tx, rx) = discover::channel();
     let mut cached = Cache::builder().name("stale-target").wrap(Box::pin(rx));
     let handle = cached.handle();

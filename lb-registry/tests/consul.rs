@@ -82,7 +82,7 @@ async fn picks_exactly(pool: &Pool<SocketAddr>, want: &[u16]) {
 /// Updates a cache named `name` refused for emptying its set, as counted in the process's metrics:
 /// proof that a client saw an empty answer, before asserting it kept its set.
 fn refused_empty(name: &str) -> u64 {
-    lb_core::test_util::TestRecorder::global().counter(lb_registry::cache::EMPTY_REFUSED, &[("target", name)])
+    lb_core::test_recorder::recorded().counter(lb_registry::cache::EMPTY_REFUSED, &[("target", name)])
 }
 
 async fn register(r: &ConsulRegistrar, service: &str, port: u16) -> Registration {
@@ -355,7 +355,7 @@ async fn weight_locality_token_and_namespace_travel_through_consul() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_filtered_answer_is_an_error_naming_the_token_never_an_empty_set() {
     use futures_util::StreamExt as _;
-    let recorder = lb_core::test_util::TestRecorder::global();
+    lb_core::test_recorder::install();
     let double = ConsulDouble::start_with(DoubleConfig {
         acl_token: Some("management-token".into()),
         unprivileged_tokens: vec!["weak-token-3f9a".into()],
@@ -374,13 +374,13 @@ async fn an_acl_filtered_answer_is_an_error_naming_the_token_never_an_empty_set(
 
     // A read it may not see: an error naming the token (its last four characters and where it came
     // from, never the secret), not the empty list Consul sent.
-    let before = recorder.counter("lb_registry_auth_errors_total", &[("registry", "consul"), ("reason", "acl_filtered")]);
+    let before = lb_core::test_recorder::recorded().counter("lb_registry_auth_errors_total", &[("registry", "consul"), ("reason", "acl_filtered")]);
     let filtered = ConsulResolver::builder().address(double.authority()).token("weak-token-3f9a").build().expect("options");
     let first = tokio::time::timeout(PATIENCE, filtered.resolve("acl").next()).await.expect("answer").expect("open");
     let message = first.expect_err("a filtered answer is not a set").to_string();
     assert!(message.contains("…3f9a (from the builder's token option)") && message.contains("service:read"), "{message}");
     assert!(!message.contains("weak-token"), "the secret stays out of messages: {message}");
-    assert!(recorder.counter("lb_registry_auth_errors_total", &[("registry", "consul"), ("reason", "acl_filtered")]) > before);
+    assert!(lb_core::test_recorder::recorded().counter("lb_registry_auth_errors_total", &[("registry", "consul"), ("reason", "acl_filtered")]) > before);
 
     // Without a token the answer is just empty (Consul hides the header from the anonymous token);
     // the agent's default policy is deny, so at cold start that is reported the same way.

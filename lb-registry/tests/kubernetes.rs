@@ -269,7 +269,7 @@ async fn the_double_serves_lists_in_chunks_with_a_consistent_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_entries_and_events_are_skipped_without_losing_the_set() {
-    let recorder = lb_core::test_util::TestRecorder::global();
+    lb_core::test_recorder::install();
     let double = KubeDouble::start().await.expect("double");
     let b = Backends::start(3).await;
     // One endpoint's address is not an IP: it is skipped (logged and counted), the others serve.
@@ -294,7 +294,7 @@ async fn malformed_entries_and_events_are_skipped_without_losing_the_set() {
     wait_healthy(&pool, &[b.addr(0), b.addr(1)]).await;
     // Counted once per slice version: the address that is not an IP, and the FQDN slice's one.
     // (No other test of this binary lists an unusable address.)
-    let invalid = recorder.counter("lb_registry_invalid_entries_total", &[("registry", "kubernetes"), ("reason", "address")]);
+    let invalid = lb_core::test_recorder::recorded().counter("lb_registry_invalid_entries_total", &[("registry", "kubernetes"), ("reason", "address")]);
     assert_eq!(invalid, 2);
 
     // A watch event that is not a valid EndpointSlice: an error on the stream, the set stands, and

@@ -12,7 +12,8 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use kubernetes_support::{client_from_kubeconfig, TestCa, SERVICE};
 use lb_core::policy::RoundRobin;
-use lb_core::test_util::{TestConnector, TestRecorder};
+use lb_core::test_recorder;
+use lb_core::test_util::TestConnector;
 use lb_core::{PickContext, Pool, PoolConfig, Update};
 use lb_doubles::kube::{endpoint, endpoint_slice, DoubleConfig, KubeDouble};
 use lb_registry::kubernetes::KubernetesResolver;
@@ -58,10 +59,10 @@ async fn a_tls_api_server_is_watched_with_the_kubeconfig_ca_and_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_token_is_a_401_error_saying_what_to_fix_and_requests_quote_it() {
-    let recorder = TestRecorder::global();
+    test_recorder::install();
     let ca = TestCa::new();
     let double = tls_double(&ca).await;
-    let before = recorder.counter("lb_registry_auth_errors_total", &[("registry", "kubernetes"), ("reason", "unauthorized")]);
+    let before = test_recorder::recorded().counter("lb_registry_auth_errors_total", &[("registry", "kubernetes"), ("reason", "unauthorized")]);
     for token in [None, Some("expired-token")] {
         let mut discover = resolver(&double, &ca, token).await.watch(SERVICE).expect("valid service");
         let first = tokio::time::timeout(PATIENCE, discover.next()).await.expect("an answer").expect("open");
@@ -70,7 +71,7 @@ async fn a_rejected_token_is_a_401_error_saying_what_to_fix_and_requests_quote_i
         assert!(message.contains("bearer token"), "says what to fix: {message}");
     }
     assert!(double.auth_failures() >= 2);
-    let counted = recorder.counter("lb_registry_auth_errors_total", &[("registry", "kubernetes"), ("reason", "unauthorized")]);
+    let counted = test_recorder::recorded().counter("lb_registry_auth_errors_total", &[("registry", "kubernetes"), ("reason", "unauthorized")]);
     assert!(counted >= before + 2, "counted: {before} -> {counted}");
 
     // A client with that token fails its requests with the cause, and never serves a set.

@@ -19,7 +19,11 @@
 //!   channel reaches a generated client as `UNKNOWN`: its error is not a gRPC status);
 //! - calls that never reached a backend are re-sent elsewhere; calls that did are re-sent only under
 //!   a [`RetryPolicy`];
-//! - optional `grpc.health.v1` health checking ([`GrpcHealthCheck`]) and passive outlier detection.
+//! - optional `grpc.health.v1` health checking ([`GrpcHealthCheck`]) and passive outlier detection;
+//! - gRFC A66's client metrics (`grpc.client.attempt.started`, `…attempt.duration`,
+//!   `…call.duration`, labelled `grpc.target` and `grpc.status`) and per-endpoint gauges, through
+//!   the `metrics` facade to whatever recorder the application installs before building the
+//!   channel ([`lb_core::metrics`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

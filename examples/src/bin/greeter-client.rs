@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! greeter-client --target TARGET (--requests N | --duration-secs S) --concurrency C
-//!                --policy rr|wrr|p2c|p2c-ewma|hash|maglev [--zone Z] [--region R] [--node N]
+//!                --policy rr|wrr|p2c|p2c-ewma|hash|maglev|wrr-orca|p2c-util [--zone Z] [--region R] [--node N]
+//!                [--blackout-secs S] [--weight-update-ms MS] [--metrics-addr HOST:PORT [--metrics-endpoint-labels]]
 //! ```
+//!
+//! With `--metrics-addr` it serves lb's metrics (`lb_core::metrics`) as Prometheus text at
+//! `/metrics` while it runs.
 //!
 //! With `--policy hash`, call i carries the affinity key `key-<i mod --keys>` in the `x-lb-key`
 //! metadata (`LbChannel::builder().hash_header("x-lb-key")`).
@@ -79,9 +83,22 @@ struct Args {
     /// metadata, so 1 pins every call to one backend and a large N spreads them over the ring.
     #[arg(long, default_value_t = 1)]
     keys: u64,
+    /// With --policy wrr-orca: seconds an endpoint must have reported load before its weight is
+    /// used (gRFC A58's blackout period).
+    #[arg(long, default_value_t = 10.0)]
+    blackout_secs: f64,
+    /// With --policy wrr-orca: how often weights are recomputed from the reports, in ms.
+    #[arg(long, default_value_t = 1000)]
+    weight_update_ms: u64,
     /// The name sent in every HelloRequest.
     #[arg(long, default_value = "world")]
     name: String,
+    /// Serve lb's metrics at http://HOST:PORT/metrics while running (port 0 picks one; logged).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Label the per-attempt metrics with each backend's address.
+    #[arg(long)]
+    metrics_endpoint_labels: bool,
 }
 
 fn parse_policy(s: &str) -> Result<PolicyName, String> {
@@ -112,8 +129,25 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
     if let Some(n) = &args.node {
         locality = locality.with_node(n);
     }
+    // Before the channel: lb registers the target's series when its pool starts.
+    if let Some(addr) = args.metrics_addr {
+        lb_examples::metrics::serve(addr).await?;
+    }
+    let policy: std::sync::Arc<dyn lb_core::Policy> = match args.policy {
+        PolicyName::WrrOrca => {
+            let blackout = Duration::try_from_secs_f64(args.blackout_secs)
+                .map_err(|_| anyhow::anyhow!("--blackout-secs must be a non-negative number of seconds"))?;
+            std::sync::Arc::new(
+                lb_core::policy::WeightedRoundRobin::from_load_reports()
+                    .blackout_period(blackout)
+                    .weight_update_period(Duration::from_millis(args.weight_update_ms)),
+            )
+        }
+        other => other.build(),
+    };
     let mut builder = LbChannel::builder()
-        .policy(args.policy.build())
+        .metrics_endpoint_labels(args.metrics_endpoint_labels)
+        .policy(policy)
         .endpoint_wait_timeout(Duration::from_millis(args.endpoint_wait_ms))
         .health_check(args.health_check);
     if locality != Locality::unknown() {

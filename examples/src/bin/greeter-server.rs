@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! greeter-server --addr 127.0.0.1:0 [--zone Z] [--region R] [--node N] [--delay-ms D]
-//!                [--register TARGET --ttl-secs S]
+//!                [--capacity N] [--orca] [--register TARGET --ttl-secs S] [--metrics-addr HOST:PORT]
 //! ```
 //!
 //! The first line on stdout is the bound `ip:port` (so scripts and tests can start it on port 0),
@@ -11,6 +11,14 @@
 //! (`etcd://…/greeter`, `consul://…/greeter`) with its locality, keeps the registration alive, and
 //! on Ctrl-C or SIGTERM reports NOT_SERVING, deregisters, keeps serving for `--drain-delay-ms`
 //! (default 500) while clients catch up, then drains in-flight calls (at most 3 s).
+//!
+//! `--capacity N` plays a machine that serves at most N calls at once (the rest queue), each
+//! taking `--delay-ms`; `--orca` reports its load in every response (ORCA's
+//! `endpoint-load-metrics-bin` trailer): utilization = the busy share of its capacity, and its
+//! calls per second.
+//!
+//! With `--metrics-addr` it serves Prometheus text at `/metrics` there: gRFC A66's server call
+//! metrics and, with `--register`, the registrar's.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -19,7 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use lb_core::{Endpoint, Locality};
-use lb_examples::server::Backend;
+use lb_examples::server::{Backend, Config};
 use lb_registry::Target;
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -43,6 +51,13 @@ struct Args {
     /// Artificial delay before every reply, in milliseconds (to play a slow backend).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Serve at most this many calls at once; the rest wait their turn.
+    #[arg(long)]
+    capacity: Option<usize>,
+    /// Report load with ORCA in every response (utilization = busy share of --capacity, else the
+    /// process's CPU; and calls per second).
+    #[arg(long)]
+    orca: bool,
     /// Register in this registry, e.g. etcd://127.0.0.1:2379/greeter or consul://127.0.0.1:8500/greeter.
     #[arg(long, value_name = "TARGET")]
     register: Option<String>,
@@ -54,6 +69,9 @@ struct Args {
     /// Registration TTL in seconds (the etcd lease / Consul TTL check), with --register.
     #[arg(long, requires = "register")]
     ttl_secs: Option<u64>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; logged).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -66,8 +84,16 @@ async fn main() -> anyhow::Result<()> {
         .as_deref()
         .map(|t| registration_target(t, args.ttl_secs))
         .transpose()?;
+    if let Some(addr) = args.metrics_addr {
+        lb_examples::metrics::serve(addr).await?;
+    }
 
-    let backend = Backend::bind(args.addr, Duration::from_millis(args.delay_ms))
+    let config = Config {
+        delay: Duration::from_millis(args.delay_ms),
+        capacity: args.capacity,
+        orca: args.orca,
+    };
+    let backend = Backend::bind_with(args.addr, config)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = backend.addr();
@@ -95,6 +121,9 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Listen for the signals before announcing the address: a SIGTERM sent by whoever read the
+    // line must find the handler installed, not kill the process.
+    let shutdown = shutdown_signal();
     // The address goes out only now, so whoever waits for this line gets a server that is serving
     // and, with --register, already discoverable.
     {
@@ -103,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
         out.flush()?;
     }
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     // Order matters: stop advertising first so clients route new requests elsewhere, then drain.
     backend.set_not_serving().await;
@@ -133,25 +162,31 @@ fn registration_target(target: &str, ttl_secs: Option<u64>) -> anyhow::Result<Ta
     }
 }
 
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        signal(SignalKind::terminate())
+            .map_err(|error| tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server"))
+            .ok()
+    };
+    // `ctrl_c` installs its handler on first poll: poll it once now.
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    let already = futures_util::FutureExt::now_or_never(&mut ctrl_c).is_some();
+    async move {
+        if already {
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = ctrl_c.await;
     }
 }

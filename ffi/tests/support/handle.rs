@@ -61,6 +61,11 @@ impl Bal {
         unsafe { lb_balancer_report(self.0, token, outcome, latency_us) }
     }
 
+    pub fn report_load(&self, token: u64, outcome: i32, report: &[u8]) -> lb_status {
+        // SAFETY: a live balancer and `report.len()` readable bytes.
+        unsafe { lb_balancer_report_load(self.0, token, outcome, -1, report.as_ptr(), report.len()) }
+    }
+
     pub fn endpoints(&self) -> serde_json::Value {
         let mut out = ptr::null_mut();
         // SAFETY: a live balancer and a writable out-pointer.

@@ -1,16 +1,21 @@
-//! The nftables backend: one private table, a verdict map per protocol and one global backend map.
+//! The nftables backend: one private `inet` table, a verdict map per protocol and family and one
+//! global backend map per protocol and family.
 //!
-//! Layout (all inside `table ip <table>`, which the agent owns; no other table is ever touched):
+//! Layout (all inside `table inet <table>`, which the agent owns; no other table is ever touched):
 //!
 //! ```text
 //! prerouting/output (nat, priority -100) → services:
-//!     ip daddr . tcp dport vmap @svc_tcp          10.96.0.10 . 80 : goto slots_3
-//!     ip daddr . udp dport vmap @svc_udp          10.96.0.11 . 53 : goto no_endpoints
+//!     ip daddr . tcp dport vmap @svc_tcp4         10.96.0.10 . 80 : goto slots_3
+//!     ip daddr . udp dport vmap @svc_udp4         10.96.0.11 . 53 : goto no_endpoints
+//!     ip6 daddr . tcp dport vmap @svc_tcp6        fd00:96::10 . 80 : goto slots_2
+//!     ip6 daddr . udp dport vmap @svc_udp6
 //! slots_3:
-//!     dnat ip to ip daddr . tcp dport . numgen random mod 3 map @be_tcp
+//!     dnat ip to ip daddr . tcp dport . numgen random mod 3 map @be_tcp4
 //!                                                 10.96.0.10 . 80 . 0 : 10.0.0.1 . 8080 …
+//!     (the same for udp, and for ip6 with @be_tcp6 / @be_udp6)
 //! postrouting (nat, priority 100):
-//!     ct status dnat ip saddr . ip daddr @hairpin masquerade
+//!     ct status dnat ip saddr . ip daddr @hairpin4 masquerade
+//!     ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade
 //! ```
 //!
 //! A new flow costs two hash lookups whatever the number of services (kube-proxy's iptables mode
@@ -21,6 +26,30 @@
 //! ~4 ms to add a service and ~11 ms to remove an endpoint at 10k services, where kube-proxy's
 //! chain-per-endpoint layout took 0.38 s per change.
 //!
+//! # Why one `inet` table rather than one table per family
+//!
+//! Both families' maps live in one `inet` table, so a dual-stack change (a service's IPv4 and IPv6
+//! VIPs share one registry entry) is one `nft -f -` transaction: both VIPs switch together, the
+//! fixed cost of an nft run (3–6 ms here) is paid once per sync, not once per family, and the
+//! committed state, the startup listing and `cleanup` deal with one object. Per packet nothing is
+//! lost: in an `inet` table `ip daddr` carries an implicit `meta nfproto ipv4`, so a packet skips
+//! the other family's rule with one compare and still meets one hash lookup of its own. An older
+//! agent's `table ip <table>` is deleted in the transaction that first creates the `inet` one.
+//!
+//! # Session affinity
+//!
+//! A service with `affinity = "client-ip"` goes to a chain of its own instead of `slots_M`, laid out
+//! as kube-proxy's nftables mode does it: one set of client addresses per endpoint (with the
+//! service's timeout), a rule per endpoint sending a remembered client to that endpoint's chain,
+//! then a `numgen` pick among the endpoints' chains; an endpoint's chain refreshes the client in
+//! its set and DNATs. A new flow of such a service therefore costs O(its endpoints) set lookups
+//! (services without affinity keep their two lookups). The O(1) alternative, one dynamic map
+//! `client . vip . port → endpoint` written from the packet path, crashes nft 1.0.6 for IPv6 keys
+//! (its register allocator asserts on a 36-byte key with data) and would leave the clients of a
+//! removed endpoint pinned until the agent listed and pruned the map; per-endpoint sets are
+//! removed with their endpoint, so its clients move at once. The timeout is part of the names, so
+//! a changed timeout builds new sets rather than editing live ones.
+//!
 //! Every sync is one `nft -f -` transaction (all or nothing), so a crash mid-sync leaves either the
 //! old table or the new one. What was committed is kept in memory; the table is listed only once,
 //! at startup, because listing it at 10k services costs seconds.
@@ -29,10 +58,10 @@ mod load;
 mod script;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::backend::{Backend, SyncReport};
-use crate::model::{Desired, Destination, ServiceKey};
+use crate::model::{Affinity, Desired, Destination, ServiceKey};
 use crate::{conntrack, exec, slots, Error};
 
 /// The nftables backend.
@@ -41,6 +70,9 @@ pub struct Nft {
     table: String,
     max_slots: usize,
     state: TableState,
+    /// A `table ip <table>` of an agent from before dual-stack exists: the next transaction
+    /// deletes it.
+    legacy: bool,
 }
 
 #[derive(Debug)]
@@ -60,29 +92,61 @@ enum TableState {
 pub(crate) struct Committed {
     services: BTreeMap<ServiceKey, Entry>,
     slot_chains: BTreeSet<usize>,
-    /// How many slots point at each endpoint IP; an IP is in the hairpin set while > 0.
-    hairpin: HashMap<Ipv4Addr, u32>,
+    /// How many slots point at each endpoint IP; an IP is in its family's hairpin set while > 0.
+    hairpin: HashMap<IpAddr, u32>,
     /// Slots over all services (kept so that counting objects is O(1)).
     slots: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Entry {
-    slots: Vec<SocketAddrV4>,
+    slots: Vec<SocketAddr>,
     /// The destinations the slots were computed from; a sync whose destinations are equal writes
     /// nothing for this service without recomputing its slots.
     from: Vec<Destination>,
+    affinity: Option<Affinity>,
+}
+
+impl Entry {
+    /// The affinity objects this entry has in the kernel (none while it has no endpoint).
+    fn affinity_objects(&self) -> Option<u32> {
+        self.affinity.filter(|_| !self.slots.is_empty()).map(|a| a.timeout_secs)
+    }
+
+    /// The chain its verdict element goes to.
+    fn target(&self, key: &ServiceKey) -> String {
+        if self.slots.is_empty() {
+            script::NO_ENDPOINTS.to_string()
+        } else if self.affinity.is_some() {
+            script::aff_chain(key)
+        } else {
+            script::slots_chain(self.slots.len())
+        }
+    }
+
+    /// The slots held in the global backend map (an affinity service picks in its own chain).
+    fn mapped_slots(&self) -> &[SocketAddr] {
+        if self.affinity.is_some() {
+            &[]
+        } else {
+            &self.slots
+        }
+    }
+}
+
+fn distinct(slots: &[SocketAddr]) -> BTreeSet<SocketAddr> {
+    slots.iter().copied().collect()
 }
 
 impl Committed {
-    fn insert(&mut self, key: ServiceKey, slots: Vec<SocketAddrV4>) {
+    fn insert(&mut self, key: ServiceKey, slots: Vec<SocketAddr>, affinity: Option<Affinity>) {
         let from = reconstruct(&slots);
-        self.set(key, Entry { slots, from });
+        self.set(key, Entry { slots, from, affinity });
     }
 
     fn set(&mut self, key: ServiceKey, entry: Entry) {
         for a in &entry.slots {
-            *self.hairpin.entry(*a.ip()).or_insert(0) += 1;
+            *self.hairpin.entry(a.ip()).or_insert(0) += 1;
         }
         self.slots += entry.slots.len();
         if let Some(old) = self.services.insert(key, entry) {
@@ -96,13 +160,13 @@ impl Committed {
         }
     }
 
-    fn unref(&mut self, slots: &[SocketAddrV4]) {
+    fn unref(&mut self, slots: &[SocketAddr]) {
         self.slots -= slots.len();
         for a in slots {
-            if let Some(n) = self.hairpin.get_mut(a.ip()) {
+            if let Some(n) = self.hairpin.get_mut(&a.ip()) {
                 *n -= 1;
                 if *n == 0 {
-                    self.hairpin.remove(a.ip());
+                    self.hairpin.remove(&a.ip());
                 }
             }
         }
@@ -115,59 +179,76 @@ impl Committed {
 
 /// Destinations as the slot table implies them (weights = slot counts), for a table read back
 /// from the kernel; if the real weights reduce to the same counts nothing is rewritten.
-fn reconstruct(slots: &[SocketAddrV4]) -> Vec<Destination> {
-    let mut counts: BTreeMap<SocketAddrV4, u32> = BTreeMap::new();
+fn reconstruct(slots: &[SocketAddr]) -> Vec<Destination> {
+    let mut counts: BTreeMap<SocketAddr, u32> = BTreeMap::new();
     for a in slots {
         *counts.entry(*a).or_insert(0) += 1;
     }
     counts.into_iter().map(|(addr, weight)| Destination { addr, weight }).collect()
 }
 
+/// One service's change: the key and its new entry (`None`: the service is gone).
+type Change = (ServiceKey, Option<Entry>);
+/// UDP flows to delete from conntrack after the transaction.
+type Flush = Vec<(ServiceKey, SocketAddr)>;
+
 impl Nft {
-    /// A backend owning `table` (family `ip`), with at most `max_slots` slots per service.
+    /// A backend owning `table` (family `inet`), with at most `max_slots` slots per service.
     pub fn new(table: impl Into<String>, max_slots: usize) -> Self {
-        Nft { table: table.into(), max_slots: max_slots.max(1), state: TableState::Unknown }
+        Nft { table: table.into(), max_slots: max_slots.max(1), state: TableState::Unknown, legacy: false }
     }
 
-    fn cold(&self, desired: &Desired, replace: bool) -> (String, Committed, Vec<(ServiceKey, SocketAddrV4)>) {
+    fn preamble(&self, out: &mut String) {
+        if self.legacy {
+            out.push_str(&format!("delete table ip {}\n", self.table));
+        }
+    }
+
+    fn cold(&self, desired: &Desired, replace: bool) -> (String, Committed) {
         let mut out = String::new();
+        self.preamble(&mut out);
         if replace {
             // `add` makes the `delete` valid whatever is there; both are in the same transaction.
-            out.push_str(&format!("add table ip {t}\ndelete table ip {t}\n", t = self.table));
+            out.push_str(&format!("add table inet {t}\ndelete table inet {t}\n", t = self.table));
         }
         out.push_str(&script::table_definition(&self.table));
         let mut next = Committed::default();
         let mut elems = script::Elements::default();
         for (key, state) in desired {
             let slots = slots::assign(&[], &state.destinations, self.max_slots);
-            if !slots.is_empty() && next.slot_chains.insert(slots.len()) {
-                script::add_slots_chain(&mut out, &self.table, slots.len());
+            let entry = Entry { slots, from: state.destinations.clone(), affinity: state.affinity };
+            if let Some(t) = entry.affinity_objects() {
+                for ep in distinct(&entry.slots) {
+                    script::add_affinity_endpoint(&mut out, &self.table, key, ep, t);
+                }
+                script::fill_affinity_chain(&mut out, &self.table, key, &entry.slots, t, true);
+            } else if !entry.slots.is_empty() && next.slot_chains.insert(entry.slots.len()) {
+                script::add_slots_chain(&mut out, &self.table, entry.slots.len());
             }
-            for (i, ep) in slots.iter().enumerate() {
+            for (i, ep) in entry.mapped_slots().iter().enumerate() {
                 elems.add_slot(key, i, *ep);
             }
-            elems.add_service(key, slots.len());
-            next.set(*key, Entry { slots, from: state.destinations.clone() });
+            elems.add_service(key, &entry.target(key));
+            next.set(*key, entry);
         }
-        let mut ips: Vec<&Ipv4Addr> = next.hairpin.keys().collect();
+        let mut ips: Vec<&IpAddr> = next.hairpin.keys().collect();
         ips.sort();
         for ip in ips {
             elems.add_hairpin(*ip);
         }
         elems.write(&mut out, &self.table);
-        (out, next, Vec::new())
+        (out, next)
     }
 
     /// The incremental transaction from `cur` to `desired` for the services `keys` (every
-    /// service that may have changed), and the slot tables to commit.
-    #[allow(clippy::type_complexity)]
+    /// service that may have changed), and the entries to commit.
     fn incremental<'k>(
         &self,
         cur: &Committed,
         desired: &Desired,
         keys: impl IntoIterator<Item = &'k ServiceKey>,
-    ) -> (String, Vec<(ServiceKey, Option<Entry>)>, Vec<(ServiceKey, SocketAddrV4)>) {
-        let mut changes: Vec<(ServiceKey, Option<Entry>)> = Vec::new();
+    ) -> (String, Vec<Change>, Flush) {
+        let mut changes: Vec<Change> = Vec::new();
         let mut flush = Vec::new();
         for key in keys {
             let old = cur.services.get(key);
@@ -178,7 +259,7 @@ impl Nft {
                 }
                 continue;
             };
-            if old.is_some_and(|o| o.from == state.destinations) {
+            if old.is_some_and(|o| o.from == state.destinations && o.affinity == state.affinity) {
                 continue;
             }
             let old_slots = old.map(|o| o.slots.as_slice()).unwrap_or_default();
@@ -186,47 +267,58 @@ impl Nft {
             flush.extend(conntrack::stale(key, old_slots.iter().copied(), Some(state)).into_iter().map(|e| (*key, e)));
             // Equal slots from other weights (as after a restart) write nothing below; the entry
             // is still committed so that the real weights are remembered.
-            changes.push((*key, Some(Entry { slots, from: state.destinations.clone() })));
+            changes.push((*key, Some(Entry { slots, from: state.destinations.clone(), affinity: state.affinity })));
         }
 
-        let mut out = String::new();
+        // Objects are created before the elements that refer to them and deleted after.
+        let mut pre = String::new();
+        let mut post = String::new();
         let mut elems = script::Elements::default();
         let mut chains = cur.slot_chains.clone();
-        let mut hairpin_delta: HashMap<Ipv4Addr, i64> = HashMap::new();
+        let mut hairpin_delta: HashMap<IpAddr, i64> = HashMap::new();
+        let empty = Entry::default();
         for (key, entry) in &changes {
-            let old = cur.services.get(key).map(|o| o.slots.as_slice()).unwrap_or_default();
-            let new = entry.as_ref().map(|e| e.slots.as_slice()).unwrap_or_default();
-            let present = cur.services.contains_key(key);
-            if present && entry.is_some() && old == new {
+            let old = cur.services.get(key);
+            let present = old.is_some();
+            let old = old.unwrap_or(&empty);
+            let new = entry.as_ref().unwrap_or(&empty);
+            if present && entry.is_some() && old.slots == new.slots && old.affinity_objects() == new.affinity_objects() {
                 continue;
             }
-            for (i, ep) in old.iter().enumerate() {
-                if new.get(i) != Some(ep) {
+            let (old_be, new_be) = (old.mapped_slots(), new.mapped_slots());
+            for (i, ep) in old_be.iter().enumerate() {
+                if new_be.get(i) != Some(ep) {
                     elems.del_slot(key, i);
                 }
-                *hairpin_delta.entry(*ep.ip()).or_insert(0) -= 1;
             }
-            for (i, ep) in new.iter().enumerate() {
-                if old.get(i) != Some(ep) {
+            for (i, ep) in new_be.iter().enumerate() {
+                if old_be.get(i) != Some(ep) {
                     elems.add_slot(key, i, *ep);
                 }
-                *hairpin_delta.entry(*ep.ip()).or_insert(0) += 1;
             }
+            for ep in &old.slots {
+                *hairpin_delta.entry(ep.ip()).or_insert(0) -= 1;
+            }
+            for ep in &new.slots {
+                *hairpin_delta.entry(ep.ip()).or_insert(0) += 1;
+            }
+            self.affinity_change(&mut pre, &mut post, key, old, new);
+            let (old_target, new_target) = (old.target(key), new.target(key));
             match entry {
                 None => elems.del_service(key),
-                Some(_) if present && old.len() == new.len() => {}
+                Some(_) if present && old_target == new_target => {}
                 Some(_) => {
                     if present {
                         elems.del_service(key);
                     }
-                    if !new.is_empty() && chains.insert(new.len()) {
-                        script::add_slots_chain(&mut out, &self.table, new.len());
+                    if new.affinity.is_none() && !new.slots.is_empty() && chains.insert(new.slots.len()) {
+                        script::add_slots_chain(&mut pre, &self.table, new.slots.len());
                     }
-                    elems.add_service(key, new.len());
+                    elems.add_service(key, &new_target);
                 }
             }
         }
-        let mut deltas: Vec<(Ipv4Addr, i64)> = hairpin_delta.into_iter().filter(|(_, d)| *d != 0).collect();
+        let mut deltas: Vec<(IpAddr, i64)> = hairpin_delta.into_iter().filter(|(_, d)| *d != 0).collect();
         deltas.sort();
         for (ip, d) in deltas {
             let before = i64::from(cur.hairpin.get(&ip).copied().unwrap_or(0));
@@ -237,10 +329,53 @@ impl Nft {
                 elems.add_hairpin(ip);
             }
         }
+        let mut out = String::new();
+        if !pre.is_empty() || !elems.is_empty() || !post.is_empty() {
+            self.preamble(&mut out);
+        }
+        out.push_str(&pre);
         if !elems.is_empty() {
             elems.write(&mut out, &self.table);
         }
+        out.push_str(&post);
         (out, changes, flush)
+    }
+
+    /// An affinity service's chains and sets: endpoints that stay keep their sets (their clients
+    /// stay with them); a removed endpoint's set goes with it, so its clients pick anew.
+    fn affinity_change(&self, pre: &mut String, post: &mut String, key: &ServiceKey, old: &Entry, new: &Entry) {
+        let t = &self.table;
+        match (old.affinity_objects(), new.affinity_objects()) {
+            (None, None) => {}
+            (None, Some(t1)) => {
+                for ep in distinct(&new.slots) {
+                    script::add_affinity_endpoint(pre, t, key, ep, t1);
+                }
+                script::fill_affinity_chain(pre, t, key, &new.slots, t1, true);
+            }
+            (Some(t0), Some(t1)) => {
+                let (old_eps, new_eps) = (distinct(&old.slots), distinct(&new.slots));
+                for ep in &new_eps {
+                    if t0 != t1 || !old_eps.contains(ep) {
+                        script::add_affinity_endpoint(pre, t, key, *ep, t1);
+                    }
+                }
+                script::fill_affinity_chain(pre, t, key, &new.slots, t1, false);
+                for ep in &old_eps {
+                    if t0 != t1 || !new_eps.contains(ep) {
+                        script::del_affinity_endpoint(post, t, key, *ep, t0);
+                    }
+                }
+            }
+            (Some(t0), None) => {
+                let chain = script::aff_chain(key);
+                post.push_str(&format!("flush chain inet {t} {chain}\n"));
+                for ep in distinct(&old.slots) {
+                    script::del_affinity_endpoint(post, t, key, ep, t0);
+                }
+                post.push_str(&format!("delete chain inet {t} {chain}\n"));
+            }
+        }
     }
 
     fn sync_keys(&mut self, desired: &Desired, changed: Option<&BTreeSet<ServiceKey>>, dry_run: bool) -> Result<SyncReport, Error> {
@@ -253,19 +388,18 @@ impl Nft {
                         self.incremental(cur, desired, all)
                     }
                 };
-                let commands =
-                    if dry_run { conntrack::describe(&flush) } else { Vec::new() };
                 if dry_run {
-                    return Ok(SyncReport { transaction, commands, objects: cur.objects() });
+                    return Ok(SyncReport { transaction, commands: conntrack::describe(&flush), objects: cur.objects() });
                 }
                 if !transaction.is_empty() {
                     self.apply(&transaction)?;
+                    self.legacy = false;
                 }
                 let TableState::Committed(cur) = &mut self.state else { unreachable!("matched above") };
                 for (key, entry) in changes {
                     match entry {
                         Some(e) => {
-                            if !e.slots.is_empty() {
+                            if e.affinity.is_none() && !e.slots.is_empty() {
                                 cur.slot_chains.insert(e.slots.len());
                             }
                             cur.set(key, e)
@@ -279,10 +413,11 @@ impl Nft {
             }
             state => {
                 let replace = matches!(state, TableState::Inconsistent);
-                let (transaction, next, _) = self.cold(desired, replace);
+                let (transaction, next) = self.cold(desired, replace);
                 let objects = next.objects();
                 if !dry_run {
                     self.apply(&transaction)?;
+                    self.legacy = false;
                     self.state = TableState::Committed(next);
                 }
                 Ok(SyncReport { transaction, commands: Vec::new(), objects })
@@ -294,6 +429,13 @@ impl Nft {
         tracing::info!(table = %self.table, bytes = transaction.len(), "applying transaction");
         exec::run("nft", &["-f", "-"], Some(transaction)).map(|_| ())
     }
+
+    /// Which of the agent's tables exist: (`inet`, the pre-dual-stack `ip`).
+    fn tables(&self) -> Result<(bool, bool), Error> {
+        let list = exec::run("nft", &["list", "tables"], None)?;
+        let has = |family: &str| list.lines().any(|l| l.trim() == format!("table {family} {}", self.table));
+        Ok((has("inet"), has("ip")))
+    }
 }
 
 impl Backend for Nft {
@@ -302,26 +444,27 @@ impl Backend for Nft {
     }
 
     fn load(&mut self) -> Result<(), Error> {
-        match exec::run("nft", &["-j", "list", "table", "ip", &self.table], None) {
-            Ok(json) => {
-                self.state = match load::parse(&json) {
-                    Ok(c) => {
-                        tracing::info!(table = %self.table, services = c.services.len(), "learnt committed state from the agent's table");
-                        TableState::Committed(c)
-                    }
-                    Err(reason) => {
-                        tracing::warn!(table = %self.table, %reason, "agent table is not as committed; the next sync rebuilds it");
-                        TableState::Inconsistent
-                    }
-                };
-                Ok(())
-            }
-            Err(e) if e.to_string().contains("No such file or directory") => {
-                self.state = TableState::Absent;
-                Ok(())
-            }
-            Err(e) => Err(e),
+        let (inet, legacy) = self.tables()?;
+        self.legacy = legacy;
+        if legacy {
+            tracing::info!(table = %self.table, "found the IPv4-only table of an older agent; the first sync replaces it");
         }
+        if !inet {
+            self.state = TableState::Absent;
+            return Ok(());
+        }
+        let json = exec::run("nft", &["-j", "list", "table", "inet", &self.table], None)?;
+        self.state = match load::parse(&json) {
+            Ok(c) => {
+                tracing::info!(table = %self.table, services = c.services.len(), "learnt committed state from the agent's table");
+                TableState::Committed(c)
+            }
+            Err(reason) => {
+                tracing::warn!(table = %self.table, %reason, "agent table is not as committed; the next sync rebuilds it");
+                TableState::Inconsistent
+            }
+        };
+        Ok(())
     }
 
     fn sync(&mut self, desired: &Desired, dry_run: bool) -> Result<SyncReport, Error> {
@@ -333,114 +476,23 @@ impl Backend for Nft {
     }
 
     fn cleanup(&mut self, dry_run: bool) -> Result<SyncReport, Error> {
-        let transaction = format!("delete table ip {}\n", self.table);
-        if dry_run {
+        let (inet, legacy) = self.tables()?;
+        let mut transaction = String::new();
+        if inet {
+            transaction.push_str(&format!("delete table inet {}\n", self.table));
+        }
+        if legacy {
+            transaction.push_str(&format!("delete table ip {}\n", self.table));
+        }
+        if dry_run || transaction.is_empty() {
             return Ok(SyncReport { transaction, ..SyncReport::default() });
         }
-        match self.apply(&transaction) {
-            Ok(()) => {}
-            Err(e) if e.to_string().contains("No such file or directory") => {
-                return Ok(SyncReport::default());
-            }
-            Err(e) => return Err(e),
-        }
+        self.apply(&transaction)?;
         self.state = TableState::Absent;
+        self.legacy = false;
         Ok(SyncReport { transaction, ..SyncReport::default() })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Protocol, ServiceState};
-
-    fn key(last: u8) -> ServiceKey {
-        ServiceKey { protocol: Protocol::Tcp, vip: SocketAddrV4::new([10, 96, 0, last].into(), 80) }
-    }
-
-    fn state(eps: &[u8]) -> ServiceState {
-        let destinations: Vec<Destination> = eps
-            .iter()
-            .map(|l| Destination { addr: SocketAddrV4::new([10, 0, 0, *l].into(), 8080), weight: 1 })
-            .collect();
-        let keep_flows = destinations.iter().map(|d| d.addr).collect();
-        ServiceState { destinations, keep_flows }
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn diff(nft: &Nft, cur: &Committed, desired: &Desired) -> (String, Vec<(ServiceKey, Option<Entry>)>, Vec<(ServiceKey, SocketAddrV4)>) {
-        let all: BTreeSet<&ServiceKey> = cur.services.keys().chain(desired.keys()).collect();
-        nft.incremental(cur, desired, all)
-    }
-
-    fn committed(nft: &Nft, desired: &Desired) -> Committed {
-        let (_, c, _) = nft.cold(desired, false);
-        c
-    }
-
-    #[test]
-    fn removing_an_endpoint_writes_only_its_slot() {
-        let nft = Nft::new("t", 256);
-        let mut desired = Desired::new();
-        desired.insert(key(1), state(&[1, 2, 3]));
-        desired.insert(key(2), state(&[4, 5]));
-        let cur = committed(&nft, &desired);
-        desired.insert(key(1), state(&[1, 3]));
-        let (tx, _, _) = diff(&nft, &cur, &desired);
-        assert_eq!(
-            tx,
-            "delete element ip t be_tcp { 10.96.0.1 . 80 . 1, 10.96.0.1 . 80 . 2 }\n\
-             delete element ip t svc_tcp { 10.96.0.1 . 80 }\n\
-             delete element ip t hairpin { 10.0.0.2 . 10.0.0.2 }\n\
-             add element ip t be_tcp { 10.96.0.1 . 80 . 1 : 10.0.0.3 . 8080 }\n\
-             add element ip t svc_tcp { 10.96.0.1 . 80 : goto slots_2 }\n",
-            "slots_2 already exists (service 2 uses it): only elements change"
-        );
-    }
-
-    #[test]
-    fn unchanged_state_writes_nothing_and_weights_alone_are_remembered() {
-        let nft = Nft::new("t", 256);
-        let mut desired = Desired::new();
-        desired.insert(key(1), state(&[1, 2, 3]));
-        let mut cur = committed(&nft, &desired);
-        assert!(diff(&nft, &cur, &desired).0.is_empty());
-        // As after a restart: weights unknown, reconstructed from slots.
-        let slots = cur.services[&key(1)].slots.clone();
-        cur.insert(key(1), slots);
-        for d in &mut desired.get_mut(&key(1)).expect("present").destinations {
-            d.weight = 100;
-        }
-        let (tx, changes, _) = diff(&nft, &cur, &desired);
-        assert!(tx.is_empty(), "{tx}");
-        assert_eq!(changes.len(), 1, "the real weights are remembered");
-    }
-
-    #[test]
-    fn no_endpoints_rejects_and_removal_cleans_everything() {
-        let nft = Nft::new("t", 256);
-        let mut desired = Desired::new();
-        desired.insert(key(1), state(&[1]));
-        let cur = committed(&nft, &desired);
-        desired.insert(key(1), state(&[]));
-        let (tx, _, _) = diff(&nft, &cur, &desired);
-        assert!(tx.contains("add element ip t svc_tcp { 10.96.0.1 . 80 : goto no_endpoints }"), "{tx}");
-        desired.clear();
-        let (tx, _, _) = diff(&nft, &cur, &desired);
-        assert!(tx.contains("delete element ip t svc_tcp { 10.96.0.1 . 80 }"));
-        assert!(tx.contains("delete element ip t be_tcp { 10.96.0.1 . 80 . 0 }"));
-        assert!(tx.contains("delete element ip t hairpin { 10.0.0.1 . 10.0.0.1 }"));
-    }
-
-    #[test]
-    fn udp_flows_to_removed_endpoints_are_flushed() {
-        let nft = Nft::new("t", 256);
-        let k = ServiceKey { protocol: Protocol::Udp, ..key(1) };
-        let mut desired = Desired::new();
-        desired.insert(k, state(&[1, 2]));
-        let cur = committed(&nft, &desired);
-        desired.insert(k, state(&[1]));
-        let (_, _, flush) = diff(&nft, &cur, &desired);
-        assert_eq!(flush, vec![(k, SocketAddrV4::new([10, 0, 0, 2].into(), 8080))]);
-    }
-}
+mod tests;

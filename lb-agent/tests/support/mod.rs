@@ -2,7 +2,8 @@
 //!
 //! Every lab creates its own namespaces (`lbt-<pid>-<n>-c` for the client and the agent,
 //! `lbt-<pid>-<n>-b` for the backends), joined by a veth pair created directly inside them, with
-//! addresses from 10.200.0.0/24 that exist only there. Dropping the lab (also on panic) stops the
+//! addresses from 10.200.0.0/24 and fd00:200::/64 that exist only there (IPv6 ones without
+//! duplicate address detection, so they are usable at once). Dropping the lab (also on panic) stops the
 //! servers and deletes the namespaces. Nothing touches the host's own tables.
 #![allow(dead_code, unreachable_pub)]
 
@@ -11,7 +12,7 @@ pub mod traffic;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -163,13 +165,19 @@ impl Lab {
         client.exec(&["ip", "link", "add", "vc", "type", "veth", "peer", "name", "vb", "netns", &be.name]);
         client.exec(&["ip", "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "vc"]);
         client.exec(&["ip", "link", "set", "vc", "up"]);
+        client.exec(&["ip", "addr", "add", &format!("{CLIENT_IP6}/64"), "dev", "vc", "nodad"]);
         for i in 0..backends {
             be.exec(&["ip", "addr", "add", &format!("{}/24", backend_ip(i)), "dev", "vb"]);
+            be.exec(&["ip", "addr", "add", &format!("{}/64", backend_ip6(i)), "dev", "vb", "nodad"]);
         }
         be.exec(&["ip", "link", "set", "vb", "up"]);
         // VIPs need a route before DNAT rewrites them; any next hop on the link does.
         client.exec(&["ip", "route", "add", "default", "via", &backend_ip(0).to_string()]);
         be.exec(&["ip", "route", "add", "default", "via", &CLIENT_IP.to_string()]);
+        if backends > 0 {
+            client.exec(&["ip", "-6", "route", "add", "default", "via", &backend_ip6(0).to_string()]);
+        }
+        be.exec(&["ip", "-6", "route", "add", "default", "via", &CLIENT_IP6.to_string()]);
         Lab {
             client,
             backends: be,
@@ -181,8 +189,8 @@ impl Lab {
 
     /// Starts a TCP server at `addr` in the backend namespace; every line it reads is answered
     /// with `name`, so one connection can be asked "who are you" many times.
-    pub fn tcp_backend(&mut self, addr: SocketAddrV4, name: &str) {
-        let (stop, name) = (self.stop.clone(), name.to_string());
+    pub fn tcp_backend(&mut self, addr: impl Into<SocketAddr>, name: &str) {
+        let (stop, name, addr) = (self.stop.clone(), name.to_string(), addr.into());
         let path = format!("/run/netns/{}", self.backends.name);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         self.servers.push(std::thread::spawn(move || {
@@ -204,8 +212,8 @@ impl Lab {
     }
 
     /// Starts a UDP server at `addr` answering every datagram with `name`.
-    pub fn udp_backend(&mut self, addr: SocketAddrV4, name: &str) {
-        let (stop, name) = (self.stop.clone(), name.to_string());
+    pub fn udp_backend(&mut self, addr: impl Into<SocketAddr>, name: &str) {
+        let (stop, name, addr) = (self.stop.clone(), name.to_string(), addr.into());
         let path = format!("/run/netns/{}", self.backends.name);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         self.servers.push(std::thread::spawn(move || {
@@ -265,22 +273,55 @@ impl Lab {
     }
 
     /// Opens a TCP connection from the client namespace.
-    pub fn connect(&self, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    pub fn connect(&self, to: impl Into<SocketAddr>) -> std::io::Result<TcpStream> {
+        let to = to.into();
         self.client.run(move || {
-            let s = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))?;
+            let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             Ok(s)
         })
     }
 
+    /// Opens a TCP connection from the client namespace with source address `from` (one that
+    /// [`Lab::add_client_ips`] added).
+    pub fn connect_from(&self, from: IpAddr, to: impl Into<SocketAddr>) -> std::io::Result<TcpStream> {
+        use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+        let to = to.into();
+        self.client.run(move || {
+            let family = if from.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+            let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+            // Bounds connect() as connect_timeout does (Linux applies SO_SNDTIMEO to connect).
+            socket::setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(3, 0))?;
+            socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(SocketAddr::new(from, 0)))?;
+            socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(to))?;
+            let s = TcpStream::from(fd);
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            Ok(s)
+        })
+    }
+
+    /// Adds `n` more client addresses (10.200.0.100+ and fd00:200::100+) to the client's link.
+    pub fn add_client_ips(&self, n: u8) -> Vec<(IpAddr, IpAddr)> {
+        (0..n)
+            .map(|i| {
+                let v4 = Ipv4Addr::new(10, 200, 0, 100 + i);
+                let v6 = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0x100 + u16::from(i));
+                self.client.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", "vc"]);
+                self.client.exec(&["ip", "addr", "add", &format!("{v6}/64"), "dev", "vc", "nodad"]);
+                (IpAddr::V4(v4), IpAddr::V6(v6))
+            })
+            .collect()
+    }
+
     /// Connects to `to`, asks who answers, and closes.
-    pub fn tcp_who(&self, to: SocketAddrV4) -> std::io::Result<String> {
+    pub fn tcp_who(&self, to: impl Into<SocketAddr>) -> std::io::Result<String> {
         let mut s = self.connect(to)?;
         who(&mut s)
     }
 
     /// Counts which backend answers `n` fresh TCP connections.
-    pub fn tcp_spread(&self, to: SocketAddrV4, n: usize) -> BTreeMap<String, usize> {
+    pub fn tcp_spread(&self, to: impl Into<SocketAddr>, n: usize) -> BTreeMap<String, usize> {
+        let to = to.into();
         let mut seen = BTreeMap::new();
         for _ in 0..n {
             let name = self.tcp_who(to).expect("connect to the VIP");
@@ -290,9 +331,11 @@ impl Lab {
     }
 
     /// A UDP socket in the client namespace, connected to `to`.
-    pub fn udp_socket(&self, to: SocketAddrV4) -> UdpSocket {
+    pub fn udp_socket(&self, to: impl Into<SocketAddr>) -> UdpSocket {
+        let to = to.into();
         self.client.run(move || {
-            let s = UdpSocket::bind("0.0.0.0:0").expect("bind client udp");
+            let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().expect("any") } else { "[::]:0".parse().expect("any") };
+            let s = UdpSocket::bind(any).expect("bind client udp");
             s.connect(to).expect("connect udp");
             s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
             s
@@ -300,7 +343,8 @@ impl Lab {
     }
 
     /// Counts which backend answers one datagram from each of `n` fresh sockets.
-    pub fn udp_spread(&self, to: SocketAddrV4, n: usize) -> BTreeMap<String, usize> {
+    pub fn udp_spread(&self, to: impl Into<SocketAddr>, n: usize) -> BTreeMap<String, usize> {
+        let to = to.into();
         let mut seen = BTreeMap::new();
         for _ in 0..n {
             let s = self.udp_socket(to);
@@ -371,12 +415,20 @@ pub fn backend(i: u8, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(backend_ip(i), port)
 }
 
-pub fn vip(s: &str) -> SocketAddrV4 {
+pub fn backend_ip6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0x11 + u16::from(i))
+}
+
+pub fn backend6(i: u8, port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(backend_ip6(i), port, 0, 0)
+}
+
+pub fn vip(s: &str) -> SocketAddr {
     s.parse().expect("valid vip")
 }
 
 /// A static target listing `addrs`.
-pub fn target(addrs: &[SocketAddrV4]) -> String {
+pub fn target<A: ToString>(addrs: &[A]) -> String {
     format!("static:///{}", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
 }
 
@@ -385,12 +437,27 @@ pub fn name(i: u8) -> String {
     format!("b{i}")
 }
 
+/// Names of the IPv6 backends: v6-b0, v6-b1, ….
+pub fn name6(i: u8) -> String {
+    format!("v6-b{i}")
+}
+
 /// A lab with `n` TCP backends on :8080 and `n` UDP backends on :5353, named b0…
 pub fn lab_with_servers(n: u8) -> Lab {
     let mut lab = Lab::new(n);
     for i in 0..n {
         lab.tcp_backend(backend(i, 8080), &name(i));
         lab.udp_backend(backend(i, 5353), &name(i));
+    }
+    lab
+}
+
+/// [`lab_with_servers`] plus the same servers on the backends' IPv6 addresses, named v6-b0…
+pub fn dual_lab_with_servers(n: u8) -> Lab {
+    let mut lab = lab_with_servers(n);
+    for i in 0..n {
+        lab.tcp_backend(backend6(i, 8080), &name6(i));
+        lab.udp_backend(backend6(i, 5353), &name6(i));
     }
     lab
 }

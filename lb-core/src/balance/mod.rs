@@ -62,11 +62,13 @@
 pub mod error;
 pub mod future;
 mod layer;
+mod limits;
 mod pick;
 mod service;
 mod track;
 
 pub use self::layer::BalanceLayer;
+pub use self::limits::{Gate, Limit, Limits, Permit};
 pub use self::pick::{PickFuture, Wait};
 pub use self::service::Balance;
 pub use self::track::{CompleteOnResponse, EndpointError, TrackCompletion};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
+use super::limits::{Gate, Limits};
 use super::pick::Wait;
 use super::track::{CompleteOnResponse, EndpointError, TrackCompletion};
 use crate::policy::PickContext;
@@ -23,6 +24,7 @@ pub struct Balance<C, Req, T = CompleteOnResponse> {
     max_reroutes: u8,
     track: T,
     key: Option<KeyFn<Req>>,
+    gate: Option<Arc<Gate>>,
     _req: PhantomData<fn(Req)>,
 }
 
@@ -40,6 +42,7 @@ impl<C, Req> Balance<C, Req> {
             max_reroutes: Self::DEFAULT_MAX_REROUTES,
             track: CompleteOnResponse::default(),
             key: None,
+            gate: None,
             _req: PhantomData,
         }
     }
@@ -73,6 +76,18 @@ impl<C, Req, T> Balance<C, Req, T> {
         self.max_reroutes(n)
     }
 
+    /// Circuit breaking (see [`Limits`]): requests over a bound fail at once with
+    /// [`Overloaded`](super::error::Overloaded). Clones share the counters.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.gate = (limits != Limits::default()).then(|| Gate::new(limits));
+        self
+    }
+
+    /// The circuit breaker's counters, when bounds are set.
+    pub fn gate(&self) -> Option<&Arc<Gate>> {
+        self.gate.as_ref()
+    }
+
     /// Extracts an affinity key from each request, for hashing policies.
     pub fn with_key(mut self, key: impl Fn(&Req) -> Option<u64> + Send + Sync + 'static) -> Self {
         self.key = Some(Arc::new(key));
@@ -87,6 +102,7 @@ impl<C, Req, T> Balance<C, Req, T> {
             max_reroutes: self.max_reroutes,
             track,
             key: self.key,
+            gate: self.gate,
             _req: PhantomData,
         }
     }
@@ -124,7 +140,7 @@ where
         let ctx = PickContext {
             hash: self.key.as_ref().and_then(|k| k(&req)),
         };
-        ResponseFuture::new(self.pool.clone(), req, ctx, self.wait, self.track.clone(), self.max_reroutes)
+        ResponseFuture::new(self.pool.clone(), req, ctx, self.wait, self.track.clone(), self.max_reroutes, self.gate.as_ref())
     }
 }
 
@@ -136,6 +152,7 @@ impl<C, Req, T: Clone> Clone for Balance<C, Req, T> {
             max_reroutes: self.max_reroutes,
             track: self.track.clone(),
             key: self.key.clone(),
+            gate: self.gate.clone(),
             _req: PhantomData,
         }
     }

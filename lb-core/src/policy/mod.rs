@@ -16,6 +16,8 @@
 //! | [`Maglev`] | Google's Maglev lookup table (NSDI 2016); Envoy `MAGLEV` |
 //! | [`Topology`] | Envoy priority levels (overprovisioning 1.4, panic threshold 50%) over Kubernetes' node → zone → region keys |
 //! | [`SlowStart`] | Envoy's slow start: a newly connected endpoint's share ramps up over a window (wraps any non-hashing policy) |
+//! | [`WeightedRoundRobin::from_load_reports`] | gRFC A58 / Envoy `client_side_weighted_round_robin`: weights from the servers' ORCA load reports |
+//! | [`P2c::utilization`] | power of two choices by the servers' reported utilization |
 //!
 //! Policies compose: `Topology::new(P2c::peak_ewma(), caller)` balances by PeakEWMA inside the
 //! nearest tier that can take the traffic.
@@ -31,6 +33,7 @@ use crate::load::Load;
 mod hash;
 mod maglev;
 mod p2c;
+mod reported;
 pub(crate) mod rng;
 mod round_robin;
 mod slow_start;
@@ -43,6 +46,7 @@ pub use self::p2c::{Cost, P2c};
 pub use self::round_robin::RoundRobin;
 pub use self::slow_start::{SlowStart, SlowStartError};
 pub use self::topology::{Level, Topology, TopologyKeyError};
+pub use self::reported::ReportWeighted;
 pub use self::weighted::WeightedRoundRobin;
 
 /// What a policy sees of one endpoint when it builds a picker.
@@ -100,6 +104,23 @@ pub trait Picker: Send + Sync + fmt::Debug {
         let _ = now;
         self.pick(ctx)
     }
+
+    /// The weights the picker was built with, for policies that compute them (weighted round
+    /// robin from load reports): the pool exports them as gauges. `None` for the others.
+    fn weights(&self) -> Option<Weights<'_>> {
+        None
+    }
+}
+
+/// The weights a picker uses, as [`Picker::weights`] reports them.
+#[derive(Clone, Copy, Debug)]
+pub struct Weights<'a> {
+    /// Indices into the candidates the picker was built from.
+    pub indices: &'a [u32],
+    /// The weight of each, in the same order.
+    pub weights: &'a [f64],
+    /// True when the policy fell back to plain round robin (fewer than two usable weights).
+    pub fallback: bool,
 }
 
 /// Builds [`Picker`]s; the configuration half of a load-balancing policy.
@@ -121,6 +142,13 @@ pub trait Policy: Send + Sync + fmt::Debug + 'static {
     fn is_hashing(&self) -> bool {
         false
     }
+
+    /// How often the pool rebuilds the picker even when membership has not changed, for policies
+    /// whose picker depends on something that moves by itself (weights from load reports,
+    /// refreshed every `weight_update_period`). `None` (the default): only on changes.
+    fn rebuild_every(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Arc<P> {
@@ -135,6 +163,10 @@ impl<P: Policy + ?Sized> Policy for Arc<P> {
     fn is_hashing(&self) -> bool {
         (**self).is_hashing()
     }
+
+    fn rebuild_every(&self) -> Option<std::time::Duration> {
+        (**self).rebuild_every()
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Box<P> {
@@ -148,6 +180,10 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
 
     fn is_hashing(&self) -> bool {
         (**self).is_hashing()
+    }
+
+    fn rebuild_every(&self) -> Option<std::time::Duration> {
+        (**self).rebuild_every()
     }
 }
 

@@ -6,10 +6,14 @@
 //! stale load information. gRPC's `least_request` (A48) and Envoy's least-request balancer use it;
 //! Finagle and linkerd combine it with PeakEWMA.
 //!
-//! Two load measures are offered:
+//! Three load measures are offered:
 //! - [`Cost::LeastRequest`]: requests in flight + 1.
 //! - [`Cost::PeakEwma`]: decayed peak latency estimate × (requests in flight + 1) — Finagle's cost
 //!   function, as in linkerd and tower. It steers away from slow endpoints before they pile up a queue.
+//! - [`Cost::Utilization`]: the utilization the server itself last reported (ORCA), × (requests in
+//!   flight + 1) — what every client's load adds up to, not just this one's, with this client's
+//!   own in-flight count to keep it from herding between reports. An endpoint with no report younger
+//!   than [`P2c::UTILIZATION_MAX_AGE`] counts at the mean of those that have one.
 //!
 //! Either is divided by the endpoint's relative weight (Envoy's weighted least-request, with the
 //! "active request bias" at 1), so equal weights change nothing and a weight-200 endpoint is
@@ -19,6 +23,7 @@
 //! per endpoint, and allocates nothing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -33,6 +38,8 @@ pub enum Cost {
     LeastRequest,
     /// Peak-sensitive latency EWMA × (requests in flight + 1).
     PeakEwma,
+    /// Server-reported utilization × (requests in flight + 1).
+    Utilization,
 }
 
 /// The power-of-two-choices policy.
@@ -52,6 +59,14 @@ impl P2c {
     pub fn peak_ewma() -> Self {
         P2c { cost: Cost::PeakEwma, seed: None }
     }
+
+    /// P2C over the utilization the servers report (ORCA load reports).
+    pub fn utilization() -> Self {
+        P2c { cost: Cost::Utilization, seed: None }
+    }
+
+    /// How old a load report may be for [`P2c::utilization`] to use it (A58's weight expiration).
+    pub const UTILIZATION_MAX_AGE: Duration = Duration::from_secs(180);
 
     /// Makes every picker built by this policy draw from a generator seeded with `seed`
     /// (deterministic tests); by default each picker is seeded from OS entropy.
@@ -92,7 +107,22 @@ impl Policy for P2c {
             Some(seed) => SharedRng::from_seed(seed),
             None => SharedRng::new(),
         };
-        Box::new(P2cPicker { cost: self.cost, slots, rng })
+        let unreported = match self.cost {
+            Cost::Utilization => {
+                let now = Instant::now();
+                let fresh: Vec<f64> = idx
+                    .iter()
+                    .filter_map(|&i| candidates[i as usize].load.utilization_at(now, Self::UTILIZATION_MAX_AGE))
+                    .collect();
+                if fresh.is_empty() {
+                    0.0
+                } else {
+                    fresh.iter().sum::<f64>() / fresh.len() as f64
+                }
+            }
+            _ => 0.0,
+        };
+        Box::new(P2cPicker { cost: self.cost, slots, rng, unreported })
     }
 }
 
@@ -108,14 +138,21 @@ struct P2cPicker {
     cost: Cost,
     slots: Vec<Slot>,
     rng: SharedRng,
+    /// The utilization an endpoint without a fresh report counts at.
+    unreported: f64,
 }
 
 impl P2cPicker {
     #[inline]
     fn cost_of(&self, slot: &Slot, now: Option<Instant>) -> f64 {
-        let raw = match now {
-            None => f64::from(slot.load.in_flight()) + 1.0,
-            Some(now) => slot.load.peak_ewma_cost(now),
+        let raw = match (self.cost, now) {
+            (Cost::PeakEwma, Some(now)) => slot.load.peak_ewma_cost(now),
+            (Cost::Utilization, Some(now)) => {
+                let u = slot.load.utilization_at(now, P2c::UTILIZATION_MAX_AGE).unwrap_or(self.unreported);
+                // The small floor keeps idle servers (utilization 0) ordered by in-flight requests.
+                (u + 0.01) * (f64::from(slot.load.in_flight()) + 1.0)
+            }
+            _ => f64::from(slot.load.in_flight()) + 1.0,
         };
         raw * slot.inv_weight
     }
@@ -135,7 +172,7 @@ impl P2cPicker {
         }
         let now = match self.cost {
             Cost::LeastRequest => None,
-            Cost::PeakEwma => Some(now()),
+            Cost::PeakEwma | Cost::Utilization => Some(now()),
         };
         let (sa, sb) = (&self.slots[a], &self.slots[b]);
         let chosen = if self.cost_of(sb, now) < self.cost_of(sa, now) { sb } else { sa };
@@ -191,5 +228,30 @@ mod tests {
         c[2].healthy = false;
         let p = P2c::least_request().build(&c);
         assert_eq!(p.pick(&PickContext::default()), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn utilization_steers_to_the_idler_server() {
+        use crate::load::LoadReport;
+        let c = candidates(2);
+        let report = |i: usize, u: f64| {
+            let r = LoadReport { cpu_utilization: u, rps_fractional: 10.0, ..Default::default() };
+            c[i].load.record_report(&r, Instant::now());
+        };
+        report(0, 0.9);
+        report(1, 0.1);
+        let p = P2c::utilization().with_seed(7).build(&c);
+        // With two candidates every pick compares both: the idler one always wins.
+        assert_eq!(counts(&*p, 2, 100, &PickContext::default()), vec![0, 100]);
+        // Its own requests in flight count too: 9 outstanding on the idle one tip the balance.
+        let guards: Vec<_> = (0..9).map(|_| c[1].load.start()).collect();
+        assert_eq!(p.pick(&PickContext::default()), Some(0));
+        drop(guards);
+        // Without fresh reports, an endpoint counts at the mean of the reported ones.
+        tokio::time::advance(P2c::UTILIZATION_MAX_AGE).await;
+        report(0, 0.9);
+        let p = P2c::utilization().with_seed(7).build(&c);
+        let split = counts(&*p, 2, 1000, &PickContext::default());
+        assert!(split[0] > 300 && split[1] > 300, "at the same utilization the two share: {split:?}");
     }
 }

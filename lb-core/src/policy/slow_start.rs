@@ -101,6 +101,10 @@ impl std::fmt::Display for SlowStartError {
 impl std::error::Error for SlowStartError {}
 
 impl<P: Policy> Policy for SlowStart<P> {
+    fn rebuild_every(&self) -> Option<std::time::Duration> {
+        self.inner.rebuild_every()
+    }
+
     fn is_topology_aware(&self) -> bool {
         self.inner.is_topology_aware()
     }

@@ -217,6 +217,10 @@ impl<P: Policy> Topology<P> {
 }
 
 impl<P: Policy> Policy for Topology<P> {
+    fn rebuild_every(&self) -> Option<std::time::Duration> {
+        self.inner.rebuild_every()
+    }
+
     fn is_topology_aware(&self) -> bool {
         true
     }

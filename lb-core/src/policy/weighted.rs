@@ -56,6 +56,14 @@ impl Policy for WeightedRoundRobin {
     }
 }
 
+impl WeightedRoundRobin {
+    /// Weighted round robin whose weights come from the servers' own load reports (ORCA), as
+    /// gRFC A58 specifies: see [`ReportWeighted`](super::ReportWeighted).
+    pub fn from_load_reports() -> super::ReportWeighted {
+        super::ReportWeighted::new()
+    }
+}
+
 fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
         (a, b) = (b, a % b);
@@ -64,7 +72,7 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 }
 
 /// Reduces weights by their gcd and, if their sum still exceeds `cap`, scales them to fit.
-fn fit(mut weights: Vec<u64>, cap: u64) -> Vec<u64> {
+pub(super) fn fit(mut weights: Vec<u64>, cap: u64) -> Vec<u64> {
     let g = weights.iter().copied().fold(0, gcd).max(1);
     weights.iter_mut().for_each(|w| *w /= g);
     let sum: u64 = weights.iter().sum();
@@ -99,7 +107,7 @@ impl PartialOrd for Turn {
     }
 }
 
-fn edf_cycle(idx: &[u32], weights: &[u64]) -> Vec<u32> {
+pub(super) fn edf_cycle(idx: &[u32], weights: &[u64]) -> Vec<u32> {
     let len: u64 = weights.iter().sum();
     let mut heap: BinaryHeap<Turn> = weights
         .iter()
@@ -123,9 +131,9 @@ fn edf_cycle(idx: &[u32], weights: &[u64]) -> Vec<u32> {
 }
 
 #[derive(Debug)]
-struct WeightedPicker {
-    next: AtomicUsize,
-    schedule: Vec<u32>,
+pub(super) struct WeightedPicker {
+    pub(super) next: AtomicUsize,
+    pub(super) schedule: Vec<u32>,
 }
 
 impl Picker for WeightedPicker {

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use crate::discover::BoxDiscover;
 use crate::endpoint::Endpoint;
 use crate::load::{EwmaConfig, Load, LoadGuard};
+use crate::metrics::TargetSeries;
 use crate::policy::{PickContext, Picker, Policy};
 use crate::BoxError;
 
@@ -134,6 +135,11 @@ pub struct PoolConfig {
     pub ewma: EwmaConfig,
     /// How long a removed endpoint with requests in flight is tracked before being forgotten.
     pub drain_timeout: Duration,
+    /// The longest an endpoint is kept out of picks for answering that it is overloaded
+    /// (`RESOURCE_EXHAUSTED`, HTTP 429/503 with `Retry-After`); `None` ignores such answers.
+    pub overload_penalty_cap: Option<Duration>,
+    /// Whether the per-attempt metrics carry an `lb.endpoint` label (see [`crate::metrics`]).
+    pub metrics_endpoint_labels: bool,
 }
 
 impl Default for PoolConfig {
@@ -146,6 +152,8 @@ impl Default for PoolConfig {
             outlier: Some(OutlierConfig::default()),
             ewma: EwmaConfig::default(),
             drain_timeout: Duration::from_secs(60),
+            overload_penalty_cap: Some(Duration::from_secs(30)),
+            metrics_endpoint_labels: false,
         }
     }
 }
@@ -228,6 +236,11 @@ impl<C> Snapshot<C> {
         self.initialized
     }
 
+    /// The picker the policy built for this snapshot (e.g. to read the weights it uses).
+    pub fn picker(&self) -> &dyn Picker {
+        &*self.picker
+    }
+
     /// How many endpoints can take requests.
     pub fn healthy(&self) -> usize {
         self.healthy
@@ -288,6 +301,7 @@ pub(crate) struct Shared<C> {
     snapshot: ArcSwap<Snapshot<C>>,
     version: watch::Sender<u64>,
     config: PoolConfig,
+    series: Arc<TargetSeries>,
 }
 
 struct Handle<C> {
@@ -344,10 +358,13 @@ impl<C: Clone + Send + Sync + 'static> Pool<C> {
         P: Policy,
     {
         let (version, _) = watch::channel(0);
+        crate::metrics::describe();
+        let series = Arc::new(TargetSeries::new(&config.target, config.metrics_endpoint_labels));
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             version,
             config,
+            series,
         });
         let (tx, rx) = oneshot::channel();
         let task = task::PoolTask::new(Arc::clone(&shared), discover, connector, Box::new(policy), health, rx);
@@ -373,6 +390,11 @@ impl<C> Pool<C> {
     /// The configuration.
     pub fn config(&self) -> &PoolConfig {
         &self.handle.shared.config
+    }
+
+    /// The target's metric series.
+    pub(crate) fn series(&self) -> &TargetSeries {
+        &self.handle.shared.series
     }
 
     /// True once discovery delivered a full set.

@@ -251,7 +251,8 @@ async fn a_request_that_finds_no_endpoint_names_the_discovery_error_until_discov
     let unavailable = |pool: Pool<SocketAddr>| async move {
         match pool.pick_or_wait(PickContext::default(), wait).await {
             Ok(p) => panic!("picked {}", p.endpoint.addr()),
-            Err(e) => e,
+            Err(crate::balance::error::PickError::Unavailable(e)) => e,
+            Err(e) => panic!("not an Unavailable: {e}"),
         }
     };
 
@@ -365,3 +366,79 @@ async fn pool_task_stops_with_the_last_handle() {
     settle().await;
     assert!(!tx.send(Update::Reset(vec![ep(1)])), "the task dropped its discovery stream");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_overloaded_endpoint_sits_out_its_penalty_within_the_cap() {
+    let (tx, rx) = discover::channel();
+    let mut cfg = config();
+    cfg.overload_penalty_cap = Some(Duration::from_secs(30));
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), RoundRobin::new(), cfg);
+    tx.send(Update::Reset((1..=10).map(ep).collect()));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 10);
+
+    // Endpoint 1 answers "overloaded, come back in 5 s".
+    let mut p = loop {
+        let p = pool.pick(&PickContext::default()).expect("an endpoint");
+        if p.connection.port() == 1 {
+            break p;
+        }
+    };
+    p.guard.set_penalty(Duration::from_secs(5));
+    drop(p);
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 9);
+    assert!(!picks(&pool, 90).contains_key(&1), "out of picks while penalized");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 10, "back after the hinted time");
+
+    // A hint beyond the cap is cut to the cap; a second overloaded endpoint is refused by the
+    // ejection cap (10 % of 10 = 1 at once).
+    for port in [2u16, 3] {
+        let mut p = loop {
+            let p = pool.pick(&PickContext::default()).expect("an endpoint");
+            if p.connection.port() == port {
+                break p;
+            }
+        };
+        p.guard.set_penalty(Duration::from_secs(3600));
+        drop(p);
+        settle().await;
+    }
+    assert_eq!(pool.snapshot().healthy(), 9, "at most the ejection cap is out at once");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    settle().await;
+    assert_eq!(pool.snapshot().healthy(), 10, "capped at 30 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_report_policy_is_rebuilt_on_its_period() {
+    use crate::load::LoadReport;
+    use crate::policy::WeightedRoundRobin;
+    let (tx, rx) = discover::channel();
+    let policy = WeightedRoundRobin::from_load_reports()
+        .blackout_period(Duration::ZERO)
+        .weight_update_period(Duration::from_secs(1));
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), policy, config());
+    tx.send(Update::Reset(vec![ep(1), ep(2)]));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+    settle().await;
+    assert_eq!(picks(&pool, 100).values().copied().collect::<Vec<_>>(), vec![50, 50], "no reports: round robin");
+
+    // The servers report: endpoint 2 is three times as loaded per query as endpoint 1.
+    for (port, utilization) in [(1u16, 0.2), (2, 0.6)] {
+        let entry = pool.snapshot().entries().iter().find(|e| e.endpoint.addr().port() == port).map(|e| Arc::clone(&e.load));
+        let load = entry.expect("listed");
+        load.record_report(&LoadReport { application_utilization: utilization, rps_fractional: 10.0, ..Default::default() }, tokio::time::Instant::now());
+    }
+    let version = pool.snapshot().version();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert!(pool.snapshot().version() > version, "rebuilt without any membership change");
+    let shares = picks(&pool, 400);
+    // Weights 100 : 33 (integer resolution 1 %), over a cycle 400 picks do not divide evenly.
+    assert!(shares[&1].abs_diff(300) <= 3 && shares[&2].abs_diff(100) <= 3, "weights 3 : 1 from the reports: {shares:?}");
+}
+

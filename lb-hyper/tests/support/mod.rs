@@ -36,9 +36,25 @@ impl Backend {
         Self::start_with("127.0.0.1:0".parse().expect("an address"), delay, None).await
     }
 
+    /// A backend that answers every request with `status` and `headers` (e.g. 429 and a
+    /// `Retry-After`).
+    pub async fn start_answering(status: u16, headers: &[(&'static str, &'static str)]) -> Backend {
+        Self::spawn("127.0.0.1:0".parse().expect("an address"), Duration::ZERO, None, Some((status, headers.to_vec()))).await
+    }
+
     /// A backend on `bind` (e.g. `[::1]:0`), over TLS when `tls` is given (its ALPN offers h2 and
     /// http/1.1; the protocol is whatever the handshake settles on).
     pub async fn start_with(bind: SocketAddr, delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
+        Self::spawn(bind, delay, tls, None).await
+    }
+
+    async fn spawn(
+        bind: SocketAddr,
+        delay: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        fixed: Option<(u16, Vec<(&'static str, &'static str)>)>,
+    ) -> Backend {
+        let fixed = Arc::new(fixed);
         let listener = TcpListener::bind(bind).await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound socket has an address");
         let served = Arc::new(AtomicUsize::new(0));
@@ -53,10 +69,18 @@ impl Backend {
         tasks.lock().expect("not poisoned").spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (s, h, f, p) = (s.clone(), h.clone(), f.clone(), p.clone());
+                let (s, h, f, p, fixed) = (s.clone(), h.clone(), f.clone(), p.clone(), fixed.clone());
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (s, h, f, p) = (s.clone(), h.clone(), f.clone(), p.clone());
+                    let (s, h, f, p, fixed) = (s.clone(), h.clone(), f.clone(), p.clone(), fixed.clone());
                     async move {
+                        if let Some((status, headers)) = &*fixed {
+                            s.fetch_add(1, Ordering::Relaxed);
+                            let mut rsp = Response::builder().status(*status);
+                            for (k, v) in headers {
+                                rsp = rsp.header(*k, *v);
+                            }
+                            return Ok::<_, Infallible>(rsp.body(Full::new(Bytes::new())).expect("valid"));
+                        }
                         if req.uri().path() == "/health" {
                             p.lock().expect("not poisoned").push(req.uri().to_string());
                             let status = if h.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

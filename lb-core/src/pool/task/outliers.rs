@@ -28,6 +28,61 @@ impl<K: Connect> PoolTask<K> {
         }
     }
 
+    /// Keeps endpoints that answered "overloaded" out of picks for the time they asked (capped),
+    /// within the same bound on the ejected share as outlier detection.
+    pub(super) fn apply_penalties(&mut self) {
+        let penalized: Vec<(EndpointId, Duration)> = self
+            .slots
+            .iter()
+            .filter_map(|(id, s)| s.load.take_penalty().map(|d| (id.clone(), d)))
+            .collect();
+        let Some(cap) = self.shared.config.overload_penalty_cap else { return };
+        for (id, hint) in penalized {
+            self.penalize(&id, hint.min(cap));
+        }
+    }
+
+    fn penalize(&mut self, id: &EndpointId, duration: Duration) {
+        let cfg = self.shared.config.outlier.clone().unwrap_or_default();
+        let target = Arc::clone(&self.shared.config.target);
+        let in_rotation = self
+            .slots
+            .values()
+            .filter(|s| s.endpoint.state() != EndpointState::Terminating)
+            .count();
+        let ejected = self
+            .slots
+            .values()
+            .filter(|s| matches!(s.phase, Phase::Ejected { outlier: true, .. }))
+            .count();
+        let Some(slot) = self.slots.get_mut(id) else { return };
+        let until = Instant::now() + duration;
+        match &mut slot.phase {
+            Phase::Ejected { until: u, outlier: true, .. } => {
+                // Already out: the longer of the two.
+                *u = (*u).max(until);
+                return;
+            }
+            Phase::Ready(_) => {}
+            _ => return,
+        }
+        if ejected >= cfg.max_ejected(in_rotation) {
+            warn!(target_uri = %target, endpoint = %slot.endpoint.addr(), ejected, "not penalizing an overloaded endpoint: ejection cap reached");
+            return;
+        }
+        let Phase::Ready(conn) = std::mem::replace(&mut slot.phase, Phase::Idle) else {
+            return;
+        };
+        m::overload_penalty(&target);
+        info!(target_uri = %target, endpoint = %slot.endpoint.addr(), duration = ?duration, "endpoint overloaded: out of picks");
+        slot.phase = Phase::Ejected {
+            conn: Some(conn),
+            until,
+            outlier: true,
+        };
+        self.dirty = true;
+    }
+
     pub(super) fn outlier_sweep(&mut self) {
         let Some(cfg) = self.shared.config.outlier.clone() else { return };
         let mut eject = Vec::new();

@@ -37,6 +37,9 @@ impl<K: Connect> PoolTask<K> {
         // gRPC's TRANSIENT_FAILURE: every endpoint's last connection attempt failed.
         let mut connect_failing = true;
         let mut phases = [0usize; 5];
+        for slot in self.slots.values_mut() {
+            slot.sample();
+        }
         for slot in self.slots.values() {
             phases[slot.phase.public() as usize] += 1;
             if slot.endpoint.state() != group {
@@ -66,6 +69,15 @@ impl<K: Connect> PoolTask<K> {
         }
         let entries_empty = entries.is_empty();
         let picker = self.policy.build(&candidates);
+        if let Some(w) = picker.weights() {
+            let by_addr: Vec<(std::net::SocketAddr, f64)> = w
+                .indices
+                .iter()
+                .zip(w.weights)
+                .filter_map(|(&i, &weight)| candidates.get(i as usize).map(|c| (c.endpoint.addr(), weight)))
+                .collect();
+            m::weights(self.target(), &by_addr, w.fallback);
+        }
         self.version += 1;
         let snapshot = Snapshot {
             entries,
