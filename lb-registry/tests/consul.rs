@@ -420,6 +420,72 @@ async fn an_acl_filtered_answer_is_an_error_naming_the_token_never_an_empty_set(
     picks_exactly(&good, &[7801]).await;
 }
 
+/// A token that could read the service loses its policy while the client runs (an operator edits
+/// it): Consul filters the next answer to nothing. The client keeps the set it had — with a cache
+/// that applies empty sets, so nothing but discovery's own rule keeps it — says why (the pool's
+/// discovery error names the token, the auth counter moves), and sees the service again, new
+/// instances included, once the policy is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_loses_its_read_policy_keeps_the_last_set_and_says_why() {
+    lb_core::test_recorder::install();
+    let double = ConsulDouble::start_with(DoubleConfig {
+        acl_token: Some("management-token".into()),
+        reader_tokens: vec!["reader-token-77c1".into()],
+        ..DoubleConfig::default()
+    })
+    .await
+    .expect("start the consul double");
+    let admin = ConsulRegistrar::builder().address(double.authority()).token("management-token").ttl(TTL).build().expect("options");
+    let _a = register(&admin, "revoked", 7811).await;
+    let _b = register(&admin, "revoked", 7812).await;
+
+    // A reader may read, not write.
+    let reader = ConsulRegistrar::builder().address(double.authority()).token("reader-token-77c1").ttl(TTL).build().expect("options");
+    let err = reader.register("revoked", Endpoint::new(addr(7819))).await.expect_err("a read-only token");
+    assert!(err.is_registry(), "{err}");
+
+    let resolver = ConsulResolver::builder()
+        .address(double.authority())
+        .token("reader-token-77c1")
+        .min_interval(Duration::from_millis(20))
+        .max_backoff(Duration::from_millis(300))
+        .build()
+        .expect("options");
+    // allow_empty: the cache would apply an empty set, so only discovery itself keeps the set.
+    let discover = Cache::builder().allow_empty(true).resolve(resolver, "revoked").boxed();
+    let pool = Pool::spawn(discover, TestConnector::new(), RoundRobin::new(), PoolConfig::new("consul-revoked"));
+    picks_exactly(&pool, &[7811, 7812]).await;
+    let denied = || lb_core::test_recorder::recorded().counter("lb_registry_auth_errors_total", &[("registry", "consul"), ("reason", "acl_filtered")]);
+    let before = denied();
+
+    // The policy goes; a change to the service wakes the client's held query, which answers with
+    // the privileges it arrived with (the new instance), and the next query is filtered.
+    assert!(double.detach_read_policy("reader-token-77c1"));
+    let _c = register(&admin, "revoked", 7813).await;
+    let mut versions = pool.subscribe();
+    tokio::time::timeout(PATIENCE, versions.wait_for(|_| pool.snapshot().discovery_error().is_some_and(|e| e.contains("…77c1"))))
+        .await
+        .expect("the pool hears that the answer was filtered")
+        .expect("the pool runs");
+    let message = pool.snapshot().discovery_error().cloned().expect("just seen");
+    assert!(message.contains("X-Consul-Results-Filtered-By-ACLs") && message.contains("service:read"), "{message}");
+    assert!(!message.contains("reader-token"), "the secret stays out of messages: {message}");
+    assert!(denied() > before, "counted as an auth error");
+    let kept = picked(&pool);
+    assert!(kept == ports(&[7811, 7812]) || kept == ports(&[7811, 7812, 7813]), "the last set is kept, never emptied: {kept:?}");
+    assert!(pool.snapshot().healthy() >= 2);
+
+    // The policy comes back: the next answer (the query blocks until the service changes) shows
+    // the service again.
+    assert!(double.attach_read_policy("reader-token-77c1"));
+    let _d = register(&admin, "revoked", 7814).await;
+    picks_exactly(&pool, &[7811, 7812, 7813, 7814]).await;
+    tokio::time::timeout(PATIENCE, versions.wait_for(|_| pool.snapshot().discovery_error().is_none()))
+        .await
+        .expect("a delivered set clears the error")
+        .expect("the pool runs");
+}
+
 /// Consul-realistic durations on a paused clock: a 10 s TTL, the 1-minute minimum of
 /// `DeregisterCriticalServiceAfter`, and an agent outage of several minutes. Registration never
 /// gives up: the instance turns critical, is reaped, and registers again once the agent answers.

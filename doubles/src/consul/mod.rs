@@ -25,7 +25,12 @@
 //! without a token (the anonymous token), from which Consul hides that header; a write without
 //! `service:write` gets `403 Permission denied: token with AccessorID '…' lacks permission …`. Every
 //! answer carries `X-Consul-Default-ACL-Policy`. The management token may do everything;
-//! [`DoubleConfig::unprivileged_tokens`] exist but hold no policy.
+//! [`DoubleConfig::reader_tokens`] hold a read-only policy (`service_prefix "" { policy = "read" }`
+//! and the same for nodes): they read everything and write nothing; [`DoubleConfig::unprivileged_tokens`]
+//! exist but hold no policy. [`ConsulDouble::detach_read_policy`] takes a reader's policy away at
+//! run time, as an operator editing the token does; Consul resolves a request's token when the
+//! request arrives (`ResolveTokenAndDefaultMeta` before the blocking loop), so a query already
+//! held answers with the privileges it arrived with, and the next one is filtered.
 //!
 //! Deliberate differences from Consul, for fast tests: `DeregisterCriticalServiceAfter` has no
 //! one-minute minimum and the reaper runs every [`DoubleConfig::reap_interval`] (Consul: 30 s);
@@ -114,6 +119,9 @@ pub struct DoubleConfig {
     /// With ACLs on, tokens that exist but hold no policy: their reads are filtered to nothing
     /// (`200`, `[]`, `X-Consul-Results-Filtered-By-ACLs: true`), their writes answer `403`.
     pub unprivileged_tokens: Vec<String>,
+    /// With ACLs on, tokens holding a read-only policy: they read every service and node, their
+    /// writes answer `403` (see [`ConsulDouble::detach_read_policy`]).
+    pub reader_tokens: Vec<String>,
     /// How often TTLs and `DeregisterCriticalServiceAfter` are enforced (default 20 ms).
     pub reap_interval: Duration,
     /// The node name in health entries (default `double-node`).
@@ -128,6 +136,7 @@ impl Default for DoubleConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             acl_token: None,
             unprivileged_tokens: Vec::new(),
+            reader_tokens: Vec::new(),
             reap_interval: Duration::from_millis(20),
             node: "double-node".into(),
             datacenter: "dc1".into(),
@@ -286,6 +295,22 @@ impl ConsulDouble {
         let ok = self.shared.lock().set_status(check_id, status, "set by the test", tokio::time::Instant::now());
         self.shared.notify();
         ok
+    }
+
+    /// Detaches the read policy from one of [`DoubleConfig::reader_tokens`] (`false`: `token` is not
+    /// one): from its next request on, it holds no policy and its reads are filtered. It does not
+    /// wake blocking queries, as Consul's ACL changes do not touch the health tables they watch.
+    pub fn detach_read_policy(&self, token: &str) -> bool {
+        if !self.shared.config.reader_tokens.iter().any(|t| t == token) {
+            return false;
+        }
+        self.shared.lock().detached.insert(token.to_string());
+        true
+    }
+
+    /// Attaches the read policy again to a token [`ConsulDouble::detach_read_policy`] took it from.
+    pub fn attach_read_policy(&self, token: &str) -> bool {
+        self.shared.lock().detached.remove(token)
     }
 
     /// Deregisters a service behind its owner's back (as `consul services deregister` does).

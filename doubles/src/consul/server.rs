@@ -1,6 +1,6 @@
 //! The double's HTTP side: routing, request parsing and blocking queries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,10 +92,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
     let token = request_token(&req, &query);
-    shared.lock().last_token = token.clone();
+    // The token is resolved once, as the request arrives (Consul: `ResolveTokenAndDefaultMeta`
+    // before the blocking loop).
+    let caller = {
+        let mut state = shared.lock();
+        state.last_token = token.clone();
+        Caller::of(&shared.config, &state.detached, token.as_deref())
+    };
     // Consul sets the agent's default ACL policy on every answer (agent/http.go, `wrap`).
     let policy = if shared.config.acl_token.is_some() { "deny" } else { "allow" };
-    let caller = match Caller::of(&shared.config, token.as_deref()) {
+    let caller = match caller {
         Some(caller) => caller,
         // An unknown secret is refused outright, reads included (`acl.ErrNotFound` → 403).
         None => return Ok(with_policy(text(StatusCode::FORBIDDEN, "ACL not found"), policy)),
@@ -160,18 +166,22 @@ enum Caller {
     Management,
     /// No token: Consul's anonymous token, which holds no policy here.
     Anonymous,
-    /// A token that exists but holds no policy ([`DoubleConfig::unprivileged_tokens`](super::DoubleConfig)).
+    /// A token with a read-only policy ([`DoubleConfig::reader_tokens`](super::DoubleConfig)).
+    Reader,
+    /// A token that exists but holds no policy ([`DoubleConfig::unprivileged_tokens`](super::DoubleConfig),
+    /// or a reader whose policy was detached).
     Unprivileged,
 }
 
 impl Caller {
     /// `None` for a secret the double does not know.
-    fn of(config: &super::DoubleConfig, token: Option<&str>) -> Option<Caller> {
+    fn of(config: &super::DoubleConfig, detached: &BTreeSet<String>, token: Option<&str>) -> Option<Caller> {
         let Some(management) = &config.acl_token else { return Some(Caller::Management) };
         match token {
             None => Some(Caller::Anonymous),
             Some(t) if t == management => Some(Caller::Management),
-            Some(t) if config.unprivileged_tokens.iter().any(|u| u == t) => Some(Caller::Unprivileged),
+            Some(t) if config.reader_tokens.iter().any(|r| r == t) && !detached.contains(t) => Some(Caller::Reader),
+            Some(t) if config.unprivileged_tokens.iter().chain(&config.reader_tokens).any(|u| u == t) => Some(Caller::Unprivileged),
             Some(_) => None,
         }
     }
@@ -201,7 +211,7 @@ impl Caller {
 
     /// Whether entries of a service may be read (`service:read` and `node:read`).
     fn may_read(&self) -> bool {
-        matches!(self, Caller::Management)
+        matches!(self, Caller::Management | Caller::Reader)
     }
 }
 
@@ -405,7 +415,7 @@ async fn health(
                 // from the anonymous token so as not to leak that something exists
                 // (`maskResultsFilteredByACLs`), and only when something was actually hidden.
                 let mut resp = json_resp(StatusCode::OK, index, &json!([]));
-                if matches!(caller, Caller::Unprivileged) && !entries.is_empty() {
+                if !matches!(caller, Caller::Anonymous) && !entries.is_empty() {
                     resp.headers_mut().insert(
                         "x-consul-results-filtered-by-acls",
                         hyper::header::HeaderValue::from_static("true"),

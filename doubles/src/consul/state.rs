@@ -59,6 +59,8 @@ pub(crate) struct State {
     /// Checks turned critical because their TTL ran out without a pass.
     pub(crate) ttl_expirations: u64,
     pub(crate) last_token: Option<String>,
+    /// Reader tokens whose policy the test detached: they hold none.
+    pub(crate) detached: std::collections::BTreeSet<String>,
 }
 
 impl State {
@@ -79,6 +81,7 @@ impl State {
             deregistrations: 0,
             ttl_expirations: 0,
             last_token: None,
+            detached: Default::default(),
         }
     }
 
