@@ -1,8 +1,9 @@
 //! The Kubernetes API's authentication and authorization, against the API server double (a double:
 //! no kube-apiserver can be installed where these tests run) serving HTTPS with an rcgen
 //! certificate and checking bearer tokens as the API server does: a TLS API server reached with
-//! the CA and token of a kubeconfig, a rejected token (401) and an identity RBAC grants nothing
-//! (403), each reported as what to fix rather than kube's raw error.
+//! the CA and token of a kubeconfig, a rejected token (401), an identity RBAC grants nothing (403)
+//! and one it grants `list` but not `watch`, each reported as what to fix rather than kube's raw
+//! error.
 
 
 mod kubernetes_support;
@@ -26,6 +27,7 @@ async fn tls_double(ca: &TestCa) -> KubeDouble {
         DoubleConfig {
             bearer_token: Some(TOKEN.into()),
             forbidden_tokens: vec!["token-without-rbac".into()],
+            list_only_tokens: vec!["token-list-only".into()],
             ..DoubleConfig::default()
         },
         ca.server_config(),
@@ -98,6 +100,38 @@ async fn an_identity_without_rbac_is_a_403_error_naming_the_permission() {
     assert!(message.contains("403 Forbidden"), "{message}");
     assert!(message.contains("`list` and `watch` on `endpointslices` in API group `discovery.k8s.io`"), "what to grant: {message}");
     assert!(message.contains("cannot list resource \"endpointslices\""), "the server's own words: {message}");
+}
+
+/// A Role missing `watch` (an easy slip): the list answers, so the set is served, and every watch
+/// is refused. lb reports the 403 with what to grant, and keeps serving the listed set, instead of
+/// serving a set that can never change without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_that_may_list_but_not_watch_serves_the_list_and_reports_the_refused_watch() {
+    test_recorder::install();
+    let ca = TestCa::new();
+    let double = tls_double(&ca).await;
+    let forbidden = || test_recorder::recorded().counter("lb_registry_auth_errors_total", &[("registry", "kubernetes"), ("reason", "forbidden")]);
+    let before = forbidden();
+    let mut discover = resolver(&double, &ca, Some("token-list-only")).await.watch(SERVICE).expect("valid service");
+    let first = tokio::time::timeout(PATIENCE, discover.next()).await.expect("an answer").expect("open");
+    let Ok(Update::Reset(list)) = first else { panic!("the list answers: a full set first, got {first:?}") };
+    assert_eq!(list.iter().map(|e| e.addr().to_string()).collect::<Vec<_>>(), vec!["10.1.0.1:50051"]);
+    let second = tokio::time::timeout(PATIENCE, discover.next()).await.expect("an answer").expect("open");
+    let message = second.expect_err("the watch is refused").to_string();
+    assert!(message.contains("403 Forbidden") && message.contains("`list` and `watch`"), "what to grant: {message}");
+    assert!(message.contains("cannot watch resource \"endpointslices\""), "the server's own words: {message}");
+    assert!(forbidden() > before, "counted as an auth error");
+
+    // A client keeps the listed set and says why it may be stale.
+    let discover = resolver(&double, &ca, Some("token-list-only")).await.watch(SERVICE).expect("valid service");
+    let pool = Pool::spawn(discover, TestConnector::new(), RoundRobin::new(), PoolConfig::new("kubernetes-list-only"));
+    let mut versions = pool.subscribe();
+    tokio::time::timeout(PATIENCE, versions.wait_for(|_| pool.snapshot().discovery_error().is_some_and(|e| e.contains("cannot watch"))))
+        .await
+        .expect("the pool hears of the refused watch")
+        .expect("the pool runs");
+    let picked = pool.pick(&PickContext::default()).expect("the listed endpoint is served");
+    assert_eq!(picked.connection.to_string(), "10.1.0.1:50051");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

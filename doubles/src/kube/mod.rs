@@ -21,13 +21,15 @@
 //! [`DoubleConfig::forbidden_tokens`] authenticates as a service account that RBAC grants nothing,
 //! and gets `403` with `{"reason":"Forbidden","message":"endpointslices.discovery.k8s.io is
 //! forbidden: User \"…\" cannot list resource \"endpointslices\" in API group
-//! \"discovery.k8s.io\" in the namespace \"default\""}`. [`KubeDouble::start_tls`] serves HTTPS with
+//! \"discovery.k8s.io\" in the namespace \"default\""}`; a token from [`DoubleConfig::list_only_tokens`]
+//! authenticates as one granted `get` and `list` but not `watch` (a Role missing a verb): its lists
+//! answer, its watches get the same `403` saying `cannot watch`. [`KubeDouble::start_tls`] serves HTTPS with
 //! a caller-made certificate, and [`KubeDouble::kubeconfig_with`] writes the kubeconfig a client
 //! needs for it (server URL, CA file, token).
 //!
 //! Deliberate differences, for fast tests: bookmarks go out every [`DoubleConfig::bookmark_interval`]
 //! (the API server: about once a minute) and only to watchers that have not seen the current
-//! version; one token and one set of forbidden tokens stand for the authenticators and RBAC;
+//! version; one token and two sets of restricted tokens stand for the authenticators and RBAC;
 //! there is no other resource, no protobuf, and no HTTP/2.
 //!
 //! Test controls: [`KubeDouble::apply`] / [`KubeDouble::delete`] (what the EndpointSlice controller
@@ -67,6 +69,9 @@ pub struct DoubleConfig {
     pub bearer_token: Option<String>,
     /// Tokens that authenticate but that RBAC grants nothing: every request with one is 403.
     pub forbidden_tokens: Vec<String>,
+    /// Tokens that RBAC grants `get` and `list` on endpointslices but not `watch` (nor writes):
+    /// their watches are 403.
+    pub list_only_tokens: Vec<String>,
 }
 
 impl Default for DoubleConfig {
@@ -76,6 +81,7 @@ impl Default for DoubleConfig {
             bookmark_interval: Some(Duration::from_millis(200)),
             bearer_token: None,
             forbidden_tokens: Vec::new(),
+            list_only_tokens: Vec::new(),
         }
     }
 }
@@ -85,6 +91,7 @@ impl Default for DoubleConfig {
 pub(crate) struct Auth {
     bearer_token: Option<String>,
     forbidden_tokens: Vec<String>,
+    list_only_tokens: Vec<String>,
 }
 
 pub(crate) struct Shared {
@@ -142,6 +149,7 @@ impl KubeDouble {
             auth: Auth {
                 bearer_token: config.bearer_token.clone(),
                 forbidden_tokens: config.forbidden_tokens.clone(),
+                list_only_tokens: config.list_only_tokens.clone(),
             },
         });
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -90,37 +90,44 @@ fn authorize(shared: &Shared, req: &Request<Incoming>, path: &str, query: &Query
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
-        Some(t) if t == required => None,
-        Some(t) if auth.forbidden_tokens.iter().any(|f| f == t) => {
-            shared.lock().auth_failures += 1;
-            let verb = match *req.method() {
-                Method::GET if query.flag("watch") => "watch",
-                Method::GET if path.ends_with("/endpointslices") => "list",
-                Method::GET => "get",
-                Method::POST => "create",
-                Method::PUT => "update",
-                Method::DELETE => "delete",
-                _ => "access",
-            };
-            let scope = match path.split('/').skip_while(|s| *s != "namespaces").nth(1) {
-                Some(ns) => format!(" in the namespace \"{ns}\""),
-                None => " at the cluster scope".to_string(),
-            };
-            let message = format!(
-                "endpointslices.discovery.k8s.io is forbidden: User \"{FORBIDDEN_USER}\" cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\"{scope}"
-            );
-            Some(error(StatusCode::FORBIDDEN, "Forbidden", &message))
+    let verb = match *req.method() {
+        Method::GET if query.flag("watch") => "watch",
+        Method::GET if path.ends_with("/endpointslices") => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        _ => "access",
+    };
+    let user = match presented {
+        Some(t) if t == required => return None,
+        Some(t) if auth.list_only_tokens.iter().any(|l| l == t) => {
+            if matches!(verb, "get" | "list") {
+                return None;
+            }
+            LIST_ONLY_USER
         }
+        Some(t) if auth.forbidden_tokens.iter().any(|f| f == t) => FORBIDDEN_USER,
         _ => {
             shared.lock().auth_failures += 1;
-            Some(error(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"))
+            return Some(error(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"));
         }
-    }
+    };
+    shared.lock().auth_failures += 1;
+    let scope = match path.split('/').skip_while(|s| *s != "namespaces").nth(1) {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".to_string(),
+    };
+    let message = format!(
+        "endpointslices.discovery.k8s.io is forbidden: User \"{user}\" cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\"{scope}"
+    );
+    Some(error(StatusCode::FORBIDDEN, "Forbidden", &message))
 }
 
 /// The user a forbidden token authenticates as.
 const FORBIDDEN_USER: &str = "system:serviceaccount:default:lb-without-rbac";
+/// The user a list-only token authenticates as.
+const LIST_ONLY_USER: &str = "system:serviceaccount:default:lb-list-only";
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
