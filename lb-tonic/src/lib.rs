@@ -72,8 +72,8 @@ pub use self::body::ResponseBody;
 pub use self::channel::{Builder, LbChannel, ResponseFuture};
 pub use self::error::Error;
 pub use self::health::GrpcHealthCheck;
-pub use self::retry::RetryPolicy;
-pub use lb_hyper::{Classify, EndpointStatus, Options};
+pub use self::retry::{grpc_codes, RetryPolicy};
+pub use lb_hyper::{Classify, EndpointStatus, HedgeDelay, HedgePolicy, Hedgeable, Options, RetryBudget, RetryOn};
 
 // What a user of the channel needs, so that `lb-tonic` alone is enough to depend on.
 pub use lb_core::load::EwmaConfig;
