@@ -113,7 +113,9 @@ async fn a_request_through_the_engine_allocates_nothing_for_its_metrics() {
     use lb_core::Balance;
 
     // This binary's only recorder; every series is registered (allocating) when the pool starts
-    // and the first time each status is seen.
+    // and the first time an endpoint sees each status. Round robin, so that the warm-up below
+    // ends a call at every endpoint (a P2C warm-up may leave one unpicked, and its first
+    // series would be registered inside the measured sends).
     metrics::set_global_recorder(atomics::Atomics).expect("the first recorder of this binary");
     let eps = (0..10u32).map(|i| Endpoint::new(([10, 0, 0, i as u8], 80).into())).collect();
     let (tx, rx) = discover::channel();
@@ -123,8 +125,10 @@ async fn a_request_through_the_engine_allocates_nothing_for_its_metrics() {
         metrics_endpoint_labels: true,
         ..PoolConfig::new("alloc-metrics")
     };
-    let pool = Pool::spawn(Box::pin(rx), connector, P2c::peak_ewma(), config);
-    assert!(pool.ready_timeout(Duration::from_secs(5)).await);
+    let pool = Pool::spawn(Box::pin(rx), connector, RoundRobin::new(), config);
+    let mut published = pool.subscribe();
+    let all = tokio::time::timeout(Duration::from_secs(60), published.wait_for(|_| pool.snapshot().healthy() == 10)).await;
+    assert!(matches!(all, Ok(Ok(_))), "{} of 10 endpoints healthy", pool.snapshot().healthy());
     let balance: Balance<_, u32> = Balance::new(pool);
     let send = |n: u32| balance.send(n).now_or_never().expect("the endpoint answers at once").expect("answered");
     for n in 0..100 {
