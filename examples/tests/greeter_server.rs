@@ -126,7 +126,7 @@ async fn the_tail_fraction_delays_that_share_of_calls() {
 
 #[test]
 fn fractions_outside_zero_to_one_are_refused() {
-    for args in [["--fail-fraction", "1.5"], ["--fail-fraction", "-0.1"]] {
+    for args in [["--fail-fraction=1.5"], ["--fail-fraction=-0.1"], ["--fail-fraction=NaN"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_greeter-server"))
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
