@@ -43,6 +43,10 @@ impl TrackBody {
     pub fn http() -> Self {
         TrackBody::new(Classify::http())
     }
+
+    pub(crate) fn is_grpc(&self) -> bool {
+        matches!(self.classify, Classify::Grpc { .. })
+    }
 }
 
 impl<B> TrackCompletion<http::Response<B>> for TrackBody {

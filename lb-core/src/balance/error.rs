@@ -21,6 +21,7 @@ pub struct Unavailable {
     connect_failing: bool,
     last_connect_error: Option<Arc<str>>,
     discovery_error: Option<Arc<str>>,
+    all_tried: bool,
 }
 
 impl Unavailable {
@@ -33,7 +34,22 @@ impl Unavailable {
             connect_failing: snapshot.is_connect_failing(),
             last_connect_error: snapshot.last_connect_error().cloned(),
             discovery_error: snapshot.discovery_error().cloned(),
+            all_tried: false,
         }
+    }
+
+    /// A hedge found no endpoint its call had not tried already.
+    pub(crate) fn all_tried<C>(target: Arc<str>, snapshot: &Snapshot<C>) -> Self {
+        Unavailable {
+            all_tried: true,
+            ..Unavailable::new(target, Duration::ZERO, snapshot)
+        }
+    }
+
+    /// True when the request needed an endpoint its call had not tried (a hedge, see
+    /// [`Avoid`](super::Avoid)) and every one the policy offered was tried.
+    pub fn is_all_tried(&self) -> bool {
+        self.all_tried
     }
 
     /// The target whose pool had no endpoint.
@@ -76,6 +92,9 @@ impl Unavailable {
 
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.all_tried {
+            return write!(f, "every endpoint of `{}` was already tried by this call", self.target);
+        }
         write!(f, "no endpoint of `{}` available", self.target)?;
         if self.connect_failing {
             write!(f, ": every endpoint ({}) failed to connect", self.known)?;

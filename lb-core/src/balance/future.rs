@@ -118,20 +118,22 @@ where
     }
 }
 
+/// What a call is admitted with: its wait for an endpoint, its reroutes, the breaker's gate and
+/// the endpoints it should avoid.
+pub(crate) struct Admit<'a> {
+    pub(crate) wait: Wait,
+    pub(crate) reroutes: u8,
+    pub(crate) gate: Option<&'a Arc<super::Gate>>,
+    pub(crate) avoid: Option<super::Avoid>,
+}
+
 impl<C, Req, T> ResponseFuture<C, Req, T>
 where
     C: Service<Req>,
     T: TrackCompletion<C::Response>,
 {
-    pub(crate) fn new(
-        pool: Pool<C>,
-        req: Req,
-        ctx: PickContext,
-        wait: Wait,
-        track: T,
-        reroutes: u8,
-        gate: Option<&Arc<super::Gate>>,
-    ) -> Self {
+    pub(crate) fn new(pool: Pool<C>, req: Req, ctx: PickContext, track: T, admit: Admit<'_>) -> Self {
+        let Admit { wait, reroutes, gate, avoid } = admit;
         let (state, permit) = match gate {
             None => (State::Picking, None),
             Some(gate) => match gate.enter() {
@@ -157,7 +159,7 @@ where
             pool,
             ctx,
             wait,
-            waiter: Waiter::gated(gate.cloned()),
+            waiter: Waiter::new(gate.cloned(), avoid),
             track,
             reroutes_left: reroutes,
             permit,
@@ -236,6 +238,9 @@ where
                             let req = this.req.take().expect("a request is sent once at a time");
                             this.call.attempts = this.call.attempts.saturating_add(1);
                             guard.begin_attempt();
+                            if let Some(avoid) = this.waiter.avoid() {
+                                avoid.attempted.push(endpoint.id());
+                            }
                             this.span.record("endpoint", tracing::field::display(endpoint.addr()));
                             this.span.record("attempt", this.call.attempts);
                             let fut = connection.call(req);

@@ -59,6 +59,7 @@
 //! A per-endpoint service's error must say whether the request was sent ([`EndpointError`]):
 //! [`BoxError`](crate::BoxError), what most tower layers return, says "maybe".
 
+mod attempts;
 pub mod error;
 pub mod future;
 mod layer;
@@ -67,6 +68,7 @@ mod pick;
 mod service;
 mod track;
 
+pub use self::attempts::{Attempted, Avoid};
 pub use self::layer::BalanceLayer;
 pub use self::limits::{Gate, Limit, Limits, Permit};
 pub use self::pick::{PickFuture, Wait};

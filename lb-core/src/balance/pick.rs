@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use super::attempts::Avoid;
 use super::error::{Overloaded, PickError, Unavailable};
 use super::limits::{Gate, Limit, Permit};
 use crate::endpoint::Endpoint;
@@ -69,32 +70,42 @@ enum Miss {
     Failing,
     /// Every endpoint the policy offered is at its in-flight bound.
     Full,
+    /// Every endpoint the policy offered was tried by the call, and it needs an untried one.
+    Tried,
 }
 
-/// One look at a snapshot: an endpoint other than `excluded` and under its bound, if the policy
-/// offers one.
-fn try_pick<C: Clone>(
-    snapshot: &Snapshot<C>,
-    ctx: &PickContext,
-    excluded: Option<&Endpoint>,
-    gate: Option<&Gate>,
-) -> Result<Picked<C>, Miss> {
+/// What a pick passes over.
+#[derive(Clone, Copy)]
+struct Filter<'a> {
+    /// An endpoint that just failed this request before sending.
+    excluded: Option<&'a Endpoint>,
+    gate: Option<&'a Gate>,
+    avoid: Option<&'a Avoid>,
+}
+
+/// One look at a snapshot: an endpoint other than `excluded`, under its bound and untried by the
+/// call, if the policy offers one; a tried one when the call only prefers untried ones.
+fn try_pick<C: Clone>(snapshot: &Snapshot<C>, ctx: &PickContext, filter: Filter<'_>) -> Result<Picked<C>, Miss> {
     let mut full = false;
-    for _ in 0..PICK_ATTEMPTS {
+    let mut tried = None;
+    // A call with attempts behind it may need a pick per tried endpoint to find an untried one.
+    let attempts = PICK_ATTEMPTS + filter.avoid.map_or(0, |a| 2 * a.attempted.len());
+    for _ in 0..attempts {
         match snapshot.pick(ctx) {
-            Some(p) if excluded.is_some_and(|e| e.id() == p.endpoint.id()) => continue,
+            Some(p) if filter.excluded.is_some_and(|e| e.id() == p.endpoint.id()) => continue,
             // Dropping the pick's guard un-counts it without recording an outcome.
-            Some(p) if gate.is_some_and(|g| g.endpoint_full(p.guard.load().in_flight())) => full = true,
+            Some(p) if filter.gate.is_some_and(|g| g.endpoint_full(p.guard.load().in_flight())) => full = true,
+            Some(p) if filter.avoid.is_some_and(|a| a.attempted.contains(p.endpoint.id())) => tried = Some(p),
             Some(p) => return Ok(p),
             None => break,
         }
     }
-    if full {
-        Err(Miss::Full)
-    } else if snapshot.is_connect_failing() {
-        Err(Miss::Failing)
-    } else {
-        Err(Miss::Wait)
+    match (tried, filter.avoid) {
+        (Some(p), Some(avoid)) if !avoid.strict => Ok(p),
+        (Some(_), _) if !full => Err(Miss::Tried),
+        _ if full => Err(Miss::Full),
+        _ if snapshot.is_connect_failing() => Err(Miss::Failing),
+        _ => Err(Miss::Wait),
     }
 }
 
@@ -110,6 +121,7 @@ pub(crate) struct Waiter {
     deadline: Option<Pin<Box<Sleep>>>,
     gate: Option<Arc<Gate>>,
     waiting: Option<Permit>,
+    avoid: Option<Avoid>,
 }
 
 impl fmt::Debug for Waiter {
@@ -122,10 +134,24 @@ impl fmt::Debug for Waiter {
 }
 
 impl Waiter {
-    pub(crate) fn gated(gate: Option<Arc<Gate>>) -> Self {
+    pub(crate) fn new(gate: Option<Arc<Gate>>, avoid: Option<Avoid>) -> Self {
         Waiter {
             gate,
+            avoid,
             ..Waiter::default()
+        }
+    }
+
+    /// The endpoints the call tried, when it keeps count.
+    pub(crate) fn avoid(&self) -> Option<&Avoid> {
+        self.avoid.as_ref()
+    }
+
+    fn filter(&self) -> Filter<'_> {
+        Filter {
+            excluded: self.excluded.as_deref(),
+            gate: self.gate.as_deref(),
+            avoid: self.avoid.as_ref(),
         }
     }
 
@@ -150,18 +176,19 @@ impl Waiter {
     ) -> Poll<Result<Picked<C>, PickError>> {
         loop {
             if self.changed.is_none() {
-                let gate = self.gate.as_deref();
-                match try_pick(&pool.snapshot(), ctx, self.excluded.as_deref(), gate) {
+                match try_pick(&pool.snapshot(), ctx, self.filter()) {
                     Ok(p) => return Poll::Ready(self.admit(p)),
                     Err(Miss::Failing) if !wait.wait_for_ready => return Poll::Ready(Err(self.unavailable(pool))),
                     Err(Miss::Full) => return Poll::Ready(Err(self.overloaded(pool, Limit::InFlightPerEndpoint))),
+                    Err(Miss::Tried) => return Poll::Ready(Err(self.all_tried(pool))),
                     Err(_) => {}
                 }
                 let mut rx = pool.subscribe();
-                match try_pick(&pool.snapshot(), ctx, self.excluded.as_deref(), gate) {
+                match try_pick(&pool.snapshot(), ctx, self.filter()) {
                     Ok(p) => return Poll::Ready(self.admit(p)),
                     Err(Miss::Failing) if !wait.wait_for_ready => return Poll::Ready(Err(self.unavailable(pool))),
                     Err(Miss::Full) => return Poll::Ready(Err(self.overloaded(pool, Limit::InFlightPerEndpoint))),
+                    Err(Miss::Tried) => return Poll::Ready(Err(self.all_tried(pool))),
                     Err(_) => {}
                 }
                 if self.waiting.is_none() {
@@ -184,7 +211,7 @@ impl Waiter {
                 if changed.as_mut().poll(cx).is_ready() {
                     self.changed = None;
                     self.excluded = None;
-                    if let Ok(p) = try_pick(&pool.snapshot(), ctx, None, self.gate.as_deref()) {
+                    if let Ok(p) = try_pick(&pool.snapshot(), ctx, self.filter()) {
                         tracing::debug!(
                             target_uri = %pool.target(),
                             endpoint = %p.endpoint.addr(),
@@ -221,6 +248,14 @@ impl Waiter {
         self.deadline = None;
         self.waiting = None;
         PickError::Unavailable(err)
+    }
+
+    #[cold]
+    fn all_tried<C>(&mut self, pool: &Pool<C>) -> PickError {
+        self.changed = None;
+        self.deadline = None;
+        self.waiting = None;
+        PickError::Unavailable(Unavailable::all_tried(Arc::clone(pool.target()), &pool.snapshot()))
     }
 
     #[cold]

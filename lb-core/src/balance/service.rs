@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use super::attempts::Avoid;
+use super::future::{Admit, ResponseFuture};
 use super::limits::{Gate, Limits};
 use super::pick::Wait;
 use super::track::{CompleteOnResponse, EndpointError, TrackCompletion};
@@ -15,6 +16,7 @@ use crate::pool::Pool;
 use crate::BoxError;
 
 type KeyFn<Req> = Arc<dyn Fn(&Req) -> Option<u64> + Send + Sync>;
+type AvoidFn<Req> = Arc<dyn Fn(&Req) -> Option<Avoid> + Send + Sync>;
 
 /// Per-request load balancing over a [`Pool`] of endpoint services; see the
 /// [module docs](crate::balance).
@@ -25,6 +27,7 @@ pub struct Balance<C, Req, T = CompleteOnResponse> {
     track: T,
     key: Option<KeyFn<Req>>,
     gate: Option<Arc<Gate>>,
+    avoid: Option<AvoidFn<Req>>,
     _req: PhantomData<fn(Req)>,
 }
 
@@ -43,6 +46,7 @@ impl<C, Req> Balance<C, Req> {
             track: CompleteOnResponse::default(),
             key: None,
             gate: None,
+            avoid: None,
             _req: PhantomData,
         }
     }
@@ -94,6 +98,13 @@ impl<C, Req, T> Balance<C, Req, T> {
         self
     }
 
+    /// Finds the endpoints a request's call already tried (see [`Avoid`]): the engine passes them
+    /// over and records the endpoint it sends to. Faces that retry or hedge carry it in the request.
+    pub fn with_avoid(mut self, avoid: impl Fn(&Req) -> Option<Avoid> + Send + Sync + 'static) -> Self {
+        self.avoid = Some(Arc::new(avoid));
+        self
+    }
+
     /// Sets how the end of a request is detected.
     pub fn track<T2>(self, track: T2) -> Balance<C, Req, T2> {
         Balance {
@@ -103,6 +114,7 @@ impl<C, Req, T> Balance<C, Req, T> {
             track,
             key: self.key,
             gate: self.gate,
+            avoid: self.avoid,
             _req: PhantomData,
         }
     }
@@ -140,7 +152,14 @@ where
         let ctx = PickContext {
             hash: self.key.as_ref().and_then(|k| k(&req)),
         };
-        ResponseFuture::new(self.pool.clone(), req, ctx, self.wait, self.track.clone(), self.max_reroutes, self.gate.as_ref())
+        let avoid = self.avoid.as_ref().and_then(|a| a(&req));
+        let admit = Admit {
+            wait: self.wait,
+            reroutes: self.max_reroutes,
+            gate: self.gate.as_ref(),
+            avoid,
+        };
+        ResponseFuture::new(self.pool.clone(), req, ctx, self.track.clone(), admit)
     }
 }
 
@@ -153,6 +172,7 @@ impl<C, Req, T: Clone> Clone for Balance<C, Req, T> {
             track: self.track.clone(),
             key: self.key.clone(),
             gate: self.gate.clone(),
+            avoid: self.avoid.clone(),
             _req: PhantomData,
         }
     }

@@ -37,6 +37,8 @@
 //! | `lb_discovery_updates_total` | counter | updates | `target` | discovery updates applied |
 //! | `lb_discovery_errors_total` | counter | errors | `target` | discovery errors (the last known set was kept) |
 //! | `lb_circuit_breaker_overflows_total` | counter | requests | `target`, `limit` | requests refused at once by a circuit-breaker bound (`max_in_flight`, `max_in_flight_per_endpoint`, `max_waiting`) |
+//! | `lb_retries_total` | counter | requests | `target`, `kind` | retries (`kind="retry"`) and hedges (`kind="hedge"`) sent |
+//! | `lb_retry_budget_exhausted_total` | counter | requests | `target` | retries and hedges not sent because the retry budget was spent |
 //! | `lb_overload_penalties_total` | counter | penalties | `target` | endpoints kept out of picks for answering that they are overloaded |
 //! | `lb_endpoint_weight` | gauge | weight | `target`, `endpoint` | the weight a load-report policy gives each endpoint |
 //! | `lb_weight_fallback_total` | counter | rebuilds | `target` | rebuilds where a load-report policy fell back to round robin |
@@ -95,6 +97,10 @@ pub const EJECTIONS: &str = "lb_ejections_total";
 pub const NO_ENDPOINT: &str = "lb_no_endpoint_total";
 /// Counter: requests refused by a circuit-breaker bound.
 pub const OVERFLOWS: &str = "lb_circuit_breaker_overflows_total";
+/// Counter: retries and hedges sent.
+pub const RETRIES: &str = "lb_retries_total";
+/// Counter: retries and hedges refused by the retry budget.
+pub const RETRY_BUDGET_EXHAUSTED: &str = "lb_retry_budget_exhausted_total";
 /// Counter: overload penalties applied.
 pub const OVERLOAD_PENALTIES: &str = "lb_overload_penalties_total";
 /// Gauge: an endpoint's weight under a load-report policy.
@@ -171,6 +177,8 @@ pub const CATALOG: &[Metric] = {
         metric(DISCOVERY_UPDATES, Counter, Count, &["target"], "Discovery updates applied."),
         metric(DISCOVERY_ERRORS, Counter, Count, &["target"], "Discovery errors (the last known set was kept)."),
         metric(OVERFLOWS, Counter, Count, &["target", "limit"], "Requests refused at once by a circuit-breaker bound."),
+        metric(RETRIES, Counter, Count, &["target", "kind"], "Retries and hedges sent."),
+        metric(RETRY_BUDGET_EXHAUSTED, Counter, Count, &["target"], "Retries and hedges not sent because the retry budget was spent."),
         metric(OVERLOAD_PENALTIES, Counter, Count, &["target"], "Endpoints kept out of picks for answering that they are overloaded."),
         metric(ENDPOINT_WEIGHT, Gauge, Count, &["target", "endpoint"], "The weight a load-report policy gives each endpoint."),
         metric(WEIGHT_FALLBACK, Counter, Count, &["target"], "Rebuilds where a load-report policy fell back to round robin."),
