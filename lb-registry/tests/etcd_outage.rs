@@ -13,7 +13,7 @@ use lb_core::{Endpoint, PickContext, Pool, PoolConfig};
 use lb_registry::cache::Cache;
 use lb_registry::etcd::{EtcdRegistrar, EtcdResolver};
 use lb_registry::{Registrar as _, Registration, Target};
-use support::{echo_request, eventually, keys, stays_registered, Echo, Etcd, EtcdCluster, SetWatcher, TempDir};
+use support::{echo_request, eventually, lease_ttls, stays_registered, Echo, Etcd, EtcdCluster, SetWatcher, TempDir};
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -146,9 +146,18 @@ async fn etcd_restarted_with_empty_data_gets_every_instance_back_within_seconds(
     );
     w.wait("three discovered", Duration::from_secs(10), |s| s.len() == 3).await;
 
+    let old_leases: Vec<i64> = lease_ttls(&etcd, "/lb/services/amnesia/").await.expect("etcd answers").into_iter().map(|(lease, _)| lease).collect();
+    assert_eq!(old_leases.len(), 3, "{old_leases:?}");
     etcd.restart_empty().await;
-    let left = keys(&etcd, "/lb/services/amnesia/").await.expect("etcd answers after the restart");
-    assert!(left.len() < 3, "the restart really lost the data: {left:?}");
+    // The registrars may be back already (they notice within a heartbeat), so counting keys says
+    // nothing; that the restart lost the data shows in the leases: none of the old ones exists.
+    let mut client = etcd.client().await.expect("etcd answers after the restart");
+    for lease in old_leases {
+        match client.lease_time_to_live(lease, None).await {
+            Ok(t) => assert_eq!(t.ttl(), -1, "lease {lease} survived the restart"),
+            Err(e) => assert!(e.to_string().contains("not found"), "lease {lease}: {e}"),
+        }
+    }
     let took = eventually("all instances back in the emptied etcd", Duration::from_secs(30), || {
         all_registered(&etcd, "amnesia", 3)
     })

@@ -583,7 +583,8 @@ pub async fn stays_registered(etcd: &Etcd, prefix: &str, n: usize, period: Durat
 }
 
 /// (lease id, remaining TTL in seconds) of every key under `prefix`.
-async fn lease_ttls(etcd: &Etcd, prefix: &str) -> Result<Vec<(i64, i64)>, String> {
+/// The lease and its remaining TTL of every key under `prefix` (TTL -1: the lease is gone).
+pub async fn lease_ttls(etcd: &Etcd, prefix: &str) -> Result<Vec<(i64, i64)>, String> {
     let mut c = etcd.client().await.map_err(|e| format!("connect: {e}"))?;
     let r = tokio::time::timeout(Duration::from_secs(5), c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())))
         .await
