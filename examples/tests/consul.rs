@@ -63,10 +63,16 @@ struct ConsulDouble {
 
 impl ConsulDouble {
     fn start(bin: &PathBuf, addr: &str) -> ConsulDouble {
+        Self::start_with(bin, addr, &[])
+    }
+
+    /// With more of `consul-double`'s options (ACL tokens).
+    fn start_with(bin: &PathBuf, addr: &str, extra: &[&str]) -> ConsulDouble {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut child = Command::new(bin)
                 .args(["--addr", addr])
+                .args(extra)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -156,4 +162,48 @@ fn greeters_ride_through_a_restart_of_the_consul_double() {
         thread::sleep(Duration::from_millis(200));
     }
     drop((a, b, consul));
+}
+
+/// Registers `service` on the double at `addr` through its HTTP API with `token`, its TTL check
+/// passing for ten minutes; returns the HTTP status line.
+fn register_by_hand(addr: SocketAddr, token: &str, service: &str, port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let body = format!(
+        r#"{{"Name":"{service}","ID":"{service}-{port}","Address":"127.0.0.1","Port":{port},"Check":{{"TTL":"10m","Status":"passing"}}}}"#
+    );
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the consul double");
+    write!(
+        stream,
+        "PUT /v1/agent/service/register HTTP/1.1\r\nHost: {addr}\r\nX-Consul-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the registration");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+/// LbChannel end to end (greeter-client) with a token Consul filters reads for: the calls fail
+/// `UNAVAILABLE` with a message naming the token and the ACL filtering, not "no endpoint" alone.
+#[test]
+fn a_client_whose_token_consul_filters_fails_saying_so() {
+    let bin = consul_double_bin();
+    let consul = ConsulDouble::start_with(&bin, "127.0.0.1:0", &["--acl-token", "management-token", "--unprivileged-token", "weak-token-3f9a"]);
+    let status = register_by_hand(consul.addr, "management-token", "greeter", 50051);
+    assert!(status.contains(" 200 "), "registered: {status}");
+    let target = format!("consul://{}/greeter", consul.addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+        .args(["--target", &target, "--requests", "1", "--concurrency", "1"])
+        .env("CONSUL_HTTP_TOKEN", "weak-token-3f9a")
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("greeter-client runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "no call succeeded: {stderr}");
+    let failed = stderr.lines().find(|l| l.contains("request failed")).unwrap_or_else(|| panic!("a failed call is logged: {stderr}"));
+    assert!(failed.contains("Unavailable"), "{failed}");
+    assert!(failed.contains("consul filtered the health answer for `greeter` by ACLs"), "the cause: {failed}");
+    assert!(failed.contains("…3f9a (from CONSUL_HTTP_TOKEN)"), "the token, by its last characters: {failed}");
+    assert!(!failed.contains("weak-token"), "never the secret: {failed}");
 }
