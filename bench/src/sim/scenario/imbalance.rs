@@ -1,0 +1,189 @@
+//! Scenario 1: how even is the load across backends, per policy, with and without subsetting.
+
+use std::time::Duration;
+
+use super::{fleet, md_table, noise_floor, run_jobs, Job, Section, Settings, Steady};
+use crate::fleet::{Fleet, PolicyKind, Subsetting, SEC};
+use crate::svg::Bar;
+
+/// The goal the report checks: max/mean utilization under P2C at 10,000 × 1,000, subset 20.
+const GOAL: f64 = 1.10;
+
+/// What the slow-backend scenario compares against: the same fleet, all backends healthy.
+#[derive(Debug)]
+pub(crate) struct Healthy {
+    pub(crate) runs: Vec<Steady>,
+    pub(crate) fleet: crate::fleet::Fleet,
+    pub(crate) warmup: u64,
+    pub(crate) measure: u64,
+}
+
+pub(crate) fn run(s: &Settings) -> anyhow::Result<(Section, Healthy)> {
+    let (big, small, warmup, default_measure) = if s.quick {
+        (fleet(300, 60, 10, Subsetting::Rendezvous, 0.7), fleet(60, 12, 0, Subsetting::None, 0.7), SEC, Duration::from_secs(2))
+    } else {
+        (fleet(10_000, 1_000, 20, Subsetting::Rendezvous, 0.7), fleet(1_000, 100, 0, Subsetting::None, 0.7), 4 * SEC, Duration::from_secs(15))
+    };
+    let big = s.sized(big);
+    let measure = s.measure(default_measure);
+    let policies = s.policies();
+    let mut sec = Section::new("1. Imbalance at scale");
+
+    // --- subsets ---------------------------------------------------------------------------
+    let subsetting = big.subsetting;
+    let job = |label: String, fleet: &Fleet, policy: PolicyKind| Job {
+        label,
+        fleet: fleet.clone(),
+        policy,
+        seed: s.seed,
+        slowness: Vec::new(),
+        warmup,
+        measure,
+    };
+    let mut jobs = Vec::new();
+    if subsetting != Subsetting::None && policies.contains(&PolicyKind::RoundRobin) {
+        let f = Fleet { subsetting: Subsetting::Random, ..big.clone() };
+        jobs.push(job(format!("{}, random subsets (baseline)", PolicyKind::RoundRobin.label()), &f, PolicyKind::RoundRobin));
+    }
+    for &p in &policies {
+        jobs.push(job(p.label().to_string(), &big, p));
+    }
+    let what_if_from = jobs.len();
+    if subsetting != Subsetting::None && policies.contains(&PolicyKind::P2cLeastRequest) {
+        let f = Fleet { subsetting: Subsetting::Balanced, ..big.clone() };
+        jobs.push(job(
+            format!("{}, balanced subsets (what-if)", PolicyKind::P2cLeastRequest.label()),
+            &f,
+            PolicyKind::P2cLeastRequest,
+        ));
+    }
+    // The fleet without subsetting runs alongside (unless the command line resized the fleet).
+    let with_small = s.clients.is_none() && s.backends.is_none() && s.subset.is_none();
+    let small_from = jobs.len();
+    if with_small {
+        for &p in &policies {
+            jobs.push(job(format!("{} (no subsetting)", p.label()), &small, p));
+        }
+    }
+    let mut all = run_jobs(jobs)?;
+    let small_runs: Vec<Steady> = all.split_off(small_from);
+    let what_if: Vec<Steady> = all.split_off(what_if_from);
+    let runs = all;
+    let per_backend = big.rate() * measure as f64 / SEC as f64 / big.backends as f64;
+    let floor = noise_floor(big.backends, per_backend, s.seed);
+    sec.para(&format!(
+        "**{} clients × {} backends, subset {} ({}).** Each backend: {} servers, {} ms mean service time \
+         ({:.0} requests/s of capacity), queue of {}; the clients together offer {:.0} % of the fleet's capacity \
+         ({:.0} requests/s, Poisson; {:.1} per client per second). Measured over {:.0} virtual seconds after {:.0} s of \
+         warm-up: each backend's **utilization** (the requests it served × its mean service time ÷ its capacity), its spread across backends \
+         (max/mean, and the 99th percentile across backends over the mean: Uber's p99/avg), clients per backend, \
+         and request latency. Rows use the same seed, so the same arrival sequence. Even a perfectly even split shows \
+         max/mean ≈ **{floor:.3}** over this window: with about {per_backend:.0} requests per backend, Poisson arrivals \
+         alone scatter the counts (relative s.d. {:.1} %); a figure near that is as even as this window can show.",
+        big.clients,
+        big.backends,
+        big.per_client(),
+        subsetting.label(),
+        big.workers,
+        big.service.as_millis(),
+        f64::from(big.workers) / big.service.as_secs_f64(),
+        big.queue_cap,
+        big.load * 100.0,
+        big.rate(),
+        big.rate() / big.clients as f64,
+        measure as f64 / SEC as f64,
+        warmup as f64 / SEC as f64,
+        (1.0 / per_backend).sqrt() * 100.0,
+    ));
+    sec.table(steady_table(&runs, &what_if));
+    if !what_if.is_empty() {
+        sec.para(
+            "*What-if rows* are not lb-core's subsetting: they deal subsets the way the SRE book's deterministic \
+             subsetting does (each round of clients gets one shuffled copy of the backend list, in consecutive \
+             blocks), so every backend has exactly as many clients. They show how much of the imbalance is the \
+             subsets' and how much the policy's.",
+        );
+    }
+    let bars: Vec<Bar> = runs
+        .iter()
+        .chain(&what_if)
+        .map(|r| Bar { label: r.label.clone(), value: r.util().max_over_mean(), text: format!("{:.3}", r.util().max_over_mean()) })
+        .collect();
+    sec.bar_chart("sim1-imbalance.svg", "Scenario 1: max/mean backend utilization (1.0 = even)", &bars);
+    goal_lines(&mut sec, &runs, &what_if, &big, floor);
+
+    // --- no subsetting ---------------------------------------------------------------------
+    if with_small {
+        let measure_small = measure;
+        let per = small.rate() * measure_small as f64 / SEC as f64 / small.backends as f64;
+        let floor_small = noise_floor(small.backends, per, s.seed);
+        sec.para(&format!(
+            "**No subsetting: {} clients × {} backends**, every client connected to every backend, same backends and \
+             load ({:.0} requests/s). Noise floor for this window: max/mean ≈ {floor_small:.3}.",
+            small.clients,
+            small.backends,
+            small.rate()
+        ));
+        sec.table(steady_table(&small_runs, &[]));
+        let bars: Vec<Bar> = small_runs
+            .iter()
+            .map(|r| Bar { label: r.label.clone(), value: r.util().max_over_mean(), text: format!("{:.3}", r.util().max_over_mean()) })
+            .collect();
+        sec.bar_chart("sim1-no-subsetting.svg", "Scenario 1: max/mean utilization without subsetting", &bars);
+    }
+    Ok((sec, Healthy { runs, fleet: big, warmup, measure }))
+}
+
+fn steady_table(runs: &[Steady], what_if: &[Steady]) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .chain(what_if)
+        .map(|r| {
+            let u = r.util();
+            let c = r.conns();
+            vec![
+                r.label.clone(),
+                format!("{:.3}", u.max_over_mean()),
+                format!("{:.3}", u.p99_over_mean()),
+                format!("{:.3}", u.min / u.mean),
+                format!("{:.1} %", u.mean * 100.0),
+                format!("{:.0} / {:.0} / {:.0}", c.min, c.mean, c.max),
+                format!("{:.1}", r.p50),
+                format!("{:.1}", r.p99),
+                format!("{:.3} %", r.counters.failed() as f64 / r.counters.requests.max(1) as f64 * 100.0),
+            ]
+        })
+        .collect();
+    md_table(
+        &["policy", "max/mean util", "p99/mean util", "min/mean util", "mean util", "clients per backend min / mean / max", "p50 ms", "p99 ms", "failed"],
+        1,
+        &rows,
+    )
+}
+
+fn goal_lines(sec: &mut Section, runs: &[Steady], what_if: &[Steady], big: &crate::fleet::Fleet, floor: f64) {
+    let find = |p: PolicyKind| runs.iter().find(|r| r.policy == p && !r.label.contains("baseline"));
+    let baseline = runs.iter().find(|r| r.label.contains("baseline"));
+    let at_goal_size = big.clients == 10_000 && big.backends == 1_000 && big.per_client() == 20;
+    let size = format!("{} × {} subset {}", big.clients, big.backends, big.per_client());
+    for p in [PolicyKind::P2cLeastRequest, PolicyKind::P2cPeakEwma, PolicyKind::P2cUtilization] {
+        let Some(r) = find(p) else { continue };
+        let m = r.util().max_over_mean();
+        let verdict = if m <= GOAL { "met" } else { "missed" };
+        let against = baseline.map_or(String::new(), |b| {
+            format!(" (baseline, random subsets with round robin: {:.3})", b.util().max_over_mean())
+        });
+        let note = if at_goal_size { "" } else { " — not the goal's size" };
+        sec.headline(format!(
+            "imbalance at {size}: {} max/mean utilization {m:.3}{against}; goal ≤ {GOAL:.2}: {verdict}{note}",
+            p.label()
+        ));
+    }
+    if let Some(w) = what_if.iter().find(|r| r.policy == PolicyKind::P2cLeastRequest) {
+        sec.para(&format!(
+            "With every backend dealt the same number of clients (what-if), P2C least-request reaches max/mean {:.3} \
+             (noise floor {floor:.3}).",
+            w.util().max_over_mean()
+        ));
+    }
+}

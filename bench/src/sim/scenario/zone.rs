@@ -1,0 +1,3 @@
+//! Scenario 4 (stub).
+use super::{Section, Settings};
+pub(crate) async fn run(_s: &Settings) -> anyhow::Result<Section> { Ok(Section::new("4. stub")) }
