@@ -155,6 +155,8 @@ pub(crate) struct Fleet {
     pub(crate) load: f64,
     /// Zones backends and clients are spread over (1: no locality).
     pub(crate) zones: usize,
+    /// Clients wrap their policy in lb-core's `Topology` (prefer their own zone).
+    pub(crate) topology: bool,
 }
 
 impl Fleet {

@@ -123,30 +123,28 @@ async fn run(which: Which, s: &Settings) -> anyhow::Result<Vec<Section>> {
     let mut sections = Vec::new();
     let want = |w: Which| which == Which::All || which == w;
     let mut healthy = None;
-    if want(Which::Imbalance) || want(Which::Slow) {
+    if want(Which::Imbalance) {
         eprintln!("scenario 1: imbalance at scale");
         let (section, baseline) = scenario::imbalance::run(s).context("scenario 1 (imbalance)")?;
         healthy = Some(baseline);
-        if want(Which::Imbalance) {
-            print_section(&section);
-            sections.push(section);
-        }
+        print_section(&section);
+        sections.push(section);
     }
     if want(Which::Slow) {
         eprintln!("scenario 2: a tenth of the backends at half speed");
-        let section = scenario::slow::run(s, healthy.as_ref()).await.context("scenario 2 (slow backends)")?;
+        let section = scenario::slow::run(s, healthy.as_ref()).context("scenario 2 (slow backends)")?;
         print_section(&section);
         sections.push(section);
     }
     if want(Which::Deploy) {
         eprintln!("scenario 3: rolling deploy");
-        let section = scenario::deploy::run(s).await.context("scenario 3 (rolling deploy)")?;
+        let section = scenario::deploy::run(s).context("scenario 3 (rolling deploy)")?;
         print_section(&section);
         sections.push(section);
     }
     if want(Which::Zone) {
         eprintln!("scenario 4: zone failure");
-        let section = scenario::zone::run(s).await.context("scenario 4 (zone failure)")?;
+        let section = scenario::zone::run(s).context("scenario 4 (zone failure)")?;
         print_section(&section);
         sections.push(section);
     }

@@ -89,7 +89,7 @@ impl Pooled {
         });
         let all: Vec<Endpoint> = (0..fleet.backends as u32).map(|b| fleet::endpoint(b, 0, fleet.zones)).collect();
         let per_zone: Vec<Arc<dyn Policy>> = (0..fleet.zones)
-            .map(|z| if fleet.zones > 1 { policy.build_in_zone(caller(z)) } else { policy.build() })
+            .map(|z| if fleet.topology { policy.build_in_zone(caller(z)) } else { policy.build() })
             .collect();
         let mut pools = Vec::with_capacity(fleet.clients);
         let mut updaters = Vec::with_capacity(fleet.clients);

@@ -59,6 +59,10 @@ impl Latencies {
         self.us.push((ns / 1_000).min(u64::from(u32::MAX)) as u32);
     }
 
+    pub(crate) fn extend(&mut self, other: &Latencies) {
+        self.us.extend_from_slice(&other.us);
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.us.len()
     }

@@ -18,14 +18,20 @@ pub(crate) struct Healthy {
     pub(crate) measure: u64,
 }
 
-pub(crate) fn run(s: &Settings) -> anyhow::Result<(Section, Healthy)> {
-    let (big, small, warmup, default_measure) = if s.quick {
-        (fleet(300, 60, 10, Subsetting::Rendezvous, 0.7), fleet(60, 12, 0, Subsetting::None, 0.7), SEC, Duration::from_secs(2))
+/// The subsetting fleet, its warm-up and measured time (virtual nanoseconds), with the command
+/// line's overrides.
+pub(crate) fn sizes(s: &Settings) -> (Fleet, u64, u64) {
+    let (big, warmup, measure) = if s.quick {
+        (fleet(300, 60, 10, Subsetting::Rendezvous, 0.7), SEC, Duration::from_secs(2))
     } else {
-        (fleet(10_000, 1_000, 20, Subsetting::Rendezvous, 0.7), fleet(1_000, 100, 0, Subsetting::None, 0.7), 4 * SEC, Duration::from_secs(15))
+        (fleet(10_000, 1_000, 20, Subsetting::Rendezvous, 0.7), 4 * SEC, Duration::from_secs(15))
     };
-    let big = s.sized(big);
-    let measure = s.measure(default_measure);
+    (s.sized(big), warmup, s.measure(measure))
+}
+
+pub(crate) fn run(s: &Settings) -> anyhow::Result<(Section, Healthy)> {
+    let (big, warmup, measure) = sizes(s);
+    let small = if s.quick { fleet(60, 12, 0, Subsetting::None, 0.7) } else { fleet(1_000, 100, 0, Subsetting::None, 0.7) };
     let policies = s.policies();
     let mut sec = Section::new("1. Imbalance at scale");
 

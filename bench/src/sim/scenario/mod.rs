@@ -114,6 +114,7 @@ pub(crate) fn fleet(clients: usize, backends: usize, subset: usize, subsetting: 
         queue_cap: 100,
         load,
         zones: 1,
+        topology: false,
     }
 }
 
@@ -217,9 +218,22 @@ pub(crate) struct Job {
 /// Runs `jobs` on up to two threads (each with its own paused-clock runtime and its own seeded
 /// lb-core generator, so every run is the same whichever thread runs it); results in job order.
 pub(crate) fn run_jobs(jobs: Vec<Job>) -> anyhow::Result<Vec<Steady>> {
+    parallel(jobs, |job| async move { steady(&job).await })
+}
+
+/// Runs `f` on every job, on up to two threads, each thread with its own current-thread runtime
+/// whose clock is paused; results in job order.
+pub(crate) fn parallel<J, T, F, Fut>(jobs: Vec<J>, f: F) -> anyhow::Result<Vec<T>>
+where
+    J: Send,
+    T: Send,
+    F: Fn(J) -> Fut + Sync,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 2);
     let queue = std::sync::Mutex::new(jobs.into_iter().enumerate().collect::<std::collections::VecDeque<_>>());
     let results = std::sync::Mutex::new(Vec::new());
+    let poisoned = || anyhow::anyhow!("a simulation thread panicked");
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -227,20 +241,20 @@ pub(crate) fn run_jobs(jobs: Vec<Job>) -> anyhow::Result<Vec<Steady>> {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?;
                     // Bounded by the number of jobs: each turn takes one off the queue.
                     loop {
-                        let next = queue.lock().map_err(|_| anyhow::anyhow!("a simulation thread panicked"))?.pop_front();
+                        let next = queue.lock().map_err(|_| poisoned())?.pop_front();
                         let Some((i, job)) = next else { return Ok(()) };
-                        let r = rt.block_on(steady(&job))?;
-                        results.lock().map_err(|_| anyhow::anyhow!("a simulation thread panicked"))?.push((i, r));
+                        let r = rt.block_on(f(job))?;
+                        results.lock().map_err(|_| poisoned())?.push((i, r));
                     }
                 })
             })
             .collect();
         for w in workers {
-            w.join().map_err(|_| anyhow::anyhow!("a simulation thread panicked"))??;
+            w.join().map_err(|_| poisoned())??;
         }
         Ok::<(), anyhow::Error>(())
     })?;
-    let mut results = results.into_inner().map_err(|_| anyhow::anyhow!("a simulation thread panicked"))?;
+    let mut results = results.into_inner().map_err(|_| poisoned())?;
     results.sort_by_key(|(i, _)| *i);
     Ok(results.into_iter().map(|(_, r)| r).collect())
 }
