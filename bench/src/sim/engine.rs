@@ -101,7 +101,7 @@ impl Backend {
     }
 
     /// Server-nanoseconds of work done up to `t` (`t` at or after the last change).
-    pub(crate) fn busy_integral(&self, t: u64) -> u64 {
+    fn busy_integral(&self, t: u64) -> u64 {
         self.busy_acc + u64::from(self.busy) * t.saturating_sub(self.last_change)
     }
 
@@ -141,7 +141,6 @@ impl Backend {
 /// A request in flight: who sent it, where, since when, and lb-core's guard counting it.
 #[derive(Debug)]
 struct Req {
-    client: u32,
     backend: u32,
     start: u64,
     guard: LoadGuard,
@@ -390,11 +389,6 @@ impl Sim {
         Ok(sim)
     }
 
-    /// Virtual time now, in nanoseconds.
-    pub(crate) fn now(&self) -> u64 {
-        self.now
-    }
-
     fn instant(&self, t: u64) -> Instant {
         self.base + Duration::from_nanos(t)
     }
@@ -407,11 +401,6 @@ impl Sim {
     /// Latencies of the requests completed since the last call.
     pub(crate) fn take_latencies(&mut self) -> Latencies {
         std::mem::take(&mut self.latencies)
-    }
-
-    /// Each backend's work done so far, in server-nanoseconds.
-    pub(crate) fn busy(&self) -> Vec<u64> {
-        self.backends.iter().map(|b| b.busy_integral(self.now)).collect()
     }
 
     /// Runs until virtual time `end`.
@@ -522,7 +511,7 @@ impl Sim {
             let cz = fleet::zone_of(c as usize, self.fleet.zones);
             let bz = self.backends[b as usize].zone;
             self.counters.by_zone[cz.min(MAX_ZONES - 1)][bz.min(MAX_ZONES - 1)] += 1;
-            self.enqueue(Req { client: c, backend: b, start: self.now, guard });
+            self.enqueue(Req { backend: b, start: self.now, guard });
             return;
         }
     }

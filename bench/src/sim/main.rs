@@ -10,6 +10,8 @@
 //! What is lb-core's code and what is modelled is set out in `engine.rs` and `pooled.rs`, and
 //! at the top of the report it writes.
 
+#![forbid(unsafe_code)]
+
 mod alloc;
 mod chart;
 mod engine;
@@ -32,7 +34,7 @@ use crate::fleet::PolicyKind;
 use crate::scenario::{Section, Settings};
 
 #[global_allocator]
-static ALLOC: alloc::Counting = alloc::Counting;
+static ALLOC: alloc::Counting = alloc::counting();
 
 /// Which scenario to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use lb_core::discover::{self, subsetting, Updater};
 use lb_core::pool::{connect_fn, Connected};
 use lb_core::{Endpoint, LoadGuard, Locality, PickContext, Policy, Pool, PoolConfig, Update};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::engine::pick_excluding;
 use crate::fleet::{self, Fleet, PolicyKind, Subsetting};
@@ -40,8 +40,11 @@ struct Shared {
     up: Vec<AtomicBool>,
     /// The current run of each backend's process; connections of an older run are closed.
     current: Vec<AtomicU32>,
-    /// The same, watched by each connection's close signal.
-    incarnation: Vec<watch::Sender<u32>>,
+    /// Woken when `current` moves on, so each connection's close signal rechecks it. (A `Notify`
+    /// wakes its waiters in the order they came; tokio's `watch` spreads them over eight lists
+    /// drawn at random, and the pool tasks would then run — and draw from lb-core's seeded
+    /// generator — in an order that differs from run to run.)
+    moved_on: Vec<Notify>,
     /// Connections opened, per client.
     opened: Vec<AtomicU32>,
     /// Connection attempts refused, per client.
@@ -83,7 +86,7 @@ impl Pooled {
         let shared = Arc::new(Shared {
             up: (0..fleet.backends).map(|_| AtomicBool::new(true)).collect(),
             current: (0..fleet.backends).map(|_| AtomicU32::new(0)).collect(),
-            incarnation: (0..fleet.backends).map(|_| watch::channel(0).0).collect(),
+            moved_on: (0..fleet.backends).map(|_| Notify::new()).collect(),
             opened: (0..fleet.clients).map(|_| AtomicU32::new(0)).collect(),
             refused: (0..fleet.clients).map(|_| AtomicU32::new(0)).collect(),
         });
@@ -152,7 +155,7 @@ impl Pooled {
     pub(crate) fn close(&self, b: usize) {
         let next = self.shared.current[b].load(Ordering::Relaxed).wrapping_add(1);
         self.shared.current[b].store(next, Ordering::Relaxed);
-        self.shared.incarnation[b].send_replace(next);
+        self.shared.moved_on[b].notify_waiters();
     }
 
     /// Each client's propagation delay, in nanoseconds.
@@ -210,11 +213,19 @@ fn connector(shared: Arc<Shared>, client: usize) -> impl lb_core::Connect<Connec
             Some(b) if b < shared.up.len() && shared.up[b].load(Ordering::Relaxed) => {
                 shared.opened[client].fetch_add(1, Ordering::Relaxed);
                 let incarnation = shared.current[b].load(Ordering::Relaxed);
-                let mut rx = shared.incarnation[b].subscribe();
+                let shared = Arc::clone(&shared);
                 let closed = async move {
-                    // The backend's next run begins: this connection is over. (An error means
-                    // the simulation is being torn down; the connection ends with it.)
-                    let _ = rx.wait_for(|v| *v != incarnation).await;
+                    // The backend's next run begins: this connection is over. Registered
+                    // before the check, so a wake between the two is not lost.
+                    loop {
+                        let woken = shared.moved_on[b].notified();
+                        tokio::pin!(woken);
+                        woken.as_mut().enable();
+                        if shared.current[b].load(Ordering::Relaxed) != incarnation {
+                            return;
+                        }
+                        woken.await;
+                    }
                 };
                 Ok(Connected::new(SimConn { backend: b as u32, incarnation }, closed))
             }

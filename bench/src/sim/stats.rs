@@ -63,10 +63,6 @@ impl Latencies {
         self.us.extend_from_slice(&other.us);
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.us.len()
-    }
-
     /// The `q`-quantile in milliseconds (NaN when empty).
     pub(crate) fn ms(&mut self, q: f64) -> f64 {
         if self.us.is_empty() {

@@ -13,6 +13,17 @@ use crate::engine::{Mode, Sim};
 use crate::fleet::{self as f, PolicyKind, Subsetting, MS, SEC};
 use crate::svg::Bar;
 
+/// The sizes measured.
+#[derive(Debug)]
+struct Sizes {
+    /// `(clients, backends)` with pickers built by the simulation.
+    direct: Vec<(usize, usize)>,
+    /// `(clients, backends)` with a real `lb_core::Pool` per client.
+    pooled: Vec<(usize, usize)>,
+    /// Endpoint lists whose subset stream is measured.
+    lists: Vec<usize>,
+}
+
 /// One measured size.
 #[derive(Debug)]
 struct Row {
@@ -28,12 +39,16 @@ struct Row {
 
 pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
     let policy = s.policy.unwrap_or(PolicyKind::P2cPeakEwma);
-    let (direct, pooled, lists): (Vec<(usize, usize)>, Vec<(usize, usize)>, Vec<usize>) = if s.quick {
-        (vec![(100, 20), (1_000, 100)], vec![(100, 20)], vec![100, 1_000])
+    let Sizes { direct, pooled, lists } = if s.quick {
+        Sizes { direct: vec![(100, 20), (1_000, 100)], pooled: vec![(100, 20)], lists: vec![100, 1_000] }
     } else {
-        (vec![(1_000, 100), (10_000, 1_000), (100_000, 1_000), (10_000, 10_000)], vec![(1_000, 100), (10_000, 1_000)], vec![100, 1_000, 10_000])
+        Sizes {
+            direct: vec![(1_000, 100), (10_000, 1_000), (100_000, 1_000), (10_000, 10_000)],
+            pooled: vec![(1_000, 100), (10_000, 1_000)],
+            lists: vec![100, 1_000, 10_000],
+        }
     };
-    let (warmup, measure) = (500 * MS, s.measure(Duration::from_secs(1)));
+    let (warmup, measure) = (250 * MS, s.measure(Duration::from_millis(500)));
     let mut rows = Vec::new();
     for &(clients, backends) in &direct {
         rows.push(measure_size("simulated client (lb-core picker + loads)", clients, backends, policy, Mode::Direct, s.seed, warmup, measure).await?);
@@ -69,7 +84,7 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
                 super::fmt_n((r.heap / r.clients) as u64),
                 super::fmt_n((r.heap / conns.max(1)) as u64),
                 format!("{:.2}", r.us_per_request),
-                format!("{:.1}", r.wall_per_virtual_s),
+                format!("{:.2}", r.wall_per_virtual_s),
             ]
         })
         .collect();
@@ -111,14 +126,18 @@ pub(crate) async fn run(s: &Settings) -> anyhow::Result<Section> {
          The simulated clients above share one copy of the list instead; this is what each real client holds and spends:",
     );
     sec.table(md_table(&["endpoints listed", "subset stream heap per client", "bytes per endpoint", "choose() µs per change"], 0, &list_rows));
-    if let (Some(small), Some(big)) = (rows.iter().find(|r| r.what.starts_with("simulated")), rows.iter().rfind(|r| r.what.starts_with("simulated"))) {
+    let sim_row = rows.iter().filter(|r| r.what.starts_with("simulated")).max_by_key(|r| r.clients * 1_000_000 / r.backends.max(1) + r.clients);
+    let pool_row = rows.iter().filter(|r| r.what.starts_with("real")).max_by_key(|r| r.clients);
+    if let (Some(sim), Some(pool)) = (sim_row, pool_row) {
         sec.headline(format!(
-            "cost: a simulated client (lb-core picker + 20 loads) takes {} B of heap, a real Pool of 20 endpoints {}; {} clients × {} backends simulate at {:.2} µs per request",
-            super::fmt_n((small.heap / small.clients) as u64),
-            rows.iter().find(|r| r.what.starts_with("real")).map_or("–".to_string(), |p| format!("{} B", super::fmt_n((p.heap / p.clients) as u64))),
-            super::fmt_n(big.clients as u64),
-            super::fmt_n(big.backends as u64),
-            big.us_per_request
+            "cost: per client, lb-core's picker and 20 loads take {} B of heap and a real Pool of 20 endpoints {} B ({} B per endpoint); \
+             {} simulated clients fit in {:.0} MB; a subset stream holds about {} B per listed endpoint",
+            super::fmt_n((sim.heap / sim.clients) as u64),
+            super::fmt_n((pool.heap / pool.clients) as u64),
+            super::fmt_n((pool.heap / (pool.clients * pool.subset).max(1)) as u64),
+            super::fmt_n(sim.clients as u64),
+            sim.heap as f64 / 1e6,
+            list_rows.last().map_or("–".to_string(), |r| r[2].clone()),
         ));
     }
     Ok(sec)

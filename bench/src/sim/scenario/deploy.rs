@@ -68,7 +68,7 @@ pub(crate) fn run(s: &Settings) -> anyhow::Result<Section> {
         )
     } else {
         (
-            fleet(2_000, 200, 20, Subsetting::Rendezvous, 0.7),
+            fleet(1_000, 200, 20, Subsetting::Rendezvous, 0.7),
             Timing { warmup: 6 * SEC, period: 4 * SEC, stop: SEC, restart: 2 * SEC, propagation: Duration::from_secs(2), notice: Duration::from_millis(1) },
         )
     };

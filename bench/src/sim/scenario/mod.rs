@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::engine::{Counters, Mode, Sim};
-use crate::fleet::{Fleet, PolicyKind, Subsetting, MS, SEC};
+use crate::fleet::{Fleet, PolicyKind, Subsetting, SEC};
 use crate::stats::Spread;
 use crate::svg::{bar_chart, Bar};
 
@@ -218,7 +218,15 @@ pub(crate) struct Job {
 /// Runs `jobs` on up to two threads (each with its own paused-clock runtime and its own seeded
 /// lb-core generator, so every run is the same whichever thread runs it); results in job order.
 pub(crate) fn run_jobs(jobs: Vec<Job>) -> anyhow::Result<Vec<Steady>> {
-    parallel(jobs, |job| async move { steady(&job).await })
+    // The load-report policy rebuilds every client's picker every second, which makes its runs
+    // the longest: start them first so the two threads finish together.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| jobs[i].policy != PolicyKind::WrrOrca);
+    let mut slots: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+    let queued: Vec<(usize, Job)> = order.iter().filter_map(|&i| slots[i].take().map(|j| (i, j))).collect();
+    let mut done = parallel(queued, |(i, job)| async move { steady(&job).await.map(|r| (i, r)) })?;
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, r)| r).collect())
 }
 
 /// Runs `f` on every job, on up to two threads, each thread with its own current-thread runtime
@@ -320,10 +328,6 @@ pub(crate) fn noise_floor(backends: usize, per_backend: f64, seed: u64) -> f64 {
         total += Spread::of(&v).max_over_mean();
     }
     total / f64::from(draws)
-}
-
-pub(crate) fn ms(ns: u64) -> f64 {
-    ns as f64 / MS as f64
 }
 
 pub(crate) fn fmt_n(n: u64) -> String {

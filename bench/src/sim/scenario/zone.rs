@@ -19,7 +19,8 @@ struct Timing {
     /// The zone fails.
     fail: u64,
     /// Discovery stops listing the failed backends (Kubernetes marks a dead node's pods not
-    /// ready after its node-monitor grace period, 40 s by default).
+    /// ready after its node-monitor grace period, 40 s by default; shorter here, as the phase
+    /// is steady within seconds).
     removed: u64,
     end: u64,
     /// Sampling interval.
@@ -35,7 +36,6 @@ struct Sample {
     others: Vec<f64>,
     local: f64,
     failed: f64,
-    p99: f64,
 }
 
 #[derive(Debug)]
@@ -54,8 +54,8 @@ pub(crate) fn run(s: &Settings) -> anyhow::Result<Section> {
         )
     } else {
         (
-            fleet(1_200, 90, 0, Subsetting::None, 0.6),
-            Timing { fail: 10 * SEC, removed: 50 * SEC, end: 90 * SEC, bucket: 2 * SEC, propagation: Duration::from_secs(2) },
+            fleet(900, 90, 0, Subsetting::None, 0.6),
+            Timing { fail: 8 * SEC, removed: 28 * SEC, end: 48 * SEC, bucket: 2 * SEC, propagation: Duration::from_secs(2) },
         )
     };
     base.zones = 3;
@@ -82,8 +82,8 @@ pub(crate) fn run(s: &Settings) -> anyhow::Result<Section> {
          client runs a real `lb_core::Pool` whose policy is lb-core's `Topology` over {} (node → zone → region \
          tiers; the clients share no node with a backend). At {:.0} s, {lost} of {}'s {} backends ({:.0} %) die: \
          what they hold fails, their connections break (noticed at once), reconnecting is refused. Discovery \
-         still lists them until {:.0} s (a dead node's pods are marked not ready after Kubernetes' 40 s grace \
-         period), when an update drops them (each client receives it within {:.1} s). Envoy's arithmetic, which \
+         still lists them until {:.0} s (Kubernetes marks a dead node's pods not ready after its 40 s grace \
+         period; 20 s here, as the phase is steady within seconds), when an update drops them (each client receives it within {:.1} s). Envoy's arithmetic, which \
          `Topology` follows: the zone's health is min(1, 1.4 × {kept}/{}) = {health:.2}, so {:.0} % of zone a's \
          traffic stays in zone a on {kept} backends — {:.2}× their earlier share — and {:.0} % spills to the \
          region's other zones. For contrast, the same policy without `Topology`.",
@@ -141,9 +141,10 @@ pub(crate) fn run(s: &Settings) -> anyhow::Result<Section> {
             name: format!("{} served locally", zone_name(0)),
             points: o.samples.iter().map(|p| (p.t, p.local * 100.0)).collect(),
         });
+        series.push(Series { name: "requests failed".to_string(), points: o.samples.iter().map(|p| (p.t, p.failed * 100.0)).collect() });
         let file = format!("sim4-zone-{}.svg", if i == 0 { "topology" } else { "plain" });
         let title = format!("Scenario 4: utilization over time, {}", o.label);
-        sec.svg(&file, &title, line_chart(&title, "virtual time (s)", "% (utilization; local share)", &series, &markers, 0.0));
+        sec.svg(&file, &title, line_chart(&title, "virtual time (s)", "% (utilization; local share; failed)", &series, &markers, 0.0));
     }
     if let Some(o) = outcomes.first() {
         if let (Some(listed), Some(dropped)) = (o.phases.get(1), o.phases.get(2)) {
@@ -217,7 +218,7 @@ async fn zone_failure(label: String, fleet: Fleet, policy: PolicyKind, seed: u64
         sim.run_until(next).await?;
         let s1 = served_of(&sim);
         let c1 = sim.counters.clone();
-        let mut lat = sim.take_latencies();
+        let lat = sim.take_latencies();
         let window = t.bucket as f64;
         let d = c1.since(&counters);
         samples.push(Sample {
@@ -226,7 +227,6 @@ async fn zone_failure(label: String, fleet: Fleet, policy: PolicyKind, seed: u64
             others: (1..3).map(|z| group_util(&sim, &served, &s1, window, &|b| zone_of(b) == z)).collect(),
             local: local_share(&d),
             failed: d.failed() as f64 / d.requests.max(1) as f64,
-            p99: lat.ms(0.99),
         });
         for (i, p) in phase_defs.iter().enumerate() {
             if now >= p.1 && next <= p.2 {
