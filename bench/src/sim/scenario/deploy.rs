@@ -193,6 +193,20 @@ pub(crate) fn run(s: &Settings) -> anyhow::Result<Section> {
             r.untouched
         ));
     }
+    if let Some(det) = outcomes.first() {
+        let per_client = mean(&det.opened.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+        sec.para(&format!(
+            "Why a client whose members all restart opens about two connections per member ({per_client:.1} for {} \
+             members): while a member is deregistered, lb-core's subsetting keeps the subset at {} by taking the \
+             next-ranked backend (one connection), and when the member is listed again it ranks first again and \
+             displaces that stand-in (a second connection). *Refused* attempts are the reconnects of pools that \
+             still listed a backend after it stopped (their update was still on its way); they carry no request. \
+             The random re-pick draws a new subset from every new list, so every wave moves most of every client's \
+             connections.",
+            base.per_client(),
+            base.per_client(),
+        ));
+    }
     if let Some(n) = outcomes.iter().find(|o| o.label.contains("new identity")) {
         sec.para(&format!(
             "With a new identity per restart (new pod names), lb-core's rendezvous subsets cannot keep every untouched \

@@ -24,7 +24,7 @@ pub(crate) fn sizes(s: &Settings) -> (Fleet, u64, u64) {
     let (big, warmup, measure) = if s.quick {
         (fleet(300, 60, 10, Subsetting::Rendezvous, 0.7), SEC, Duration::from_secs(2))
     } else {
-        (fleet(10_000, 1_000, 20, Subsetting::Rendezvous, 0.7), 4 * SEC, Duration::from_secs(10))
+        (fleet(10_000, 1_000, 20, Subsetting::Rendezvous, 0.7), 4 * SEC, Duration::from_secs(20))
     };
     (s.sized(big), warmup, s.measure(measure))
 }
@@ -205,7 +205,8 @@ fn goal_lines(sec: &mut Section, runs: &[Steady], what_if: &[Steady], big: &crat
 fn why_missed(runs: &[Steady], what_if: &[Steady], big: &Fleet, floor: f64) -> String {
     let find = |p: PolicyKind| runs.iter().find(|r| r.policy == p && !r.label.contains("baseline"));
     let k = big.per_client();
-    let conns = runs.first().map(|r| r.conns()).unwrap_or_default();
+    // lb-core's subsets (every run but the random-subset baseline has them).
+    let conns = runs.iter().find(|r| !r.label.contains("baseline")).map(|r| r.conns()).unwrap_or_default();
     let per_member = big.rate() / big.clients as f64 / k as f64;
     // Little's law with the service time alone: the least a request stays in flight.
     let busy_share = per_member * big.service.as_secs_f64();
@@ -245,21 +246,23 @@ fn why_missed(runs: &[Steady], what_if: &[Steady], big: &Fleet, floor: f64) -> S
     }
     if let Some(r) = find(PolicyKind::P2cUtilization) {
         text.push_str(&format!(
-            " P2C over the servers' reported utilization sees the load every client adds, and comes closest of \
-             lb's policies ({:.3}).",
+            " P2C over the servers' reported utilization sees the load every client adds ({:.3}), but a client \
+             reads it only from its own responses, as stale as PeakEWMA's.",
             r.util().max_over_mean()
         ));
     }
     if let (Some(w), Some(lr)) = (what_if.iter().find(|r| r.policy == PolicyKind::P2cLeastRequest), find(PolicyKind::P2cLeastRequest)) {
         let (with, without) = (lr.util().max_over_mean(), w.util().max_over_mean());
-        let subsets_share = (with - without) / (with - floor).max(1e-9);
+        let share = if without <= floor {
+            "as even as this window can show: the whole excess is the subsets'".to_string()
+        } else {
+            format!("the subsets account for {:.0} % of the excess over the floor", (with - without) / (with - floor).max(1e-9) * 100.0)
+        };
         text.push_str(&format!(
             " With subsets that give every backend the same number of clients, the same P2C reaches {without:.3} \
-             against a noise floor of {floor:.3}: the subsets account for {:.0} % of P2C least-request's excess over \
-             the floor. Meeting the goal takes subsets balanced per backend (the SRE book's scheme needs each \
-             client's index and the fleet's size, which rendezvous hashing does without) or a load signal shared \
-             by all of a backend's clients.",
-            subsets_share * 100.0
+             against a noise floor of {floor:.3} ({with:.3} with lb-core's subsets): {share}. Meeting the goal takes subsets \
+             balanced per backend (the SRE book's scheme, which needs each client's index and the fleet's size; \
+             rendezvous hashing needs neither) or a load signal shared by all of a backend's clients."
         ));
     }
     text

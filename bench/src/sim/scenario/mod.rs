@@ -308,8 +308,8 @@ async fn steady(job: &Job) -> anyhow::Result<Steady> {
 }
 
 /// The spread across `backends` that a perfectly even split would still show over a window in
-/// which each backend serves `per_backend` requests on average: Poisson arrivals and exponential
-/// arrivals make each backend's count of requests Poisson (relative standard deviation √(1 / n)).
+/// which each backend serves `per_backend` requests on average: with Poisson arrivals split
+/// evenly, each backend's count of requests is Poisson (relative standard deviation √(1 / n)).
 /// The mean over 20 draws of max/mean, by sampling.
 pub(crate) fn noise_floor(backends: usize, per_backend: f64, seed: u64) -> f64 {
     let mut rng = crate::rng::Rng::new(seed ^ 0x5EED);

@@ -135,6 +135,38 @@ pub(crate) fn run(s: &Settings, healthy: Option<&Healthy>) -> anyhow::Result<Sec
             if ratio <= GOAL { "met" } else { "missed" }
         ));
     }
+    let slow_util_of = |p: PolicyKind| {
+        runs.iter().find(|r| r.policy == p).map(|r| {
+            let v: Vec<f64> = r.util.iter().enumerate().filter(|(b, _)| is_slow(*b)).map(|(_, u)| *u).collect();
+            mean(&v)
+        })
+    };
+    let per_member = fleet.rate() / fleet.clients as f64 / fleet.per_client() as f64;
+    let mut why = String::from(
+        "**Why the policies differ.** Only a signal that reflects the slow backends' queues moves load off them. \
+         PeakEWMA's cost is latency × requests in flight, and a queued request's latency shows in every client's \
+         samples of that backend.",
+    );
+    if let Some(u) = slow_util_of(PolicyKind::P2cLeastRequest) {
+        why.push_str(&format!(
+            " Least-request compares the client's own requests in flight, and a client sends a member only \
+             {per_member:.2} requests/s, so it rarely has one outstanding to compare: the slow backends stay at \
+             {:.0} %.",
+            u * 100.0
+        ));
+    }
+    if let Some(u) = slow_util_of(PolicyKind::WrrOrca) {
+        why.push_str(&format!(
+            " WRR from load reports has the right target — A58's weight, queries/s ÷ utilization, is about half \
+             for a half-speed backend — but each client weighs each member from that member's reports to that \
+             client, which arrive about every {:.1} s, and uses a weight only after A58's blackout ({} s here); \
+             until then the slow backends' queues fill, and over this window they still run at {:.0} %.",
+            1.0 / per_member,
+            PolicyKind::ORCA_BLACKOUT.as_secs(),
+            u * 100.0
+        ));
+    }
+    sec.para(&why);
     if let Some(rr) = runs.iter().find(|r| r.policy == PolicyKind::RoundRobin) {
         sec.headline(format!(
             "half-speed tenth: round robin p99 {:.1} ms, {:.2} % of requests failed (the slow backends' queues overflow)",
