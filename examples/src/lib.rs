@@ -8,6 +8,7 @@
 //! - [`load`]: a bounded closed-loop load generator and its JSON [`load::Report`];
 //! - [`l4`]: an in-process TCP proxy that balances *connections* round robin, as kube-proxy does —
 //!   the baseline that shows why gRPC needs per-request balancing;
+//! - [`metrics`]: `--metrics-addr`, Prometheus text at `/metrics`;
 //! - [`policy`]: the `--policy` names of the command-line tools;
 //! - [`table`]: the quickstart's terminal table.
 //!
@@ -18,6 +19,7 @@
 
 pub mod l4;
 pub mod load;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod table;

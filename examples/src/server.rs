@@ -198,6 +198,9 @@ impl GreeterService {
 #[tonic::async_trait]
 impl Greeter for GreeterService {
     async fn say_hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        // gRFC A66's server metrics (no-ops unless the process installed a recorder).
+        let started = std::time::Instant::now();
+        metrics::counter!(crate::metrics::SERVER_CALLS_STARTED, "grpc.method" => SAY_HELLO).increment(1);
         let _permit = match &self.capacity {
             Some(c) => Some(
                 Arc::clone(&c.slots)
@@ -214,11 +217,16 @@ impl Greeter for GreeterService {
         self.busy(-1);
         self.served.fetch_add(1, Ordering::Relaxed);
         let name = request.into_inner().name;
+        metrics::histogram!(crate::metrics::SERVER_CALL_DURATION, "grpc.method" => SAY_HELLO, "grpc.status" => "OK")
+            .record(started.elapsed().as_secs_f64());
         Ok(Response::new(HelloReply {
             message: greeting(&name, self.addr),
         }))
     }
 }
+
+/// The `grpc.method` label of `SayHello`.
+const SAY_HELLO: &str = "helloworld.Greeter/SayHello";
 
 /// A running greeter backend: a tonic server with the greeter and the health service.
 #[derive(Debug)]

@@ -157,7 +157,13 @@ void lb_string_free(char *s);
 //   `connect_timeout_ms`, `probe` (TCP-probe endpoints before use, default true),
 //   `probe_interval_ms` (re-probe period, 0 = only on reconnect; default 5000),
 //   `outlier` (null disables; or {"consecutive_failures","failure_rate","min_requests",
-//   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}).
+//   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}),
+//   `max_in_flight` (picks awaiting their report at once), `max_in_flight_per_endpoint`,
+//   `max_waiting` (picks waiting for an endpoint at once): circuit breaking, a pick over a bound
+//   fails at once with `LB_ERR_UNAVAILABLE` naming the bound.
+//   `metrics_endpoint_labels` (label the per-attempt metrics with the endpoint's address;
+//   default false). Metrics go to the `metrics` recorder the Rust side of the process installed;
+//   a pick is one call of one attempt, recorded when it is reported.
 // - `out`: receives the balancer on `LB_OK`; untouched otherwise.
 //
 // Returns immediately; use `lb_balancer_wait_ready` to wait for the first endpoints.

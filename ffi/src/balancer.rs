@@ -48,6 +48,7 @@ pub struct lb_balancer {
     pool: Pool<Probed>,
     pending: Arc<Pending>,
     wait: Wait,
+    gate: Option<Arc<lb_core::balance::Gate>>,
     // Dropped (shut down) explicitly in `Drop`, which joins its threads.
     runtime: Option<Runtime>,
 }
@@ -117,6 +118,8 @@ impl lb_balancer {
             pool,
             pending,
             wait: balance.wait(),
+            gate: (balance.limits() != lb_core::balance::Limits::default())
+                .then(|| lb_core::balance::Gate::new(balance.limits())),
             runtime: Some(runtime),
         })
     }
@@ -130,15 +133,45 @@ impl lb_balancer {
     }
 
     /// Picks, and stores the pick's guard under a new token.
+    ///
+    /// A pick is a call of one attempt, for the metrics (`lb_core::metrics`): it starts at the
+    /// pick (or at the start of its wait) and ends at its report, with the caller's latency.
     pub(crate) fn pick(&self, hash: Option<u64>) -> Result<(u64, Arc<Endpoint>), Error> {
         let ctx = PickContext { hash };
-        let picked = match self.pool.pick(&ctx) {
-            Some(p) => p,
-            None => self.pick_slow(&ctx)?,
+        let permit = match &self.gate {
+            Some(gate) => Some(gate.enter().ok_or_else(|| {
+                let bound = gate.limits().max_in_flight.unwrap_or(0);
+                Error::new(
+                    lb_status::LB_ERR_UNAVAILABLE,
+                    format!(
+                        "`{}` has {bound} picks awaiting their report, its bound (max_in_flight)",
+                        self.target
+                    ),
+                )
+            })?),
+            None => None,
         };
+        let mut picked = match &self.gate {
+            // Without bounds the fast path is one lock-free read of the snapshot.
+            None => match self.pool.pick(&ctx) {
+                Some(mut p) => {
+                    let started = p.guard.started_at();
+                    p.guard.end_call(started);
+                    p
+                }
+                None => self.pick_slow(&ctx)?,
+            },
+            Some(_) => self.pick_slow(&ctx)?,
+        };
+        picked.guard.begin_attempt();
         let Picked {
-            endpoint, guard, ..
+            endpoint,
+            mut guard,
+            ..
         } = picked;
+        if let Some(permit) = permit {
+            guard.hold(permit);
+        }
         Ok((self.pending.insert(guard), endpoint))
     }
 
@@ -147,9 +180,19 @@ impl lb_balancer {
     /// the pick returns as soon as an endpoint is published.
     #[cold]
     fn pick_slow(&self, ctx: &PickContext) -> Result<Picked<Probed>, Error> {
-        self.runtime()
-            .block_on(self.pool.pick_or_wait(*ctx, self.wait))
-            .map_err(|e| Error::new(lb_status::LB_ERR_UNAVAILABLE, e.to_string()))
+        let pick = self.pool.pick_or_wait(*ctx, self.wait);
+        let pick = match &self.gate {
+            Some(gate) => pick.gated(Arc::clone(gate)),
+            None => pick,
+        };
+        let waiting = Instant::now();
+        let mut picked = self
+            .runtime()
+            .block_on(pick)
+            .map_err(|e| Error::new(lb_status::LB_ERR_UNAVAILABLE, e.to_string()))?;
+        // The call began with the wait.
+        picked.guard.end_call(waiting);
+        Ok(picked)
     }
 
     pub(crate) fn report(
@@ -285,7 +328,13 @@ unsafe fn balancer<'a>(b: *const lb_balancer) -> Result<&'a lb_balancer, Error> 
 ///   `connect_timeout_ms`, `probe` (TCP-probe endpoints before use, default true),
 ///   `probe_interval_ms` (re-probe period, 0 = only on reconnect; default 5000),
 ///   `outlier` (null disables; or {"consecutive_failures","failure_rate","min_requests",
-///   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}).
+///   "interval_ms","base_ejection_ms","max_ejection_ms","max_ejected_fraction"}),
+///   `max_in_flight` (picks awaiting their report at once), `max_in_flight_per_endpoint`,
+///   `max_waiting` (picks waiting for an endpoint at once): circuit breaking, a pick over a bound
+///   fails at once with `LB_ERR_UNAVAILABLE` naming the bound.
+///   `metrics_endpoint_labels` (label the per-attempt metrics with the endpoint's address;
+///   default false). Metrics go to the `metrics` recorder the Rust side of the process installed;
+///   a pick is one call of one attempt, recorded when it is reported.
 /// - `out`: receives the balancer on `LB_OK`; untouched otherwise.
 ///
 /// Returns immediately; use `lb_balancer_wait_ready` to wait for the first endpoints.

@@ -49,6 +49,11 @@ pub(crate) struct Options {
     pub(crate) probe_interval_ms: u64,
     #[serde(default = "default_outlier")]
     outlier: Option<OutlierOpt>,
+    max_in_flight: Option<usize>,
+    max_in_flight_per_endpoint: Option<u32>,
+    max_waiting: Option<usize>,
+    /// Label the per-attempt metrics with the endpoint's address.
+    metrics_endpoint_labels: bool,
 }
 
 impl Default for Options {
@@ -72,6 +77,10 @@ impl Default for Options {
             probe: true,
             probe_interval_ms: 5000,
             outlier: default_outlier(),
+            max_in_flight: None,
+            max_in_flight_per_endpoint: None,
+            max_waiting: None,
+            metrics_endpoint_labels: false,
         }
     }
 }
@@ -177,9 +186,19 @@ impl Options {
             .policy(self.policy()?)
             .endpoint_wait_timeout(ms(self.failfast_ms))
             .wait_for_ready(self.wait_for_ready)
-            .outlier_detection(self.outlier.as_ref().map(OutlierOpt::to_config));
+            .outlier_detection(self.outlier.as_ref().map(OutlierOpt::to_config))
+            .metrics_endpoint_labels(self.metrics_endpoint_labels);
         if let Some(t) = self.connect_timeout_ms {
             o = o.connect_timeout(ms(t.max(1)));
+        }
+        if let Some(n) = self.max_in_flight {
+            o = o.max_in_flight(n);
+        }
+        if let Some(n) = self.max_in_flight_per_endpoint {
+            o = o.max_in_flight_per_endpoint(n);
+        }
+        if let Some(n) = self.max_waiting {
+            o = o.max_waiting(n);
         }
         match (self.subset_size, self.subset_client_id.as_deref()) {
             (None | Some(0), _) => {}

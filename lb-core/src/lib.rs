@@ -46,6 +46,9 @@ pub mod metrics;
 pub mod options;
 pub mod policy;
 pub mod pool;
+pub mod retry;
+#[cfg(feature = "test-util")]
+pub mod test_recorder;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 

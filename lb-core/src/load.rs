@@ -29,6 +29,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::metrics::{EndpointSeries, Record, Status};
+
 /// How a request ended, as recorded by [`LoadGuard`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -129,6 +131,7 @@ pub struct Load {
     non_empty_since: AtomicU64,
     /// An overload penalty waiting for the pool, in nanoseconds (0: none).
     penalty_ns: AtomicU64,
+    series: Option<EndpointSeries>,
 }
 
 impl fmt::Debug for Load {
@@ -167,7 +170,14 @@ impl Load {
             report_at: AtomicU64::new(0),
             non_empty_since: AtomicU64::new(0),
             penalty_ns: AtomicU64::new(0),
+            series: None,
         }
+    }
+
+    /// Records this endpoint's requests into `series` (see [`crate::metrics`]).
+    pub(crate) fn with_series(mut self, series: EndpointSeries) -> Self {
+        self.series = Some(series);
+        self
     }
 
     /// Wakes `alarm` whenever the consecutive-failure count reaches `threshold`, so the pool can
@@ -271,6 +281,8 @@ impl Load {
             latency: None,
             report: None,
             penalty: None,
+            permit: None,
+            record: Record::default(),
         }
     }
 
@@ -390,6 +402,8 @@ pub struct LoadGuard {
     latency: Option<Duration>,
     report: Option<LoadReport>,
     penalty: Option<Duration>,
+    permit: Option<crate::balance::Permit>,
+    record: Record,
 }
 
 impl fmt::Debug for LoadGuard {
@@ -427,6 +441,12 @@ impl LoadGuard {
         self.penalty = Some(duration);
     }
 
+    /// Holds a circuit breaker's in-flight slot for as long as the request counts (to the end of
+    /// its response), giving it back when the guard drops.
+    pub fn hold(&mut self, permit: crate::balance::Permit) {
+        self.permit = Some(permit);
+    }
+
     /// The outcome recorded so far.
     pub fn outcome(&self) -> Outcome {
         self.outcome
@@ -441,6 +461,33 @@ impl LoadGuard {
     pub fn load(&self) -> &Arc<Load> {
         &self.load
     }
+
+    /// Counts this pick as an attempt: a request sent to its endpoint (`grpc.client.attempt.started`,
+    /// `lb_endpoint_picks_total`), whose end records `grpc.client.attempt.duration` (see
+    /// [`crate::metrics`]). The engine calls it as it sends; callers of
+    /// [`Pool::pick_or_wait`](crate::Pool::pick_or_wait) that send themselves call it too. A pick
+    /// dropped without it records nothing.
+    pub fn begin_attempt(&mut self) {
+        if !self.record.attempt {
+            self.record.attempt = true;
+            if let Some(s) = &self.load.series {
+                s.attempt_started();
+            }
+        }
+    }
+
+    /// The `grpc.status` the attempt (and its call) is recorded with (the last call wins); unset, it
+    /// is the outcome's word (`success`, `failure`, `cancelled`).
+    pub fn set_status(&mut self, status: Status) {
+        self.record.status = Some(status);
+    }
+
+    /// Makes this attempt its call's last: its end records the call's duration
+    /// (`grpc.client.call.duration`) as well, from `started` — before any wait for an endpoint and
+    /// any earlier attempt.
+    pub fn end_call(&mut self, started: Instant) {
+        self.record.call_start = Some(started);
+    }
 }
 
 impl Drop for LoadGuard {
@@ -452,11 +499,19 @@ impl Drop for LoadGuard {
         if let Some(penalty) = self.penalty.take() {
             self.load.penalize(penalty);
         }
-        if self.outcome == Outcome::Cancelled {
+        if self.outcome == Outcome::Cancelled && !self.record.attempt {
             return;
         }
         let now = Instant::now();
         let latency = self.latency.unwrap_or_else(|| now.saturating_duration_since(self.start));
+        if self.record.attempt {
+            if let Some(s) = &self.load.series {
+                s.attempt_ended(&self.record, self.outcome, self.start, latency);
+            }
+        }
+        if self.outcome == Outcome::Cancelled {
+            return;
+        }
         self.load.record(latency, self.outcome, now);
     }
 }

@@ -37,6 +37,8 @@ pub struct Options {
     ewma: EwmaConfig,
     subset: Option<Subset>,
     overload_penalty_cap: Option<Duration>,
+    limits: crate::balance::Limits,
+    metrics_endpoint_labels: bool,
 }
 
 impl Default for Options {
@@ -51,6 +53,8 @@ impl Default for Options {
             ewma: EwmaConfig::default(),
             subset: None,
             overload_penalty_cap: PoolConfig::default().overload_penalty_cap,
+            limits: crate::balance::Limits::default(),
+            metrics_endpoint_labels: false,
         }
     }
 }
@@ -67,6 +71,8 @@ impl fmt::Debug for Options {
             .field("ewma", &self.ewma)
             .field("subset", &self.subset)
             .field("overload_penalty_cap", &self.overload_penalty_cap)
+            .field("limits", &self.limits)
+            .field("metrics_endpoint_labels", &self.metrics_endpoint_labels)
             .finish()
     }
 }
@@ -183,6 +189,41 @@ impl Options {
         self
     }
 
+    /// Circuit breaking: at most `n` requests of the target in flight at once (to the end of their
+    /// responses); more fail at once (gRPC `RESOURCE_EXHAUSTED`, HTTP 503). Default unbounded.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.limits.max_in_flight = Some(n);
+        self
+    }
+
+    /// Circuit breaking: an endpoint with `n` requests in flight is not picked; when every
+    /// endpoint the pick tries is at that bound, the request fails at once. Default unbounded.
+    pub fn max_in_flight_per_endpoint(mut self, n: u32) -> Self {
+        self.limits.max_in_flight_per_endpoint = Some(n);
+        self
+    }
+
+    /// Circuit breaking: at most `n` requests wait for an endpoint at once; more fail at once.
+    /// Default unbounded.
+    pub fn max_waiting(mut self, n: usize) -> Self {
+        self.limits.max_waiting = Some(n);
+        self
+    }
+
+    /// The circuit-breaker bounds.
+    pub fn limits(&self) -> crate::balance::Limits {
+        self.limits
+    }
+
+    /// Labels the per-attempt metrics (`grpc.client.attempt.*`) with the endpoint's address,
+    /// `lb.endpoint` (default off: a latency histogram per status per endpoint multiplies series by
+    /// the fleet's size). The per-endpoint `lb_endpoint_*` series are kept either way; see
+    /// [`crate::metrics`].
+    pub fn metrics_endpoint_labels(mut self, on: bool) -> Self {
+        self.metrics_endpoint_labels = on;
+        self
+    }
+
     /// How requests wait for an endpoint.
     pub fn wait(&self) -> Wait {
         self.wait
@@ -243,6 +284,7 @@ impl Options {
         config.outlier = self.outlier.clone();
         config.ewma = self.ewma;
         config.overload_penalty_cap = self.overload_penalty_cap;
+        config.metrics_endpoint_labels = self.metrics_endpoint_labels;
         config
     }
 
@@ -281,7 +323,10 @@ impl Options {
 
     /// A [`Balance`](crate::Balance) over `pool` that waits and reroutes as configured.
     pub fn balance<C, Req>(&self, pool: Pool<C>) -> crate::Balance<C, Req> {
-        crate::Balance::new(pool).wait(self.wait).max_reroutes(self.max_reroutes)
+        crate::Balance::new(pool)
+            .wait(self.wait)
+            .max_reroutes(self.max_reroutes)
+            .limits(self.limits)
     }
 }
 

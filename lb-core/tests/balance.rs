@@ -274,3 +274,78 @@ async fn pick_or_wait_wakes_on_the_first_endpoint() {
     assert_eq!(picked.endpoint.addr(), addr(1));
     assert_eq!(sent.elapsed(), Duration::ZERO, "woken by the snapshot, not by a timer");
 }
+
+#[tokio::test(start_paused = true)]
+async fn circuit_breaking_refuses_at_once_and_recovers() {
+    use futures_util::StreamExt;
+    use lb_core::balance::error::Overloaded;
+    use lb_core::balance::{Limit, Limits};
+    let (conn, [mut h1, mut h2]) = mocks([1, 2]);
+    let (tx, rx) = discover::channel();
+    tx.send(Update::Reset(vec![Endpoint::new(addr(1)), Endpoint::new(addr(2))]));
+    let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("bounded"));
+    assert!(pool.ready_timeout(Duration::from_secs(1)).await);
+
+    // At most 2 in flight for the target: the third call fails at once, without being sent.
+    let svc = Balance::new(pool.clone()).limits(Limits { max_in_flight: Some(2), ..Limits::default() });
+    let mut calls: futures_util::stream::FuturesUnordered<_> =
+        ["a", "b"].into_iter().map(|m| tokio::spawn(svc.send(m.to_string()))).collect();
+    let (_, r1) = h1.next_request().await.expect("one on each endpoint");
+    let (_, r2) = h2.next_request().await.expect("one on each endpoint");
+    let err = svc.send("c".to_string()).await.expect_err("over the bound");
+    let o = err.downcast_ref::<Overloaded>().expect("typed");
+    assert_eq!(o.limit(), Limit::InFlight);
+    assert!(err.to_string().contains("max_in_flight"), "{err}");
+    assert_eq!(svc.gate().expect("bounded").in_flight(), 2, "a refusal takes no slot");
+    r1.send_response(addr(1));
+    assert_eq!(calls.next().await.expect("a call").expect("joined").expect("answered"), addr(1));
+    assert_eq!(svc.gate().expect("bounded").in_flight(), 1, "the slot comes back with the response");
+    calls.push(tokio::spawn(svc.send("d".to_string())));
+    let r3 = tokio::select! {
+        r = h1.next_request() => r.expect("room again").1,
+        r = h2.next_request() => r.expect("room again").1,
+    };
+    r2.send_response(addr(2));
+    r3.send_response(addr(3));
+    let mut answers: Vec<_> = Vec::new();
+    while let Some(joined) = calls.next().await {
+        answers.push(joined.expect("joined").expect("answered"));
+    }
+    answers.sort();
+    assert_eq!(answers, vec![addr(2), addr(3)]);
+    assert_eq!(svc.gate().expect("bounded").in_flight(), 0);
+
+    // At most 1 in flight per endpoint: both endpoints busy, the next call fails at once.
+    let svc = Balance::new(pool.clone()).limits(Limits { max_in_flight_per_endpoint: Some(1), ..Limits::default() });
+    let a = tokio::spawn(svc.send("a".to_string()));
+    let b = tokio::spawn(svc.send("b".to_string()));
+    let (_, ra) = h1.next_request().await.expect("one on each");
+    let (_, rb) = h2.next_request().await.expect("one on each");
+    let err = svc.send("c".to_string()).await.expect_err("every endpoint at its bound");
+    assert_eq!(err.downcast_ref::<Overloaded>().map(|o| o.limit()), Some(Limit::InFlightPerEndpoint), "{err}");
+    ra.send_response(addr(1));
+    rb.send_response(addr(2));
+    a.await.expect("joined").expect("answered");
+    b.await.expect("joined").expect("answered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_max_waiting_requests_wait_for_an_endpoint() {
+    use lb_core::balance::error::Overloaded;
+    use lb_core::balance::{Limit, Limits};
+    let (conn, [h1]) = mocks([1]);
+    serve(h1, addr(1));
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), conn, RoundRobin::new(), PoolConfig::new("waiting"));
+    let svc = Balance::new(pool).wait(Wait::at_most(Duration::from_secs(10))).limits(Limits { max_waiting: Some(1), ..Limits::default() });
+    let waiting = tokio::spawn(svc.send("first".to_string()));
+    // The first call is now waiting (no endpoint yet): it holds the one waiting slot.
+    while svc.gate().expect("bounded").waiting() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let err = svc.send("second".to_string()).await.expect_err("no room to wait");
+    assert_eq!(err.downcast_ref::<Overloaded>().map(|o| o.limit()), Some(Limit::Waiting), "{err}");
+    tx.send(Update::Reset(vec![Endpoint::new(addr(1))]));
+    assert_eq!(waiting.await.expect("joined").expect("served once the endpoint came"), addr(1));
+    assert_eq!(svc.gate().expect("bounded").waiting(), 0, "the slot is given back");
+}

@@ -16,6 +16,7 @@ use std::task::{ready, Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 use lb_core::balance::TrackCompletion;
+use lb_core::metrics::Dialect;
 use lb_core::{LoadGuard, Outcome};
 use pin_project_lite::pin_project;
 
@@ -42,6 +43,10 @@ impl TrackBody {
     pub fn http() -> Self {
         TrackBody::new(Classify::http())
     }
+
+    pub(crate) fn is_grpc(&self) -> bool {
+        matches!(self.classify, Classify::Grpc { .. })
+    }
 }
 
 impl<B> TrackCompletion<http::Response<B>> for TrackBody {
@@ -56,8 +61,16 @@ impl<B> TrackCompletion<http::Response<B>> for TrackBody {
         if let Some(penalty) = self.classify.penalty(Some(response.status()), response.headers()) {
             guard.set_penalty(penalty);
         }
+        // A gRPC answer's status comes with its trailers; until then, a caller that drops the body
+        // cancelled the call.
+        let status = self.classify.head_status(response.status(), response.headers());
+        guard.set_status(status.unwrap_or(self.classify.dialect().cancelled()));
         let classify = self.classify.clone();
         response.map(|b| TrackedBody::new(b, guard, classify, verdict))
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.classify.dialect()
     }
 }
 
@@ -102,6 +115,9 @@ where
                     if let Some(outcome) = this.classify.trailers(t) {
                         if let Some(g) = this.guard.as_mut() {
                             g.set_outcome(outcome);
+                            if let Some(status) = this.classify.trailers_status(t) {
+                                g.set_status(status);
+                            }
                         }
                         *this.decided = true;
                     }
@@ -121,6 +137,7 @@ where
             Some(Err(_)) => {
                 if let Some(g) = this.guard.as_mut() {
                     g.set_outcome(Outcome::Failure);
+                    g.set_status(this.classify.broken_status());
                 }
                 *this.decided = true;
                 true
@@ -131,6 +148,9 @@ where
             if let Some(mut g) = this.guard.take() {
                 if !*this.decided {
                     g.set_outcome(this.classify.end_without_status());
+                    if let Some(status) = this.classify.missing_status() {
+                        g.set_status(status);
+                    }
                 }
             }
         }

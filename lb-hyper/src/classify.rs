@@ -23,6 +23,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
+use lb_core::metrics::{Dialect, Status};
 use lb_core::Outcome;
 
 /// How long an endpoint sits out after `RESOURCE_EXHAUSTED` without a hint.
@@ -131,6 +132,54 @@ impl Classify {
         }
     }
 
+    /// The `grpc.status` a response's head gives its request ([`lb_core::metrics::Status`]): the
+    /// HTTP status class, or for gRPC a trailers-only answer's code, or a non-200 answer's status
+    /// mapped as gRPC clients map it; `None` while a gRPC answer's trailers are awaited.
+    pub(crate) fn head_status(&self, status: StatusCode, headers: &HeaderMap) -> Option<Status> {
+        match self {
+            Classify::Http => Some(Status::http(status.as_u16())),
+            Classify::Grpc { .. } if !status.is_success() => Some(Status::grpc(match status.as_u16() {
+                // gRPC's "HTTP to gRPC status code mapping".
+                400 => 13,
+                401 => 16,
+                403 => 7,
+                404 => 12,
+                429 | 502 | 503 | 504 => 14,
+                _ => 2,
+            })),
+            Classify::Grpc { .. } => grpc_status(headers).map(Status::grpc),
+        }
+    }
+
+    /// The `grpc.status` in trailers (gRPC).
+    pub(crate) fn trailers_status(&self, trailers: &HeaderMap) -> Option<Status> {
+        match self {
+            Classify::Http => None,
+            Classify::Grpc { .. } => grpc_status(trailers).map(Status::grpc),
+        }
+    }
+
+    /// The `grpc.status` of a response whose body failed.
+    pub(crate) fn broken_status(&self) -> Status {
+        self.dialect().failed()
+    }
+
+    /// The `grpc.status` of a gRPC stream that ended without one (gRPC clients say `INTERNAL`).
+    pub(crate) fn missing_status(&self) -> Option<Status> {
+        match self {
+            Classify::Http => None,
+            Classify::Grpc { .. } => Some(Status::INTERNAL),
+        }
+    }
+
+    /// The words the engine uses for this face's failures.
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self {
+            Classify::Http => Dialect::Plain,
+            Classify::Grpc { .. } => Dialect::Grpc,
+        }
+    }
+
     fn code(&self, code: i32) -> Outcome {
         match self {
             Classify::Grpc { failure_codes } if failure_codes.contains(&code) => Outcome::Failure,
@@ -187,6 +236,21 @@ mod tests {
         assert_eq!(c.head(StatusCode::OK, &trailers("14")), Verdict::done(Outcome::Failure), "trailers-only");
         assert!(!c.head(StatusCode::OK, &HeaderMap::new()).is_final, "gRPC waits for trailers");
         assert_eq!(c.end_without_status(), Outcome::Failure);
+    }
+
+    #[test]
+    fn statuses() {
+        let g = Classify::grpc();
+        assert_eq!(g.head_status(StatusCode::OK, &HeaderMap::new()), None, "awaits the trailers");
+        assert_eq!(g.head_status(StatusCode::OK, &trailers("5")), Some(Status::grpc(5)));
+        assert_eq!(g.head_status(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()), Some(Status::UNAVAILABLE));
+        assert_eq!(g.head_status(StatusCode::NOT_FOUND, &HeaderMap::new()), Some(Status::grpc(12)));
+        assert_eq!(g.trailers_status(&trailers("0")), Some(Status::OK));
+        assert_eq!(g.broken_status(), Status::UNAVAILABLE);
+        let h = Classify::http();
+        assert_eq!(h.head_status(StatusCode::NOT_FOUND, &HeaderMap::new()).map(|s| s.as_str()), Some("4xx"));
+        assert_eq!(h.broken_status().as_str(), "failure");
+        assert_eq!(h.missing_status(), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use lb_core::balance::future::ResponseFuture as EngineFuture;
 use lb_core::discover::BoxDiscover;
 use lb_core::pool::{EndpointPhase, HealthCheck, Pool};
+use lb_core::retry::Budget;
 use lb_core::{Balance, BoxError, Endpoint};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -18,6 +19,7 @@ use tokio::time::Sleep;
 use crate::body::{TrackBody, TrackedBody};
 use crate::connect::{HttpConnection, Protocol, Replay, SlotBody};
 use crate::health::HttpHealthCheck;
+use crate::retry::{self, Driven, Plan};
 use crate::{Error, Options};
 
 /// The response body of [`LbClient`]: counts the request until its end, then frees its slot on
@@ -60,6 +62,14 @@ impl Builder {
     }
 
     crate::__builder_options!();
+
+    /// Re-sends requests that reached a backend and got a retryable answer (see
+    /// [`crate::retry`]); only requests that can be rebuilt (sent with
+    /// [`LbClient::request_replayable`], or carrying a [`Replay`]).
+    pub fn retry(mut self, policy: crate::RetryPolicy) -> Self {
+        self.options.retry = Some(policy);
+        self
+    }
 
     /// HTTP/1.1 (the default) or HTTP/2.
     pub fn protocol(mut self, protocol: Protocol) -> Self {
@@ -120,6 +130,7 @@ impl Builder {
 pub struct LbClient<B> {
     engine: Balance<HttpConnection<B>, Request<B>, TrackBody>,
     request_timeout: Option<Duration>,
+    plan: Option<Arc<Plan>>,
 }
 
 impl<B> Clone for LbClient<B> {
@@ -127,6 +138,7 @@ impl<B> Clone for LbClient<B> {
         LbClient {
             engine: self.engine.clone(),
             request_timeout: self.request_timeout,
+            plan: self.plan.clone(),
         }
     }
 }
@@ -136,6 +148,7 @@ impl<B> std::fmt::Debug for LbClient<B> {
         f.debug_struct("LbClient")
             .field("engine", &self.engine)
             .field("request_timeout", &self.request_timeout)
+            .field("plan", &self.plan)
             .finish()
     }
 }
@@ -148,8 +161,22 @@ impl LbClient<()> {
 }
 
 impl<B> LbClient<B> {
-    pub(crate) fn new(engine: Balance<HttpConnection<B>, Request<B>, TrackBody>, request_timeout: Option<Duration>) -> Self {
-        LbClient { engine, request_timeout }
+    pub(crate) fn new(
+        engine: Balance<HttpConnection<B>, Request<B>, TrackBody>,
+        request_timeout: Option<Duration>,
+        plan: Option<Arc<Plan>>,
+    ) -> Self {
+        LbClient {
+            engine,
+            request_timeout,
+            plan,
+        }
+    }
+
+    /// The retry budget's counters (retries and hedges sent, refused), when a retry or hedging
+    /// policy is set.
+    pub fn retry_budget(&self) -> Option<&Budget> {
+        self.plan.as_deref().map(|p| &*p.budget)
     }
 
     /// The pool of the target's endpoints.
@@ -198,17 +225,33 @@ where
             .collect()
     }
 
-    /// Sends one request.
+    /// Sends one request; under a retry or hedging policy (see [`crate::retry`]), a request that
+    /// carries a [`Replay`] may be sent more than once.
     pub fn request(&self, req: Request<B>) -> ResponseFuture<B> {
+        if let Some(plan) = &self.plan {
+            if plan.applies(&req) {
+                if let Some(replay) = req.extensions().get::<Replay<B>>().cloned() {
+                    let driven = retry::drive(self.clone(), Arc::clone(plan), req, replay);
+                    return ResponseFuture::driven(driven, self.request_timeout);
+                }
+            }
+        }
         ResponseFuture::new(self.engine.send(req), self.request_timeout)
+    }
+
+    /// One attempt through the engine, with no policy and no timeout of its own.
+    pub(crate) fn send_once(&self, req: Request<B>) -> impl Future<Output = Result<Response<ResponseBody>, Error>> + Send + 'static {
+        let fut = self.engine.send(req);
+        async move { fut.await.map_err(Error::from_engine) }
     }
 
     /// Like [`LbClient::request`], for a body that can be cloned (`Full<Bytes>`, `Empty`, …): when
     /// an HTTP/2 server says it did not process the request — a `REFUSED_STREAM` reset, or a
     /// graceful `GOAWAY` above its last stream id, as during a rolling restart — a copy goes to
     /// another endpoint instead of failing (RFC 9113 §8.7 makes that safe for any method). A
-    /// request that a server may have processed is never re-sent. The copy carries the method,
-    /// URI, version, headers and body, not the request's other extensions.
+    /// request that a server may have processed is never re-sent — except under a retry or
+    /// hedging policy, which this makes the request eligible for (see [`crate::retry`]). The copy
+    /// carries the method, URI, version, headers and body, not the request's other extensions.
     pub fn request_replayable(&self, mut req: Request<B>) -> ResponseFuture<B>
     where
         B: Clone + Sync,
@@ -228,8 +271,24 @@ where
 }
 
 pin_project! {
-    /// The future of an [`LbClient`] request: the engine's, bounded by the request timeout, with
-    /// errors as [`Error`].
+    #[project = InnerProj]
+    enum Inner<B>
+    where
+        B: http_body::Body,
+        B: Send,
+        B: Unpin,
+        B: 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        Once { #[pin] fut: EngineFuture<HttpConnection<B>, Request<B>, TrackBody> },
+        Driven { fut: Driven },
+    }
+}
+
+pin_project! {
+    /// The future of an [`LbClient`] request: the engine's (or, under a retry or hedging policy,
+    /// its attempts'), bounded by the request timeout, with errors as [`Error`].
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<B>
     where
@@ -241,7 +300,7 @@ pin_project! {
         B::Error: Into<BoxError>,
     {
         #[pin]
-        inner: EngineFuture<HttpConnection<B>, Request<B>, TrackBody>,
+        inner: Inner<B>,
         timeout: Option<(Duration, Pin<Box<Sleep>>)>,
     }
 }
@@ -253,7 +312,10 @@ where
     B::Error: Into<BoxError>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture").field("inner", &self.inner).finish()
+        match &self.inner {
+            Inner::Once { fut } => f.debug_struct("ResponseFuture").field("inner", fut).finish(),
+            Inner::Driven { .. } => f.debug_struct("ResponseFuture").field("inner", &"attempts").finish(),
+        }
     }
 }
 
@@ -263,9 +325,16 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    fn new(inner: EngineFuture<HttpConnection<B>, Request<B>, TrackBody>, timeout: Option<Duration>) -> Self {
+    fn new(fut: EngineFuture<HttpConnection<B>, Request<B>, TrackBody>, timeout: Option<Duration>) -> Self {
         ResponseFuture {
-            inner,
+            inner: Inner::Once { fut },
+            timeout: timeout.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+        }
+    }
+
+    fn driven(fut: Driven, timeout: Option<Duration>) -> Self {
+        ResponseFuture {
+            inner: Inner::Driven { fut },
             timeout: timeout.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
         }
     }
@@ -280,12 +349,26 @@ where
     type Output = Result<Response<ResponseBody>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result.map_err(Error::from_engine));
+        let mut this = self.project();
+        let done = match this.inner.as_mut().project() {
+            InnerProj::Once { fut } => match fut.poll(cx) {
+                Poll::Ready(result) => Some(result.map_err(Error::from_engine)),
+                Poll::Pending => None,
+            },
+            InnerProj::Driven { fut } => match fut.as_mut().poll(cx) {
+                Poll::Ready(result) => Some(result),
+                Poll::Pending => None,
+            },
+        };
+        if let Some(result) = done {
+            return Poll::Ready(result);
         }
         if let Some((after, sleep)) = this.timeout.as_mut() {
             ready!(sleep.as_mut().poll(cx));
+            // Dropped with this future, the call is recorded as timed out, not cancelled.
+            if let InnerProj::Once { fut } = this.inner.project() {
+                fut.timed_out();
+            }
             return Poll::Ready(Err(Error::timeout(*after)));
         }
         Poll::Pending

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use lb_core::balance::error::Unavailable;
+use lb_core::balance::error::{Overloaded, Unavailable};
 use lb_core::BoxError;
 
 /// An error from [`LbClient`](crate::LbClient) or a builder.
@@ -15,6 +15,7 @@ pub struct Error {
 #[derive(Debug)]
 enum Kind {
     Unavailable(Unavailable),
+    Overloaded(Overloaded),
     Timeout(Duration),
     Transport {
         sent: bool,
@@ -31,9 +32,18 @@ impl Error {
             Ok(e) => return *e,
             Err(e) => e,
         };
-        match e.downcast::<Unavailable>() {
-            Ok(u) => Error {
-                kind: Kind::Unavailable(*u),
+        let e = match e.downcast::<Unavailable>() {
+            Ok(u) => {
+                return Error {
+                    kind: Kind::Unavailable(*u),
+                    source: None,
+                }
+            }
+            Err(e) => e,
+        };
+        match e.downcast::<Overloaded>() {
+            Ok(o) => Error {
+                kind: Kind::Overloaded(*o),
                 source: None,
             },
             // A per-endpoint error that says nothing of whether the request left.
@@ -73,6 +83,20 @@ impl Error {
     /// failing to connect (HTTP 503, gRPC `UNAVAILABLE`).
     pub fn is_unavailable(&self) -> bool {
         matches!(self.kind, Kind::Unavailable(_))
+    }
+
+    /// A circuit-breaker bound refused the request at once, without sending it (HTTP 503, gRPC
+    /// `RESOURCE_EXHAUSTED`); see `lb_core::balance::Limits`.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self.kind, Kind::Overloaded(_))
+    }
+
+    /// For an overloaded error: which bound refused the request.
+    pub fn overloaded(&self) -> Option<&Overloaded> {
+        match &self.kind {
+            Kind::Overloaded(o) => Some(o),
+            _ => None,
+        }
     }
 
     /// For an unavailable error: why no endpoint could take the request (the target, how long it
@@ -131,6 +155,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Unavailable(u) => fmt::Display::fmt(u, f),
+            Kind::Overloaded(o) => fmt::Display::fmt(o, f),
             Kind::Timeout(after) => write!(f, "request timed out after {after:?}"),
             Kind::Transport { sent: true } => f.write_str("connection failed after the request was sent"),
             Kind::Transport { sent: false } => f.write_str("connection failed before the request was processed"),

@@ -36,6 +36,7 @@ pub mod connect;
 mod error;
 pub mod health;
 mod options;
+pub mod retry;
 
 pub use self::body::{TrackBody, TrackedBody};
 pub use self::classify::Classify;
@@ -43,6 +44,8 @@ pub use self::client::{Builder, EndpointStatus, LbClient, ResponseBody, Response
 pub use self::connect::{HttpConnection, HttpConnector, Protocol, Replay};
 pub use self::error::Error;
 pub use self::options::{IdleTimeout, KeepAlive, Options};
+pub use self::retry::{HedgeDelay, HedgePolicy, Hedgeable, RetryOn, RetryPolicy};
+pub use lb_core::retry::RetryBudget;
 
 /// What [`__builder_options!`] expands to needs, reachable from other crates.
 #[doc(hidden)]

@@ -17,7 +17,11 @@ use lb_core::discover::BoxDiscover;
 use lb_core::pool::HealthCheck;
 use lb_core::BoxError;
 
+use lb_core::balance::Avoid;
+use lb_core::retry::{Budget, RetryBudget};
+
 use crate::body::TrackBody;
+use crate::retry::{HedgePolicy, Plan, RetryPolicy};
 use crate::client::LbClient;
 use crate::connect::{HttpConnection, HttpConnector, Protocol};
 use crate::Error;
@@ -71,8 +75,16 @@ pub struct Options {
     pub authority: Option<String>,
     /// The request header whose value is the affinity key for hashing policies (parsed at build).
     pub hash_header: Option<String>,
-    /// Fails a request whose response headers have not arrived after this long.
+    /// Fails a request whose response headers have not arrived after this long (its retries and
+    /// hedges included).
     pub request_timeout: Option<Duration>,
+    /// Re-sends calls that reached a backend and got a retryable answer (see [`crate::retry`]).
+    pub retry: Option<RetryPolicy>,
+    /// Sends more attempts of a call while earlier ones are slow (see [`crate::retry`]).
+    pub hedge: Option<HedgePolicy>,
+    /// Bounds the retries and hedges of every call of the client together (default: 0.2 of the
+    /// recent calls plus 10 per second, over 10 s).
+    pub retry_budget: RetryBudget,
 }
 
 /// What [`Options::validate`] parsed.
@@ -91,6 +103,10 @@ impl Options {
 
     pub(crate) fn parse(&self) -> Result<Parsed, Error> {
         self.balance.validate().map_err(|e| Error::config(e.to_string()))?;
+        self.retry_budget.validate().map_err(Error::config)?;
+        if let Some(h) = &self.hedge {
+            h.validate().map_err(Error::config)?;
+        }
         if self.tls_server_name.is_some() && self.tls.is_none() {
             return Err(Error::config(
                 "a TLS server name was given without TLS: set tls() too, or drop tls_server_name()",
@@ -165,13 +181,20 @@ impl Options {
             .balance
             .spawn_pool(name, discover, connector, health)
             .map_err(|e| Error::config(e.to_string()))?;
+        let grpc = track.is_grpc();
         let mut engine = self.balance.balance(pool).track(track);
         if let Some(h) = parsed.hash_header {
             engine = engine.with_key(move |req: &http::Request<B>| {
                 req.headers().get(&h).map(|v| lb_core::policy::hash_key(v.as_bytes()))
             });
         }
-        Ok(LbClient::new(engine, self.request_timeout))
+        if self.retry.is_some() || self.hedge.is_some() {
+            // The engine keeps each call's attempted endpoints out of its next attempt's pick.
+            engine = engine.with_avoid(|req: &http::Request<B>| req.extensions().get::<Avoid>().cloned());
+        }
+        let budget = Budget::new(self.retry_budget, name).map_err(Error::config)?;
+        let plan = Plan::new(self.retry, self.hedge, budget, grpc);
+        Ok(LbClient::new(engine, self.request_timeout, plan))
     }
 }
 
@@ -230,6 +253,23 @@ macro_rules! __builder_options {
         /// none); through `LbChannel` that is `DEADLINE_EXCEEDED`.
         pub fn request_timeout(mut self, timeout: ::std::time::Duration) -> Self {
             self.options.request_timeout = Some(timeout);
+            self
+        }
+
+        /// Hedges calls (see `lb_hyper::retry`): while an attempt is slow, another goes to an
+        /// endpoint the call has not tried; the first answer wins and the others are cancelled.
+        /// Only calls marked `lb_hyper::Hedgeable` unless the policy hedges every call.
+        pub fn hedge(mut self, policy: $crate::HedgePolicy) -> Self {
+            self.options.hedge = Some(policy);
+            self
+        }
+
+        /// What bounds the retries and hedges of all calls together (default
+        /// `RetryBudget::ratio(0.2)`: 0.2 of the recent calls plus 10 per second, over 10 s;
+        /// `RetryBudget::throttle` is gRPC's retry throttling). A spent budget sends nothing more:
+        /// the call ends with the answer it has.
+        pub fn retry_budget(mut self, budget: $crate::RetryBudget) -> Self {
+            self.options.retry_budget = budget;
             self
         }
 
@@ -307,6 +347,28 @@ macro_rules! __builder_options {
             self
         }
 
+        /// Circuit breaking: at most `n` requests of the target in flight at once (to the end of
+        /// their responses); more fail at once — `RESOURCE_EXHAUSTED` from `LbChannel`,
+        /// `Error::is_overloaded` from `LbClient`. Default unbounded.
+        pub fn max_in_flight(mut self, n: usize) -> Self {
+            self.options.balance = self.options.balance.max_in_flight(n);
+            self
+        }
+
+        /// Circuit breaking: an endpoint with `n` requests in flight is not picked; when every
+        /// endpoint tried is at that bound the request fails at once. Default unbounded.
+        pub fn max_in_flight_per_endpoint(mut self, n: u32) -> Self {
+            self.options.balance = self.options.balance.max_in_flight_per_endpoint(n);
+            self
+        }
+
+        /// Circuit breaking: at most `n` requests wait for an endpoint at once; more fail at once.
+        /// Default unbounded.
+        pub fn max_waiting(mut self, n: usize) -> Self {
+            self.options.balance = self.options.balance.max_waiting(n);
+            self
+        }
+
         /// How many times a request that never reached its endpoint is sent to another
         /// (default 3).
         pub fn max_reroutes(mut self, n: u8) -> Self {
@@ -327,6 +389,14 @@ macro_rules! __builder_options {
         /// affinity key (e.g. `x-user-id`); requests without it get no key. Checked at `build()`.
         pub fn hash_header(mut self, name: impl Into<String>) -> Self {
             self.options.hash_header = Some(name.into());
+            self
+        }
+
+        /// Labels the per-attempt metrics (`grpc.client.attempt.*`) with the endpoint's address
+        /// (`lb.endpoint`); default off, since it multiplies their series by the number of
+        /// endpoints. See `lb_core::metrics`.
+        pub fn metrics_endpoint_labels(mut self, on: bool) -> Self {
+            self.options.balance = self.options.balance.metrics_endpoint_labels(on);
             self
         }
 

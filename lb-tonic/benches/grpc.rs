@@ -7,7 +7,11 @@
 //! - `LbChannel` over that same single backend, which isolates the cost of lb's request path;
 //! - `LbChannel` with round robin, which separates the policy's effect from the request path's;
 //! - `LbChannel` with PeakEWMA forgetting faster (τ = 1 s instead of linkerd's 10 s), which shows
-//!   how much of PeakEWMA's result on identical backends is its memory of latency spikes.
+//!   how much of PeakEWMA's result on identical backends is its memory of latency spikes;
+//! - `LbChannel` (P2C PeakEWMA) recording its per-call metrics into a Prometheus recorder
+//!   (metrics-exporter-prometheus, A66's buckets, upkeep every 5 s and a render every 15 s as a
+//!   scrape would), against the first mode, whose per-call handles were registered before any
+//!   recorder was installed and so are the no-ops a process without a recorder has.
 //!
 //! Each mode runs `LB_BENCH_SECS` seconds (default 3) after a 1 s warm-up; the modes run
 //! interleaved, `LB_BENCH_ROUNDS` rounds (default 5), and each figure is the median over rounds
@@ -232,6 +236,34 @@ fn main() {
             .expect("valid target");
         assert!(lb_fast.ready(Duration::from_secs(5)).await);
 
+        // Every channel above registers its per-call series with no recorder installed: their
+        // handles are no-ops. (A status's histogram is registered the first time it is recorded,
+        // so one call each, now.) The one built after the recorder records into Prometheus.
+        for channel in [&lb, &lb_one, &lb_rr, &lb_fast] {
+            EchoClient::new(channel.clone()).unary(EchoRequest::default()).await.expect("a first call");
+        }
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(lb_core::metrics::DURATION_BUCKETS)
+            .expect("valid buckets")
+            .install_recorder()
+            .expect("the first recorder of this process");
+        let upkeep = prometheus.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+                n += 1;
+                if n % 3 == 0 {
+                    // What a scrape every 15 s costs the client.
+                    std::hint::black_box(upkeep.render());
+                }
+            }
+        });
+        let lb_metrics = lb_tonic::LbChannel::from_target(&target).expect("valid target");
+        assert!(lb_metrics.ready(Duration::from_secs(5)).await);
+
         let names = [
             "LbChannel (P2C PeakEWMA)",
             "tonic balance_list",
@@ -239,6 +271,7 @@ fn main() {
             "LbChannel, 1 backend",
             "LbChannel (round robin)",
             "LbChannel (PeakEWMA, τ 1 s)",
+            "LbChannel, Prometheus recorder",
         ];
         let mut results: Vec<Vec<Figures>> = vec![Vec::new(); names.len()];
         // `LB_BENCH_ONLY=i` runs only mode `i` (for profiling one client with `perf`);
@@ -254,7 +287,8 @@ fn main() {
                     2 => run(EchoClient::new(direct.clone()), secs).await,
                     3 => run(EchoClient::new(lb_one.clone()), secs).await,
                     4 => run(EchoClient::new(lb_rr.clone()), secs).await,
-                    _ => run(EchoClient::new(lb_fast.clone()), secs).await,
+                    5 => run(EchoClient::new(lb_fast.clone()), secs).await,
+                    _ => run(EchoClient::new(lb_metrics.clone()), secs).await,
                 };
                 println!(
                     "{}: {:.0} calls/s, p50 {:.0} us, p99 {:.0} us, client CPU {:.1} us/call",
@@ -274,6 +308,7 @@ fn main() {
             results[3].push(run(EchoClient::new(lb_one.clone()), secs).await);
             results[4].push(run(EchoClient::new(lb_rr.clone()), secs).await);
             results[5].push(run(EchoClient::new(lb_fast.clone()), secs).await);
+            results[6].push(run(EchoClient::new(lb_metrics.clone()), secs).await);
             eprintln!("round {} of {rounds}:", round + 1);
             for (n, r) in names.iter().zip(&results) {
                 let f = r[round];
@@ -304,6 +339,7 @@ fn main() {
             ("LbChannel round robin / balance_list", 4, 1),
             ("LbChannel PeakEWMA τ 1 s / balance_list", 5, 1),
             ("same single backend, LbChannel / direct", 3, 2),
+            ("with a Prometheus recorder / without", 6, 0),
         ] {
             println!(
                 "{label}: throughput {}x, p99 {}x, client CPU per call {}x",
@@ -312,6 +348,12 @@ fn main() {
                 per_round(x, y, |f| f.cpu_us),
             );
         }
+        let scrape = prometheus.render();
+        let calls = scrape
+            .lines()
+            .find(|l| l.starts_with("grpc_client_call_duration_count") && l.contains("grpc_status=\"OK\""))
+            .unwrap_or("no call series: the recorder recorded nothing");
+        println!("the recorder saw: {calls}");
     });
     let _ = child.kill();
     let _ = child.wait();

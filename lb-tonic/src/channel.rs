@@ -15,6 +15,7 @@ use tonic::body::Body;
 use crate::body::ResponseBody;
 use crate::health::GrpcHealthCheck;
 use crate::retry::{buffer_ready, Buffered, RetryPolicy};
+
 use crate::Error;
 
 /// Builds an [`LbChannel`]; start with [`LbChannel::builder`]. The setters record; `build`
@@ -41,8 +42,10 @@ impl Builder {
         self
     }
 
-    /// Re-sends calls that reached a backend under `policy` (see [`RetryPolicy`]).
+    /// Re-sends calls that reached a backend under `policy` (see [`RetryPolicy`]); retries draw
+    /// on the channel's [`retry_budget`](Builder::retry_budget).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.options.retry = Some(policy.to_hyper());
         self.retry = Some(policy);
         self
     }
@@ -148,7 +151,7 @@ impl LbChannel {
 
     fn send(&self, req: http::Request<Body>) -> ResponseFuture {
         let client = &self.inner.client;
-        let limit = self.inner.retry.as_ref().map_or(REPLAY_LIMIT, |p| p.max_buffer_bytes());
+        let limit = self.inner.retry.as_ref().map_or(REPLAY_LIMIT, |p| p.max_buffer_bytes().max(REPLAY_LIMIT));
         let (parts, body) = req.into_parts();
         // A body that is complete at once (every unary call) is kept, so a stream the server
         // refused unprocessed can be re-sent elsewhere, and a retry policy can re-send it.
@@ -160,41 +163,10 @@ impl LbChannel {
         };
         let template = Template::of(&parts);
         let mut first = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes.clone())));
-        let replay = Replay::new(move || template.request(&bytes));
-        first.extensions_mut().insert(replay.clone());
-        match self.inner.retry.clone() {
-            None => ResponseFuture::once(client.request(first)),
-            Some(policy) => {
-                let client = client.clone();
-                ResponseFuture::retrying(async move {
-                    let mut req = first;
-                    let mut attempt = 1;
-                    loop {
-                        let result = client.request(req).await;
-                        let result = result.map(|r| r.map(ResponseBody::new)).map_err(Error::from_hyper);
-                        if attempt >= policy.max_attempts() {
-                            return result;
-                        }
-                        let retry = match &result {
-                            // A trailers-only answer carries its status in the headers: nothing is
-                            // committed yet.
-                            Ok(rsp) => lb_hyper::classify::grpc_status(rsp.headers())
-                                .is_some_and(|c| policy.retries_code(tonic::Code::from_i32(c))),
-                            // Waiting longer for an endpoint than the engine already did would not help.
-                            Err(e) => !e.is_unavailable() && policy.retries_code(e.code()),
-                        };
-                        if !retry {
-                            return result;
-                        }
-                        tracing::debug!(target_uri = %client.target(), attempt, "retrying call");
-                        drop(result);
-                        tokio::time::sleep(policy.delay(attempt)).await;
-                        attempt += 1;
-                        req = replay.rebuild();
-                    }
-                })
-            }
-        }
+        // Rebuilds the call for a stream refused unprocessed, a retry or a hedge (lb-hyper's
+        // `retry` module drives those under the channel's policies and budget).
+        first.extensions_mut().insert(Replay::new(move || template.request(&bytes)));
+        ResponseFuture::once(client.request(first))
     }
 }
 
@@ -245,34 +217,18 @@ impl tower_service::Service<http::Request<Body>> for LbChannel {
     }
 }
 
-type Retrying = Pin<Box<dyn Future<Output = Result<http::Response<ResponseBody>, Error>> + Send>>;
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind {
-        Once { #[pin] fut: lb_hyper::ResponseFuture<Body> },
-        Retrying { fut: Retrying },
-    }
-}
-
 pin_project! {
     /// The future of an [`LbChannel`] call.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture {
         #[pin]
-        kind: Kind,
+        fut: lb_hyper::ResponseFuture<Body>,
     }
 }
 
 impl ResponseFuture {
     fn once(fut: lb_hyper::ResponseFuture<Body>) -> Self {
-        ResponseFuture { kind: Kind::Once { fut } }
-    }
-
-    fn retrying(fut: impl Future<Output = Result<http::Response<ResponseBody>, Error>> + Send + 'static) -> Self {
-        ResponseFuture {
-            kind: Kind::Retrying { fut: Box::pin(fut) },
-        }
+        ResponseFuture { fut }
     }
 }
 
@@ -286,13 +242,8 @@ impl Future for ResponseFuture {
     type Output = Result<http::Response<ResponseBody>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Once { fut } => {
-                let result = ready!(fut.poll(cx));
-                Poll::Ready(result.map(|r| r.map(ResponseBody::new)).map_err(Error::from_hyper))
-            }
-            KindProj::Retrying { fut } => fut.as_mut().poll(cx),
-        }
+        let result = ready!(self.project().fut.poll(cx));
+        Poll::Ready(result.map(|r| r.map(ResponseBody::new)).map_err(Error::from_hyper))
     }
 }
 

@@ -20,6 +20,7 @@ pub struct Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Unavailable,
+    Overloaded,
     Timeout,
     Transport,
     Config,
@@ -30,6 +31,8 @@ impl Error {
     pub(crate) fn from_hyper(e: lb_hyper::Error) -> Self {
         let (kind, code) = if e.is_unavailable() {
             (Kind::Unavailable, Code::Unavailable)
+        } else if e.is_overloaded() {
+            (Kind::Overloaded, Code::ResourceExhausted)
         } else if e.is_timeout() {
             (Kind::Timeout, Code::DeadlineExceeded)
         } else if e.is_transport() {
@@ -51,6 +54,12 @@ impl Error {
     /// No endpoint could take the request within the failfast time (`UNAVAILABLE`).
     pub fn is_unavailable(&self) -> bool {
         self.kind == Kind::Unavailable
+    }
+
+    /// A circuit-breaker bound refused the call at once, without sending it
+    /// (`RESOURCE_EXHAUSTED`).
+    pub fn is_overloaded(&self) -> bool {
+        self.kind == Kind::Overloaded
     }
 
     /// The request timeout expired (`DEADLINE_EXCEEDED`).

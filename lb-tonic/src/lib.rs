@@ -19,7 +19,11 @@
 //!   channel reaches a generated client as `UNKNOWN`: its error is not a gRPC status);
 //! - calls that never reached a backend are re-sent elsewhere; calls that did are re-sent only under
 //!   a [`RetryPolicy`];
-//! - optional `grpc.health.v1` health checking ([`GrpcHealthCheck`]) and passive outlier detection.
+//! - optional `grpc.health.v1` health checking ([`GrpcHealthCheck`]) and passive outlier detection;
+//! - gRFC A66's client metrics (`grpc.client.attempt.started`, `…attempt.duration`,
+//!   `…call.duration`, labelled `grpc.target` and `grpc.status`) and per-endpoint gauges, through
+//!   the `metrics` facade to whatever recorder the application installs before building the
+//!   channel ([`lb_core::metrics`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -68,8 +72,8 @@ pub use self::body::ResponseBody;
 pub use self::channel::{Builder, LbChannel, ResponseFuture};
 pub use self::error::Error;
 pub use self::health::GrpcHealthCheck;
-pub use self::retry::RetryPolicy;
-pub use lb_hyper::{Classify, EndpointStatus, Options};
+pub use self::retry::{grpc_codes, RetryPolicy};
+pub use lb_hyper::{Classify, EndpointStatus, HedgeDelay, HedgePolicy, Hedgeable, Options, RetryBudget, RetryOn};
 
 // What a user of the channel needs, so that `lb-tonic` alone is enough to depend on.
 pub use lb_core::load::EwmaConfig;

@@ -1,4 +1,5 @@
-//! Re-sending requests that reached a backend, under a policy the user configures.
+//! Re-sending requests that reached a backend, under a policy the user configures: the gRPC face
+//! of [`lb_hyper::retry`], which drives the attempts (and hedges) for both clients.
 //!
 //! Requests that never reached a backend are re-sent elsewhere without any policy (see
 //! [`lb_core::balance`]). A request that did reach one is re-sent only when a [`RetryPolicy`] is set,
@@ -10,7 +11,16 @@
 //!   deadlock a bidirectional call) and is simply not retried;
 //! - the attempt must have failed before the response was committed: a trailers-only response whose
 //!   `grpc-status` is in [`RetryPolicy::codes`], or a broken connection when `UNAVAILABLE` is listed.
-//!   Once response headers with a body arrive, the call is committed and never retried.
+//!   Once response headers with a body arrive, the call is committed and never retried;
+//! - the channel's retry budget has room ([`Builder::retry_budget`](crate::Builder::retry_budget),
+//!   default 0.2 of the recent calls plus 10 per second): a spent budget ends the call with its
+//!   answer, counted in `lb_retry_budget_exhausted_total`. A server's `grpc-retry-pushback-ms` sets
+//!   the delay (a negative one stops retrying), and attempts after the first carry
+//!   `grpc-previous-rpc-attempts`.
+//!
+//! Hedging ([`Builder::hedge`](crate::Builder::hedge), [`lb_hyper::HedgePolicy`]) buffers the same
+//! way; [`grpc_codes`] lists its non-fatal codes in tonic's terms, and [`lb_hyper::Hedgeable`] in
+//! a `tonic::Request`'s extensions marks a call safe to hedge.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -21,6 +31,11 @@ use http_body::Body as _;
 use tonic::body::Body;
 use tonic::Code;
 
+/// Which failed attempts are retried, or not fatal to a hedged call, in tonic's codes.
+pub fn grpc_codes(codes: impl IntoIterator<Item = Code>) -> lb_hyper::RetryOn {
+    lb_hyper::RetryOn::grpc_codes(codes.into_iter().map(|c| c as i32))
+}
+
 /// When and how often to re-send a request that reached a backend; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -28,17 +43,20 @@ pub struct RetryPolicy {
     codes: Vec<Code>,
     max_buffer: usize,
     backoff: Duration,
+    max_backoff: Duration,
 }
 
 impl RetryPolicy {
-    /// At most `max_attempts` attempts in all (the first included), on `UNAVAILABLE` only, buffering
-    /// request bodies up to 64 KiB, 10 ms apart (doubling).
+    /// At most `max_attempts` attempts in all (the first included; at most 5, as gRFC A6 caps
+    /// them), on `UNAVAILABLE` only, buffering request bodies up to 64 KiB; each delay is drawn at
+    /// random below a bound that starts at 10 ms and doubles per attempt, up to 1 s (A6's backoff).
     pub fn new(max_attempts: u32) -> Self {
         RetryPolicy {
-            max_attempts: max_attempts.max(1),
+            max_attempts: max_attempts.clamp(1, lb_hyper::retry::MAX_ATTEMPTS),
             codes: vec![Code::Unavailable],
             max_buffer: 64 * 1024,
             backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
         }
     }
 
@@ -54,22 +72,28 @@ impl RetryPolicy {
         self
     }
 
-    /// The delay before the first re-send; it doubles per attempt.
+    /// The bound of the delay before the first re-send; it doubles per attempt.
     pub fn backoff(mut self, delay: Duration) -> Self {
         self.backoff = delay;
         self
     }
 
-    pub(crate) fn max_attempts(&self) -> u32 {
+    /// The largest delay bound (default 1 s).
+    pub fn max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max;
+        self
+    }
+
+    /// Attempts in all, the first included.
+    pub fn max_attempts(&self) -> u32 {
         self.max_attempts
     }
 
-    pub(crate) fn retries_code(&self, code: Code) -> bool {
-        self.codes.contains(&code)
-    }
-
-    pub(crate) fn delay(&self, attempt: u32) -> Duration {
-        self.backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(10))
+    pub(crate) fn to_hyper(&self) -> lb_hyper::RetryPolicy {
+        lb_hyper::RetryPolicy::new(self.max_attempts)
+            .on(grpc_codes(self.codes.iter().copied()))
+            .backoff(self.backoff)
+            .max_backoff(self.max_backoff)
     }
 
     pub(crate) fn max_buffer_bytes(&self) -> usize {

@@ -3,8 +3,11 @@
 //! ```text
 //! greeter-client --target TARGET (--requests N | --duration-secs S) --concurrency C
 //!                --policy rr|wrr|p2c|p2c-ewma|hash|maglev|wrr-orca|p2c-util [--zone Z] [--region R] [--node N]
-//!                [--blackout-secs S] [--weight-update-ms MS]
+//!                [--blackout-secs S] [--weight-update-ms MS] [--metrics-addr HOST:PORT [--metrics-endpoint-labels]]
 //! ```
+//!
+//! With `--metrics-addr` it serves lb's metrics (`lb_core::metrics`) as Prometheus text at
+//! `/metrics` while it runs.
 //!
 //! With `--policy hash`, call i carries the affinity key `key-<i mod --keys>` in the `x-lb-key`
 //! metadata (`LbChannel::builder().hash_header("x-lb-key")`).
@@ -90,6 +93,12 @@ struct Args {
     /// The name sent in every HelloRequest.
     #[arg(long, default_value = "world")]
     name: String,
+    /// Serve lb's metrics at http://HOST:PORT/metrics while running (port 0 picks one; logged).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Label the per-attempt metrics with each backend's address.
+    #[arg(long)]
+    metrics_endpoint_labels: bool,
 }
 
 fn parse_policy(s: &str) -> Result<PolicyName, String> {
@@ -120,6 +129,10 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
     if let Some(n) = &args.node {
         locality = locality.with_node(n);
     }
+    // Before the channel: lb registers the target's series when its pool starts.
+    if let Some(addr) = args.metrics_addr {
+        lb_examples::metrics::serve(addr).await?;
+    }
     let policy: std::sync::Arc<dyn lb_core::Policy> = match args.policy {
         PolicyName::WrrOrca => {
             let blackout = Duration::try_from_secs_f64(args.blackout_secs)
@@ -133,6 +146,7 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
         other => other.build(),
     };
     let mut builder = LbChannel::builder()
+        .metrics_endpoint_labels(args.metrics_endpoint_labels)
         .policy(policy)
         .endpoint_wait_timeout(Duration::from_millis(args.endpoint_wait_ms))
         .health_check(args.health_check);

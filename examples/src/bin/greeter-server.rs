@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! greeter-server --addr 127.0.0.1:0 [--zone Z] [--region R] [--node N] [--delay-ms D]
-//!                [--capacity N] [--orca] [--register TARGET --ttl-secs S]
+//!                [--capacity N] [--orca] [--register TARGET --ttl-secs S] [--metrics-addr HOST:PORT]
 //! ```
 //!
 //! The first line on stdout is the bound `ip:port` (so scripts and tests can start it on port 0),
@@ -16,6 +16,9 @@
 //! taking `--delay-ms`; `--orca` reports its load in every response (ORCA's
 //! `endpoint-load-metrics-bin` trailer): utilization = the busy share of its capacity, and its
 //! calls per second.
+//!
+//! With `--metrics-addr` it serves Prometheus text at `/metrics` there: gRFC A66's server call
+//! metrics and, with `--register`, the registrar's.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -66,6 +69,9 @@ struct Args {
     /// Registration TTL in seconds (the etcd lease / Consul TTL check), with --register.
     #[arg(long, requires = "register")]
     ttl_secs: Option<u64>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; logged).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -78,6 +84,9 @@ async fn main() -> anyhow::Result<()> {
         .as_deref()
         .map(|t| registration_target(t, args.ttl_secs))
         .transpose()?;
+    if let Some(addr) = args.metrics_addr {
+        lb_examples::metrics::serve(addr).await?;
+    }
 
     let config = Config {
         delay: Duration::from_millis(args.delay_ms),

@@ -59,14 +59,18 @@
 //! A per-endpoint service's error must say whether the request was sent ([`EndpointError`]):
 //! [`BoxError`](crate::BoxError), what most tower layers return, says "maybe".
 
+mod attempts;
 pub mod error;
 pub mod future;
 mod layer;
+mod limits;
 mod pick;
 mod service;
 mod track;
 
+pub use self::attempts::{Attempted, Avoid};
 pub use self::layer::BalanceLayer;
+pub use self::limits::{Gate, Limit, Limits, Permit};
 pub use self::pick::{PickFuture, Wait};
 pub use self::service::Balance;
 pub use self::track::{CompleteOnResponse, EndpointError, TrackCompletion};

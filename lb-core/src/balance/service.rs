@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use super::attempts::Avoid;
+use super::future::{Admit, ResponseFuture};
+use super::limits::{Gate, Limits};
 use super::pick::Wait;
 use super::track::{CompleteOnResponse, EndpointError, TrackCompletion};
 use crate::policy::PickContext;
@@ -14,6 +16,7 @@ use crate::pool::Pool;
 use crate::BoxError;
 
 type KeyFn<Req> = Arc<dyn Fn(&Req) -> Option<u64> + Send + Sync>;
+type AvoidFn<Req> = Arc<dyn Fn(&Req) -> Option<Avoid> + Send + Sync>;
 
 /// Per-request load balancing over a [`Pool`] of endpoint services; see the
 /// [module docs](crate::balance).
@@ -23,6 +26,8 @@ pub struct Balance<C, Req, T = CompleteOnResponse> {
     max_reroutes: u8,
     track: T,
     key: Option<KeyFn<Req>>,
+    gate: Option<Arc<Gate>>,
+    avoid: Option<AvoidFn<Req>>,
     _req: PhantomData<fn(Req)>,
 }
 
@@ -40,6 +45,8 @@ impl<C, Req> Balance<C, Req> {
             max_reroutes: Self::DEFAULT_MAX_REROUTES,
             track: CompleteOnResponse::default(),
             key: None,
+            gate: None,
+            avoid: None,
             _req: PhantomData,
         }
     }
@@ -73,9 +80,28 @@ impl<C, Req, T> Balance<C, Req, T> {
         self.max_reroutes(n)
     }
 
+    /// Circuit breaking (see [`Limits`]): requests over a bound fail at once with
+    /// [`Overloaded`](super::error::Overloaded). Clones share the counters.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.gate = (limits != Limits::default()).then(|| Gate::new(limits));
+        self
+    }
+
+    /// The circuit breaker's counters, when bounds are set.
+    pub fn gate(&self) -> Option<&Arc<Gate>> {
+        self.gate.as_ref()
+    }
+
     /// Extracts an affinity key from each request, for hashing policies.
     pub fn with_key(mut self, key: impl Fn(&Req) -> Option<u64> + Send + Sync + 'static) -> Self {
         self.key = Some(Arc::new(key));
+        self
+    }
+
+    /// Finds the endpoints a request's call already tried (see [`Avoid`]): the engine passes them
+    /// over and records the endpoint it sends to. Faces that retry or hedge carry it in the request.
+    pub fn with_avoid(mut self, avoid: impl Fn(&Req) -> Option<Avoid> + Send + Sync + 'static) -> Self {
+        self.avoid = Some(Arc::new(avoid));
         self
     }
 
@@ -87,6 +113,8 @@ impl<C, Req, T> Balance<C, Req, T> {
             max_reroutes: self.max_reroutes,
             track,
             key: self.key,
+            gate: self.gate,
+            avoid: self.avoid,
             _req: PhantomData,
         }
     }
@@ -124,7 +152,14 @@ where
         let ctx = PickContext {
             hash: self.key.as_ref().and_then(|k| k(&req)),
         };
-        ResponseFuture::new(self.pool.clone(), req, ctx, self.wait, self.track.clone(), self.max_reroutes)
+        let avoid = self.avoid.as_ref().and_then(|a| a(&req));
+        let admit = Admit {
+            wait: self.wait,
+            reroutes: self.max_reroutes,
+            gate: self.gate.as_ref(),
+            avoid,
+        };
+        ResponseFuture::new(self.pool.clone(), req, ctx, self.track.clone(), admit)
     }
 }
 
@@ -136,6 +171,8 @@ impl<C, Req, T: Clone> Clone for Balance<C, Req, T> {
             max_reroutes: self.max_reroutes,
             track: self.track.clone(),
             key: self.key.clone(),
+            gate: self.gate.clone(),
+            avoid: self.avoid.clone(),
             _req: PhantomData,
         }
     }

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 
 use crate::load::{LoadGuard, Outcome};
+use crate::metrics::Dialect;
 use crate::BoxError;
 
 /// How [`Balance`](super::Balance) reads the error of an endpoint's service.
@@ -56,6 +57,12 @@ pub trait TrackCompletion<Rsp>: Clone {
 
     /// Attaches (or drops) the guard.
     fn track_completion(&self, guard: LoadGuard, response: Rsp) -> Self::Output;
+
+    /// The words the engine's own metrics use for this face's failures (see
+    /// [`crate::metrics::Status`]): gRPC's codes, or lb's plain words (the default).
+    fn dialect(&self) -> Dialect {
+        Dialect::Plain
+    }
 }
 
 /// Ends the request when its response arrives, recording a success.

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use crate::discover::BoxDiscover;
 use crate::endpoint::Endpoint;
 use crate::load::{EwmaConfig, Load, LoadGuard};
+use crate::metrics::TargetSeries;
 use crate::policy::{PickContext, Picker, Policy};
 use crate::BoxError;
 
@@ -137,6 +138,8 @@ pub struct PoolConfig {
     /// The longest an endpoint is kept out of picks for answering that it is overloaded
     /// (`RESOURCE_EXHAUSTED`, HTTP 429/503 with `Retry-After`); `None` ignores such answers.
     pub overload_penalty_cap: Option<Duration>,
+    /// Whether the per-attempt metrics carry an `lb.endpoint` label (see [`crate::metrics`]).
+    pub metrics_endpoint_labels: bool,
 }
 
 impl Default for PoolConfig {
@@ -150,6 +153,7 @@ impl Default for PoolConfig {
             ewma: EwmaConfig::default(),
             drain_timeout: Duration::from_secs(60),
             overload_penalty_cap: Some(Duration::from_secs(30)),
+            metrics_endpoint_labels: false,
         }
     }
 }
@@ -288,6 +292,7 @@ pub(crate) struct Shared<C> {
     snapshot: ArcSwap<Snapshot<C>>,
     version: watch::Sender<u64>,
     config: PoolConfig,
+    series: Arc<TargetSeries>,
 }
 
 struct Handle<C> {
@@ -344,10 +349,13 @@ impl<C: Clone + Send + Sync + 'static> Pool<C> {
         P: Policy,
     {
         let (version, _) = watch::channel(0);
+        crate::metrics::describe();
+        let series = Arc::new(TargetSeries::new(&config.target, config.metrics_endpoint_labels));
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             version,
             config,
+            series,
         });
         let (tx, rx) = oneshot::channel();
         let task = task::PoolTask::new(Arc::clone(&shared), discover, connector, Box::new(policy), health, rx);
@@ -373,6 +381,11 @@ impl<C> Pool<C> {
     /// The configuration.
     pub fn config(&self) -> &PoolConfig {
         &self.handle.shared.config
+    }
+
+    /// The target's metric series.
+    pub(crate) fn series(&self) -> &TargetSeries {
+        &self.handle.shared.series
     }
 
     /// True once discovery delivered a full set.

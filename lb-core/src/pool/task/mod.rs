@@ -21,7 +21,7 @@ use crate::backoff::Backoff;
 use crate::discover::{BoxDiscover, Diff, EndpointSet};
 use crate::endpoint::{Endpoint, EndpointId, EndpointState};
 use crate::load::Load;
-use crate::metrics as m;
+use crate::metrics::{self as m, EndpointGauges};
 use crate::policy::Policy;
 use crate::BoxError;
 
@@ -33,6 +33,8 @@ type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 const MIN_HEALTHY_CONNECTION: Duration = Duration::from_secs(1);
 /// Publish at least this often while a burst of events is being applied.
 const MAX_EVENTS_PER_PUBLISH: usize = 256;
+/// How often the per-endpoint gauges (in flight, latency estimate) are sampled between publications.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 enum Phase<C> {
     Idle,
@@ -75,6 +77,7 @@ struct Slot<C> {
     ejected_this_interval: bool,
     health: Option<bool>,
     aborts: Vec<AbortHandle>,
+    gauges: EndpointGauges,
 }
 
 impl<C> Slot<C> {
@@ -82,6 +85,10 @@ impl<C> Slot<C> {
         for a in self.aborts.drain(..) {
             a.abort();
         }
+    }
+
+    fn sample(&mut self) {
+        self.gauges.set(self.phase.public(), self.load.in_flight(), self.load.rtt_estimate());
     }
 }
 
@@ -162,6 +169,8 @@ impl<K: Connect> PoolTask<K> {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
+        let mut gauges = tokio::time::interval_at(Instant::now() + GAUGE_INTERVAL, GAUGE_INTERVAL);
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut events = 0usize;
         loop {
             let deadline = self.next_deadline();
@@ -172,6 +181,9 @@ impl<K: Connect> PoolTask<K> {
                 biased;
                 _ = &mut self.shutdown => {
                     debug!(target_uri = %self.target(), "pool handles dropped; stopping");
+                    for slot in self.slots.values_mut() {
+                        slot.gauges.clear();
+                    }
                     return;
                 }
                 item = next_update(discover) => self.on_discovery(item),
@@ -192,6 +204,7 @@ impl<K: Connect> PoolTask<K> {
                 }
                 _ = tick(&mut rebuild) => self.dirty = true,
                 _ = sweep.tick() => self.outlier_sweep(),
+                _ = gauges.tick() => self.sample_gauges(),
                 _ = &mut timer, if deadline.is_some() => self.on_timers(),
                 _ = std::future::ready(()), if self.dirty => {
                     self.publish();
@@ -246,6 +259,7 @@ impl<K: Connect> PoolTask<K> {
         for id in diff.removed {
             if let Some(mut slot) = self.slots.remove(&id) {
                 slot.abort_watchers();
+                slot.gauges.clear();
                 debug!(target_uri = %self.target(), endpoint = %slot.endpoint.addr(), "endpoint removed");
                 self.retire(slot.load, take_conn(slot.phase));
             }
@@ -253,7 +267,10 @@ impl<K: Connect> PoolTask<K> {
         for ep in diff.added {
             let id = ep.id().clone();
             let terminating = ep.state() == EndpointState::Terminating;
-            let load = self.new_load();
+            let addr = ep.addr().to_string();
+            debug!(target_uri = %self.target(), endpoint = %addr, "endpoint added");
+            let load = self.new_load(&addr);
+            let gauges = self.shared.series.gauges(&addr);
             self.slots.insert(
                 id.clone(),
                 Slot {
@@ -268,6 +285,7 @@ impl<K: Connect> PoolTask<K> {
                     ejected_this_interval: false,
                     health: None,
                     aborts: Vec::new(),
+                    gauges,
                 },
             );
             if !terminating {
@@ -279,13 +297,16 @@ impl<K: Connect> PoolTask<K> {
             let Some(readdressed) = self.slots.get(&id).map(|s| s.endpoint.addr() != ep.addr()) else {
                 continue;
             };
-            let fresh_load = readdressed.then(|| self.new_load());
+            let addr = ep.addr().to_string();
+            let fresh = readdressed.then(|| (self.new_load(&addr), self.shared.series.gauges(&addr)));
             let Some(slot) = self.slots.get_mut(&id) else { continue };
             let terminating = ep.state() == EndpointState::Terminating;
             slot.endpoint = Arc::new(ep);
-            if let Some(fresh_load) = fresh_load {
+            if let Some((fresh_load, gauges)) = fresh {
                 // A new address is a new backend: the old connection drains, load history restarts.
                 slot.abort_watchers();
+                slot.gauges.clear();
+                slot.gauges = gauges;
                 slot.generation += 1;
                 slot.health = None;
                 slot.reconnect.reset();
@@ -324,8 +345,18 @@ impl<K: Connect> PoolTask<K> {
         Backoff::new(self.shared.config.reconnect_backoff, self.shared.config.max_reconnect_backoff)
     }
 
-    fn new_load(&self) -> Arc<Load> {
-        Arc::new(Load::new(self.shared.config.ewma).with_alarm(self.consecutive_threshold(), Arc::clone(&self.alarm)))
+    fn new_load(&self, addr: &str) -> Arc<Load> {
+        Arc::new(
+            Load::new(self.shared.config.ewma)
+                .with_alarm(self.consecutive_threshold(), Arc::clone(&self.alarm))
+                .with_series(self.shared.series.endpoint(addr)),
+        )
+    }
+
+    fn sample_gauges(&mut self) {
+        for slot in self.slots.values_mut() {
+            slot.sample();
+        }
     }
 
     fn retire(&mut self, load: Arc<Load>, conn: Option<K::Connection>) {

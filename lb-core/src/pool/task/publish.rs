@@ -37,6 +37,9 @@ impl<K: Connect> PoolTask<K> {
         // gRPC's TRANSIENT_FAILURE: every endpoint's last connection attempt failed.
         let mut connect_failing = true;
         let mut phases = [0usize; 5];
+        for slot in self.slots.values_mut() {
+            slot.sample();
+        }
         for slot in self.slots.values() {
             phases[slot.phase.public() as usize] += 1;
             if slot.endpoint.state() != group {
