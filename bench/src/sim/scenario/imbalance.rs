@@ -254,7 +254,7 @@ fn why_missed(runs: &[Steady], what_if: &[Steady], big: &Fleet, floor: f64) -> S
     if let (Some(w), Some(lr)) = (what_if.iter().find(|r| r.policy == PolicyKind::P2cLeastRequest), find(PolicyKind::P2cLeastRequest)) {
         let (with, without) = (lr.util().max_over_mean(), w.util().max_over_mean());
         let share = if without <= floor {
-            "as even as this window can show: the whole excess is the subsets'".to_string()
+            "as even as this window can show — the whole excess is the subsets'".to_string()
         } else {
             format!("the subsets account for {:.0} % of the excess over the floor", (with - without) / (with - floor).max(1e-9) * 100.0)
         };
