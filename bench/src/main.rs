@@ -17,6 +17,7 @@ mod drive;
 mod l4;
 mod netns;
 mod orca;
+mod overload;
 mod procs;
 mod scenarios;
 mod svg;
@@ -45,7 +46,7 @@ struct Args {
     /// Where to write the report; the SVG charts go next to it.
     #[arg(long, default_value = "bench/REPORT.md")]
     out: PathBuf,
-    /// Run only these scenarios (1–6, comma-separated); the report then has only their sections.
+    /// Run only these scenarios (1–9, comma-separated); the report then has only their sections.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
     #[command(subcommand)]
@@ -65,6 +66,12 @@ enum Cmd {
         capacity: Option<usize>,
         #[arg(long)]
         orca: bool,
+        #[arg(long, default_value_t = 0.0)]
+        fail_fraction: f64,
+        #[arg(long, default_value_t = 0.0)]
+        tail_fraction: f64,
+        #[arg(long, default_value_t = 0)]
+        tail_us: u64,
     },
     /// Internal: scenario 6's client processes: closed-loop calls with one policy, one JSON line.
     #[command(hide = true)]
@@ -100,10 +107,16 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Cmd::Backend { listen, delay_us, capacity, orca }) = args.command {
+    if let Some(Cmd::Backend { listen, delay_us, capacity, orca, fail_fraction, tail_fraction, tail_us }) = args.command {
         // A backend is one process with a small runtime, like a single small service instance.
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
-        let shape = procs::Shape { capacity, orca };
+        let shape = procs::Shape {
+            capacity,
+            orca,
+            fail_fraction,
+            tail_fraction,
+            tail_delay: Duration::from_micros(tail_us),
+        };
         return rt.block_on(procs::serve_backend(listen, Duration::from_micros(delay_us), shape));
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("runtime")?;
@@ -146,6 +159,18 @@ async fn report(quick: bool, out: PathBuf, only: &[u32]) -> anyhow::Result<()> {
     if run(6) {
         eprintln!("scenario 6: load reports (ORCA) over unequal capacities");
         sections.push(orca::capacities(settings).await.context("scenario 6")?);
+    }
+    if run(7) {
+        eprintln!("scenario 7: retry storm, with and without a retry budget");
+        sections.push(overload::retry_storm(settings).await.context("scenario 7")?);
+    }
+    if run(8) {
+        eprintln!("scenario 8: hedging against a latency tail");
+        sections.push(overload::hedging(settings).await.context("scenario 8")?);
+    }
+    if run(9) {
+        eprintln!("scenario 9: a stalled backend, with and without circuit breaking");
+        sections.push(overload::stalled(settings).await.context("scenario 9")?);
     }
     let took = started.elapsed();
 

@@ -166,7 +166,7 @@ async fn run_clients(target: &str, name: &str, s: Settings) -> anyhow::Result<Me
 pub(crate) async fn capacities(s: Settings) -> anyhow::Result<Section> {
     let mut backends = Vec::new();
     for cap in CAPACITIES {
-        let shape = Shape { capacity: Some(cap), orca: true };
+        let shape = Shape { capacity: Some(cap), orca: true, ..Shape::default() };
         backends.push(BackendProc::start_shaped(None, SocketAddr::from(([127, 0, 0, 1], 0)), SERVICE, shape).await?);
     }
     let pairs: Vec<(SocketAddr, usize)> = backends.iter().map(|b| b.addr()).zip(CAPACITIES).collect();

@@ -11,8 +11,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 /// A greeter backend running as a child process. Killed (SIGKILL) on drop.
 #[derive(Debug)]
@@ -21,6 +21,8 @@ pub(crate) struct BackendProc {
     delay: Duration,
     netns: Option<String>,
     child: Option<Child>,
+    /// The rest of its stdout: answers to `calls`.
+    lines: Option<Lines<BufReader<ChildStdout>>>,
 }
 
 /// How a backend process behaves beyond its delay.
@@ -30,6 +32,12 @@ pub(crate) struct Shape {
     pub(crate) capacity: Option<usize>,
     /// Report load with ORCA.
     pub(crate) orca: bool,
+    /// The share of calls answered UNAVAILABLE.
+    pub(crate) fail_fraction: f64,
+    /// The share of calls that wait `tail_delay` more.
+    pub(crate) tail_fraction: f64,
+    /// The extra wait of the tail.
+    pub(crate) tail_delay: Duration,
 }
 
 impl BackendProc {
@@ -67,6 +75,9 @@ impl BackendProc {
             .arg(delay.as_micros().to_string())
             .args(shape.capacity.map(|c| format!("--capacity={c}")))
             .args(shape.orca.then_some("--orca"))
+            .arg(format!("--fail-fraction={}", shape.fail_fraction))
+            .arg(format!("--tail-fraction={}", shape.tail_fraction))
+            .arg(format!("--tail-us={}", shape.tail_delay.as_micros()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -83,7 +94,7 @@ impl BackendProc {
             .strip_prefix("listening ")
             .and_then(|a| a.trim().parse().ok())
             .with_context(|| format!("unexpected backend output `{line}`"))?;
-        Ok(BackendProc { addr, delay, netns: netns.map(str::to_string), child: Some(child) })
+        Ok(BackendProc { addr, delay, netns: netns.map(str::to_string), child: Some(child), lines: Some(lines) })
     }
 
     /// The backend's address (also the address its replies name).
@@ -93,9 +104,30 @@ impl BackendProc {
 
     /// Tells the backend to serve at most `n` calls at once from now on.
     pub(crate) async fn set_capacity(&mut self, n: usize) -> anyhow::Result<()> {
-        use tokio::io::AsyncWriteExt as _;
+        self.command(&format!("capacity {n}")).await
+    }
+
+    /// Stalls the backend (it answers nothing, its connections stay open) or resumes it.
+    pub(crate) async fn set_stalled(&mut self, stalled: bool) -> anyhow::Result<()> {
+        self.command(if stalled { "stall" } else { "resume" }).await
+    }
+
+    /// The calls the backend has received so far (answered, failed, cancelled or in progress).
+    pub(crate) async fn calls(&mut self) -> anyhow::Result<u64> {
+        self.command("calls").await?;
+        let lines = self.lines.as_mut().context("the backend is running")?;
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .context("the backend did not answer `calls` within 10 s")??
+            .context("the backend exited")?;
+        line.strip_prefix("calls ")
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("unexpected backend output `{line}`"))
+    }
+
+    async fn command(&mut self, line: &str) -> anyhow::Result<()> {
         let stdin = self.child.as_mut().and_then(|c| c.stdin.as_mut()).context("the backend is running")?;
-        stdin.write_all(format!("capacity {n}\n").as_bytes()).await?;
+        stdin.write_all(format!("{line}\n").as_bytes()).await?;
         stdin.flush().await?;
         Ok(())
     }
@@ -105,6 +137,7 @@ impl BackendProc {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
+        self.lines = None;
     }
 
     /// Starts the backend again on the same address after [`BackendProc::kill`].
@@ -116,10 +149,19 @@ impl BackendProc {
     }
 }
 
-/// The body of `lb-report backend`: serve the greeter until killed. A `capacity N` line on stdin
-/// resizes its capacity.
+/// The body of `lb-report backend`: serve the greeter until killed. Lines on stdin: `capacity N`
+/// resizes its capacity, `stall` and `resume` stall it and resume it, `calls` prints `calls N`
+/// (the calls it received) on stdout.
 pub(crate) async fn serve_backend(listen: SocketAddr, delay: Duration, shape: Shape) -> anyhow::Result<()> {
-    let config = lb_examples::server::Config { delay, capacity: shape.capacity, orca: shape.orca };
+    let config = lb_examples::server::Config {
+        delay,
+        capacity: shape.capacity,
+        orca: shape.orca,
+        fail_fraction: shape.fail_fraction,
+        tail_fraction: shape.tail_fraction,
+        tail_delay: shape.tail_delay,
+    };
+    config.validate().map_err(anyhow::Error::msg)?;
     let backend = lb_examples::server::Backend::bind_with(listen, config)
         .await
         .with_context(|| format!("bind {listen}"))?;
@@ -127,8 +169,20 @@ pub(crate) async fn serve_backend(listen: SocketAddr, delay: Duration, shape: Sh
     // Serve until the parent kills this process (or the parent dies: stdin then closes).
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(n) = line.strip_prefix("capacity ").and_then(|n| n.trim().parse().ok()) {
-            backend.set_capacity(n).await;
+        match line.trim() {
+            "stall" => backend.set_stalled(true),
+            "resume" => backend.set_stalled(false),
+            "calls" => {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "calls {}", backend.received())?;
+                out.flush()?;
+            }
+            other => {
+                if let Some(n) = other.strip_prefix("capacity ").and_then(|n| n.trim().parse().ok()) {
+                    backend.set_capacity(n).await;
+                }
+            }
         }
     }
     drop(backend);

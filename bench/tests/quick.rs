@@ -28,6 +28,10 @@ fn quick_report_has_every_section_and_chart() {
         "## 3. One slow backend",
         "## 4. Churn in etcd",
         "## 5. Faults: a backend SIGKILLed during load",
+        "## 6. Unequal capacities, load reported by the servers (ORCA)",
+        "## 7. Retry storm: a degraded service, with and without a retry budget",
+        "## 8. Hedging against a latency tail",
+        "## 9. A stalled backend, with and without circuit breaking",
     ] {
         assert!(md.contains(heading), "missing section `{heading}` in:\n{md}");
     }
@@ -44,6 +48,11 @@ fn quick_report_has_every_section_and_chart() {
         "| LbChannel (defaults) |",
         "| churn (first half) |",
         "| added → first call",
+        "| 5 attempts, no budget |",
+        "| 5 attempts, default budget |",
+        "| hedge after 10 ms |",
+        "| hedge after the p95 (adaptive) |",
+        "| round robin + circuit breaking |",
     ] {
         assert!(md.contains(row), "missing row `{row}` in:\n{md}");
     }
@@ -75,6 +84,6 @@ fn quick_report_has_every_section_and_chart() {
         assert!(svg.starts_with("<svg") && svg.contains("<rect") && svg.trim_end().ends_with("</svg>"), "{file} is not a bar chart");
         charts += 1;
     }
-    assert!(charts >= 6, "expected at least 6 charts, found {charts}");
+    assert!(charts >= 9, "expected at least 9 charts, found {charts}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -39,6 +39,10 @@ pub enum Budget {
 pub struct Report {
     /// Requests sent.
     pub requests: u64,
+    /// Requests the balancer sent to backends, retries and hedges included (`greeter-client`
+    /// reports it; absent where the sender does not count attempts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u64>,
     /// Requests answered with OK.
     pub ok: u64,
     /// Requests that failed.
@@ -149,6 +153,7 @@ impl Partial {
         self.latencies.sort_unstable();
         Report {
             requests: self.ok + self.errors,
+            attempts: None,
             ok: self.ok,
             errors: self.errors,
             per_backend: self.per_backend,
@@ -212,7 +217,7 @@ mod tests {
     fn report_serializes_to_the_documented_shape() {
         let mut per_backend = BTreeMap::new();
         per_backend.insert("127.0.0.1:1".to_string(), 2);
-        let r = Report { requests: 3, ok: 2, errors: 1, per_backend, p50_ms: 0.5, p99_ms: 1.25 };
+        let r = Report { requests: 3, attempts: None, ok: 2, errors: 1, per_backend, p50_ms: 0.5, p99_ms: 1.25 };
         assert_eq!(
             serde_json::to_string(&r).expect("serializable"),
             r#"{"requests":3,"ok":2,"errors":1,"per_backend":{"127.0.0.1:1":2},"p50_ms":0.5,"p99_ms":1.25}"#

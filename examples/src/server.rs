@@ -10,6 +10,11 @@
 //! A backend may play a machine of limited size ([`Config::capacity`]: at most that many calls at
 //! once, the rest queue) and report its load with ORCA ([`Config::orca`]): its utilization is the
 //! busy share of its capacity over about the last second, its rate the calls it answered.
+//!
+//! To play a degraded service it can fail a share of calls with `UNAVAILABLE`
+//! ([`Config::fail_fraction`]), hold a share for longer ([`Config::tail_fraction`] and
+//! [`Config::tail_delay`]: a latency tail), or stall, keeping its connections open while it
+//! answers nothing until resumed ([`Backend::set_stalled`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +56,25 @@ pub struct Config {
     pub capacity: Option<usize>,
     /// Report load with ORCA (`endpoint-load-metrics-bin` in every response's trailers).
     pub orca: bool,
+    /// The share of calls answered `UNAVAILABLE` at once (`0.0..=1.0`), each call drawn
+    /// independently.
+    pub fail_fraction: f64,
+    /// The share of calls that wait [`Config::tail_delay`] more before their answer (`0.0..=1.0`).
+    pub tail_fraction: f64,
+    /// The extra wait of the calls in the tail.
+    pub tail_delay: Duration,
+}
+
+impl Config {
+    /// Checks the fractions: each must be a number in `0.0..=1.0`.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, f) in [("fail fraction", self.fail_fraction), ("tail fraction", self.tail_fraction)] {
+            if !(0.0..=1.0).contains(&f) {
+                return Err(format!("the {name} must be between 0 and 1, got {f}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A limit on calls served at once, resizable while serving, and the busy share of it averaged
@@ -141,7 +165,13 @@ impl Capacity {
 pub struct GreeterService {
     addr: SocketAddr,
     delay: Duration,
+    fail_fraction: f64,
+    tail_fraction: f64,
+    tail_delay: Duration,
     served: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+    /// `true` while the greeter is stalled: calls wait until it turns `false`.
+    stalled: Arc<tokio::sync::watch::Sender<bool>>,
     capacity: Option<Arc<Capacity>>,
     orca: Option<lb_orca::Recorder>,
 }
@@ -157,7 +187,12 @@ impl GreeterService {
         GreeterService {
             addr,
             delay: config.delay,
+            fail_fraction: config.fail_fraction,
+            tail_fraction: config.tail_fraction,
+            tail_delay: config.tail_delay,
             served: Arc::new(AtomicU64::new(0)),
+            received: Arc::new(AtomicU64::new(0)),
+            stalled: Arc::new(tokio::sync::watch::Sender::new(false)),
             capacity: config.capacity.map(|n| Arc::new(Capacity::new(n))),
             orca: config.orca.then(|| lb_orca::Recorder::new().with_cpu_sampling()),
         }
@@ -189,9 +224,28 @@ impl GreeterService {
         }
     }
 
-    /// How many requests this greeter (and its clones) answered.
+    /// How many requests this greeter (and its clones) answered with OK.
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// How many requests this greeter (and its clones) received: answered, failed, cancelled or
+    /// still in progress.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Stalls the greeter (calls, new and in progress, wait without an answer while their
+    /// connections stay open) or resumes it.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.send_replace(stalled);
+    }
+
+    /// Waits while the greeter is stalled.
+    async fn unstalled(&self) {
+        let mut rx = self.stalled.subscribe();
+        // The sender lives as long as `self`: the wait cannot fail while this call runs.
+        let _ = rx.wait_for(|stalled| !*stalled).await;
     }
 }
 
@@ -201,6 +255,14 @@ impl Greeter for GreeterService {
         // gRFC A66's server metrics (no-ops unless the process installed a recorder).
         let started = std::time::Instant::now();
         metrics::counter!(crate::metrics::SERVER_CALLS_STARTED, "grpc.method" => SAY_HELLO).increment(1);
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.unstalled().await;
+        if self.fail_fraction > 0.0 && rand::random::<f64>() < self.fail_fraction {
+            metrics::histogram!(crate::metrics::SERVER_CALL_DURATION, "grpc.method" => SAY_HELLO, "grpc.status" => "UNAVAILABLE")
+                .record(started.elapsed().as_secs_f64());
+            return Err(Status::unavailable(format!("{} fails this call (fail fraction {})", self.addr, self.fail_fraction)));
+        }
+        let tail = self.tail_fraction > 0.0 && rand::random::<f64>() < self.tail_fraction;
         let _permit = match &self.capacity {
             Some(c) => Some(
                 Arc::clone(&c.slots)
@@ -211,9 +273,11 @@ impl Greeter for GreeterService {
             None => None,
         };
         self.busy(1);
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
+        let delay = if tail { self.delay + self.tail_delay } else { self.delay };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
+        self.unstalled().await;
         self.busy(-1);
         self.served.fetch_add(1, Ordering::Relaxed);
         let name = request.into_inner().name;
@@ -307,9 +371,24 @@ impl Backend {
         self.addr
     }
 
-    /// How many requests the backend answered.
+    /// How many requests the backend answered with OK.
     pub fn served(&self) -> u64 {
         self.greeter.served()
+    }
+
+    /// The greeter it serves (its clones share the counters).
+    pub fn greeter(&self) -> &GreeterService {
+        &self.greeter
+    }
+
+    /// How many requests the backend received (see [`GreeterService::received`]).
+    pub fn received(&self) -> u64 {
+        self.greeter.received()
+    }
+
+    /// Stalls or resumes the backend (see [`GreeterService::set_stalled`]).
+    pub fn set_stalled(&self, stalled: bool) {
+        self.greeter.set_stalled(stalled);
     }
 
     /// Serves at most `n` calls at once from now on (see [`GreeterService::set_capacity`]).

@@ -170,3 +170,76 @@ fn orca_load_reports_send_more_to_the_bigger_servers() {
     assert!(share(3) > share(2) && share(2) > share(0).max(share(1)), "shares follow capacity 4 > 2 > 1: {r:?}");
     assert!(share(3) >= 0.3, "the capacity-4 server takes well over a quarter: {r:?}");
 }
+
+#[test]
+fn retries_recover_failing_calls_and_attempts_match_what_the_servers_received() {
+    let servers = [
+        Server::start(&["--fail-fraction", "0.5", "--drain-delay-ms", "0"]),
+        Server::start(&["--fail-fraction", "0.5", "--drain-delay-ms", "0"]),
+        Server::start(&["--fail-fraction", "0.5", "--drain-delay-ms", "0"]),
+    ];
+    let target = static_target(&servers.iter().collect::<Vec<_>>());
+    let r = report(&[
+        "--target", &target, "--requests", "200", "--concurrency", "4", "--policy", "rr", "--retries", "4",
+        "--retry-budget", "none",
+    ]);
+    let attempts = r.attempts.expect("greeter-client reports attempts");
+    let received: u64 = servers.into_iter().map(|s| s.terminate_with_calls().1).sum();
+    assert_eq!(attempts, received, "the client's attempts are the calls the servers received: {r:?}");
+    // Half the attempts fail: about 2 attempts per call (1.94 with five), each failed call
+    // having used all five.
+    assert!(attempts > 300 && attempts <= 5 * 200, "{r:?}");
+    // A call fails only when five attempts in a row do (1 in 32).
+    assert!(r.ok >= 170, "retries recovered most calls: {r:?}");
+    assert_eq!(r.ok + r.errors, 200, "{r:?}");
+}
+
+#[test]
+fn without_retries_each_call_is_one_attempt() {
+    let servers = [Server::start(&["--fail-fraction", "0.5", "--drain-delay-ms", "0"]), Server::start(&["--drain-delay-ms", "0"])];
+    let target = static_target(&servers.iter().collect::<Vec<_>>());
+    let out = run_client(&["--target", &target, "--requests", "100", "--concurrency", "4", "--policy", "rr"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Report = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(r.attempts, Some(100), "{r:?}");
+    assert!(r.errors > 0, "the failing server's answers reached the caller: {r:?}");
+    let received: u64 = servers.into_iter().map(|s| s.terminate_with_calls().1).sum();
+    assert_eq!(received, 100);
+}
+
+#[test]
+fn hedging_answers_from_the_fast_server_when_the_other_is_in_its_tail() {
+    // Every call to the slow server waits 10 s more; a hedge after 20 ms goes to the other one,
+    // whose answer wins, and the slow attempt is cancelled.
+    let slow = Server::start(&["--tail-fraction", "1", "--tail-ms", "10000", "--drain-delay-ms", "0"]);
+    let fast = Server::start(&["--drain-delay-ms", "0"]);
+    let target = static_target(&[&slow, &fast]);
+    let r = report(&[
+        "--target", &target, "--requests", "20", "--concurrency", "1", "--policy", "rr", "--hedge-after-ms", "20",
+    ]);
+    assert_eq!((r.ok, r.errors), (20, 0), "{r:?}");
+    assert_eq!(r.per_backend.keys().collect::<Vec<_>>(), vec![&fast.addr.to_string()], "{r:?}");
+    let attempts = r.attempts.expect("greeter-client reports attempts");
+    let (_, slow_calls) = slow.terminate_with_calls();
+    let (_, fast_calls) = fast.terminate_with_calls();
+    assert!(slow_calls >= 1, "round robin sent some first attempts to the slow server");
+    assert_eq!(fast_calls, 20, "every call ended at the fast server");
+    assert_eq!(attempts, slow_calls + fast_calls, "{r:?}");
+}
+
+#[test]
+fn retry_and_hedge_arguments_are_checked() {
+    for args in [
+        &["--retries", "5"][..],
+        &["--retry-budget", "lots"][..],
+        &["--hedge-after", "95"][..],
+        &["--hedge-after-ms", "10", "--hedge-after", "p95"][..],
+        &["--hedge-attempts", "9", "--hedge-after-ms", "10"][..],
+    ] {
+        let mut all = vec!["--target", "static:///127.0.0.1:1", "--requests", "1"];
+        all.extend_from_slice(args);
+        let out = run_client(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?} is a usage error: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.is_empty(), "{args:?}: no report");
+    }
+}

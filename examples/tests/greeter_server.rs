@@ -100,3 +100,45 @@ fn a_malformed_target_fails_before_binding() {
     assert!(out.stdout.is_empty(), "no address printed for a server that never started");
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --register target"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn fails_the_asked_share_and_says_how_many_calls_it_received_on_sigterm() {
+    let server = Server::start(&["--fail-fraction", "1", "--drain-delay-ms", "0"]);
+    let mut client = GreeterClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+    for _ in 0..5 {
+        let status = client.say_hello(HelloRequest { name: "x".into() }).await.expect_err("every call fails");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    drop(client);
+    let (clean, calls) = server.terminate_with_calls();
+    assert!(clean, "greeter-server exits 0 on SIGTERM");
+    assert_eq!(calls, 5, "the summary counts failed calls too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_tail_fraction_delays_that_share_of_calls() {
+    let server = Server::start(&["--tail-fraction", "1", "--tail-ms", "150"]);
+    let mut client = GreeterClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+    let started = std::time::Instant::now();
+    client.say_hello(HelloRequest { name: "tail".into() }).await.expect("SayHello succeeds");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150), "{:?}", started.elapsed());
+}
+
+#[test]
+fn fractions_outside_zero_to_one_are_refused() {
+    for args in [["--fail-fraction=1.5"], ["--fail-fraction=-0.1"], ["--fail-fraction=NaN"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_greeter-server"))
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("greeter-server runs");
+        assert!(!out.status.success(), "{args:?} must be refused");
+        assert!(out.stdout.is_empty(), "no address printed for a server that never started");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 1"), "{args:?}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_greeter-server"))
+        .args(["--addr", "127.0.0.1:0", "--tail-fraction", "0.5"])
+        .output()
+        .expect("greeter-server runs");
+    assert!(!out.status.success(), "--tail-fraction needs --tail-ms");
+}

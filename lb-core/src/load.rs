@@ -111,6 +111,8 @@ pub struct Reported {
 /// It survives discovery resets: an endpoint whose id is unchanged keeps its `Load`.
 pub struct Load {
     in_flight: AtomicU32,
+    /// Requests sent, ever (attempts begun: [`LoadGuard::begin_attempt`]).
+    sent: AtomicU64,
     /// PeakEWMA estimate, `f64` nanoseconds stored as bits.
     rtt_ns: AtomicU64,
     /// When `rtt_ns` was last written, nanoseconds since `epoch`.
@@ -155,6 +157,7 @@ impl Load {
     pub fn new(config: EwmaConfig) -> Self {
         Load {
             in_flight: AtomicU32::new(0),
+            sent: AtomicU64::new(0),
             rtt_ns: AtomicU64::new((config.default_rtt.as_nanos() as f64).to_bits()),
             rtt_at: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -289,6 +292,12 @@ impl Load {
     /// Requests currently in flight.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent to this endpoint since it was discovered: attempts begun with
+    /// [`LoadGuard::begin_attempt`], not picks (a pick the engine passes over sends nothing).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// The latency estimate, decayed to now.
@@ -470,6 +479,7 @@ impl LoadGuard {
     pub fn begin_attempt(&mut self) {
         if !self.record.attempt {
             self.record.attempt = true;
+            self.load.sent.fetch_add(1, Ordering::Relaxed);
             if let Some(s) = &self.load.series {
                 s.attempt_started();
             }

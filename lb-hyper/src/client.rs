@@ -37,6 +37,8 @@ pub struct EndpointStatus {
     pub healthy: bool,
     /// Requests in flight (counted until the end of their response bodies).
     pub in_flight: u32,
+    /// Requests sent to it since it was discovered (retries and hedges included).
+    pub requests: u64,
     /// The PeakEWMA latency estimate, decayed to now: what the policy prices the endpoint at. It
     /// starts at 30 ms before the first answer and is not a measured round trip.
     pub latency_estimate: Duration,
@@ -219,6 +221,7 @@ where
                 phase: e.phase,
                 healthy: e.healthy,
                 in_flight: e.load.in_flight(),
+                requests: e.load.sent(),
                 latency_estimate: e.load.rtt_estimate(),
                 connections: e.connection.as_ref().map(|c| c.connections()).unwrap_or(0),
             })

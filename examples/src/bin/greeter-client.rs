@@ -4,7 +4,18 @@
 //! greeter-client --target TARGET (--requests N | --duration-secs S) --concurrency C
 //!                --policy rr|wrr|p2c|p2c-ewma|hash|maglev|wrr-orca|p2c-util [--zone Z] [--region R] [--node N]
 //!                [--blackout-secs S] [--weight-update-ms MS] [--metrics-addr HOST:PORT [--metrics-endpoint-labels]]
+//!                [--retries N] [--retry-budget RATIO|none] [--hedge-after-ms D | --hedge-after pNN]
+//!                [--hedge-attempts N] [--max-in-flight N]
 //! ```
+//!
+//! `--retries N` re-sends a call answered `UNAVAILABLE` up to N more times (gRFC A6, at most 4),
+//! each time to a backend the call has not tried yet; `--retry-budget` bounds the retries and
+//! hedges of all calls together (default 0.2: a fifth of the recent calls plus 10 per second;
+//! `none` for no budget). `--hedge-after-ms D` sends another attempt of a call still unanswered
+//! after D ms, to another backend (`--hedge-after p95`: after the target's recent p95 latency),
+//! up to `--hedge-attempts` attempts in all (default 2); the first answer wins and the others are
+//! cancelled. `--max-in-flight N` fails calls beyond N in flight at once with
+//! `RESOURCE_EXHAUSTED` (circuit breaking).
 //!
 //! With `--metrics-addr` it serves lb's metrics (`lb_core::metrics`) as Prometheus text at
 //! `/metrics` while it runs.
@@ -13,8 +24,9 @@
 //! metadata (`LbChannel::builder().hash_header("x-lb-key")`).
 //!
 //! Its last stdout line is exactly one JSON object:
-//! `{"requests":N,"ok":N,"errors":N,"per_backend":{"ip:port":count,...},"p50_ms":x,"p99_ms":y}`,
-//! `per_backend` keyed by the address each reply names. Logs go to stderr. Before sending it waits
+//! `{"requests":N,"attempts":N,"ok":N,"errors":N,"per_backend":{"ip:port":count,...},"p50_ms":x,"p99_ms":y}`,
+//! `per_backend` keyed by the address each reply names, `attempts` the requests the balancer sent
+//! to backends (retries and hedges included; calls refused before any send count none). Logs go to stderr. Before sending it waits
 //! (at most `--warmup-ms`, default 1 s) until every discovered backend is connected. It exits 0 when at least
 //! one call succeeded (a run with some errors is still a measurement), 1 when none did, 2 on bad
 //! arguments.
@@ -99,6 +111,47 @@ struct Args {
     /// Label the per-attempt metrics with each backend's address.
     #[arg(long)]
     metrics_endpoint_labels: bool,
+    /// Re-send a call answered UNAVAILABLE up to this many more times (0 to 4), each to a backend
+    /// the call has not tried.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=4))]
+    retries: u32,
+    /// The retry budget shared by every call: a ratio of the recent calls (plus 10 per second),
+    /// or `none`.
+    #[arg(long, default_value = "0.2", value_parser = parse_budget)]
+    retry_budget: lb_tonic::RetryBudget,
+    /// Hedge: send another attempt of a call still unanswered after this many milliseconds.
+    #[arg(long, conflicts_with = "hedge_after")]
+    hedge_after_ms: Option<u64>,
+    /// Hedge after the target's recent latency percentile, e.g. p95 or p99.
+    #[arg(long, value_parser = parse_percentile)]
+    hedge_after: Option<f64>,
+    /// With hedging: attempts per call in all, the first included (2 to 5).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=5))]
+    hedge_attempts: u32,
+    /// Circuit breaking: fail calls beyond this many in flight at once with RESOURCE_EXHAUSTED.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+}
+
+fn parse_budget(s: &str) -> Result<lb_tonic::RetryBudget, String> {
+    if s == "none" {
+        return Ok(lb_tonic::RetryBudget::unlimited());
+    }
+    let ratio: f32 = s.parse().map_err(|_| format!("expected a ratio such as 0.2, or `none`, got `{s}`"))?;
+    let budget = lb_tonic::RetryBudget::ratio(ratio);
+    budget.validate()?;
+    Ok(budget)
+}
+
+fn parse_percentile(s: &str) -> Result<f64, String> {
+    let n: f64 = s
+        .strip_prefix('p')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("expected a percentile such as p95 or p99.9, got `{s}`"))?;
+    if !(n > 0.0 && n < 100.0) {
+        return Err(format!("the percentile must be between p0 and p100, got `{s}`"));
+    }
+    Ok(n / 100.0)
 }
 
 fn parse_policy(s: &str) -> Result<PolicyName, String> {
@@ -133,6 +186,11 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
     if let Some(addr) = args.metrics_addr {
         lb_examples::metrics::serve(addr).await?;
     }
+    let hedge_delay = match (args.hedge_after_ms, args.hedge_after) {
+        (Some(ms), _) => Some(lb_tonic::HedgeDelay::Fixed(Duration::from_millis(ms))),
+        (None, Some(q)) => Some(lb_tonic::HedgeDelay::percentile(q)),
+        (None, None) => None,
+    };
     let policy: std::sync::Arc<dyn lb_core::Policy> = match args.policy {
         PolicyName::WrrOrca => {
             let blackout = Duration::try_from_secs_f64(args.blackout_secs)
@@ -152,6 +210,19 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
         .health_check(args.health_check);
     if locality != Locality::unknown() {
         builder = builder.locality(locality);
+    }
+    builder = builder.retry_budget(args.retry_budget);
+    if args.retries > 0 {
+        builder = builder.retry(lb_tonic::RetryPolicy::new(args.retries + 1));
+    }
+    if let Some(delay) = hedge_delay {
+        // Failures a hedge can outrun: the next attempt goes at once, the call waits for the rest.
+        let non_fatal = lb_tonic::grpc_codes([tonic::Code::Unavailable]);
+        builder = builder.hedge(lb_tonic::HedgePolicy::new(args.hedge_attempts, delay).non_fatal(non_fatal));
+    }
+    if let Some(n) = args.max_in_flight {
+        anyhow::ensure!(n > 0, "--max-in-flight must be at least 1");
+        builder = builder.max_in_flight(n);
     }
     let hashing = args.policy.is_hashing();
     if hashing {
@@ -181,12 +252,16 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
     }
     tracing::info!(target_uri = %args.target, policy = %args.policy, concurrency = args.concurrency, ?budget, "sending");
 
-    let client = GreeterClient::new(channel);
+    // Requests each backend was sent before the run (none: the warm-up only connects).
+    let sent_before: u64 = channel.endpoints().iter().map(|e| e.requests).sum();
+    let client = GreeterClient::new(channel.clone());
     let name = args.name;
     let keys = args.keys;
-    let report = load::run(budget, args.concurrency, move |i| {
+    let mut report = load::run(budget, args.concurrency, move |i| {
         let mut client = client.clone();
         let mut request = tonic::Request::new(HelloRequest { name: name.clone() });
+        // SayHello is idempotent: safe to hedge (hedging applies only with --hedge-after*).
+        request.extensions_mut().insert(lb_tonic::Hedgeable);
         if hashing {
             let key = format!("key-{}", i % keys);
             request
@@ -196,6 +271,10 @@ async fn run(args: Args) -> anyhow::Result<load::Report> {
         async move { client.say_hello(request).await }
     })
     .await;
-    tracing::info!(requests = report.requests, ok = report.ok, errors = report.errors, "done");
+    // Backends removed during the run take their counts with them: with a changing set this is
+    // a lower bound.
+    let sent_after: u64 = channel.endpoints().iter().map(|e| e.requests).sum();
+    report.attempts = Some(sent_after.saturating_sub(sent_before));
+    tracing::info!(requests = report.requests, attempts = ?report.attempts, ok = report.ok, errors = report.errors, "done");
     Ok(report)
 }

@@ -2,11 +2,15 @@
 //!
 //! ```text
 //! greeter-server --addr 127.0.0.1:0 [--zone Z] [--region R] [--node N] [--delay-ms D]
-//!                [--capacity N] [--orca] [--register TARGET --ttl-secs S] [--metrics-addr HOST:PORT]
+//!                [--capacity N] [--orca] [--fail-fraction F] [--tail-fraction F --tail-ms D]
+//!                [--register TARGET --ttl-secs S] [--metrics-addr HOST:PORT]
 //! ```
 //!
 //! The first line on stdout is the bound `ip:port` (so scripts and tests can start it on port 0),
-//! printed once the server is serving and, with `--register`, registered; logs go to stderr. It
+//! printed once the server is serving and, with `--register`, registered; logs go to stderr. On
+//! Ctrl-C or SIGTERM its last stdout line is `{"addr":"ip:port","calls":N}`: the calls it
+//! received (answered, failed or cancelled), so a run can compare what clients sent with what
+//! servers saw. It
 //! serves `grpc.health.v1`. With `--register` it registers itself in the registry TARGET names
 //! (`etcd://…/greeter`, `consul://…/greeter`) with its locality, keeps the registration alive, and
 //! on Ctrl-C or SIGTERM reports NOT_SERVING, deregisters, keeps serving for `--drain-delay-ms`
@@ -16,6 +20,10 @@
 //! taking `--delay-ms`; `--orca` reports its load in every response (ORCA's
 //! `endpoint-load-metrics-bin` trailer): utilization = the busy share of its capacity, and its
 //! calls per second.
+//!
+//! `--fail-fraction F` answers that share of calls `UNAVAILABLE` at once; `--tail-fraction F
+//! --tail-ms D` makes that share of calls wait D ms more (a latency tail): a degraded service to
+//! try retries, retry budgets and hedging against.
 //!
 //! With `--metrics-addr` it serves Prometheus text at `/metrics` there: gRFC A66's server call
 //! metrics and, with `--register`, the registrar's.
@@ -58,6 +66,15 @@ struct Args {
     /// process's CPU; and calls per second).
     #[arg(long)]
     orca: bool,
+    /// Answer this share of calls (0 to 1) with UNAVAILABLE at once.
+    #[arg(long, default_value_t = 0.0)]
+    fail_fraction: f64,
+    /// This share of calls (0 to 1) waits --tail-ms more before its answer.
+    #[arg(long, default_value_t = 0.0, requires = "tail_ms")]
+    tail_fraction: f64,
+    /// The extra wait of the calls in the tail, in milliseconds.
+    #[arg(long)]
+    tail_ms: Option<u64>,
     /// Register in this registry, e.g. etcd://127.0.0.1:2379/greeter or consul://127.0.0.1:8500/greeter.
     #[arg(long, value_name = "TARGET")]
     register: Option<String>,
@@ -92,7 +109,11 @@ async fn main() -> anyhow::Result<()> {
         delay: Duration::from_millis(args.delay_ms),
         capacity: args.capacity,
         orca: args.orca,
+        fail_fraction: args.fail_fraction,
+        tail_fraction: args.tail_fraction,
+        tail_delay: Duration::from_millis(args.tail_ms.unwrap_or(0)),
     };
+    config.validate().map_err(anyhow::Error::msg)?;
     let backend = Backend::bind_with(args.addr, config)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
@@ -141,10 +162,17 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("deregistered");
     }
     tokio::time::sleep(Duration::from_millis(args.drain_delay_ms)).await;
+    let received = backend.greeter().clone();
     // Idle HTTP/2 clients may keep their connections open after GOAWAY; do not wait on them forever.
     match tokio::time::timeout(DRAIN_TIMEOUT, backend.shutdown()).await {
         Ok(result) => result.context("server error")?,
         Err(_) => tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout; exiting"),
+    }
+    // The summary line is for whoever still reads stdout; nobody reading it is no error.
+    let summary = serde_json::json!({ "addr": addr.to_string(), "calls": received.received() });
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = writeln!(out, "{summary}").and_then(|()| out.flush()) {
+        tracing::warn!(%error, "cannot print the summary line");
     }
     Ok(())
 }

@@ -4,13 +4,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 /// A `greeter-server` child process, killed on drop.
 pub struct Server {
     pub addr: SocketAddr,
     pub child: Child,
+    /// The rest of its stdout (kept open: the server prints a summary line when it stops).
+    stdout: BufReader<ChildStdout>,
     log: Option<std::path::PathBuf>,
 }
 
@@ -42,14 +44,14 @@ impl Server {
             .stderr(stderr)
             .spawn()
             .expect("greeter-server starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
         let mut first = String::new();
-        BufReader::new(stdout).read_line(&mut first).expect("read the first stdout line");
+        stdout.read_line(&mut first).expect("read the first stdout line");
         let addr = first
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("greeter-server's first line is its address, got {first:?}"));
-        Server { addr, child, log }
+        Server { addr, child, stdout, log }
     }
 
     /// What the server logged so far (empty unless started with [`Server::start_logged`]).
@@ -60,6 +62,24 @@ impl Server {
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
     pub fn terminate(self) -> bool {
         self.terminate_with_log().0
+    }
+
+    /// [`Server::terminate`], then the calls the server says it received (its last stdout line,
+    /// `{"addr":"ip:port","calls":N}`); panics when the line is missing or malformed.
+    pub fn terminate_with_calls(mut self) -> (bool, u64) {
+        let addr = self.addr;
+        let mut rest = String::new();
+        // Read to the end first: the pipe closes when the server exits.
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        std::io::Read::read_to_string(&mut self.stdout, &mut rest).expect("read the server's stdout to its end");
+        let clean = self.child.wait().expect("reap greeter-server").success();
+        let last = rest.lines().last().unwrap_or_else(|| panic!("no summary line on stdout: {rest:?}"));
+        let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("summary `{last}`: {e}"));
+        assert_eq!(v["addr"].as_str(), Some(addr.to_string().as_str()), "{last}");
+        let calls = v["calls"].as_u64().unwrap_or_else(|| panic!("no calls count in `{last}`"));
+        (clean, calls)
     }
 
     /// [`Server::terminate`], also returning the server's log.
