@@ -144,7 +144,7 @@ pub(crate) async fn retry_storm(s: Settings) -> anyhow::Result<Section> {
         medians.push((m, okm));
         bars.push(Bar { label: name.to_string(), value: m, text: format!("{m:.2}× server calls, {okm:.0} % ok") });
     }
-    sec.push_chart("retry-storm.svg", "Server calls per client call (50 % of calls fail)", &bars);
+    sec.push_chart("s7-server-calls.svg", "Scenario 7: server calls per client call (50 % of calls fail)", &bars);
     let (none, none_ok) = medians[1];
     let (budget, budget_ok) = medians[2];
     let met = if budget <= 1.25 { "met" } else { "missed" };
@@ -231,7 +231,7 @@ pub(crate) async fn hedging(s: Settings) -> anyhow::Result<Section> {
         p99s.push((p99m, p999, extram));
         bars.push(Bar { label: name.to_string(), value: p99m, text: format!("p99 {p99m:.1} ms, +{extram:.1} % attempts") });
     }
-    sec.push_chart("hedging.svg", "p99 latency with 5 % of calls 200 ms slow", &bars);
+    sec.push_chart("s8-p99.svg", "Scenario 8: p99 latency (ms) with 5 % of calls 200 ms slow", &bars);
     let (base, base999, _) = p99s[0];
     for (i, label) in [(1, "a fixed 10 ms delay"), (2, "the adaptive p95 delay")] {
         let (p99, p999, extra) = p99s[i];
@@ -475,7 +475,7 @@ pub(crate) async fn stalled(s: Settings) -> anyhow::Result<Section> {
             text: format!("{} blocked", r.blocked_at_resume),
         });
     }
-    sec.push_chart("stalled-backend.svg", "Callers blocked at the end of the stall", &bars);
+    sec.push_chart("s9-open-calls.svg", "Scenario 9: calls open at the end of the stall", &bars);
     let (rr, cb) = (&runs[0], &runs[1]);
     sec.headlines.push(format!(
         "stalled backend: round robin leaves {} callers blocked after {:.1} s (growing with the stall); with circuit \

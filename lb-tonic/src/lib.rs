@@ -18,7 +18,14 @@
 //! - the builder's `request_timeout` → `DEADLINE_EXCEEDED` (a `tower::timeout` stacked around the
 //!   channel reaches a generated client as `UNKNOWN`: its error is not a gRPC status);
 //! - calls that never reached a backend are re-sent elsewhere; calls that did are re-sent only under
-//!   a [`RetryPolicy`];
+//!   a [`RetryPolicy`], to a backend the call has not tried, within the channel's
+//!   [`RetryBudget`] (default: a fifth of the recent calls plus 10 per second) and the server's
+//!   `grpc-retry-pushback-ms`;
+//! - hedging ([`HedgePolicy`]: another attempt to another backend after a fixed delay or the
+//!   target's recent latency percentile, the first answer wins, the others are cancelled) for calls
+//!   marked [`Hedgeable`];
+//! - circuit breaking (`max_in_flight`, `max_in_flight_per_endpoint`, `max_waiting`): overflow fails
+//!   at once with `RESOURCE_EXHAUSTED`;
 //! - optional `grpc.health.v1` health checking ([`GrpcHealthCheck`]) and passive outlier detection;
 //! - gRFC A66's client metrics (`grpc.client.attempt.started`, `…attempt.duration`,
 //!   `…call.duration`, labelled `grpc.target` and `grpc.status`) and per-endpoint gauges, through
