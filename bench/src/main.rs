@@ -30,6 +30,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+
+/// Fleet-scale figures come from the simulator, in a report of their own that lb-report links to
+/// (and never writes).
+const SIM_LINK: &str = "Fleet-scale behaviour — 10,000 clients × 1,000 backends with subsetting, a tenth of the backends \
+at half speed, a rolling deploy, a zone failure, and what lb's structures cost as the fleet grows — is simulated in \
+virtual time with lb-core's own policies and pools by `lb-sim` and reported in [SIM.md](SIM.md).";
+
 #[derive(Debug, Parser)]
 #[command(name = "lb-report", about = "Benchmark and fault report for lb; writes markdown and SVG charts")]
 struct Args {
@@ -181,6 +188,7 @@ async fn report(quick: bool, out: PathBuf, only: &[u32]) -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         if quick { " This is a `--quick` run: it proves the harness, its numbers are noise." } else { "" }
     );
+    let _ = writeln!(md, "{SIM_LINK}\n");
     let _ = writeln!(md, "## Headlines\n");
     for s in &sections {
         for h in &s.headlines {

@@ -19,6 +19,8 @@ fn quick_report_has_every_section_and_chart() {
     assert!(status.success(), "lb-report --quick failed: {status}");
     let md = std::fs::read_to_string(&out).expect("the report was written");
 
+    // The fleet simulation's report is linked from this one (lb-sim writes it, lb-report never does).
+    assert!(md.contains("[SIM.md](SIM.md)"), "no link to the simulation report in:\n{md}");
     for heading in [
         "## Headlines",
         "## 1. Centralized proxy vs in-process balancing",

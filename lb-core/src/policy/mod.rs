@@ -49,6 +49,19 @@ pub use self::topology::{Level, Topology, TopologyKeyError};
 pub use self::reported::ReportWeighted;
 pub use self::weighted::WeightedRoundRobin;
 
+/// Seeds the calling thread's random generator, which every picker built without a seed (round
+/// robin's starting offset, [`P2c`] without [`P2c::with_seed`], [`Topology`]'s choice of tier,
+/// the weighted policies' starting offsets) and [`Backoff::new`](crate::backoff::Backoff::new)'s
+/// jitter draw from.
+///
+/// By default that generator is seeded from OS entropy on first use, per thread. A simulation or
+/// test that must replay exactly runs its pickers on one thread and calls this first
+/// (`lb-bench`'s `lb-sim` does, so a fleet simulation is reproducible from its `--seed`).
+/// Pickers running on other threads are unaffected.
+pub fn seed_thread_rng(seed: u64) {
+    rng::SharedRng::seed_thread(seed);
+}
+
 /// What a policy sees of one endpoint when it builds a picker.
 #[derive(Clone, Debug)]
 pub struct Candidate {

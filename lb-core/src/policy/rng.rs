@@ -25,6 +25,11 @@ impl SharedRng {
         SharedRng::PerThread
     }
 
+    /// Sets the calling thread's generator state; see [`seed_thread_rng`](super::seed_thread_rng).
+    pub(crate) fn seed_thread(seed: u64) {
+        STATE.with(|s| s.set(seed));
+    }
+
     pub(crate) fn from_seed(seed: u64) -> Self {
         SharedRng::Seeded(AtomicU64::new(seed))
     }
@@ -60,6 +65,15 @@ pub(crate) fn mix(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seeded_thread_repeats_its_draws() {
+        SharedRng::seed_thread(42);
+        let first: Vec<u64> = (0..4).map(|_| SharedRng::new().next_u64()).collect();
+        SharedRng::seed_thread(42);
+        let again: Vec<u64> = (0..4).map(|_| SharedRng::new().next_u64()).collect();
+        assert_eq!(first, again);
+    }
 
     #[test]
     fn below_is_in_range_and_spread() {
