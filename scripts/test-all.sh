@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace. On Debian, as root, it first installs what the tests need
-# (etcd, protoc for etcd-client's build script, nftables/iptables/iproute2 for the agent, systemd's
-# `systemd-analyze` for the agent's unit file and util-linux's `setpriv` to run the agent with its
-# unit's privileges, valgrind for the C ABI, nginx for the benchmark report) when missing.
+# Runs every test of the workspace, then lists the tests that skipped themselves. On Debian, as
+# root, it first installs what the tests need (etcd, protoc for etcd-client's build script,
+# nftables/iptables/iproute2 for the agent, systemd's `systemd-analyze` for the agent's unit file
+# and util-linux's `setpriv` to run the agent with its unit's privileges, valgrind for the C ABI,
+# nginx for the benchmark report) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,4 +45,20 @@ fi
 # etcd 3.4 refuses to start on arm64 without this; harmless elsewhere.
 export ETCD_UNSUPPORTED_ARCH="${ETCD_UNSUPPORTED_ARCH:-$(uname -m | sed 's/aarch64/arm64/;s/x86_64//')}"
 
-cargo test --workspace --all-features --no-fail-fast "$@"
+# Tests that cannot run here say so (lb_core::test_util::skip, lb-agent's support) in this file;
+# the list is printed at the end, so a skip is never mistaken for a pass.
+skip_log="$(mktemp -t lb-test-skips.XXXXXX)"
+trap 'rm -f "$skip_log"' EXIT
+export LB_TEST_SKIP_LOG="$skip_log"
+
+status=0
+cargo test --workspace --all-features --no-fail-fast "$@" || status=$?
+
+echo
+if [ -s "$skip_log" ]; then
+  echo "skipped tests ($(sort -u "$skip_log" | wc -l)):"
+  sort -u "$skip_log" | sed 's/^SKIPPED /  /'
+else
+  echo "skipped tests: none"
+fi
+exit "$status"

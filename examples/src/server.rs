@@ -280,6 +280,7 @@ impl Greeter for GreeterService {
         self.unstalled().await;
         self.busy(-1);
         self.served.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(addr = %self.addr, "hello answered");
         let name = request.into_inner().name;
         metrics::histogram!(crate::metrics::SERVER_CALL_DURATION, "grpc.method" => SAY_HELLO, "grpc.status" => "OK")
             .record(started.elapsed().as_secs_f64());

@@ -5,7 +5,6 @@
 //!
 //! What an operator relies on: a client sending throughout loses no call, and the servers register
 //! themselves again without being restarted.
-#![cfg(feature = "consul")]
 
 mod support;
 
@@ -64,10 +63,16 @@ struct ConsulDouble {
 
 impl ConsulDouble {
     fn start(bin: &PathBuf, addr: &str) -> ConsulDouble {
+        Self::start_with(bin, addr, &[])
+    }
+
+    /// With more of `consul-double`'s options (ACL tokens).
+    fn start_with(bin: &PathBuf, addr: &str, extra: &[&str]) -> ConsulDouble {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut child = Command::new(bin)
                 .args(["--addr", addr])
+                .args(extra)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -92,6 +97,15 @@ impl Drop for ConsulDouble {
     }
 }
 
+/// Waits (polling, at most 30 s) until `cond` holds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn report_and_log(args: &[&str]) -> (Report, String) {
     let out = run_client(args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -106,8 +120,8 @@ fn greeters_ride_through_a_restart_of_the_consul_double() {
     let consul = ConsulDouble::start(&bin, "127.0.0.1:0");
     let addr = consul.addr;
     let target = format!("consul://{addr}/greeter");
-    let a = Server::start(&["--zone", "a", "--register", &target, "--ttl-secs", "1"]);
-    let b = Server::start(&["--zone", "b", "--register", &target, "--ttl-secs", "1"]);
+    let a = Server::start_logged(&["--zone", "a", "--register", &target, "--ttl-secs", "1"]);
+    let b = Server::start_logged(&["--zone", "b", "--register", &target, "--ttl-secs", "1"]);
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
 
     let (r, log) = report_and_log(&["--target", &target, "--requests", "200", "--concurrency", "4", "--policy", "rr"]);
@@ -117,11 +131,17 @@ fn greeters_ride_through_a_restart_of_the_consul_double() {
     // A client sends throughout: the registry dies, stays down for a while, comes back empty.
     let client = {
         let target = target.clone();
-        thread::spawn(move || report_and_log(&["--target", &target, "--duration-secs", "4", "--concurrency", "4", "--policy", "rr"]))
+        thread::spawn(move || report_and_log(&["--target", &target, "--duration-secs", "8", "--concurrency", "4", "--policy", "rr"]))
     };
-    thread::sleep(Duration::from_millis(1000));
+    let answered = |s: &Server| s.log().matches("hello answered").count();
+    let (a_before, b_before) = (answered(&a), answered(&b));
+    wait_until("both servers answer the running client", || answered(&a) > a_before && answered(&b) > b_before);
     drop(consul);
-    thread::sleep(Duration::from_millis(1000));
+    // Down long enough that the servers' heartbeats fail (they log it) while the client sends.
+    wait_until("the servers' heartbeats fail", || {
+        a.log().contains("consul heartbeat failed") && b.log().contains("consul heartbeat failed")
+    });
+    assert!(!client.is_finished(), "the client was still sending when the registry came back");
     let consul = ConsulDouble::start(&bin, &addr.to_string());
     let (r, log) = client.join().expect("client thread");
     assert_eq!(r.errors, 0, "the client kept its endpoints through the registry restart: {r:?}\n{log}");
@@ -142,4 +162,48 @@ fn greeters_ride_through_a_restart_of_the_consul_double() {
         thread::sleep(Duration::from_millis(200));
     }
     drop((a, b, consul));
+}
+
+/// Registers `service` on the double at `addr` through its HTTP API with `token`, its TTL check
+/// passing for ten minutes; returns the HTTP status line.
+fn register_by_hand(addr: SocketAddr, token: &str, service: &str, port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let body = format!(
+        r#"{{"Name":"{service}","ID":"{service}-{port}","Address":"127.0.0.1","Port":{port},"Check":{{"TTL":"10m","Status":"passing"}}}}"#
+    );
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the consul double");
+    write!(
+        stream,
+        "PUT /v1/agent/service/register HTTP/1.1\r\nHost: {addr}\r\nX-Consul-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the registration");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+/// LbChannel end to end (greeter-client) with a token Consul filters reads for: the calls fail
+/// `UNAVAILABLE` with a message naming the token and the ACL filtering, not "no endpoint" alone.
+#[test]
+fn a_client_whose_token_consul_filters_fails_saying_so() {
+    let bin = consul_double_bin();
+    let consul = ConsulDouble::start_with(&bin, "127.0.0.1:0", &["--acl-token", "management-token", "--unprivileged-token", "weak-token-3f9a"]);
+    let status = register_by_hand(consul.addr, "management-token", "greeter", 50051);
+    assert!(status.contains(" 200 "), "registered: {status}");
+    let target = format!("consul://{}/greeter", consul.addr);
+    let out = Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+        .args(["--target", &target, "--requests", "1", "--concurrency", "1"])
+        .env("CONSUL_HTTP_TOKEN", "weak-token-3f9a")
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("greeter-client runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "no call succeeded: {stderr}");
+    let failed = stderr.lines().find(|l| l.contains("request failed")).unwrap_or_else(|| panic!("a failed call is logged: {stderr}"));
+    assert!(failed.contains("Unavailable"), "{failed}");
+    assert!(failed.contains("consul filtered the health answer for `greeter` by ACLs"), "the cause: {failed}");
+    assert!(failed.contains("…3f9a (from CONSUL_HTTP_TOKEN)"), "the token, by its last characters: {failed}");
+    assert!(!failed.contains("weak-token"), "never the secret: {failed}");
 }

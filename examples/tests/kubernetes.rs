@@ -3,7 +3,6 @@
 //! client finding the double through a `KUBECONFIG` the test writes — the same path a program
 //! outside the cluster takes. The double runs inside the test process so the test can change the
 //! EndpointSlices between runs; `kube-double` is the same double as a binary.
-#![cfg(feature = "kubernetes")]
 
 mod support;
 

@@ -258,12 +258,10 @@ impl Options {
         }
         let inner: Box<dyn Policy> = match self.slow_start_ms {
             None | Some(0) => inner,
-            Some(_) if matches!(self.policy, PolicyName::Hash | PolicyName::Maglev) => {
-                return Err(Error::options(
-                    "options_json: slow_start_ms does not apply to the hashing policies (a re-pick would break affinity)",
-                ))
-            }
-            Some(ms_) => Box::new(SlowStart::new(inner, ms(ms_))),
+            // lb-core refuses it (`SlowStart::new` on a hashing policy), as the Rust API does.
+            Some(ms_) => Box::new(SlowStart::new(inner, ms(ms_)).map_err(|e| {
+                Error::options(format!("options_json: slow_start_ms does not apply to the hashing policies ({e})"))
+            })?),
         };
         if self.locality.is_none() && self.topology.is_none() {
             return Ok(inner);

@@ -187,7 +187,7 @@ fn malformed_json_and_targets_are_errors_that_say_why() {
 fn a_token_is_reported_once_and_unknown_tokens_are_refused() {
     let backend = Backend::start(false);
     let b = Bal::new(&static_target(&[&backend]), "").expect("valid");
-    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    assert_eq!(b.ready(30_000), lb_status::LB_OK);
     let p = b.pick(None).expect("a pick");
     assert_ne!(p.token, 0);
     assert_eq!(addr(&p), backend.addr.to_string());
@@ -240,9 +240,9 @@ fn an_unreported_pick_expires_as_cancelled() {
         r#"{"report_timeout_ms":50,"outlier":{"consecutive_failures":1}}"#,
     )
     .expect("valid");
-    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    assert_eq!(b.ready(30_000), lb_status::LB_OK);
     let p = b.pick(None).expect("a pick");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while b.endpoints()["pending_reports"] != 0 {
         assert!(
             Instant::now() < deadline,
@@ -270,14 +270,14 @@ fn no_endpoint_fails_fast_and_wait_ready_times_out() {
         .expect("addr")
         .port();
     let target = format!("static:///127.0.0.1:{port}");
-    let b = Bal::new(&target, r#"{"endpoint_wait_ms":2000}"#).expect("valid");
+    let b = Bal::new(&target, r#"{"endpoint_wait_ms":60000}"#).expect("valid");
     assert_eq!(b.ready(100), lb_status::LB_ERR_TIMEOUT);
     assert!(last_error().contains("not ready"), "{}", last_error());
-    // The only endpoint is known to refuse: the pick fails at once instead of waiting 2 s, and
-    // says why.
+    // The only endpoint is known to refuse: the pick fails at once instead of waiting the minute,
+    // and says why.
     let start = Instant::now();
     assert_eq!(b.pick(None).err(), Some(lb_status::LB_ERR_UNAVAILABLE));
-    assert!(start.elapsed() < Duration::from_secs(2), "waited {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(30), "waited {:?}", start.elapsed());
     let message = last_error().to_lowercase();
     assert!(
         message.contains("failed to connect") && message.contains("connection refused"),
@@ -317,7 +317,7 @@ fn hash_keys_stick_to_one_endpoint_with(policy: &str) {
     ];
     let refs: Vec<&Backend> = backends.iter().collect();
     let b = Bal::new(&static_target(&refs), &format!(r#"{{"policy":"{policy}"}}"#)).expect("valid");
-    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    assert_eq!(b.ready(30_000), lb_status::LB_OK);
     let mut seen = std::collections::BTreeSet::new();
     for user in 0..30 {
         let key = format!("user-{user}");
@@ -345,7 +345,7 @@ fn locality_is_returned_and_preferred() {
         r#"{"policy":"rr","locality":{"region":"r","zone":"b"}}"#,
     )
     .expect("valid");
-    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    assert_eq!(b.ready(30_000), lb_status::LB_OK);
     for _ in 0..20 {
         let p = b.pick(None).expect("pick");
         assert_eq!(
@@ -379,7 +379,7 @@ fn concurrent_picks_and_reports_from_many_threads() {
     let refs: Vec<&Backend> = backends.iter().collect();
     // Slow start wraps the policy; all endpoints start together, so it holds nothing back.
     let b = Bal::new(&static_target(&refs), r#"{"policy":"p2c","slow_start_ms":30000}"#).expect("valid");
-    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    assert_eq!(b.ready(30_000), lb_status::LB_OK);
     let tokens = std::sync::Mutex::new(std::collections::HashSet::new());
     std::thread::scope(|s| {
         for _ in 0..8 {
@@ -431,7 +431,7 @@ fn probes_take_a_dead_endpoint_out_of_rotation_and_bring_it_back() {
         r#"{"policy":"rr","probe_interval_ms":100}"#,
     )
     .expect("valid");
-    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    assert_eq!(b.ready(30_000), lb_status::LB_OK);
     let healthy = |b: &Bal| -> bool {
         let eps = b.endpoints();
         let ep = eps["endpoints"]
@@ -444,7 +444,7 @@ fn probes_take_a_dead_endpoint_out_of_rotation_and_bring_it_back() {
         ep["healthy"] == true
     };
     let wait = |what: &str, want: bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while healthy(&b) != want {
             assert!(
                 Instant::now() < deadline,
@@ -495,7 +495,7 @@ fn subsetting_connects_to_only_part_of_the_fleet() {
         r#"{"policy":"rr","subset_size":2,"subset_client_id":"pod-a"}"#,
     )
     .expect("valid");
-    assert_eq!(b.ready(5000), lb_status::LB_OK);
+    assert_eq!(b.ready(30_000), lb_status::LB_OK);
     let eps = b.endpoints();
     let listed = eps["endpoints"].as_array().expect("array").len();
     assert_eq!(listed, 2, "only the subset is known to the balancer: {eps}");

@@ -119,3 +119,18 @@ fn c_example_is_clean_under_valgrind() {
         .args([&static_target(&refs), r#"{"policy":"rr"}"#, "40", "2"]));
     assert_eq!(t.served.values().map(|s| s.0).sum::<u64>(), 40);
 }
+
+/// The example's threads under helgrind, the library's internals suppressed (tests/c/helgrind.supp
+/// says why): no race in how it shares the balancer and its tallies.
+#[test]
+fn c_example_is_race_free_under_helgrind() {
+    let backends = [Backend::start(false), Backend::start(false)];
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let supp = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/helgrind.supp");
+    let t = run(Command::new("valgrind")
+        .args(["--tool=helgrind", "--error-exitcode=1"])
+        .arg(format!("--suppressions={}", supp.display()))
+        .arg(example())
+        .args([&static_target(&refs), r#"{"policy":"rr"}"#, "40", "4"]));
+    assert_eq!(t.served.values().map(|s| s.0).sum::<u64>(), 40);
+}

@@ -2,7 +2,6 @@
 //!
 //! `cargo test -p lb-ffi --features etcd --test etcd_registration` (scripts/test-all.sh runs it with
 //! `--all-features`). The test starts its own `etcd` (Debian's etcd-server) on free loopback ports.
-#![cfg(feature = "etcd")]
 
 mod support;
 
@@ -120,7 +119,7 @@ fn listed(b: &Bal) -> Vec<String> {
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(50));
@@ -133,16 +132,16 @@ fn registered_instances_are_discovered_and_free_deregisters() {
     let (a, b) = (Backend::start(false), Backend::start(false));
     let service = format!("etcd://127.0.0.1:{}/ffi-greeter", etcd.port);
     let reg_a = Reg::new(
-        &format!("{service}?ttl=2s"),
+        &format!("{service}?ttl=20s"),
         &format!(r#"{{"addr":"{}","zone":"z1"}}"#, a.addr),
     );
     let _reg_b = Reg::new(
-        &format!("{service}?ttl=2s"),
+        &format!("{service}?ttl=20s"),
         &format!(r#"{{"addr":"{}","zone":"z2"}}"#, b.addr),
     );
 
     let bal = Bal::new(&service, r#"{"policy":"rr"}"#).expect("an etcd balancer");
-    assert_eq!(bal.ready(10_000), lb_status::LB_OK, "{}", last_error());
+    assert_eq!(bal.ready(30_000), lb_status::LB_OK, "{}", last_error());
     let mut both = vec![a.addr.to_string(), b.addr.to_string()];
     both.sort();
     wait_until("both instances are listed", || listed(&bal) == both);
@@ -151,14 +150,14 @@ fn registered_instances_are_discovered_and_free_deregisters() {
     assert_eq!(bal.report(p.token, 0, -1), lb_status::LB_OK);
 
     // Freeing a registration revokes its lease: the instance leaves discovery at once, well before
-    // its 2 s TTL could have run out.
+    // its 20 s TTL could have run out (a bound with room for a loaded machine).
     let freed = Instant::now();
     drop(reg_a);
     wait_until("the freed instance is gone", || {
         listed(&bal) == vec![b.addr.to_string()]
     });
     assert!(
-        freed.elapsed() < Duration::from_secs(2),
+        freed.elapsed() < Duration::from_secs(20),
         "deregistered in {:?}",
         freed.elapsed()
     );

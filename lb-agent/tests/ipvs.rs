@@ -7,11 +7,11 @@ use support::*;
 
 fn ipvs_missing() -> bool {
     if !lb_agent::ipvs::available() {
-        println!("SKIPPED: this kernel has no IPVS (/proc/net/ip_vs is absent; CONFIG_IP_VS unset)");
+        skipped("this kernel has no IPVS (/proc/net/ip_vs is absent; CONFIG_IP_VS unset)");
         return true;
     }
     if std::process::Command::new("sh").args(["-c", "command -v ipvsadm-restore"]).output().map_or(true, |o| !o.status.success()) {
-        println!("SKIPPED: ipvsadm is not installed");
+        skipped("ipvsadm is not installed");
         return true;
     }
     false

@@ -16,6 +16,87 @@ const BYSTANDER: &str = "table inet bystander {
 }
 ";
 
+/// `nft monitor` inside the lab's client namespace, its lines read on a thread.
+struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The marker tables the test created (deleted again at the end), and the pids of the `nft`
+    /// processes that made them, which the monitor's `# new generation … by process <pid>` names.
+    markers: Vec<(String, u32)>,
+}
+
+impl Monitor {
+    /// Starts the monitor and returns once it has reported a change of the test's own (a marker
+    /// table): before that it may not have subscribed yet, and a quiet monitor would prove nothing.
+    fn start(lab: &Lab) -> Monitor {
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.client.name, "nft", "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft monitor");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut monitor = Monitor { child, lines, markers: Vec::new() };
+        let t0 = Instant::now();
+        loop {
+            monitor.mark(lab, &format!("lbt_marker_{}", monitor.markers.len()));
+            // A second per attempt paces the retries; the overall bound is the patience.
+            if let Ok(line) = monitor.lines.recv_timeout(Duration::from_secs(1)) {
+                assert!(monitor.is_ours(&line), "nothing but the test's markers yet: {line}");
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "nft monitor never reported a change");
+        }
+        monitor
+    }
+
+    /// Adds the table `name` with an `nft` of its own (`ip netns exec` execs it: same pid).
+    fn mark(&mut self, lab: &Lab, name: &str) {
+        let mut nft = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.client.name, "nft", "add", "table", "inet", name])
+            .spawn()
+            .expect("spawn nft");
+        let pid = nft.id();
+        assert!(nft.wait().expect("nft runs").success(), "nft add table {name}");
+        self.markers.push((name.to_string(), pid));
+    }
+
+    /// A line about a marker table or the transaction of an `nft` that made one.
+    fn is_ours(&self, line: &str) -> bool {
+        line.contains("table inet lbt_marker_")
+            || (line.starts_with("# new generation") && self.markers.iter().any(|(_, pid)| line.contains(&format!("by process {pid} "))))
+    }
+
+    /// Adds the marker table `end`, and returns every event the monitor reported before it that
+    /// was not the test's own.
+    fn until_marker(mut self, lab: &Lab, end: &str) -> Vec<String> {
+        self.mark(lab, end);
+        let mut events = Vec::new();
+        loop {
+            let line = self.lines.recv_timeout(Duration::from_secs(30)).expect("nft monitor reports the end marker");
+            if line.contains(&format!("table inet {end}")) {
+                break;
+            }
+            if !self.is_ours(&line) {
+                events.push(line);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for (name, _) in &self.markers {
+            lab.client.exec(&["nft", "delete", "table", "inet", name]);
+        }
+        events
+    }
+}
+
 fn add_bystander(lab: &Lab) -> String {
     let f = std::env::temp_dir().join(format!("{}-bystander.nft", lab.client.name));
     std::fs::write(&f, BYSTANDER).expect("write bystander");
@@ -38,18 +119,12 @@ fn tcp_and_udp_reach_every_backend_and_the_rest_is_untouched() {
     lab.agent_ok(&["--once"]);
     traffic::reaches_every_backend_and_rejects_empty(&lab, 3);
 
-    // A restart with unchanged state writes nothing: no netlink event at all, empty dry run.
-    let mut monitor = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.client.name, "nft", "monitor"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft monitor");
-    std::thread::sleep(Duration::from_millis(300));
+    // A restart with unchanged state writes nothing: no netlink event between two changes of the
+    // test's own, which prove the monitor was listening before and still is after; empty dry run.
+    let monitor = Monitor::start(&lab);
     lab.agent_ok(&["--once"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = monitor.kill();
-    let events = monitor.wait_with_output().expect("monitor output").stdout;
-    assert!(events.is_empty(), "restart wrote to the kernel: {}", String::from_utf8_lossy(&events));
+    let events = monitor.until_marker(&lab, "lbt_marker_end");
+    assert!(events.is_empty(), "restart wrote to the kernel: {events:?}");
     assert_eq!(lab.agent_ok(&["--dry-run"]), "", "nothing left to do");
 
     assert_eq!(lab.client.exec(&["nft", "list", "table", "inet", "bystander"]), bystander);
@@ -305,7 +380,24 @@ fn sighup_reloads_the_configuration() {
     lab.write_config(&config("nftables", &[0, 1, 2], &[0, 1, 2]));
     let mut agent = lab.spawn_agent(&[]);
     let stderr = agent.stderr.take().expect("stderr");
-    std::thread::spawn(move || std::io::copy(&mut BufReader::new(stderr), &mut std::io::sink()));
+    let (log_tx, log) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if log_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let logged = |what: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match log.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("the agent never logged {what:?}: {e}"),
+            }
+        }
+    };
     let hup = |agent: &std::process::Child| {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::SIGHUP).expect("SIGHUP");
     };
@@ -321,7 +413,8 @@ fn sighup_reloads_the_configuration() {
     // An invalid file is rejected and the agent keeps balancing.
     lab.write_config("[[service]]\nvip = \"nonsense\"\n");
     hup(&agent);
-    std::thread::sleep(Duration::from_millis(500));
+    let rejected = logged("configuration rejected");
+    assert!(rejected.contains("keeping the current one"), "{rejected}");
     assert_eq!(lab.tcp_spread(vip(TCP_VIP), 30).len(), 3, "still balancing after a bad reload");
 
     let mut cfg = config("nftables", &[1, 2], &[0, 1, 2]);

@@ -67,7 +67,10 @@ fn lb_pool(rt: &tokio::runtime::Runtime, n: usize, policy: Box<dyn Policy>) -> P
     })
 }
 
-fn policies() -> Vec<(&'static str, fn() -> Box<dyn Policy>)> {
+/// A policy's name and how to make one.
+type NamedPolicy = (&'static str, fn() -> Box<dyn Policy>);
+
+fn policies() -> Vec<NamedPolicy> {
     vec![
         ("round-robin", || Box::new(RoundRobin::new())),
         ("weighted-round-robin", || Box::new(WeightedRoundRobin::new())),

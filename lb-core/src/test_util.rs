@@ -1,4 +1,4 @@
-//! A scriptable [`Connect`] for tests and benches (feature `test-util`).
+//! Test support (feature `test-util`): a scriptable [`Connect`] for tests and benches, and skips that are seen.
 //!
 //! [`TestConnector`] stands in for a protocol crate's connector wherever what is under test is the
 //! engine (discovery, the pool's state machine, picking) rather than a wire protocol. It connects at
@@ -15,6 +15,8 @@
 //!
 //! [`TestConnector::over_tcp`] adds a real TCP connect before each connection is yielded, for tests
 //! whose endpoints are live listeners and whose point is that an unreachable one does not connect.
+//!
+//! [`skip`] reports a test that cannot run here where it is seen, instead of a silent pass.
 //!
 //! Close signals are opt-in because each is an allocation the pool holds for the connection's life;
 //! without them, a bench that measures the pool's memory measures the pool and one attempt counter
@@ -314,3 +316,6 @@ mod tests {
         assert_eq!(c.attempts(addr), 2);
     }
 }
+
+mod skip;
+pub use self::skip::{skip, SKIP_LOG};

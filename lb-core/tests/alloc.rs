@@ -51,7 +51,7 @@ async fn a_pick_allocates_nothing() {
         ("weighted round robin from load reports", Box::new(WeightedRoundRobin::from_load_reports())),
         ("ring hash", Box::new(RingHash::new())),
         ("maglev", Box::new(Maglev::new())),
-        ("slow start(p2c least request)", Box::new(SlowStart::new(P2c::least_request(), std::time::Duration::from_secs(30)))),
+        ("slow start(p2c least request)", Box::new(SlowStart::new(P2c::least_request(), std::time::Duration::from_secs(30)).expect("not hashing"))),
         ("topology(p2c peak ewma)", Box::new(Topology::new(P2c::peak_ewma(), Locality::unknown().with_zone("a")))),
     ];
     assert!(allocations_during(|| drop(Box::new(7u64))) >= 1, "the counting allocator is installed");

@@ -55,7 +55,7 @@ async fn refused_streams_are_replayed_to_another_endpoint() {
         .policy(RoundRobin::new())
         .build_from_target(&format!("static:///{refusing},{healthy}"))
         .expect("valid target");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while client.endpoints().iter().filter(|e| e.healthy).count() < 2 {
         assert!(tokio::time::Instant::now() < deadline, "{:?}", client.endpoints());
         tokio::time::sleep(Duration::from_millis(5)).await;

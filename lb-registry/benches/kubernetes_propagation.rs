@@ -83,7 +83,10 @@ async fn through_kubernetes(slices: usize, per_slice: usize, samples: usize) -> 
         double.apply(slice_of(s, per_slice, None));
     }
     let url = double.url().parse().expect("a URI");
-    let client = kube::Client::try_from(kube::Config::new(url)).expect("a client");
+    // As KubernetesResolverBuilder::client asks: kube's retry layer off.
+    let mut config = kube::Config::new(url);
+    config.default_retry = false;
+    let client = kube::Client::try_from(config).expect("a client");
     let resolver = KubernetesResolver::builder().client(client).ignore_env().build();
     let pool = pool(resolver.watch("greeter.default:grpc").expect("valid service"));
     let total = slices * per_slice;

@@ -5,7 +5,6 @@
 //! Clients here are real `lb_core::Pool`s over the Consul resolver, with lb-core's `TestConnector`,
 //! whose "connection" is the endpoint's address: picks are observable without servers, and what is
 //! asserted is what a caller's picker would choose.
-#![cfg(feature = "consul")]
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -80,6 +79,12 @@ async fn picks_exactly(pool: &Pool<SocketAddr>, want: &[u16]) {
     .await;
 }
 
+/// Updates a cache named `name` refused for emptying its set, as counted in the process's metrics:
+/// proof that a client saw an empty answer, before asserting it kept its set.
+fn refused_empty(name: &str) -> u64 {
+    lb_core::test_recorder::recorded().counter(lb_registry::cache::EMPTY_REFUSED, &[("target", name)])
+}
+
 async fn register(r: &ConsulRegistrar, service: &str, port: u16) -> Registration {
     r.register(service, Endpoint::new(addr(port))).await.expect("register with the consul double")
 }
@@ -87,12 +92,20 @@ async fn register(r: &ConsulRegistrar, service: &str, port: u16) -> Registration
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_the_check_passing() {
     let double = ConsulDouble::start().await.expect("start the consul double");
-    let reg = register(&registrar(&double), "hb", 7001).await;
-    // Ten TTLs: without passes the check would have turned critical nine times over.
-    tokio::time::sleep(TTL * 10).await;
+    // A TTL of a second, passed every third of it: a heartbeat may be late by two thirds of a
+    // second on a loaded machine before the check expires.
+    let ttl = Duration::from_secs(1);
+    let r = ConsulRegistrar::builder().address(double.authority()).ttl(ttl).build().expect("valid registrar options");
+    let reg = register(&r, "hb", 7001).await;
+    // Thirty passes span ten TTLs: without them the check would have expired nine times over.
+    eventually("thirty TTL passes", || {
+        let passes = double.services().first().map_or(0, |s| s.passes);
+        async move { passes >= 30 }
+    })
+    .await;
     let svc = double.services().into_iter().next().expect("still registered");
     assert_eq!(svc.status, CheckStatus::Passing);
-    assert!(svc.passes >= 15, "passed every ttl/3: {} passes", svc.passes);
+    assert_eq!(double.ttl_expirations(), 0, "no TTL ran out between passes");
     assert_eq!(double.registrations(), 1, "passes found their check: no re-registration");
     let pool = client(&double, "hb");
     picks_exactly(&pool, &[7001]).await;
@@ -167,12 +180,18 @@ async fn a_restarted_agent_with_a_reset_index_gets_everything_back() {
         let registrations = double.registrations();
 
         // The agent comes back empty and, for a while, cannot take registrations.
+        let refused = refused_empty("restart");
         double.set_agent_down(true);
         double.restart_with_reset_index();
         assert!(double.index() < before, "the index went backwards");
         assert!(double.services().is_empty());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // Meanwhile the client keeps serving what it had: the empty answer is refused.
+        // Meanwhile the client keeps serving what it had: the empty answer, once it came, was
+        // refused (the cache counted it), and the set stands.
+        eventually("the client hears the empty answer and refuses it", || {
+            let now = refused_empty("restart");
+            async move { now > refused }
+        })
+        .await;
         assert_eq!(picked(&pool), ports(&[7201, 7202]));
         double.set_agent_down(false);
 
@@ -203,11 +222,14 @@ async fn errors_and_garbage_never_wipe_the_set() {
     for fault in [Fault::ServerError, Fault::Garbage, Fault::Empty, Fault::MalformedEntries] {
         let queries = double.health_queries();
         double.set_fault(fault.clone());
-        // Long enough for several answers (and backoffs) under the fault.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let served = double.health_queries() - queries;
-        assert!(served >= 2, "{fault:?}: the client kept asking ({served} answers)");
-        assert!(served <= 60, "{fault:?}: {served} queries in a second is a tight loop");
+        // Several faulty answers: the client asks again only after handling the previous one, so
+        // at least two were handled. (That it does not ask in a tight loop is the paused-clock
+        // unit tests' job: consul::watch::tests.)
+        eventually(&format!("{fault:?}: the client keeps asking"), || {
+            let served = double.health_queries() - queries;
+            async move { served >= 3 }
+        })
+        .await;
         let snapshot = pool.snapshot();
         assert!(snapshot.is_initialized());
         assert_eq!(snapshot.healthy(), 2, "{fault:?} wiped endpoints");
@@ -226,8 +248,8 @@ async fn the_picker_follows_registrations() {
     // Through the target-URI entry points, as the CLI and the C ABI use them.
     let target = Target::parse(&format!("consul://{}/follow?wait=3s", double.authority())).expect("target");
     let pool = Pool::spawn(lb_registry::resolve(&target).expect("resolve"), TestConnector::new(), RoundRobin::new(), PoolConfig::new("follow"));
-    assert!(!pool.ready_timeout(Duration::from_millis(300)).await, "nothing registered yet");
-    assert!(pool.is_initialized(), "an empty service is a known, empty set");
+    assert!(pool.initialized_timeout(PATIENCE).await, "an empty service is a known, empty set");
+    assert_eq!(pool.snapshot().healthy(), 0, "nothing registered yet");
 
     let reg_target = Target::parse(&format!("consul://{}/follow?ttl=300ms&deregister_after=2s", double.authority())).expect("target");
     let mut regs = Vec::new();
@@ -248,6 +270,8 @@ async fn the_picker_follows_registrations() {
     let middle = regs.remove(1);
     middle.deregister().await;
     picks_exactly(&pool, &[7401, 7403]).await;
+    let cache_name = format!("consul://{}/follow", double.authority());
+    let refused = refused_empty(&cache_name);
     drop(regs);
     // Dropping a registration deregisters in the background; the last one is refused as empty.
     eventually("the double has no instances left", || {
@@ -255,7 +279,13 @@ async fn the_picker_follows_registrations() {
         async move { n == 0 }
     })
     .await;
-    // The last answer before the empty one may have held one or both of them.
+    // The client got the empty answer and refused it; the last answer before it may have held
+    // one or both of them.
+    eventually("the client refuses the empty answer", || {
+        let now = refused_empty(&cache_name);
+        async move { now > refused }
+    })
+    .await;
     let left = picked(&pool);
     assert!(!left.is_empty() && left.is_subset(&ports(&[7401, 7403])), "an empty answer does not wipe the set: {left:?}");
 }
@@ -313,14 +343,147 @@ async fn weight_locality_token_and_namespace_travel_through_consul() {
     assert_eq!(got.locality(), &Locality::unknown().with_zone("eu-1a").with_region("eu-1").with_node("host-7"));
     assert_eq!(got.metadata().get("version").map(String::as_str), Some("1.2.3"));
 
-    // Other namespaces and tags see nothing; a resolver without the token gets 403s, not data.
+    // Other namespaces and tags see nothing: a known, empty set.
     let other_ns = ConsulResolver::builder().address(double.authority()).token("s3cret").build().expect("options");
     let first = tokio::time::timeout(PATIENCE, other_ns.resolve("meta").next()).await.expect("answer").expect("open");
     assert_eq!(first.expect("ok"), lb_core::Update::Reset(vec![]));
+}
+
+/// Consul filters reads by ACLs instead of refusing them: 200, an empty list, and
+/// `X-Consul-Results-Filtered-By-ACLs`. lb reports that as an error naming the token, never as an
+/// empty set, and a request that finds no endpoint says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_filtered_answer_is_an_error_naming_the_token_never_an_empty_set() {
+    use futures_util::StreamExt as _;
+    lb_core::test_recorder::install();
+    let double = ConsulDouble::start_with(DoubleConfig {
+        acl_token: Some("management-token".into()),
+        unprivileged_tokens: vec!["weak-token-3f9a".into()],
+        ..DoubleConfig::default()
+    })
+    .await
+    .expect("start the consul double");
+    let admin = ConsulRegistrar::builder().address(double.authority()).token("management-token").ttl(TTL).build().expect("options");
+    let _reg = register(&admin, "acl", 7801).await;
+
+    // A write without service:write is refused (403), and registration says so.
+    let weak = ConsulRegistrar::builder().address(double.authority()).token("weak-token-3f9a").ttl(TTL).build().expect("options");
+    let err = weak.register("acl", Endpoint::new(addr(7802))).await.expect_err("no service:write");
+    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source()).map(ToString::to_string).collect::<Vec<_>>().join(": ");
+    assert!(err.is_registry() && chain.contains("403") && chain.contains("Permission denied"), "{chain}");
+
+    // A read it may not see: an error naming the token (its last four characters and where it came
+    // from, never the secret), not the empty list Consul sent.
+    let before = lb_core::test_recorder::recorded().counter("lb_registry_auth_errors_total", &[("registry", "consul"), ("reason", "acl_filtered")]);
+    let filtered = ConsulResolver::builder().address(double.authority()).token("weak-token-3f9a").build().expect("options");
+    let first = tokio::time::timeout(PATIENCE, filtered.resolve("acl").next()).await.expect("answer").expect("open");
+    let message = first.expect_err("a filtered answer is not a set").to_string();
+    assert!(message.contains("…3f9a (from the builder's token option)") && message.contains("service:read"), "{message}");
+    assert!(!message.contains("weak-token"), "the secret stays out of messages: {message}");
+    assert!(lb_core::test_recorder::recorded().counter("lb_registry_auth_errors_total", &[("registry", "consul"), ("reason", "acl_filtered")]) > before);
+
+    // Without a token the answer is just empty (Consul hides the header from the anonymous token);
+    // the agent's default policy is deny, so at cold start that is reported the same way.
     let tokenless = ConsulResolver::builder().address(double.authority()).build().expect("options");
-    let first = tokio::time::timeout(PATIENCE, tokenless.resolve("meta").next()).await.expect("answer").expect("open");
-    let err = first.expect_err("403 without the token");
-    assert!(err.to_string().contains("403"), "{err}");
+    let first = tokio::time::timeout(PATIENCE, tokenless.resolve("acl").next()).await.expect("answer").expect("open");
+    let message = first.expect_err("nothing visible without a token").to_string();
+    assert!(message.contains("without an ACL token") && message.contains("default ACL policy is deny"), "{message}");
+
+    // An unknown secret is refused outright, reads included.
+    let unknown = ConsulResolver::builder().address(double.authority()).token("no-such-token").build().expect("options");
+    let first = tokio::time::timeout(PATIENCE, unknown.resolve("acl").next()).await.expect("answer").expect("open");
+    let message = first.expect_err("ACL not found").to_string();
+    assert!(message.contains("403") && message.contains("ACL not found"), "{message}");
+
+    // End to end: a client whose token may not read the service fails its requests with the cause.
+    let discover = Cache::builder().resolve(filtered, "acl").boxed();
+    let pool = Pool::spawn(discover, TestConnector::new(), RoundRobin::new(), PoolConfig::new("consul-acl"));
+    let wait = lb_core::balance::Wait { timeout: Duration::from_millis(50), wait_for_ready: false };
+    eventually("the pool holds the ACL error", || {
+        let seen = pool.snapshot().discovery_error().is_some();
+        async move { seen }
+    })
+    .await;
+    let err = pool.pick_or_wait(PickContext::default(), wait).await.expect_err("nothing to pick");
+    let message = err.to_string();
+    assert!(message.contains("discovery error: consul filtered the health answer for `acl` by ACLs"), "{message}");
+    assert!(message.contains("…3f9a"), "{message}");
+    assert!(!pool.is_initialized(), "the filtered empty list was never applied as a set");
+
+    // With a token that may read it, the same service is there.
+    let good = Pool::spawn(
+        ConsulResolver::builder().address(double.authority()).token("management-token").build().expect("options").resolve("acl"),
+        TestConnector::new(),
+        RoundRobin::new(),
+        PoolConfig::new("consul-acl-ok"),
+    );
+    picks_exactly(&good, &[7801]).await;
+}
+
+/// A token that could read the service loses its policy while the client runs (an operator edits
+/// it): Consul filters the next answer to nothing. The client keeps the set it had — with a cache
+/// that applies empty sets, so nothing but discovery's own rule keeps it — says why (the pool's
+/// discovery error names the token, the auth counter moves), and sees the service again, new
+/// instances included, once the policy is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_loses_its_read_policy_keeps_the_last_set_and_says_why() {
+    lb_core::test_recorder::install();
+    let double = ConsulDouble::start_with(DoubleConfig {
+        acl_token: Some("management-token".into()),
+        reader_tokens: vec!["reader-token-77c1".into()],
+        ..DoubleConfig::default()
+    })
+    .await
+    .expect("start the consul double");
+    let admin = ConsulRegistrar::builder().address(double.authority()).token("management-token").ttl(TTL).build().expect("options");
+    let _a = register(&admin, "revoked", 7811).await;
+    let _b = register(&admin, "revoked", 7812).await;
+
+    // A reader may read, not write.
+    let reader = ConsulRegistrar::builder().address(double.authority()).token("reader-token-77c1").ttl(TTL).build().expect("options");
+    let err = reader.register("revoked", Endpoint::new(addr(7819))).await.expect_err("a read-only token");
+    assert!(err.is_registry(), "{err}");
+
+    let resolver = ConsulResolver::builder()
+        .address(double.authority())
+        .token("reader-token-77c1")
+        .min_interval(Duration::from_millis(20))
+        .max_backoff(Duration::from_millis(300))
+        .build()
+        .expect("options");
+    // allow_empty: the cache would apply an empty set, so only discovery itself keeps the set.
+    let discover = Cache::builder().allow_empty(true).resolve(resolver, "revoked").boxed();
+    let pool = Pool::spawn(discover, TestConnector::new(), RoundRobin::new(), PoolConfig::new("consul-revoked"));
+    picks_exactly(&pool, &[7811, 7812]).await;
+    let denied = || lb_core::test_recorder::recorded().counter("lb_registry_auth_errors_total", &[("registry", "consul"), ("reason", "acl_filtered")]);
+    let before = denied();
+
+    // The policy goes; a change to the service wakes the client's held query, which answers with
+    // the privileges it arrived with (the new instance), and the next query is filtered.
+    assert!(double.detach_read_policy("reader-token-77c1"));
+    let _c = register(&admin, "revoked", 7813).await;
+    let mut versions = pool.subscribe();
+    tokio::time::timeout(PATIENCE, versions.wait_for(|_| pool.snapshot().discovery_error().is_some_and(|e| e.contains("…77c1"))))
+        .await
+        .expect("the pool hears that the answer was filtered")
+        .expect("the pool runs");
+    let message = pool.snapshot().discovery_error().cloned().expect("just seen");
+    assert!(message.contains("X-Consul-Results-Filtered-By-ACLs") && message.contains("service:read"), "{message}");
+    assert!(!message.contains("reader-token"), "the secret stays out of messages: {message}");
+    assert!(denied() > before, "counted as an auth error");
+    let kept = picked(&pool);
+    assert!(kept == ports(&[7811, 7812]) || kept == ports(&[7811, 7812, 7813]), "the last set is kept, never emptied: {kept:?}");
+    assert!(pool.snapshot().healthy() >= 2);
+
+    // The policy comes back: the next answer (the query blocks until the service changes) shows
+    // the service again.
+    assert!(double.attach_read_policy("reader-token-77c1"));
+    let _d = register(&admin, "revoked", 7814).await;
+    picks_exactly(&pool, &[7811, 7812, 7813, 7814]).await;
+    tokio::time::timeout(PATIENCE, versions.wait_for(|_| pool.snapshot().discovery_error().is_none()))
+        .await
+        .expect("a delivered set clears the error")
+        .expect("the pool runs");
 }
 
 /// Consul-realistic durations on a paused clock: a 10 s TTL, the 1-minute minimum of
@@ -392,4 +555,30 @@ async fn fails_over_to_the_next_agent_and_queries_the_given_datacenter() {
             Ok(update) => panic!("an unknown datacenter produced {update:?}"),
         }
     }
+}
+
+/// `allow_empty=true` end to end: the last instance leaving empties the client's set (the default
+/// refuses that), and a request then fails saying discovery lists nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_allow_empty_the_last_instance_leaving_empties_the_set() {
+    let double = ConsulDouble::start().await.expect("start the consul double");
+    let target = Target::parse(&format!("consul://{}/emptied?wait=3s&allow_empty=true", double.authority())).expect("target");
+    let pool = Pool::spawn(lb_registry::resolve(&target).expect("resolve"), TestConnector::new(), RoundRobin::new(), PoolConfig::new("emptied"));
+    let reg = register(&registrar(&double), "emptied", 8001).await;
+    picks_exactly(&pool, &[8001]).await;
+
+    reg.deregister().await;
+    let mut published = pool.subscribe();
+    tokio::time::timeout(PATIENCE, published.wait_for(|_| pool.snapshot().entries().is_empty()))
+        .await
+        .expect("the empty answer is applied")
+        .expect("the pool runs");
+    assert!(pool.snapshot().is_initialized() && pool.snapshot().discovery_error().is_none());
+    let wait = lb_core::balance::Wait { timeout: Duration::from_millis(50), wait_for_ready: false };
+    let err = pool.pick_or_wait(PickContext::default(), wait).await.expect_err("nothing left");
+    assert!(err.to_string().contains("discovery lists no endpoint"), "{err}");
+
+    // And the set fills again when an instance comes back.
+    let _again = register(&registrar(&double), "emptied", 8002).await;
+    picks_exactly(&pool, &[8002]).await;
 }

@@ -2,7 +2,6 @@
 //! Consul's HTTP API: no Consul server can be installed where these tests run): the `snapshot`
 //! option serves the last set to a client started while the agent fails, a client that stops right
 //! after its first set leaves that set on disk, and `Update::Current` makes the data fresh again.
-#![cfg(feature = "consul")]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

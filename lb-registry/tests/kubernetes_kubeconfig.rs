@@ -1,20 +1,25 @@
 //! `lb_registry::resolve("kubernetes:///…")` with the client inferred from `KUBECONFIG`, created
 //! lazily inside the stream: while no configuration works the stream reports errors (and the
 //! consumer keeps waiting), and once `KUBECONFIG` names a readable file pointing at the API server
-//! double, endpoints arrive. One test per binary, since it sets a process-wide variable.
+//! double — over HTTPS, with the kubeconfig's CA file and bearer token, as a real cluster is
+//! reached — endpoints arrive. One test per binary, since it sets a process-wide variable.
 
-#![cfg(feature = "kubernetes")]
+
+mod kubernetes_support;
 
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use kubernetes_support::TestCa;
 use lb_core::{EndpointState, Locality, Update};
-use lb_doubles::kube::{endpoint, endpoint_slice, KubeDouble};
+use lb_doubles::kube::{endpoint, endpoint_slice, DoubleConfig, KubeDouble};
 use lb_registry::Target;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_uri_with_kubeconfig_and_a_lazily_created_client() {
-    let double = KubeDouble::start().await.expect("double");
+    let ca = TestCa::new();
+    let config = DoubleConfig { bearer_token: Some("kubeconfig-token".into()), ..DoubleConfig::default() };
+    let double = KubeDouble::start_tls(config, ca.server_config()).await.expect("double");
     double.apply(
         endpoint_slice("greeter-abc", "greeter")
             .port(Some("grpc"), 50051)
@@ -38,7 +43,7 @@ async fn target_uri_with_kubeconfig_and_a_lazily_created_client() {
     let err = first.expect_err("no kubeconfig yet: an error on the stream, not a panic or a hang");
     assert!(!err.to_string().is_empty());
 
-    std::fs::write(&path, double.kubeconfig()).expect("write the kubeconfig");
+    std::fs::write(&path, double.kubeconfig_with(Some("kubeconfig-token"), Some(&ca.file))).expect("write the kubeconfig");
     let update = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match discover.next().await {
@@ -51,6 +56,16 @@ async fn target_uri_with_kubeconfig_and_a_lazily_created_client() {
     .await
     .expect("endpoints once the kubeconfig exists");
     let _ = std::fs::remove_file(&path);
+    assert_eq!(double.auth_failures(), 0, "every request carried the kubeconfig's token");
+
+    // An API server outage reaches the stream as errors at once: the inferred client leaves 503s to
+    // the watcher's backoff, which reports each one, instead of kube's retry layer, which would
+    // retry them silently for minutes.
+    double.set_unavailable(true);
+    let during = tokio::time::timeout(Duration::from_secs(30), discover.next()).await.expect("the outage is reported").expect("open");
+    let message = during.expect_err("a 503 is an error on the stream").to_string();
+    assert!(message.contains("503") || message.contains("unavailable"), "{message}");
+    double.set_unavailable(false);
 
     let Update::Reset(mut eps) = update else { panic!("the first update is a full set: {update:?}") };
     eps.sort_by_key(|e| e.addr());

@@ -4,7 +4,6 @@
 //! unreachable starts with the endpoints it last saw. One test per binary, since it sets a
 //! process-wide variable.
 
-#![cfg(feature = "kubernetes")]
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,7 +2,6 @@
 //! `lb_core::Pool` with `Topology::from_topology_keys` → picks. Each `topologyKeys` list from the
 //! issue, and EndpointSlice zone hints.
 
-#![cfg(feature = "kubernetes")]
 
 mod kubernetes_support;
 

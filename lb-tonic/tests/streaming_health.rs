@@ -14,7 +14,7 @@ use support::{backends, static_target, wait_healthy};
 async fn an_open_server_stream_counts_as_in_flight_until_it_ends() {
     let bs = backends(&[0]).await;
     let channel = LbChannel::builder().build_from_target(&static_target(&bs)).expect("valid target");
-    wait_healthy(&channel, 1, Duration::from_secs(5)).await;
+    wait_healthy(&channel, 1, Duration::from_secs(30)).await;
     let in_flight = || channel.endpoints()[0].in_flight;
 
     let mut client = EchoClient::new(channel.clone());
@@ -55,7 +55,7 @@ async fn open_streams_steer_least_request_away() {
         .policy(lb_core::policy::P2c::least_request())
         .build_from_target(&static_target(&bs))
         .expect("valid target");
-    wait_healthy(&channel, 2, Duration::from_secs(5)).await;
+    wait_healthy(&channel, 2, Duration::from_secs(30)).await;
     let mut client = EchoClient::new(channel.clone());
     let mut streams = Vec::new();
     for _ in 0..4 {
@@ -82,17 +82,17 @@ async fn health_checks_eject_not_serving_and_return_serving() {
         .health_check(true)
         .build_from_target(&static_target(&bs))
         .expect("valid target");
-    wait_healthy(&channel, 2, Duration::from_secs(5)).await;
+    wait_healthy(&channel, 2, Duration::from_secs(30)).await;
 
     bs[1].set_serving(false).await;
-    wait_healthy(&channel, 1, Duration::from_secs(2)).await;
+    wait_healthy(&channel, 1, Duration::from_secs(30)).await;
     let before = bs[1].served();
     let (per, errors) = support::load(&channel, 100, 4).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(bs[1].served(), before, "a NOT_SERVING backend gets no calls: {per:?}");
 
     bs[1].set_serving(true).await;
-    wait_healthy(&channel, 2, Duration::from_secs(2)).await;
+    wait_healthy(&channel, 2, Duration::from_secs(30)).await;
     let (per, errors) = support::load(&channel, 100, 4).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(per.get(&bs[1].addr.to_string()).copied(), Some(50), "back in rotation: {per:?}");

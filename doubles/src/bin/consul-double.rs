@@ -1,7 +1,8 @@
-//! `consul-double --addr 127.0.0.1:0 [--acl-token TOKEN] [--tls-cert FILE --tls-key FILE
-//! [--tls-client-ca FILE]]`: runs the Consul HTTP API double (a test double, not Consul) until
+//! `consul-double --addr 127.0.0.1:0 [--acl-token TOKEN [--unprivileged-token TOKEN]…]
+//! [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]`: runs the Consul HTTP API double (a test double, not Consul) until
 //! killed. The first line on stdout is the bound address, so a test that spawns it can read the
-//! port. With `--tls-cert` and `--tls-key` (PEM) it serves HTTPS only; `--tls-client-ca` makes it
+//! port. `--acl-token` turns ACLs on (default policy deny) with that management token;
+//! `--unprivileged-token` (repeatable) adds a token without any policy. With `--tls-cert` and `--tls-key` (PEM) it serves HTTPS only; `--tls-client-ca` makes it
 //! require client certificates signed by that CA (Consul's `verify_incoming`).
 
 use std::io::Write;
@@ -14,7 +15,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 fn usage() -> ! {
-    eprintln!("usage: consul-double [--addr 127.0.0.1:0] [--acl-token TOKEN] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]");
+    eprintln!("usage: consul-double [--addr 127.0.0.1:0] [--acl-token TOKEN [--unprivileged-token TOKEN]...] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]");
     std::process::exit(2)
 }
 
@@ -68,6 +69,7 @@ async fn main() {
                 config.addr = addr;
             }
             "--acl-token" => config.acl_token = Some(args.next().unwrap_or_else(|| usage())),
+            "--unprivileged-token" => config.unprivileged_tokens.push(args.next().unwrap_or_else(|| usage())),
             "--tls-cert" => cert = Some(args.next().unwrap_or_else(|| usage())),
             "--tls-key" => key = Some(args.next().unwrap_or_else(|| usage())),
             "--tls-client-ca" => client_ca = Some(args.next().unwrap_or_else(|| usage())),

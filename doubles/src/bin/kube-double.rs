@@ -1,8 +1,9 @@
-//! `kube-double [--addr 127.0.0.1:0] [--kubeconfig PATH] [--slices FILE]`: runs the Kubernetes API
+//! `kube-double [--addr 127.0.0.1:0] [--bearer-token TOKEN] [--kubeconfig PATH] [--slices FILE]`: runs the Kubernetes API
 //! server double (EndpointSlices only; a test double, not the API server) until killed.
 //!
 //! The first line on stdout is the bound address, so a test that spawns it can read the port.
-//! `--kubeconfig` writes a kubeconfig pointing at the double, for `KUBECONFIG=PATH`. `--slices`
+//! `--bearer-token` makes every request need that token (401 otherwise). `--kubeconfig` writes a
+//! kubeconfig pointing at the double (with the token, when there is one), for `KUBECONFIG=PATH`. `--slices`
 //! loads a JSON array of `discovery.k8s.io/v1` EndpointSlices (or an `EndpointSliceList`) at start;
 //! afterwards any Kubernetes client can create, replace and delete slices (`kubectl create -f`).
 
@@ -13,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lb_doubles::kube::{DoubleConfig, KubeDouble};
 
 fn usage() -> ! {
-    eprintln!("usage: kube-double [--addr 127.0.0.1:0] [--kubeconfig PATH] [--slices FILE]");
+    eprintln!("usage: kube-double [--addr 127.0.0.1:0] [--bearer-token TOKEN] [--kubeconfig PATH] [--slices FILE]");
     std::process::exit(2)
 }
 
@@ -47,11 +48,13 @@ async fn main() {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--addr" => config.addr = args.next().and_then(|a| a.parse::<SocketAddr>().ok()).unwrap_or_else(|| usage()),
+            "--bearer-token" => config.bearer_token = Some(args.next().unwrap_or_else(|| usage())),
             "--kubeconfig" => kubeconfig = Some(args.next().unwrap_or_else(|| usage())),
             "--slices" => slices = load_slices(&args.next().unwrap_or_else(|| usage())),
             _ => usage(),
         }
     }
+    let token = config.bearer_token.clone();
     let double = KubeDouble::start_with(config).await.unwrap_or_else(|e| fail("cannot bind", e));
     for s in slices {
         if s.metadata.name.as_deref().unwrap_or("").is_empty() {
@@ -60,7 +63,7 @@ async fn main() {
         double.apply(s);
     }
     if let Some(path) = kubeconfig {
-        std::fs::write(&path, double.kubeconfig()).unwrap_or_else(|e| fail(&format!("cannot write {path}"), e));
+        std::fs::write(&path, double.kubeconfig_with(token.as_deref(), None)).unwrap_or_else(|e| fail(&format!("cannot write {path}"), e));
     }
     let mut out = std::io::stdout().lock();
     // The address line is the contract with tests that spawn this binary.

@@ -15,7 +15,22 @@
 //! A TTL check not passed within its TTL turns critical (output `TTL expired`); a service whose
 //! check stays critical longer than `DeregisterCriticalServiceAfter` is deregistered. Only writes
 //! that change something bump the index, so a TTL pass does not wake blocking queries.
-//! With [`DoubleConfig::acl_token`] set, requests must carry it in `X-Consul-Token` (403 otherwise).
+//!
+//! ACLs, with [`DoubleConfig::acl_token`] set, as an agent with `acl.enabled` and
+//! `default_policy = deny` answers (Consul API docs, "Authentication" and "Results Filtered by ACLs";
+//! `agent/http.go`): the token is read from `X-Consul-Token`, `Authorization: Bearer` or `?token=`;
+//! an unknown secret gets `403 ACL not found`, reads included; a read the token may not see is
+//! *filtered*, not refused: `200`, the entries it may see (none here), and
+//! `X-Consul-Results-Filtered-By-ACLs: true` when something was hidden — except for a request
+//! without a token (the anonymous token), from which Consul hides that header; a write without
+//! `service:write` gets `403 Permission denied: token with AccessorID '…' lacks permission …`. Every
+//! answer carries `X-Consul-Default-ACL-Policy`. The management token may do everything;
+//! [`DoubleConfig::reader_tokens`] hold a read-only policy (`service_prefix "" { policy = "read" }`
+//! and the same for nodes): they read everything and write nothing; [`DoubleConfig::unprivileged_tokens`]
+//! exist but hold no policy. [`ConsulDouble::detach_read_policy`] takes a reader's policy away at
+//! run time, as an operator editing the token does; Consul resolves a request's token when the
+//! request arrives (`ResolveTokenAndDefaultMeta` before the blocking loop), so a query already
+//! held answers with the privileges it arrived with, and the next one is filtered.
 //!
 //! Deliberate differences from Consul, for fast tests: `DeregisterCriticalServiceAfter` has no
 //! one-minute minimum and the reaper runs every [`DoubleConfig::reap_interval`] (Consul: 30 s);
@@ -88,7 +103,8 @@ pub enum Fault {
     /// The real entries plus malformed ones (no port, a port that is not a number, an address that
     /// is not an IP, a `Service` that is not an object).
     MalformedEntries,
-    /// `200 OK` with `[]`, as an ACL token without `service:read` gets from real Consul.
+    /// `200 OK` with `[]` and no ACL header: an agent that lost its catalog (a token that may not
+    /// read the service is a different answer: see [`DoubleConfig::unprivileged_tokens`]).
     Empty,
 }
 
@@ -97,8 +113,15 @@ pub enum Fault {
 pub struct DoubleConfig {
     /// The address to bind (default `127.0.0.1:0`).
     pub addr: SocketAddr,
-    /// When set, every request must carry this token in `X-Consul-Token`.
+    /// When set, ACLs are on with `default_policy = deny` and this is the management token (it may
+    /// read and write everything); see the [module docs](self) for what other callers get.
     pub acl_token: Option<String>,
+    /// With ACLs on, tokens that exist but hold no policy: their reads are filtered to nothing
+    /// (`200`, `[]`, `X-Consul-Results-Filtered-By-ACLs: true`), their writes answer `403`.
+    pub unprivileged_tokens: Vec<String>,
+    /// With ACLs on, tokens holding a read-only policy: they read every service and node, their
+    /// writes answer `403` (see [`ConsulDouble::detach_read_policy`]).
+    pub reader_tokens: Vec<String>,
     /// How often TTLs and `DeregisterCriticalServiceAfter` are enforced (default 20 ms).
     pub reap_interval: Duration,
     /// The node name in health entries (default `double-node`).
@@ -112,6 +135,8 @@ impl Default for DoubleConfig {
         DoubleConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             acl_token: None,
+            unprivileged_tokens: Vec::new(),
+            reader_tokens: Vec::new(),
             reap_interval: Duration::from_millis(20),
             node: "double-node".into(),
             datacenter: "dc1".into(),
@@ -272,6 +297,22 @@ impl ConsulDouble {
         ok
     }
 
+    /// Detaches the read policy from one of [`DoubleConfig::reader_tokens`] (`false`: `token` is not
+    /// one): from its next request on, it holds no policy and its reads are filtered. It does not
+    /// wake blocking queries, as Consul's ACL changes do not touch the health tables they watch.
+    pub fn detach_read_policy(&self, token: &str) -> bool {
+        if !self.shared.config.reader_tokens.iter().any(|t| t == token) {
+            return false;
+        }
+        self.shared.lock().detached.insert(token.to_string());
+        true
+    }
+
+    /// Attaches the read policy again to a token [`ConsulDouble::detach_read_policy`] took it from.
+    pub fn attach_read_policy(&self, token: &str) -> bool {
+        self.shared.lock().detached.remove(token)
+    }
+
     /// Deregisters a service behind its owner's back (as `consul services deregister` does).
     pub fn force_deregister(&self, service_id: &str) -> bool {
         let ok = self.shared.lock().deregister(service_id);
@@ -322,6 +363,11 @@ impl ConsulDouble {
     /// How many services were deregistered (by their owner, by an operator, or by the reaper).
     pub fn deregistrations(&self) -> u64 {
         self.shared.lock().deregistrations
+    }
+
+    /// How many times a check turned critical because its TTL ran out without a pass.
+    pub fn ttl_expirations(&self) -> u64 {
+        self.shared.lock().ttl_expirations
     }
 
     /// The `X-Consul-Token` of the last request, if it had one.

@@ -1,6 +1,6 @@
 //! The double's HTTP side: routing, request parsing and blocking queries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,19 +91,21 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
-    let token = req
-        .headers()
-        .get("x-consul-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    shared.lock().last_token = token.clone();
-    if let Some(required) = &shared.config.acl_token {
-        match &token {
-            None => return Ok(text(StatusCode::FORBIDDEN, "Permission denied")),
-            Some(t) if t != required => return Ok(text(StatusCode::FORBIDDEN, "ACL not found")),
-            Some(_) => {}
-        }
-    }
+    let token = request_token(&req, &query);
+    // The token is resolved once, as the request arrives (Consul: `ResolveTokenAndDefaultMeta`
+    // before the blocking loop).
+    let caller = {
+        let mut state = shared.lock();
+        state.last_token = token.clone();
+        Caller::of(&shared.config, &state.detached, token.as_deref())
+    };
+    // Consul sets the agent's default ACL policy on every answer (agent/http.go, `wrap`).
+    let policy = if shared.config.acl_token.is_some() { "deny" } else { "allow" };
+    let caller = match caller {
+        Some(caller) => caller,
+        // An unknown secret is refused outright, reads included (`acl.ErrNotFound` → 403).
+        None => return Ok(with_policy(text(StatusCode::FORBIDDEN, "ACL not found"), policy)),
+    };
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Err(Dropped),
@@ -111,22 +113,112 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     // Consul (Go's net/http) matches on the decoded path: `service%3Ax` names check `service:x`.
     let decoded: Vec<String> = path.trim_start_matches('/').splitn(5, '/').map(|seg| decode(seg, false)).collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    match (method, segments.as_slice()) {
-        (Method::GET, ["v1", "health", "service", name]) => health(&shared, name, &query, generation).await,
-        (Method::PUT, ["v1", "agent", "service", "register"]) => Ok(agent(&shared, |s| register(s, &query, &body))),
-        (Method::PUT, ["v1", "agent", "service", "deregister", id]) => Ok(agent(&shared, |s| deregister(s, id))),
-        (Method::PUT, ["v1", "agent", "check", verb @ ("pass" | "warn" | "fail"), id]) => {
-            let status = match *verb {
-                "pass" => CheckStatus::Passing,
-                "warn" => CheckStatus::Warning,
-                _ => CheckStatus::Critical,
-            };
-            let note = query.get("note").and_then(|v| v.first()).cloned().unwrap_or_default();
-            Ok(agent(&shared, |s| update_check(s, id, status, &note)))
+    let resp = match (method, segments.as_slice()) {
+        (Method::GET, ["v1", "health", "service", name]) => health(&shared, &caller, name, &query, generation).await?,
+        (Method::PUT, ["v1", "agent", "service", "register"]) => {
+            let name = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("Name").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_default();
+            match caller.denied_write(&name) {
+                Some(denied) => denied,
+                None => agent(&shared, |s| register(s, &query, &body)),
+            }
         }
-        (m, ["v1", "health" | "agent", ..]) => Ok(text(StatusCode::METHOD_NOT_ALLOWED, &format!("method {m} not allowed"))),
-        _ => Ok(text(StatusCode::NOT_FOUND, "404 page not found")),
+        (Method::PUT, ["v1", "agent", "service", "deregister", id]) => match caller.denied_write(id) {
+            Some(denied) => denied,
+            None => agent(&shared, |s| deregister(s, id)),
+        },
+        (Method::PUT, ["v1", "agent", "check", verb @ ("pass" | "warn" | "fail"), id]) => match caller.denied_write(id) {
+            Some(denied) => denied,
+            None => {
+                let status = match *verb {
+                    "pass" => CheckStatus::Passing,
+                    "warn" => CheckStatus::Warning,
+                    _ => CheckStatus::Critical,
+                };
+                let note = query.get("note").and_then(|v| v.first()).cloned().unwrap_or_default();
+                agent(&shared, |s| update_check(s, id, status, &note))
+            }
+        },
+        (m, ["v1", "health" | "agent", ..]) => text(StatusCode::METHOD_NOT_ALLOWED, &format!("method {m} not allowed")),
+        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+    };
+    Ok(with_policy(resp, policy))
+}
+
+/// The secret a request carries: `X-Consul-Token`, else `Authorization: Bearer`, else the
+/// deprecated `?token=` (Consul's order of precedence puts the query parameter first).
+fn request_token(req: &Request<Incoming>, query: &Query) -> Option<String> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    query
+        .get("token")
+        .and_then(|v| v.first())
+        .cloned()
+        .or_else(|| header("x-consul-token"))
+        .or_else(|| header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_string)))
+        .filter(|t| !t.is_empty())
+}
+
+/// Who a request acts as, with ACLs on (`default_policy = deny`).
+enum Caller {
+    /// ACLs off, or the management token: everything is allowed.
+    Management,
+    /// No token: Consul's anonymous token, which holds no policy here.
+    Anonymous,
+    /// A token with a read-only policy ([`DoubleConfig::reader_tokens`](super::DoubleConfig)).
+    Reader,
+    /// A token that exists but holds no policy ([`DoubleConfig::unprivileged_tokens`](super::DoubleConfig),
+    /// or a reader whose policy was detached).
+    Unprivileged,
+}
+
+impl Caller {
+    /// `None` for a secret the double does not know.
+    fn of(config: &super::DoubleConfig, detached: &BTreeSet<String>, token: Option<&str>) -> Option<Caller> {
+        let Some(management) = &config.acl_token else { return Some(Caller::Management) };
+        match token {
+            None => Some(Caller::Anonymous),
+            Some(t) if t == management => Some(Caller::Management),
+            Some(t) if config.reader_tokens.iter().any(|r| r == t) && !detached.contains(t) => Some(Caller::Reader),
+            Some(t) if config.unprivileged_tokens.iter().chain(&config.reader_tokens).any(|u| u == t) => Some(Caller::Unprivileged),
+            Some(_) => None,
+        }
     }
+
+    fn accessor(&self) -> &'static str {
+        match self {
+            // Consul's fixed accessor ID of the anonymous token.
+            Caller::Anonymous => "00000000-0000-0000-0000-000000000002",
+            _ => "6a1253d2-1785-24fd-91c2-f8e78c745511",
+        }
+    }
+
+    /// The answer to a write (`service:write`) on `what` the caller may not make: 403
+    /// `Permission denied` as Consul ≥ 1.12 words it; `None` when it may.
+    fn denied_write(&self, what: &str) -> Option<Resp> {
+        match self {
+            Caller::Management => None,
+            _ => Some(text(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "Permission denied: token with AccessorID '{}' lacks permission 'service:write' on \"{what}\"",
+                    self.accessor()
+                ),
+            )),
+        }
+    }
+
+    /// Whether entries of a service may be read (`service:read` and `node:read`).
+    fn may_read(&self) -> bool {
+        matches!(self, Caller::Management | Caller::Reader)
+    }
+}
+
+fn with_policy(mut resp: Resp, policy: &'static str) -> Resp {
+    resp.headers_mut()
+        .insert("x-consul-default-acl-policy", hyper::header::HeaderValue::from_static(policy));
+    resp
 }
 
 /// Runs an agent endpoint, unless the test took the agent down; wakes blocking queries after it.
@@ -271,7 +363,13 @@ fn update_check(shared: &Shared, id: &str, status: CheckStatus, note: &str) -> R
     }
 }
 
-async fn health(shared: &Shared, name: &str, query: &Query, mut generation: watch::Receiver<u64>) -> Result<Resp, Dropped> {
+async fn health(
+    shared: &Shared,
+    caller: &Caller,
+    name: &str,
+    query: &Query,
+    mut generation: watch::Receiver<u64>,
+) -> Result<Resp, Dropped> {
     let first = |k: &str| query.get(k).and_then(|v| v.first()).map(String::as_str);
     if let Some(dc) = first("dc") {
         if dc != shared.config.datacenter {
@@ -308,8 +406,22 @@ async fn health(shared: &Shared, name: &str, query: &Query, mut generation: watc
             }
             if min_index == 0 || index > min_index || Instant::now() >= deadline {
                 state.health_queries += 1;
-                let body = Value::Array(state.health(name, namespace, passing, &tags));
-                return Ok(json_resp(StatusCode::OK, index, &body));
+                let entries = state.health(name, namespace, passing, &tags);
+                if caller.may_read() {
+                    return Ok(json_resp(StatusCode::OK, index, &Value::Array(entries)));
+                }
+                // Reads are filtered, not refused: 200 and what the token may see (nothing here).
+                // The header says so only to a caller that presented a token: Consul hides it
+                // from the anonymous token so as not to leak that something exists
+                // (`maskResultsFilteredByACLs`), and only when something was actually hidden.
+                let mut resp = json_resp(StatusCode::OK, index, &json!([]));
+                if !matches!(caller, Caller::Anonymous) && !entries.is_empty() {
+                    resp.headers_mut().insert(
+                        "x-consul-results-filtered-by-acls",
+                        hyper::header::HeaderValue::from_static("true"),
+                    );
+                }
+                return Ok(resp);
             }
         }
         tokio::select! {

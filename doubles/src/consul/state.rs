@@ -56,7 +56,11 @@ pub(crate) struct State {
     pub(crate) health_queries: u64,
     pub(crate) registrations: u64,
     pub(crate) deregistrations: u64,
+    /// Checks turned critical because their TTL ran out without a pass.
+    pub(crate) ttl_expirations: u64,
     pub(crate) last_token: Option<String>,
+    /// Reader tokens whose policy the test detached: they hold none.
+    pub(crate) detached: std::collections::BTreeSet<String>,
 }
 
 impl State {
@@ -75,7 +79,9 @@ impl State {
             health_queries: 0,
             registrations: 0,
             deregistrations: 0,
+            ttl_expirations: 0,
             last_token: None,
+            detached: Default::default(),
         }
     }
 
@@ -163,6 +169,7 @@ impl State {
             .map(|c| c.id.clone())
             .collect();
         for id in expired {
+            self.ttl_expirations += 1;
             changed |= self.set_status(&id, CheckStatus::Critical, "TTL expired", now);
         }
         let reap: Vec<String> = self

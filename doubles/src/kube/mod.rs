@@ -15,9 +15,22 @@
 //! Every write takes the next resourceVersion (one counter, like etcd's revision). Errors are
 //! `Status` objects.
 //!
+//! Authentication and authorization, when [`DoubleConfig::bearer_token`] is set, as the API server
+//! answers them: a request without that `Authorization: Bearer` token (or with an unknown one) is
+//! `401` with the Status `{"reason":"Unauthorized","message":"Unauthorized"}`; a token from
+//! [`DoubleConfig::forbidden_tokens`] authenticates as a service account that RBAC grants nothing,
+//! and gets `403` with `{"reason":"Forbidden","message":"endpointslices.discovery.k8s.io is
+//! forbidden: User \"…\" cannot list resource \"endpointslices\" in API group
+//! \"discovery.k8s.io\" in the namespace \"default\""}`; a token from [`DoubleConfig::list_only_tokens`]
+//! authenticates as one granted `get` and `list` but not `watch` (a Role missing a verb): its lists
+//! answer, its watches get the same `403` saying `cannot watch`. [`KubeDouble::start_tls`] serves HTTPS with
+//! a caller-made certificate, and [`KubeDouble::kubeconfig_with`] writes the kubeconfig a client
+//! needs for it (server URL, CA file, token).
+//!
 //! Deliberate differences, for fast tests: bookmarks go out every [`DoubleConfig::bookmark_interval`]
 //! (the API server: about once a minute) and only to watchers that have not seen the current
-//! version; there is no authentication, no other resource, no protobuf, and no HTTP/2.
+//! version; one token and two sets of restricted tokens stand for the authenticators and RBAC;
+//! there is no other resource, no protobuf, and no HTTP/2.
 //!
 //! Test controls: [`KubeDouble::apply`] / [`KubeDouble::delete`] (what the EndpointSlice controller
 //! would write), [`KubeDouble::compact`] (etcd compaction), [`KubeDouble::expire_watches`] (a `410`
@@ -38,6 +51,7 @@ use std::time::Duration;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+pub use tokio_rustls::rustls;
 
 pub use self::slice::{endpoint, endpoint_slice, EndpointBuilder, SliceBuilder};
 use self::store::{error_line, Store};
@@ -50,6 +64,14 @@ pub struct DoubleConfig {
     /// How often watchers that asked for bookmarks and are behind the current version get one
     /// (default 200 ms); `None` sends them only on [`KubeDouble::send_bookmarks`].
     pub bookmark_interval: Option<Duration>,
+    /// When set, every request must carry `Authorization: Bearer <this>` (401 otherwise); see the
+    /// [module docs](self).
+    pub bearer_token: Option<String>,
+    /// Tokens that authenticate but that RBAC grants nothing: every request with one is 403.
+    pub forbidden_tokens: Vec<String>,
+    /// Tokens that RBAC grants `get` and `list` on endpointslices but not `watch` (nor writes):
+    /// their watches are 403.
+    pub list_only_tokens: Vec<String>,
 }
 
 impl Default for DoubleConfig {
@@ -57,12 +79,24 @@ impl Default for DoubleConfig {
         DoubleConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             bookmark_interval: Some(Duration::from_millis(200)),
+            bearer_token: None,
+            forbidden_tokens: Vec::new(),
+            list_only_tokens: Vec::new(),
         }
     }
 }
 
+/// What [`authorize`](server) checks.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Auth {
+    bearer_token: Option<String>,
+    forbidden_tokens: Vec<String>,
+    list_only_tokens: Vec<String>,
+}
+
 pub(crate) struct Shared {
     store: Mutex<Store>,
+    auth: Auth,
 }
 
 impl Shared {
@@ -77,6 +111,8 @@ impl Shared {
 pub struct KubeDouble {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// `http`, or `https` when started with [`KubeDouble::start_tls`].
+    scheme: &'static str,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -95,13 +131,29 @@ impl KubeDouble {
 
     /// Starts a double with options.
     pub async fn start_with(config: DoubleConfig) -> io::Result<Self> {
+        Self::start_inner(config, None).await
+    }
+
+    /// Starts a double that serves HTTPS only, with this rustls server configuration (its
+    /// certificate, and client-certificate verification if the test wants it).
+    pub async fn start_tls(config: DoubleConfig, tls: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        Self::start_inner(config, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_inner(config: DoubleConfig, tls: Option<tokio_rustls::TlsAcceptor>) -> io::Result<Self> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
+            auth: Auth {
+                bearer_token: config.bearer_token.clone(),
+                forbidden_tokens: config.forbidden_tokens.clone(),
+                list_only_tokens: config.list_only_tokens.clone(),
+            },
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(server::accept_loop(listener, Arc::clone(&shared), shutdown_rx))];
+        let mut tasks = vec![tokio::spawn(server::accept_loop(listener, Arc::clone(&shared), shutdown_rx, tls))];
         if let Some(every) = config.bookmark_interval {
             let shared = Arc::clone(&shared);
             tasks.push(tokio::spawn(async move {
@@ -115,6 +167,7 @@ impl KubeDouble {
         Ok(KubeDouble {
             shared,
             addr,
+            scheme,
             shutdown,
             tasks,
         })
@@ -125,16 +178,28 @@ impl KubeDouble {
         self.addr
     }
 
-    /// The base URL, e.g. `http://127.0.0.1:40123`, for `kube::Config::new`.
+    /// The base URL, e.g. `http://127.0.0.1:40123` (`https://` when started with
+    /// [`KubeDouble::start_tls`]), for `kube::Config::new`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// A kubeconfig document whose current context points at the double (namespace `default`,
     /// no credentials), for programs that read `KUBECONFIG`.
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_with(None, None)
+    }
+
+    /// A kubeconfig document for the double with credentials: `token` as the user's bearer token,
+    /// and `ca_file`, a PEM file, as the cluster's `certificate-authority` (for a TLS double).
+    pub fn kubeconfig_with(&self, token: Option<&str>, ca_file: Option<&std::path::Path>) -> String {
+        let ca = ca_file.map(|p| format!("    certificate-authority: {}\n", p.display())).unwrap_or_default();
+        let user = match token {
+            Some(t) => format!("\n    token: {t}"),
+            None => " {}".to_string(),
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {url}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: double\n    namespace: default\ncurrent-context: double\nusers:\n- name: double\n  user: {{}}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {url}\n{ca}contexts:\n- name: double\n  context:\n    cluster: double\n    user: double\n    namespace: default\ncurrent-context: double\nusers:\n- name: double\n  user:{user}\n",
             url = self.url()
         )
     }
@@ -233,6 +298,16 @@ impl KubeDouble {
     /// the compaction (each makes a client relist).
     pub fn expired_requests(&self) -> u64 {
         self.shared.lock().expired_requests
+    }
+
+    /// Requests answered `503` while [`KubeDouble::set_unavailable`] was set.
+    pub fn unavailable_answers(&self) -> u64 {
+        self.shared.lock().unavailable_answers
+    }
+
+    /// Requests refused with `401` or `403`.
+    pub fn auth_failures(&self) -> u64 {
+        self.shared.lock().auth_failures
     }
 
     /// Watches currently open.

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 
 use super::selector::Selector;
 use super::store::{bookmark_line, error_line, event_line, status, EventType, Watcher};
@@ -29,7 +30,12 @@ const PREFIX: &str = "/apis/discovery.k8s.io/v1/";
 /// The API server picks a watch timeout in [minRequestTimeout, 2 × minRequestTimeout] (30–60 min).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
-pub(super) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+pub(super) async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -40,27 +46,103 @@ pub(super) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<S
             }
         };
         let shared = Arc::clone(&shared);
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = shutdown.wait_for(|stop| *stop) => {}
+            match tls {
+                None => serve(stream, shared, shutdown).await,
+                Some(acceptor) => {
+                    // In the connection's task: a client that stalls or fails the handshake holds
+                    // up no one else.
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve(stream, shared, shutdown).await,
+                        Ok(Err(error)) => tracing::debug!(%error, "kubernetes API server double: TLS handshake failed"),
+                        Err(_) => tracing::debug!("kubernetes API server double: TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
 }
 
+async fn serve<S>(stream: S, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+}
+
+/// The API server's authentication and authorization of one request, as it answers them: no or an
+/// unknown bearer token is `401 Unauthorized` (a Status whose message is just "Unauthorized"); a
+/// known identity without RBAC permission is `403 Forbidden`, naming the user, the verb, the
+/// resource and the namespace.
+fn authorize(shared: &Shared, req: &Request<Incoming>, path: &str, query: &Query) -> Option<Resp> {
+    let auth = &shared.auth;
+    let Some(required) = &auth.bearer_token else { return None };
+    let presented = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let verb = match *req.method() {
+        Method::GET if query.flag("watch") => "watch",
+        Method::GET if path.ends_with("/endpointslices") => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        _ => "access",
+    };
+    let user = match presented {
+        Some(t) if t == required => return None,
+        Some(t) if auth.list_only_tokens.iter().any(|l| l == t) => {
+            if matches!(verb, "get" | "list") {
+                return None;
+            }
+            LIST_ONLY_USER
+        }
+        Some(t) if auth.forbidden_tokens.iter().any(|f| f == t) => FORBIDDEN_USER,
+        _ => {
+            shared.lock().auth_failures += 1;
+            return Some(error(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"));
+        }
+    };
+    shared.lock().auth_failures += 1;
+    let scope = match path.split('/').skip_while(|s| *s != "namespaces").nth(1) {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".to_string(),
+    };
+    let message = format!(
+        "endpointslices.discovery.k8s.io is forbidden: User \"{user}\" cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\"{scope}"
+    );
+    Some(error(StatusCode::FORBIDDEN, "Forbidden", &message))
+}
+
+/// The user a forbidden token authenticates as.
+const FORBIDDEN_USER: &str = "system:serviceaccount:default:lb-without-rbac";
+/// The user a list-only token authenticates as.
+const LIST_ONLY_USER: &str = "system:serviceaccount:default:lb-list-only";
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Infallible> {
-    let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query().unwrap_or(""));
+    if let Some(refused) = authorize(&shared, &req, &path, &query) {
+        return Ok(refused);
+    }
+    let method = req.method().clone();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "BadRequest", "could not read the request body")),
     };
-    if shared.lock().unavailable {
+    if let Some(mut store) = Some(shared.lock()).filter(|s| s.unavailable) {
+        store.unavailable_answers += 1;
+        drop(store);
         return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the API server double is unavailable"));
     }
     let Some(rest) = path.strip_prefix(PREFIX) else {

@@ -106,6 +106,10 @@ pub(crate) struct Store {
     pub(crate) watch_requests: u64,
     /// Watch and continue requests answered `410 Expired` (too old a version).
     pub(crate) expired_requests: u64,
+    /// Requests refused with 401 or 403.
+    pub(crate) auth_failures: u64,
+    /// Requests answered 503 while unavailable.
+    pub(crate) unavailable_answers: u64,
     pub(crate) unavailable: bool,
 }
 

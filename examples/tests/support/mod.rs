@@ -22,7 +22,8 @@ impl Server {
         Self::spawn(extra, None)
     }
 
-    /// Like [`Server::start`], with the server's stderr (at `info`) kept in a file for [`Server::log`].
+    /// Like [`Server::start`], with the server's stderr (at `info`, and each answered call at
+    /// `debug`) kept in a file for [`Server::log`].
     pub fn start_logged(extra: &[&str]) -> Server {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -32,7 +33,7 @@ impl Server {
 
     fn spawn(extra: &[&str], log: Option<std::path::PathBuf>) -> Server {
         let (stderr, level) = match &log {
-            Some(path) => (Stdio::from(std::fs::File::create(path).expect("create the server log")), "info"),
+            Some(path) => (Stdio::from(std::fs::File::create(path).expect("create the server log")), "info,lb_examples::server=debug"),
             None => (Stdio::inherit(), "warn"),
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_greeter-server"))
@@ -57,6 +58,17 @@ impl Server {
     /// What the server logged so far (empty unless started with [`Server::start_logged`]).
     pub fn log(&self) -> String {
         self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+    }
+
+    /// Waits until the server has answered a call (it must have been started with
+    /// [`Server::start_logged`]): the event a test waits for before it stops a server under load.
+    pub fn wait_answered(&self) {
+        assert!(self.log.is_some(), "wait_answered needs a server started with start_logged");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.log().contains("hello answered") {
+            assert!(std::time::Instant::now() < deadline, "{} answered no call within 30 s", self.addr);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
@@ -87,13 +99,14 @@ impl Server {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
         assert!(sent.success(), "kill -TERM {pid}");
-        for _ in 0..100 {
+        // Generous: a drain delay, a deregistration, and a loaded machine.
+        for _ in 0..600 {
             if let Some(status) = self.child.try_wait().expect("poll child") {
                 return (status.success(), self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("greeter-server did not exit within 5 s of SIGTERM");
+        panic!("greeter-server did not exit within 30 s of SIGTERM");
     }
 }
 

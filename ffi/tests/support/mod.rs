@@ -108,10 +108,17 @@ pub fn lib_dir() -> PathBuf {
 
 /// Compiles `examples/lb_demo.c` with the system C compiler against the cdylib; returns the binary.
 pub fn build_c_example() -> PathBuf {
+    build_c("examples/lb_demo.c")
+}
+
+/// Compiles a C program of this crate (a path relative to it) with the system C compiler, against
+/// the cdylib and its header; returns the binary.
+pub fn build_c(source: &str) -> PathBuf {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lb-ffi-c");
     std::fs::create_dir_all(&out_dir).expect("create the output directory");
-    let bin = out_dir.join(format!("lb_demo-{}", std::process::id()));
+    let stem = Path::new(source).file_stem().and_then(|s| s.to_str()).expect("a file name");
+    let bin = out_dir.join(format!("{stem}-{}", std::process::id()));
     let lib = lib_dir();
     let status = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args([
@@ -125,7 +132,7 @@ pub fn build_c_example() -> PathBuf {
         ])
         .arg("-I")
         .arg(crate_dir.join("include"))
-        .arg(crate_dir.join("examples/lb_demo.c"))
+        .arg(crate_dir.join(source))
         .arg("-o")
         .arg(&bin)
         .arg(format!("-L{}", lib.display()))
@@ -133,7 +140,7 @@ pub fn build_c_example() -> PathBuf {
         .args(["-llb_ffi", "-lpthread"])
         .status()
         .expect("run the system C compiler (cc)");
-    assert!(status.success(), "compiling examples/lb_demo.c failed");
+    assert!(status.success(), "compiling {source} failed");
     bin
 }
 

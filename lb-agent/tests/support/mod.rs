@@ -26,31 +26,62 @@ pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1);
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-/// Why these tests cannot run here, if they cannot.
+/// Why these tests cannot run here, if they cannot: only when not root.
+///
+/// As root — CI, where `scripts/test-all.sh` runs and installs the tools — nothing excuses a test:
+/// a missing tool or a namespace that cannot be created panics, so the test fails instead of
+/// passing without having run.
 pub fn skip_reason() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
         return Some("not root: the agent tests need network namespaces and netfilter".into());
     }
     match Command::new("ip").args(["netns", "list"]).output() {
         Ok(o) if o.status.success() => {}
-        _ => return Some("`ip netns` is unavailable (install iproute2)".into()),
+        Ok(o) => panic!("running as root, but `ip netns list` fails: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("running as root, but `ip` cannot run (install iproute2): {e}"),
     }
     for tool in ["nft", "iptables-restore", "conntrack"] {
         if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map_or(true, |o| !o.status.success()) {
-            return Some(format!("`{tool}` is not installed (scripts/test-all.sh installs it)"));
+            panic!("running as root, but `{tool}` is not installed (scripts/test-all.sh installs it)");
         }
     }
+    // Creating a namespace is what the tests need; some sandboxes let root list but not create.
+    let probe = format!("lbt-{}-probe-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let created = Command::new("ip").args(["netns", "add", &probe]).output().expect("spawn ip netns add");
+    assert!(
+        created.status.success(),
+        "running as root, but a network namespace cannot be created: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
     None
 }
 
-/// Returns early from a test, with a message on stdout, when it cannot run here. As root, a
-/// missing tool is not a reason to skip but a failure: the test command installs them.
+/// Reports that the calling test skips itself: `SKIPPED <binary>::<test>: <reason>` on the
+/// process's real stdout (the harness captures only the `print!` macros, so a skip printed with
+/// them is never seen) and in the file `$LB_TEST_SKIP_LOG`, which `scripts/test-all.sh` lists at
+/// the end. The same contract as `lb_core::test_util::skip`, which this crate's tests do not link.
+pub fn skipped(reason: &str) {
+    let test = std::thread::current().name().unwrap_or("<unnamed test>").to_string();
+    let exe = std::env::current_exe().ok();
+    let stem = exe.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let binary = stem.rsplit_once('-').map_or(stem.as_str(), |(name, _)| name);
+    let line = format!("SKIPPED {binary}::{test}: {reason}\n");
+    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    if let Some(path) = std::env::var_os("LB_TEST_SKIP_LOG") {
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// Returns early from a test, reporting the skip where it is seen, when it cannot run here (not
+/// root); as root a missing capability fails the test instead (see [`skip_reason`]).
 #[macro_export]
 macro_rules! skip_unless_capable {
     () => {
         if let Some(reason) = support::skip_reason() {
-            assert!(!nix::unistd::Uid::effective().is_root(), "running as root but cannot run: {reason}");
-            println!("SKIPPED: {reason}");
+            support::skipped(&reason);
             return;
         }
     };

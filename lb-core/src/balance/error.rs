@@ -20,6 +20,7 @@ pub struct Unavailable {
     known: usize,
     connect_failing: bool,
     last_connect_error: Option<Arc<str>>,
+    discovery_error: Option<Arc<str>>,
     all_tried: bool,
 }
 
@@ -32,6 +33,7 @@ impl Unavailable {
             known: snapshot.entries().len(),
             connect_failing: snapshot.is_connect_failing(),
             last_connect_error: snapshot.last_connect_error().cloned(),
+            discovery_error: snapshot.discovery_error().cloned(),
             all_tried: false,
         }
     }
@@ -79,6 +81,13 @@ impl Unavailable {
     pub fn last_connect_error(&self) -> Option<&str> {
         self.last_connect_error.as_deref()
     }
+
+    /// The error discovery reported last, when it has delivered nothing since: why the endpoint
+    /// set is empty or old (an unreachable registry, credentials it refused, ACLs that filtered
+    /// the answer).
+    pub fn discovery_error(&self) -> Option<&str> {
+        self.discovery_error.as_deref()
+    }
 }
 
 impl fmt::Display for Unavailable {
@@ -96,14 +105,17 @@ impl fmt::Display for Unavailable {
         }
         write!(f, " after {:?}", self.waited)?;
         if !self.initialized {
-            return f.write_str(": discovery has not delivered an endpoint set yet");
+            f.write_str(": discovery has not delivered an endpoint set yet")?;
+        } else if self.known == 0 {
+            f.write_str(": discovery lists no endpoint")?;
+        } else {
+            write!(f, ": {} known, none ready", self.known)?;
+            if let Some(e) = &self.last_connect_error {
+                write!(f, "; last connect error: {e}")?;
+            }
         }
-        if self.known == 0 {
-            return f.write_str(": discovery lists no endpoint");
-        }
-        write!(f, ": {} known, none ready", self.known)?;
-        if let Some(e) = &self.last_connect_error {
-            write!(f, "; last connect error: {e}")?;
+        if let Some(e) = &self.discovery_error {
+            write!(f, "; discovery error: {e}")?;
         }
         Ok(())
     }

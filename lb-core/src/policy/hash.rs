@@ -64,6 +64,10 @@ impl RingHash {
 }
 
 impl Policy for RingHash {
+    fn is_hashing(&self) -> bool {
+        true
+    }
+
     fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker> {
         let idx = eligible(candidates);
         if idx.is_empty() {

@@ -181,6 +181,10 @@ fn next_prime(n: u32) -> u32 {
 }
 
 impl Policy for Maglev {
+    fn is_hashing(&self) -> bool {
+        true
+    }
+
     fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker> {
         let idx = eligible(candidates);
         if idx.is_empty() {

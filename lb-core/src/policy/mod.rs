@@ -44,7 +44,7 @@ pub use self::hash::{hash_key, RingHash};
 pub use self::maglev::Maglev;
 pub use self::p2c::{Cost, P2c};
 pub use self::round_robin::RoundRobin;
-pub use self::slow_start::SlowStart;
+pub use self::slow_start::{SlowStart, SlowStartError};
 pub use self::topology::{Level, Topology, TopologyKeyError};
 pub use self::reported::ReportWeighted;
 pub use self::weighted::WeightedRoundRobin;
@@ -149,6 +149,13 @@ pub trait Policy: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// True when picks follow the request's hash key, for affinity ([`RingHash`], [`Maglev`], or
+    /// a wrapper around one). [`SlowStart::new`] refuses such a policy: its re-picks would send a
+    /// key elsewhere.
+    fn is_hashing(&self) -> bool {
+        false
+    }
+
     /// How often the pool rebuilds the picker even when membership has not changed, for policies
     /// whose picker depends on something that moves by itself (weights from load reports,
     /// refreshed every `weight_update_period`). `None` (the default): only on changes.
@@ -166,6 +173,10 @@ impl<P: Policy + ?Sized> Policy for Arc<P> {
         (**self).is_topology_aware()
     }
 
+    fn is_hashing(&self) -> bool {
+        (**self).is_hashing()
+    }
+
     fn rebuild_every(&self) -> Option<std::time::Duration> {
         (**self).rebuild_every()
     }
@@ -178,6 +189,10 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
 
     fn is_topology_aware(&self) -> bool {
         (**self).is_topology_aware()
+    }
+
+    fn is_hashing(&self) -> bool {
+        (**self).is_hashing()
     }
 
     fn rebuild_every(&self) -> Option<std::time::Duration> {

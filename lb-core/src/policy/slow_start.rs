@@ -14,8 +14,8 @@
 //! ([`Candidate::ready_since`]); an endpoint that reconnects warms again, as Envoy's does after it
 //! returns to health. While every healthy endpoint is warming — a pool that has just started —
 //! nothing is held back: there is nothing colder to prefer. Outside the windows a pick costs one
-//! comparison more than the inner policy's. Do not wrap hashing policies: a re-pick would break
-//! the affinity they exist for.
+//! comparison more than the inner policy's. Hashing policies are refused ([`SlowStart::new`] fails
+//! on one, as does the C ABI's `slow_start_ms`): a re-pick would break the affinity they exist for.
 
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ const MAX_ATTEMPTS: usize = 4;
 /// A pick that lands on an endpoint connected `t` ago is kept with probability
 /// `max(min_weight, (t / window)^(1 / aggression))` (`t` at least one second) and otherwise made
 /// again, at most [`SlowStart::MAX_ATTEMPTS`] picks in all; nothing is held back while every healthy
-/// endpoint is warming. Do not wrap hashing policies: a re-pick would break their affinity.
+/// endpoint is warming. A hashing policy cannot be wrapped: a re-pick would break its affinity.
 #[derive(Debug)]
 pub struct SlowStart<P> {
     inner: P,
@@ -47,13 +47,21 @@ impl<P: Policy> SlowStart<P> {
 
     /// Ramps endpoints up linearly over `window` (Envoy's default aggression 1.0), never below
     /// 10 % of their share (Envoy's default `min_weight_percent`).
-    pub fn new(inner: P, window: Duration) -> Self {
-        SlowStart {
+    ///
+    /// Fails when `inner` is a hashing policy ([`Policy::is_hashing`]: [`RingHash`](super::RingHash),
+    /// [`Maglev`](super::Maglev), or a [`Topology`](super::Topology) around one): re-picking a key's
+    /// endpoint would send the key elsewhere while it warms, which is what those policies exist to
+    /// prevent. Envoy offers slow start only on round robin and least request for the same reason.
+    pub fn new(inner: P, window: Duration) -> Result<Self, SlowStartError> {
+        if inner.is_hashing() {
+            return Err(SlowStartError { inner: format!("{inner:?}") });
+        }
+        Ok(SlowStart {
             inner,
             window,
             aggression: 1.0,
             min_weight: 0.1,
-        }
+        })
     }
 
     /// The ramp's shape: the factor is `(t / window)^(1 / aggression)`; above 1 an endpoint gets
@@ -74,6 +82,24 @@ impl<P: Policy> SlowStart<P> {
     }
 }
 
+/// [`SlowStart::new`] was given a hashing policy.
+#[derive(Debug)]
+pub struct SlowStartError {
+    inner: String,
+}
+
+impl std::fmt::Display for SlowStartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.inner.split([' ', '{', '(']).next().unwrap_or("");
+        write!(
+            f,
+            "slow start cannot wrap the hashing policy {name}: its re-picks would send a key to another endpoint and break the affinity"
+        )
+    }
+}
+
+impl std::error::Error for SlowStartError {}
+
 impl<P: Policy> Policy for SlowStart<P> {
     fn rebuild_every(&self) -> Option<std::time::Duration> {
         self.inner.rebuild_every()
@@ -81,6 +107,10 @@ impl<P: Policy> Policy for SlowStart<P> {
 
     fn is_topology_aware(&self) -> bool {
         self.inner.is_topology_aware()
+    }
+
+    fn is_hashing(&self) -> bool {
+        self.inner.is_hashing()
     }
 
     fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker> {
@@ -204,7 +234,7 @@ mod tests {
         let t0 = Instant::now() + Duration::from_secs(3600);
         let window = Duration::from_secs(60);
         let c = candidates(&[old, old, old, Some(t0)]);
-        let p = SlowStart::new(RoundRobin::new(), window).build(&c);
+        let p = SlowStart::new(RoundRobin::new(), window).expect("not hashing").build(&c);
         // At 1 s: factor max(0.1, 1/60) = 0.1. Round robin re-picks land on the next endpoint, so
         // the newcomer keeps about 0.1 of its 25 % (plus a sliver from truncated re-picks).
         let early = shares(&*p, 4, t0 + Duration::from_secs(1), 40_000)[3];
@@ -222,7 +252,7 @@ mod tests {
     fn nothing_is_held_back_while_every_endpoint_is_warming() {
         let t0 = Instant::now();
         let c = candidates(&[Some(t0), Some(t0 + Duration::from_millis(5)), Some(t0)]);
-        let p = SlowStart::new(RoundRobin::new(), Duration::from_secs(30)).build(&c);
+        let p = SlowStart::new(RoundRobin::new(), Duration::from_secs(30)).expect("not hashing").build(&c);
         let s = shares(&*p, 3, t0 + Duration::from_secs(2), 30_000);
         assert!(s.iter().all(|x| (x - 1.0 / 3.0).abs() < 0.01), "a starting pool is balanced as usual: {s:?}");
     }
@@ -233,9 +263,9 @@ mod tests {
         let t0 = Instant::now() + Duration::from_secs(3600);
         let c = candidates(&[old, Some(t0)]);
         let at = t0 + Duration::from_secs(25); // t = 0.25 of a 100 s window
-        let linear = SlowStart::new(RoundRobin::new(), Duration::from_secs(100)).build(&c);
-        let eager = SlowStart::new(RoundRobin::new(), Duration::from_secs(100)).aggression(4.0).build(&c);
-        let lazy = SlowStart::new(RoundRobin::new(), Duration::from_secs(100)).aggression(0.25).min_weight(0.0).build(&c);
+        let linear = SlowStart::new(RoundRobin::new(), Duration::from_secs(100)).expect("not hashing").build(&c);
+        let eager = SlowStart::new(RoundRobin::new(), Duration::from_secs(100)).expect("not hashing").aggression(4.0).build(&c);
+        let lazy = SlowStart::new(RoundRobin::new(), Duration::from_secs(100)).expect("not hashing").aggression(0.25).min_weight(0.0).build(&c);
         let (l, e, z) = (shares(&*linear, 2, at, 20_000)[1], shares(&*eager, 2, at, 20_000)[1], shares(&*lazy, 2, at, 20_000)[1]);
         // Factors 0.25, 0.25^(1/4) ≈ 0.71 and 0.25^4 ≈ 0.004.
         assert!(z < l && l < e, "lazy {z} < linear {l} < eager {e}");
@@ -245,9 +275,30 @@ mod tests {
     #[test]
     fn without_connection_times_the_inner_picker_is_used_as_is() {
         let c = candidates(&[None, None]);
-        let p = SlowStart::new(RoundRobin::new(), Duration::from_secs(30)).build(&c);
+        let p = SlowStart::new(RoundRobin::new(), Duration::from_secs(30)).expect("not hashing").build(&c);
         assert!(!format!("{p:?}").contains("SlowStartPicker"), "{p:?}");
         let none = candidates(&[]);
-        assert_eq!(SlowStart::new(RoundRobin::new(), Duration::from_secs(30)).build(&none).pick(&PickContext::default()), None);
+        assert_eq!(SlowStart::new(RoundRobin::new(), Duration::from_secs(30)).expect("not hashing").build(&none).pick(&PickContext::default()), None);
+    }
+
+    #[test]
+    fn hashing_policies_are_refused_whatever_wraps_them() {
+        use crate::policy::{Maglev, P2c, RingHash, Topology};
+        use crate::{Locality, Policy};
+        let window = Duration::from_secs(30);
+        let here = Locality::unknown().with_zone("a");
+        let refused: Vec<(&str, Box<dyn Policy>)> = vec![
+            ("RingHash", Box::new(RingHash::new())),
+            ("Maglev", Box::new(Maglev::new())),
+            ("Topology", Box::new(Topology::new(RingHash::new(), here.clone()))),
+            ("Topology", Box::new(std::sync::Arc::new(Topology::new(Maglev::new(), here.clone())))),
+        ];
+        for (name, inner) in refused {
+            let err = SlowStart::new(inner, window).expect_err("a hashing policy");
+            let message = err.to_string();
+            assert!(message.contains(name) && message.contains("affinity"), "{message}");
+        }
+        assert!(SlowStart::new(P2c::peak_ewma(), window).is_ok());
+        assert!(SlowStart::new(Topology::new(RoundRobin::new(), here), window).is_ok());
     }
 }

@@ -225,6 +225,10 @@ impl<P: Policy> Policy for Topology<P> {
         true
     }
 
+    fn is_hashing(&self) -> bool {
+        self.inner.is_hashing()
+    }
+
     fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker> {
         let mut members: Vec<Vec<u32>> = vec![Vec::new(); self.levels.len()];
         for (i, c) in candidates.iter().enumerate() {

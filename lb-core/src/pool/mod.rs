@@ -192,6 +192,7 @@ pub struct Snapshot<C> {
     healthy: usize,
     connect_failing: bool,
     last_connect_error: Option<Arc<str>>,
+    discovery_error: Option<Arc<str>>,
 }
 
 impl<C> fmt::Debug for Snapshot<C> {
@@ -216,6 +217,7 @@ impl<C> Snapshot<C> {
             healthy: 0,
             connect_failing: false,
             last_connect_error: None,
+            discovery_error: None,
         }
     }
 
@@ -256,6 +258,13 @@ impl<C> Snapshot<C> {
     /// what went wrong last.
     pub fn last_connect_error(&self) -> Option<&Arc<str>> {
         self.last_connect_error.as_ref()
+    }
+
+    /// The error discovery last reported, while it has delivered nothing since (a registry that
+    /// is unreachable, refuses the credentials, or filters the answer by ACLs). The pool keeps its
+    /// last set meanwhile; this says why that set may be empty or old.
+    pub fn discovery_error(&self) -> Option<&Arc<str>> {
+        self.discovery_error.as_ref()
     }
 }
 

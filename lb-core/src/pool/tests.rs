@@ -243,6 +243,40 @@ async fn discovery_errors_and_end_keep_the_last_set() {
     assert_eq!(pool.snapshot().healthy(), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_request_that_finds_no_endpoint_names_the_discovery_error_until_discovery_delivers() {
+    let (tx, rx) = discover::channel();
+    let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), RoundRobin::new(), config());
+    let wait = crate::balance::Wait { timeout: Duration::from_millis(100), wait_for_ready: false };
+    let unavailable = |pool: Pool<SocketAddr>| async move {
+        match pool.pick_or_wait(PickContext::default(), wait).await {
+            Ok(p) => panic!("picked {}", p.endpoint.addr()),
+            Err(crate::balance::error::PickError::Unavailable(e)) => e,
+            Err(e) => panic!("not an Unavailable: {e}"),
+        }
+    };
+
+    tx.send_error("registry says: token …3f9a may not read `svc`");
+    settle().await;
+    let err = unavailable(pool.clone()).await;
+    assert_eq!(err.discovery_error(), Some("registry says: token …3f9a may not read `svc`"));
+    let message = err.to_string();
+    assert!(message.contains("has not delivered an endpoint set yet; discovery error: registry says: token …3f9a"), "{message}");
+
+    // An empty set delivered: the error no longer explains anything.
+    tx.send(Update::Reset(vec![]));
+    settle().await;
+    let err = unavailable(pool.clone()).await;
+    assert_eq!((err.discovery_error(), err.to_string().contains("lists no endpoint")), (None, true), "{err}");
+
+    // Errors after a set are named too, next to it.
+    tx.send_error("registry unreachable");
+    settle().await;
+    let err = unavailable(pool.clone()).await;
+    assert!(err.to_string().ends_with("discovery lists no endpoint; discovery error: registry unreachable"), "{err}");
+    assert_eq!(pool.snapshot().discovery_error().map(|e| &**e), Some("registry unreachable"));
+}
+
 struct ScriptedHealth(Mutex<HashMap<SocketAddr, mpsc::UnboundedReceiver<bool>>>);
 
 impl HealthCheck<SocketAddr> for ScriptedHealth {
@@ -294,7 +328,7 @@ async fn topology_prefers_the_callers_zone_through_the_pool() {
 #[tokio::test(start_paused = true)]
 async fn slow_start_ramps_a_new_endpoint_up_from_its_connection() {
     let (tx, rx) = discover::channel();
-    let policy = SlowStart::new(RoundRobin::new(), Duration::from_secs(10));
+    let policy = SlowStart::new(RoundRobin::new(), Duration::from_secs(10)).expect("not hashing");
     let pool = Pool::spawn(Box::pin(rx), TestConnector::default(), policy, config());
     tx.send(Update::Reset(vec![ep(1), ep(2), ep(3)]));
     assert!(pool.ready_timeout(Duration::from_secs(1)).await);

@@ -167,6 +167,13 @@ where
         if self.opening.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Counted again under the flag: an opening that ended between the check above and the
+        // swap has added its connection by now (the flag is released only after that), and may
+        // have reached the cap.
+        if self.connections() >= self.max_connections {
+            self.opening.store(false, Ordering::Release);
+            return;
+        }
         let weak: Weak<Self> = Arc::downgrade(self);
         let dialer = self.dialer.clone();
         let addr = self.addr;
@@ -174,7 +181,6 @@ where
         tokio::spawn(async move {
             let result = dialer.h2::<B>(addr).await;
             let Some(pool) = weak.upgrade() else { return };
-            pool.opening.store(false, Ordering::Release);
             match result {
                 Ok((send, driver)) => {
                     let sub = Arc::new(Sub::new(send));
@@ -184,6 +190,9 @@ where
                         next.push(Arc::clone(&sub));
                         next
                     });
+                    // Released once the connection is counted: a grow() in between would have
+                    // seen neither the flag nor the connection, and opened one past the cap.
+                    pool.opening.store(false, Ordering::Release);
                     tracing::debug!(endpoint = %addr, connections = pool.connections(), "opened an extra http/2 connection");
                     drop(pool);
                     drop(sub);
@@ -209,6 +218,7 @@ where
                     });
                 }
                 Err(error) => {
+                    pool.opening.store(false, Ordering::Release);
                     tracing::debug!(endpoint = %addr, %error, "extra http/2 connection failed");
                 }
             }

@@ -25,23 +25,37 @@ pub struct Backend {
     /// Connections accepted so far, and those still open.
     pub accepted: Arc<AtomicUsize>,
     pub open: Arc<AtomicUsize>,
+    /// The request-target of every health probe, as the server parsed it (over HTTP/2 it carries
+    /// the scheme the client sent).
+    pub probes: Arc<Mutex<Vec<String>>>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl Backend {
     pub async fn start(delay: Duration) -> Backend {
-        Self::spawn(delay, None).await
+        Self::start_with("127.0.0.1:0".parse().expect("an address"), delay, None).await
     }
 
     /// A backend that answers every request with `status` and `headers` (e.g. 429 and a
     /// `Retry-After`).
     pub async fn start_answering(status: u16, headers: &[(&'static str, &'static str)]) -> Backend {
-        Self::spawn(Duration::ZERO, Some((status, headers.to_vec()))).await
+        Self::spawn("127.0.0.1:0".parse().expect("an address"), Duration::ZERO, None, Some((status, headers.to_vec()))).await
     }
 
-    async fn spawn(delay: Duration, fixed: Option<(u16, Vec<(&'static str, &'static str)>)>) -> Backend {
+    /// A backend on `bind` (e.g. `[::1]:0`), over TLS when `tls` is given (its ALPN offers h2 and
+    /// http/1.1; the protocol is whatever the handshake settles on).
+    pub async fn start_with(bind: SocketAddr, delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
+        Self::spawn(bind, delay, tls, None).await
+    }
+
+    async fn spawn(
+        bind: SocketAddr,
+        delay: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        fixed: Option<(u16, Vec<(&'static str, &'static str)>)>,
+    ) -> Backend {
         let fixed = Arc::new(fixed);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let listener = TcpListener::bind(bind).await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound socket has an address");
         let served = Arc::new(AtomicUsize::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
@@ -50,13 +64,14 @@ impl Backend {
         let (accepted_in, open_in) = (accepted.clone(), open.clone());
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let conns = tasks.clone();
-        let (s, h, f) = (served.clone(), healthy.clone(), fail.clone());
+        let probes: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (s, h, f, p) = (served.clone(), healthy.clone(), fail.clone(), probes.clone());
         tasks.lock().expect("not poisoned").spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (s, h, f, fixed) = (s.clone(), h.clone(), f.clone(), fixed.clone());
+                let (s, h, f, p, fixed) = (s.clone(), h.clone(), f.clone(), p.clone(), fixed.clone());
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (s, h, f, fixed) = (s.clone(), h.clone(), f.clone(), fixed.clone());
+                    let (s, h, f, p, fixed) = (s.clone(), h.clone(), f.clone(), p.clone(), fixed.clone());
                     async move {
                         if let Some((status, headers)) = &*fixed {
                             s.fetch_add(1, Ordering::Relaxed);
@@ -67,6 +82,7 @@ impl Backend {
                             return Ok::<_, Infallible>(rsp.body(Full::new(Bytes::new())).expect("valid"));
                         }
                         if req.uri().path() == "/health" {
+                            p.lock().expect("not poisoned").push(req.uri().to_string());
                             let status = if h.load(Ordering::Relaxed) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                             return Ok::<_, Infallible>(Response::builder().status(status).body(Full::new(Bytes::new())).expect("valid"));
                         }
@@ -85,9 +101,19 @@ impl Backend {
                 accepted_in.fetch_add(1, Ordering::Relaxed);
                 open_in.fetch_add(1, Ordering::Relaxed);
                 let open = open_in.clone();
+                let tls = tls.clone();
                 conns.lock().expect("not poisoned").spawn(async move {
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                     open.fetch_sub(1, Ordering::Relaxed);
                 });
             }
@@ -99,6 +125,7 @@ impl Backend {
             fail,
             accepted,
             open,
+            probes,
             tasks,
         }
     }

@@ -23,6 +23,11 @@ pub(crate) struct Reply {
     pub(crate) status: StatusCode,
     /// `X-Consul-Index`, when present and numeric.
     pub(crate) index: Option<u64>,
+    /// `X-Consul-Results-Filtered-By-ACLs: true`: the token may not see some of the entries.
+    pub(crate) acl_filtered: bool,
+    /// `X-Consul-Default-ACL-Policy: deny`: what a request without a token may see is only what
+    /// the anonymous token was granted.
+    pub(crate) default_deny: bool,
     pub(crate) body: Bytes,
 }
 
@@ -44,6 +49,43 @@ impl Reply {
     }
 }
 
+/// The ACL token and where it came from, so errors can name it without showing the secret.
+#[derive(Clone)]
+pub(crate) struct Token {
+    secret: Arc<str>,
+    from_env: bool,
+}
+
+impl Token {
+    pub(crate) fn new(secret: String, from_env: bool) -> Self {
+        Token {
+            secret: Arc::from(secret),
+            from_env,
+        }
+    }
+}
+
+impl fmt::Display for Token {
+    /// `token …3f9a (from CONSUL_HTTP_TOKEN)`: the last four characters, as consoles show API keys.
+    /// The rest of the secret never goes into a message.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tail: String = {
+            let chars: Vec<char> = self.secret.chars().collect();
+            if chars.len() >= 12 {
+                chars[chars.len() - 4..].iter().collect()
+            } else {
+                String::new()
+            }
+        };
+        let from = if self.from_env { super::env::HTTP_TOKEN } else { "the builder's token option" };
+        if tail.is_empty() {
+            write!(f, "the ACL token from {from}")
+        } else {
+            write!(f, "the ACL token …{tail} (from {from})")
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Client {
     http: HttpClient<Connector, Full<Bytes>>,
@@ -51,7 +93,7 @@ pub(crate) struct Client {
     scheme: &'static str,
     addrs: Arc<[String]>,
     current: Arc<AtomicUsize>,
-    token: Option<Arc<str>>,
+    token: Option<Token>,
     tls: Option<TlsSettings>,
 }
 
@@ -67,7 +109,7 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    pub(crate) fn new(addrs: Vec<String>, token: Option<String>, tls: Option<TlsSettings>) -> Result<Self, Error> {
+    pub(crate) fn new(addrs: Vec<String>, token: Option<Token>, tls: Option<TlsSettings>) -> Result<Self, Error> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         for a in &addrs {
             let uri = format!("{scheme}://{a}/");
@@ -75,7 +117,7 @@ impl Client {
                 .map_err(|e| Error::invalid_target(format!("`{a}` is not a Consul agent address: {e}")))?;
         }
         if let Some(t) = &token {
-            hyper::header::HeaderValue::from_str(t)
+            hyper::header::HeaderValue::from_str(&t.secret)
                 .map_err(|_| Error::invalid_target("the Consul ACL token contains characters not allowed in a header"))?;
         }
         let mut connector = HttpConnector::new();
@@ -89,9 +131,14 @@ impl Client {
             scheme,
             addrs: addrs.into(),
             current: Arc::new(AtomicUsize::new(0)),
-            token: token.map(Arc::from),
+            token,
             tls,
         })
+    }
+
+    /// The token requests carry, if any.
+    pub(crate) fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
     }
 
     /// The agent requests currently go to.
@@ -115,7 +162,7 @@ impl Client {
             .uri(format!("{}://{addr}{path_and_query}", self.scheme))
             .header(hyper::header::USER_AGENT, concat!("lb-registry/", env!("CARGO_PKG_VERSION")));
         if let Some(token) = &self.token {
-            req = req.header("X-Consul-Token", &**token);
+            req = req.header("X-Consul-Token", &*token.secret);
         }
         if body.is_some() {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
@@ -129,8 +176,11 @@ impl Client {
                 .get("x-consul-index")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok());
+            let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+            let acl_filtered = header("x-consul-results-filtered-by-acls").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            let default_deny = header("x-consul-default-acl-policy").is_some_and(|v| v.eq_ignore_ascii_case("deny"));
             let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, BoxError>(Reply { status, index, body })
+            Ok::<_, BoxError>(Reply { status, index, acl_filtered, default_deny, body })
         })
         .await;
         match result {

@@ -95,10 +95,22 @@
 //! [`Update::Reset`](lb_core::Update::Reset), which the pool diffs; the first answer after a
 //! failure that changed nothing is an [`Update::Current`](lb_core::Update::Current).
 //!
+//! # ACLs
+//!
+//! Consul does not refuse a read the token may not see: it answers `200` with the entries the
+//! token may see — often none — and `X-Consul-Results-Filtered-By-ACLs: true`. Discovery treats
+//! such an answer as an error that names the token by its last four characters and where it came
+//! from (`the ACL token …3f9a (from CONSUL_HTTP_TOKEN)`), never as a set: the pool logs it, counts it
+//! (`lb_discovery_errors_total`, and [`AUTH_ERRORS`] here) and keeps its last set, and a request that
+//! finds no endpoint fails with it in its message (`UNAVAILABLE`, HTTP 503, the C ABI's last
+//! error). Consul hides that header from requests without a token; an empty answer to one, from an
+//! agent whose default policy is `deny`, is reported the same way until a first set arrived. A
+//! write without `service:write` is a `403`, which registration reports and retries.
+//!
 //! [`lb_registry::resolve`](crate::resolve) puts the stream behind the crate's
 //! [cache](crate::cache): errors keep the last-known-good set, and an answer that would empty a
-//! non-empty set (an agent restarted without its registrations, an ACL token that lost
-//! `service:read` — Consul then answers `[]`, not 403) is refused unless `allow_empty` is set.
+//! non-empty set (an agent restarted without its registrations) is refused unless `allow_empty`
+//! is set.
 //!
 //! # Why a thin client rather than `rs-consul`
 //!
@@ -134,6 +146,11 @@ use crate::{scheme, Error, Registrar as _, Registration, Target};
 pub const INVALID_ENTRIES: &str = "lb_registry_invalid_entries_total";
 /// Counter of registrations made again because Consul had forgotten them, label `registry="consul"`.
 pub const REREGISTRATIONS: &str = "lb_registry_reregistrations_total";
+/// Counter of health answers not used because ACLs filtered them, labels `registry="consul"` and
+/// `reason` (`acl_filtered`: the token lacks a permission; `anonymous_denied`: no token and an
+/// agent whose default policy is deny). The Kubernetes provider counts its 401s and 403s under the
+/// same name.
+pub const AUTH_ERRORS: &str = "lb_registry_auth_errors_total";
 
 const DEFAULT_ADDR: &str = "127.0.0.1:8500";
 
@@ -260,11 +277,10 @@ impl Common {
         let addrs = addrs.iter().map(|a| normalize_addr(a)).collect::<Result<Vec<_>, _>>()?;
         let use_tls = self.use_tls(&addrs)?;
         let tls = if use_tls { Some(tls::settings(&self.tls)?) } else { None };
-        let token = self
-            .token
-            .clone()
-            .or_else(|| std::env::var(env::HTTP_TOKEN).ok())
-            .filter(|t| !t.is_empty());
+        let token = match self.token.clone().filter(|t| !t.is_empty()) {
+            Some(t) => Some(client::Token::new(t, false)),
+            None => std::env::var(env::HTTP_TOKEN).ok().filter(|t| !t.is_empty()).map(|t| client::Token::new(t, true)),
+        };
         client::Client::new(addrs.into_iter().map(|(_, a)| a).collect(), token, tls)
     }
 

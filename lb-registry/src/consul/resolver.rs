@@ -143,7 +143,8 @@ impl Resolver for ConsulResolver {
             client: self.cfg.client.clone(),
             base: format!("/v1/health/service/{}?{query}", encode(service)),
         };
-        Watch::new(Box::new(fetch), service, self.cfg.side.watch.clone()).into_stream()
+        let token = self.cfg.client.token().map(ToString::to_string);
+        Watch::new(Box::new(fetch), service, self.cfg.side.watch.clone()).with_token(token).into_stream()
     }
 }
 

@@ -12,8 +12,18 @@
 //! - jitter the requested wait down by up to 1/16;
 //! - an answer without `X-Consul-Index` (a proxy dropped it) is still applied, and the loop
 //!   degrades to polling slowed down by the same backoff.
+//!
+//! And one rule of Consul's ACLs ("Results Filtered by ACLs"): a read the token may not fully see
+//! is answered `200` with what it may see — often nothing — and `X-Consul-Results-Filtered-By-ACLs:
+//! true`. Such an answer is an [`AclDenied`] error naming the token, never a set: applying it would
+//! serve an empty or partial set with no word about the cause. Consul hides that header from
+//! requests without a token, so an empty answer to one, from an agent whose default ACL policy is
+//! `deny`, is the same error until a first set was delivered (after that an empty answer may be
+//! a service scaled to zero, which the cache's `allow_empty` rule handles). Neither resets the
+//! index: the next query blocks as usual, so a fixed token shows within one `wait`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +38,45 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::client::Reply;
-use super::entries;
+use super::{entries, AUTH_ERRORS};
+
+/// A health answer that ACLs filtered: the token (or the anonymous token) may not see the service.
+#[derive(Debug)]
+pub(crate) struct AclDenied {
+    service: Arc<str>,
+    /// How the token is named in messages (`None`: the request carried none).
+    token: Option<Arc<str>>,
+}
+
+impl fmt::Display for AclDenied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.token {
+            Some(token) => write!(
+                f,
+                "consul filtered the health answer for `{}` by ACLs (X-Consul-Results-Filtered-By-ACLs): {token} \
+                 lacks service:read on `{}` or node:read on some of its nodes; the answer was not used",
+                self.service, self.service
+            ),
+            None => write!(
+                f,
+                "consul answered no instance of `{}` to a request without an ACL token, and the agent's default ACL \
+                 policy is deny: the anonymous token most likely may not read it; give a token with service:read \
+                 (the builder's token option or CONSUL_HTTP_TOKEN)",
+                self.service
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AclDenied {}
+
+/// Why an answer was not used.
+enum Rejected {
+    /// A transport error, a non-200 status, a body that is not a health list.
+    Failed(BoxError),
+    /// A well-formed answer that ACLs emptied or cut ([`AclDenied`]).
+    Denied(AclDenied),
+}
 
 /// One health query: `index` 0 means non-blocking.
 pub(crate) trait Fetch: Send + Sync + 'static {
@@ -59,6 +107,8 @@ impl Default for WatchConfig {
 pub(crate) struct Watch {
     fetch: Box<dyn Fetch>,
     service: Arc<str>,
+    /// The token as messages name it; `None` when requests carry none.
+    token: Option<Arc<str>>,
     cfg: WatchConfig,
     rng: StdRng,
     index: u64,
@@ -88,6 +138,7 @@ impl Watch {
         Watch {
             fetch,
             service: Arc::from(service),
+            token: None,
             cfg,
             rng,
             index: 0,
@@ -99,6 +150,12 @@ impl Watch {
             tokens,
             counted: None,
         }
+    }
+
+    /// Names the token requests carry, for [`AclDenied`] (without one, requests carry none).
+    pub(crate) fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.map(Arc::from);
+        self
     }
 
     pub(crate) fn into_stream(self) -> BoxDiscover {
@@ -125,7 +182,15 @@ impl Watch {
             match self.on_reply(asked, wait, started, reply) {
                 Ok(Some(update)) => return Ok(update),
                 Ok(None) => continue,
-                Err(error) => {
+                Err(Rejected::Denied(denied)) => {
+                    // Consul answered, with a good index: keep blocking on it (the index
+                    // bookkeeping ran), and report the cause instead of the filtered set.
+                    let reason = if denied.token.is_some() { "acl_filtered" } else { "anonymous_denied" };
+                    metrics::counter!(AUTH_ERRORS, "registry" => "consul", "reason" => reason).increment(1);
+                    self.stale = true;
+                    return Err(Box::new(denied));
+                }
+                Err(Rejected::Failed(error)) => {
                     self.strike();
                     // A failed agent may come back restarted with a lower index: ask without
                     // blocking next time so that shows at once instead of after a full wait.
@@ -143,19 +208,32 @@ impl Watch {
         wait: Duration,
         started: Instant,
         reply: Result<Reply, BoxError>,
-    ) -> Result<Option<Update>, BoxError> {
-        let reply = reply?;
+    ) -> Result<Option<Update>, Rejected> {
+        let reply = reply.map_err(Rejected::Failed)?;
         if reply.status != StatusCode::OK {
-            return Err(reply.into_error(&format!("health query for `{}`", self.service)));
+            return Err(Rejected::Failed(reply.into_error(&format!("health query for `{}`", self.service))));
         }
-        let list = entries::parse(&self.service, &reply.body, &self.current)?;
-        let Some(index) = reply.index else {
+        let list = entries::parse(&self.service, &reply.body, &self.current).map_err(Rejected::Failed)?;
+        self.advance(asked, wait, started, reply.index);
+        let anonymous_denied = self.token.is_none() && reply.default_deny && list.is_empty() && !self.emitted;
+        if reply.acl_filtered || anonymous_denied {
+            return Err(Rejected::Denied(AclDenied {
+                service: Arc::clone(&self.service),
+                token: if reply.acl_filtered { Some(self.token.clone().unwrap_or_else(|| Arc::from("the ACL token"))) } else { None },
+            }));
+        }
+        Ok(self.emit(list))
+    }
+
+    /// The index bookkeeping of one answer: where the next query blocks, and whether to back off.
+    fn advance(&mut self, asked: u64, wait: Duration, started: Instant, index: Option<u64>) {
+        let Some(index) = index else {
             // Something between us and Consul dropped the header. The data is still good, but
             // without an index nothing blocks: degrade to polling, slowed down by the backoff.
             warn!(service = %self.service, "consul answer without a numeric X-Consul-Index; polling instead of blocking");
             self.index = 0;
             self.strike();
-            return Ok(self.emit(list));
+            return;
         };
         if index < asked {
             info!(service = %self.service, from = asked, to = index, "consul index went backwards; restarting the blocking loop");
@@ -172,7 +250,6 @@ impl Watch {
         } else {
             self.backoff.reset();
         }
-        Ok(self.emit(list))
     }
 
     /// The update to report for an answer: none when it repeats what was last reported, `Current`

@@ -15,7 +15,11 @@
 //! - keeps the last-known-good set across API errors: an error is reported on the stream (the
 //!   pool logs and counts it and keeps its set) and a relist that fails half-way emits nothing.
 //!   Only a relist that *completes* replaces the set, even when it is empty (a service scaled to
-//!   zero really has no endpoints).
+//!   zero really has no endpoints);
+//! - says what to fix when the API server refuses the watch: a `401` (credentials missing, expired
+//!   or for another cluster) or a `403` (RBAC: `list` and `watch` on `endpointslices.discovery.k8s.io`
+//!   in the namespace) is an error of its own, counted in [`AUTH_ERRORS`], that a request finding no
+//!   endpoint quotes (`Unavailable`, the C ABI's last error).
 //!
 //! # Target
 //!
@@ -24,8 +28,9 @@
 //! the port may be a number (`greeter.default:8080`) or left out for a single unnamed port
 //! (`greeter.default`). The authority must be empty: the API server comes from `KUBECONFIG` (or
 //! `~/.kube/config`) when set, else from the in-cluster service account
-//! ([`kube::Client::try_default`]). The client is created lazily, inside the stream, and retried
-//! with backoff while it cannot be.
+//! (as [`kube::Client::try_default`] finds them, but with kube's own retry layer off, so every
+//! failed request reaches the watcher's backoff and is reported). The client is created lazily,
+//! inside the stream, and retried with backoff while it cannot be.
 //!
 //! Query parameters (so the URI alone configures the CLI, the C ABI and the agent): `node`, `zone`,
 //! `region` override the caller's locality, `hints=off` ignores zone hints; and the
@@ -87,6 +92,11 @@ use self::slices::PortSpec;
 /// garbage), labels `registry="kubernetes"`, `reason="address"`. The same name as the other
 /// registries' invalid-entry counters.
 pub const INVALID_ENTRIES: &str = "lb_registry_invalid_entries_total";
+
+/// Counter: watches the API server refused, labels `registry="kubernetes"` and `reason`
+/// (`unauthorized`: a 401, the credentials; `forbidden`: a 403, RBAC). The same name as Consul's
+/// ACL counter.
+pub const AUTH_ERRORS: &str = "lb_registry_auth_errors_total";
 
 /// Environment variables read for the caller's node, first set wins.
 pub const NODE_ENV: [&str; 2] = ["LB_NODE", "NODE_NAME"];
@@ -206,7 +216,11 @@ impl fmt::Debug for KubernetesResolverBuilder {
 
 impl KubernetesResolverBuilder {
     /// Uses this client instead of inferring one (KUBECONFIG, then in-cluster). Tests point it at
-    /// an API server double: `kube::Client::try_from(kube::Config::new(url))`.
+    /// an API server double with a `kube::Config::new(url)`.
+    ///
+    /// Build it with `Config::default_retry` off, as the inferred client is: kube's retry layer
+    /// retries 429/503/504 answers up to 15 times, for minutes, before the watch hears of them,
+    /// so an API server outage would neither be reported nor counted as staleness.
     pub fn client(mut self, client: kube::Client) -> Self {
         self.client = Some(client);
         self

@@ -10,6 +10,7 @@
 //! next event or relist; a cache's `resync` bounds that.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +27,75 @@ use tracing::{debug, info, warn};
 
 use super::slices::{self, Skipped};
 use super::view::{Change, View};
-use super::{Inner, ServiceRef, INVALID_ENTRIES};
+use super::{Inner, ServiceRef, AUTH_ERRORS, INVALID_ENTRIES};
 
 type Events = BoxStream<'static, Result<Event<EndpointSlice>, watcher::Error>>;
+
+/// The API server refused the client's credentials (401) or its identity's access (403). Said
+/// plainly, with what to fix, because kube's own message ("ApiError: Forbidden … (ErrorResponse
+/// …)") buries it.
+#[derive(Debug)]
+pub(crate) struct AuthError {
+    code: u16,
+    service: String,
+    namespace: String,
+    server_message: String,
+}
+
+impl AuthError {
+    /// The 401 or 403 inside a watcher error, if that is what it is.
+    fn from_watch_error(error: &watcher::Error, service: &str, namespace: &str) -> Option<Self> {
+        let status = match error {
+            watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s)) => s,
+            watcher::Error::WatchError(s) => s,
+            _ => return None,
+        };
+        matches!(status.code, 401 | 403).then(|| AuthError {
+            code: status.code,
+            service: service.to_string(),
+            namespace: namespace.to_string(),
+            server_message: status.message.clone(),
+        })
+    }
+
+    fn reason(&self) -> &'static str {
+        if self.code == 401 {
+            "unauthorized"
+        } else {
+            "forbidden"
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.code == 401 {
+            write!(
+                f,
+                "the Kubernetes API server refused lb's credentials (401 Unauthorized) for the EndpointSlices of `{}` in \
+                 namespace `{}`: the bearer token or client certificate (from KUBECONFIG or the pod's service account) is \
+                 missing, expired or not valid for this API server",
+                self.service, self.namespace
+            )?;
+        } else {
+            write!(
+                f,
+                "the Kubernetes API server denied lb's identity (403 Forbidden) the EndpointSlices of `{}` in namespace `{}`: \
+                 grant it `list` and `watch` on `endpointslices` in API group `discovery.k8s.io` there (a Role and a \
+                 RoleBinding)",
+                self.service, self.namespace
+            )?;
+        }
+        if !self.server_message.is_empty() {
+            write!(f, "; the server said: {}", self.server_message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for AuthError {}
 
 pub(super) fn discover(inner: Arc<Inner>, svc: ServiceRef) -> BoxDiscover {
     let view = View::new(svc.port.clone(), inner.opts.clone());
@@ -36,6 +103,7 @@ pub(super) fn discover(inner: Arc<Inner>, svc: ServiceRef) -> BoxDiscover {
         inner,
         svc,
         events: None,
+        namespace: String::new(),
         client_retry: None,
         view,
         relist: None,
@@ -52,6 +120,8 @@ struct Watch {
     inner: Arc<Inner>,
     svc: ServiceRef,
     events: Option<Events>,
+    /// The namespace watched (known once a client exists), for messages.
+    namespace: String,
     /// Paces attempts to create a client while neither KUBECONFIG nor the in-cluster config works
     /// (`None` until one failed).
     client_retry: Option<Backoff>,
@@ -80,6 +150,11 @@ impl Watch {
                 Some(Err(error)) => {
                     // The watcher recovers by itself (re-watch, or relist after 410) after its
                     // backoff; until a relist completes the last set stands.
+                    if let Some(auth) = AuthError::from_watch_error(&error, &self.svc.name, &self.namespace) {
+                        metrics::counter!(AUTH_ERRORS, "registry" => "kubernetes", "reason" => auth.reason()).increment(1);
+                        warn!(service = %self.svc.name, error = %auth, "kubernetes API refused the watch; keeping the last known endpoints");
+                        return Err(Box::new(auth));
+                    }
                     warn!(service = %self.svc.name, %error, "kubernetes watch error; keeping the last known endpoints");
                     return Err(Box::new(error));
                 }
@@ -98,7 +173,7 @@ impl Watch {
         }
         let client = match &self.inner.client {
             Some(c) => c.clone(),
-            None => match kube::Client::try_default().await {
+            None => match inferred_client().await {
                 Ok(c) => c,
                 Err(error) => {
                     self.client_retry.get_or_insert_with(|| Backoff::new(Duration::from_secs(2), Duration::from_secs(30)));
@@ -110,6 +185,7 @@ impl Watch {
         self.client_retry = None;
         let namespace = self.svc.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
         info!(service = %self.svc.name, %namespace, "watching endpointslices");
+        self.namespace = namespace.clone();
         let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
         let config = watcher::Config::default().labels(&format!("kubernetes.io/service-name={}", self.svc.name));
         let stream = watcher::watcher(api, config);
@@ -188,6 +264,18 @@ impl Watch {
             debug!(service = %self.svc.name, slice = %slice.name_any(), port = ?self.svc.port, "endpointslice lacks the requested port");
         }
     }
+}
+
+/// The client from KUBECONFIG or the in-cluster configuration, as `kube::Client::try_default`
+/// builds it but without kube's retry layer: that layer retries 429/503/504 answers up to 15
+/// times with delays doubling from 5 ms (about two and a half minutes in all) before the watcher
+/// hears of anything, so an API server outage would show no error, no staleness, and recovery
+/// would wait out the last delay. The watcher's own backoff retries instead, reporting every
+/// failure.
+async fn inferred_client() -> Result<kube::Client, kube::Error> {
+    let mut config = kube::Config::infer().await.map_err(kube::Error::InferConfig)?;
+    config.default_retry = false;
+    kube::Client::try_from(config)
 }
 
 /// lb-core's backoff in the shape kube-runtime's watcher takes, for

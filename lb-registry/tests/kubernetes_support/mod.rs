@@ -92,10 +92,13 @@ pub fn tcp_connector() -> TestConnector {
     TestConnector::new().over_tcp()
 }
 
-/// A client of the double, the way a test (or anyone with a kubeconfig) would build one.
+/// A client of the double, as `KubernetesResolverBuilder::client` asks for one: kube's retry layer
+/// off, so the watch hears of every failure (as the client lb infers for itself does).
 pub fn client(double: &KubeDouble) -> kube::Client {
     let url = double.url().parse().expect("the double's URL is a valid URI");
-    kube::Client::try_from(kube::Config::new(url)).expect("a client for the double")
+    let mut config = kube::Config::new(url);
+    config.default_retry = false;
+    kube::Client::try_from(config).expect("a client for the double")
 }
 
 /// A resolver builder on the double with a short watch backoff and no environment.
@@ -153,4 +156,57 @@ pub fn picks(pool: &Pool<SocketAddr>, n: usize) -> BTreeMap<SocketAddr, usize> {
         }
     }
     out
+}
+
+/// A certificate for `127.0.0.1` made with rcgen, serving as its own CA: the API server double's
+/// TLS identity, and the PEM file a kubeconfig's `certificate-authority` names. The file is removed
+/// on drop.
+pub struct TestCa {
+    pub cert_pem: String,
+    key_der: Vec<u8>,
+    pub file: std::path::PathBuf,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("rcgen makes a certificate");
+        let cert_pem = ck.cert.pem();
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let file = std::env::temp_dir().join(format!("lb-kube-ca-{}-{n}.pem", std::process::id()));
+        std::fs::write(&file, &cert_pem).expect("write the CA file");
+        TestCa { cert_pem, key_der: ck.key_pair.serialize_der(), file }
+    }
+
+    /// The double's rustls server configuration.
+    pub fn server_config(&self) -> Arc<lb_doubles::kube::rustls::ServerConfig> {
+        use lb_doubles::kube::rustls;
+        use rustls::pki_types::pem::PemObject as _;
+        let cert = rustls::pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).expect("PEM certificate");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(self.key_der.clone()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .expect("the key matches the certificate");
+        Arc::new(config)
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// A client built the way `KUBECONFIG` users get one: from a kubeconfig document.
+pub async fn client_from_kubeconfig(yaml: &str) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml).expect("a valid kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("a usable kubeconfig");
+    config.default_retry = false;
+    kube::Client::try_from(config).expect("a client for the double")
 }

@@ -552,13 +552,50 @@ where
     }
 }
 
-/// Keys (as strings) under a prefix, read directly from etcd.
-pub async fn keys(etcd: &Etcd, prefix: &str) -> Vec<String> {
-    let Ok(mut c) = etcd.client().await else { return Vec::new() };
-    match tokio::time::timeout(Duration::from_secs(5), c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))).await {
-        Ok(Ok(r)) => r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect(),
-        _ => Vec::new(),
+/// Keys (as strings) under a prefix, read directly from etcd. An etcd that cannot be read is an
+/// error, never an empty list: "the key is gone" must not pass because etcd was unreachable.
+pub async fn keys(etcd: &Etcd, prefix: &str) -> Result<Vec<String>, String> {
+    let mut c = etcd.client().await.map_err(|e| format!("connect to etcd at {}: {e}", etcd.endpoint()))?;
+    let get = c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()));
+    match tokio::time::timeout(Duration::from_secs(5), get).await {
+        Ok(Ok(r)) => Ok(r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()),
+        Ok(Err(e)) => Err(format!("read {prefix} from etcd: {e}")),
+        Err(_) => Err(format!("read {prefix} from etcd: no answer within 5 s")),
     }
+}
+
+/// Watches the keys under `prefix` for `period` (say, two TTLs), reading etcd every 100 ms: every
+/// reading must find `n` keys on live leases. Keys on leases that outlive their TTL were renewed,
+/// which "the keys are there" at one instant does not prove (etcd restores leases with a fresh TTL
+/// at restart). A reading that fails is an error, not a pass.
+pub async fn stays_registered(etcd: &Etcd, prefix: &str, n: usize, period: Duration) -> Result<(), String> {
+    let until = Instant::now() + period;
+    let mut readings = 0;
+    while Instant::now() < until {
+        let ttls = lease_ttls(etcd, prefix).await?;
+        if ttls.len() != n || ttls.iter().any(|(_, ttl)| *ttl <= 0) {
+            return Err(format!("after {readings} good readings, {prefix} holds {} keys on leases with TTLs {ttls:?}", ttls.len()));
+        }
+        readings += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// (lease id, remaining TTL in seconds) of every key under `prefix`.
+/// The lease and its remaining TTL of every key under `prefix` (TTL -1: the lease is gone).
+pub async fn lease_ttls(etcd: &Etcd, prefix: &str) -> Result<Vec<(i64, i64)>, String> {
+    let mut c = etcd.client().await.map_err(|e| format!("connect: {e}"))?;
+    let r = tokio::time::timeout(Duration::from_secs(5), c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())))
+        .await
+        .map_err(|_| "get timed out".to_string())?
+        .map_err(|e| format!("get: {e}"))?;
+    let mut out = Vec::new();
+    for kv in r.kvs() {
+        let t = c.lease_time_to_live(kv.lease(), None).await.map_err(|e| format!("lease {}: {e}", kv.lease()))?;
+        out.push((kv.lease(), t.ttl()));
+    }
+    Ok(out)
 }
 
 pub fn init_tracing() {

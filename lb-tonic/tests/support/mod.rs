@@ -93,7 +93,12 @@ impl Backend {
 
     /// Starts a backend that answers after `delay`, over TLS when `tls` is given.
     pub async fn start_with(delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        Self::start_on("127.0.0.1:0".parse().expect("an address"), delay, tls).await
+    }
+
+    /// Starts a backend on `bind` (e.g. `[::1]:0`).
+    pub async fn start_on(bind: SocketAddr, delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
+        let listener = TcpListener::bind(bind).await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound socket has an address");
         let served = Arc::new(AtomicUsize::new(0));
         let authorities = Arc::new(Mutex::new(Vec::new()));

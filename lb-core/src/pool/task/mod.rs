@@ -117,6 +117,8 @@ pub(crate) struct PoolTask<K: Connect> {
     dirty: bool,
     /// The most recent connection error of any endpoint, for [`Unavailable`](crate::balance::error::Unavailable).
     last_connect_error: Option<Arc<str>>,
+    /// The discovery error since which the source has not delivered anything, for the same.
+    discovery_error: Option<Arc<str>>,
 }
 
 impl<K: Connect> PoolTask<K> {
@@ -145,6 +147,7 @@ impl<K: Connect> PoolTask<K> {
             version: 0,
             dirty: false,
             last_connect_error: None,
+            discovery_error: None,
         }
     }
 
@@ -225,6 +228,10 @@ impl<K: Connect> PoolTask<K> {
     fn on_discovery(&mut self, item: Option<Result<crate::discover::Update, BoxError>>) {
         match item {
             Some(Ok(update)) => {
+                if self.discovery_error.take().is_some() {
+                    // The source delivers again: a request failing now must not blame an old error.
+                    self.dirty = true;
+                }
                 let was_initialized = self.set.is_initialized();
                 let diff = self.set.apply(update);
                 m::discovery_update(self.target());
@@ -246,6 +253,12 @@ impl<K: Connect> PoolTask<K> {
             Some(Err(error)) => {
                 m::discovery_error(self.target());
                 warn!(target_uri = %self.target(), %error, "discovery error; keeping the last known endpoints");
+                let message = error.to_string();
+                if self.discovery_error.as_deref() != Some(message.as_str()) {
+                    // Published, so a request that finds no endpoint can say why discovery has none.
+                    self.discovery_error = Some(Arc::from(message));
+                    self.dirty = true;
+                }
             }
             None => {
                 info!(target_uri = %self.target(), endpoints = self.set.len(), "discovery stream ended; keeping the last known endpoints");

@@ -87,6 +87,7 @@ impl<K: Connect> PoolTask<K> {
             healthy,
             connect_failing: connect_failing && healthy == 0 && !entries_empty,
             last_connect_error: self.last_connect_error.clone(),
+            discovery_error: self.discovery_error.clone(),
         };
         debug!(target_uri = %self.target(), version = self.version, healthy, total = self.slots.len(), "published snapshot");
         m::endpoints(self.target(), &phases, self.drained.len());

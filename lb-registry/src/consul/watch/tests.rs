@@ -17,6 +17,16 @@ enum Step {
     NoIndex(Vec<u16>),
     /// Fail with a transport error.
     Fail,
+    /// Answer at once, as Consul does for a token that may not see these ports: `[]`, the index,
+    /// and `X-Consul-Results-Filtered-By-ACLs: true`.
+    Filtered { index: u64 },
+    /// Answer at once with these ports and `X-Consul-Default-ACL-Policy: deny`, no filter header
+    /// (what a request without a token gets; empty when the anonymous token may not read).
+    DefaultDeny { index: u64, ports: Vec<u16> },
+}
+
+fn reply(index: Option<u64>, body: Bytes) -> Reply {
+    Reply { status: StatusCode::OK, index, acl_filtered: false, default_deny: false, body }
 }
 
 #[derive(Default)]
@@ -45,15 +55,17 @@ impl Fetch for Scripted {
             match step {
                 Some(Step::Answer { delay, index, ports }) => {
                     tokio::time::sleep(delay).await;
-                    Ok(Reply { status: StatusCode::OK, index: Some(index), body: body(&ports) })
+                    Ok(reply(Some(index), body(&ports)))
                 }
-                Some(Step::Garbage) => Ok(Reply { status: StatusCode::OK, index: Some(index), body: Bytes::from_static(b"<html>") }),
+                Some(Step::Garbage) => Ok(reply(Some(index), Bytes::from_static(b"<html>"))),
                 Some(Step::Fail) => Err("connection refused".into()),
-                Some(Step::NoIndex(ports)) => Ok(Reply { status: StatusCode::OK, index: None, body: body(&ports) }),
+                Some(Step::NoIndex(ports)) => Ok(reply(None, body(&ports))),
+                Some(Step::Filtered { index }) => Ok(Reply { acl_filtered: true, default_deny: true, ..reply(Some(index), body(&[])) }),
+                Some(Step::DefaultDeny { index, ports }) => Ok(Reply { default_deny: true, ..reply(Some(index), body(&ports)) }),
                 // A real server with nothing new: holds the query for the whole wait.
                 None => {
                     tokio::time::sleep(wait).await;
-                    Ok(Reply { status: StatusCode::OK, index: Some(index), body: body(&[1]) })
+                    Ok(reply(Some(index), body(&[1])))
                 }
             }
         })
@@ -189,4 +201,37 @@ async fn a_changed_set_after_errors_is_a_reset_and_an_unchanged_answer_without_e
     assert_eq!(ports(&w.next().await.expect("recovered with news")), vec![1, 2]);
     // Index 7 repeats the set with no error before it: nothing to say; index 8 changes it.
     assert_eq!(ports(&w.next().await.expect("change")), vec![3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acl_filtered_answer_is_an_error_naming_the_token_and_the_index_keeps_blocking() {
+    let steps = vec![answer(5, &[1, 2]), Step::Filtered { index: 6 }, Step::Filtered { index: 6 }, answer(7, &[1, 2])];
+    let (w, script) = watch(steps);
+    let mut w = w.with_token(Some("the ACL token …3f9a (from CONSUL_HTTP_TOKEN)".into()));
+    assert_eq!(ports(&w.next().await.expect("first")), vec![1, 2]);
+    for _ in 0..2 {
+        let err = w.next().await.expect_err("a filtered answer is not a set");
+        let message = err.to_string();
+        assert!(err.is::<AclDenied>(), "{message}");
+        assert!(message.contains("…3f9a (from CONSUL_HTTP_TOKEN)") && message.contains("service:read"), "{message}");
+    }
+    // The same set again after the filtered answers: confirmed, not re-sent.
+    assert_eq!(w.next().await.expect("the token works again"), Update::Current);
+    // Unlike a failure, a filtered answer leaves the index in place: the next query blocks on it.
+    assert_eq!(asked(&script), vec![0, 5, 6, 6]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_answer_without_a_token_from_a_deny_by_default_agent_is_an_error_until_a_first_set() {
+    let steps = vec![
+        Step::DefaultDeny { index: 3, ports: vec![] },
+        Step::DefaultDeny { index: 4, ports: vec![1] },
+        Step::DefaultDeny { index: 5, ports: vec![] },
+    ];
+    let (mut w, _script) = watch(steps);
+    let err = w.next().await.expect_err("nothing visible without a token at cold start");
+    assert!(err.is::<AclDenied>() && err.to_string().contains("without an ACL token"), "{err}");
+    assert_eq!(ports(&w.next().await.expect("the anonymous token may read it after all")), vec![1]);
+    // After a first set an empty answer may be a service scaled to zero: the cache's rule applies.
+    assert_eq!(ports(&w.next().await.expect("empty")), Vec::<u16>::new());
 }

@@ -24,6 +24,7 @@ fn watch() -> Watch {
         inner,
         svc,
         events: None,
+        namespace: "default".into(),
         client_retry: None,
         view,
         relist: None,
