@@ -177,6 +177,47 @@ fn service_count(lab: &Lab) -> usize {
     json.matches("\"goto\"").count()
 }
 
+/// The pids of the children of every thread of `pid`.
+fn children_of(pid: u32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The command name of `pid`, while it lives.
+fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_string())
+}
+
+/// Whether `pid` is stopped by a signal (state `T`), a zombie, or gone.
+fn stopped_or_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|st| matches!(st, "T" | "t" | "Z" | "X")),
+        Err(_) => true,
+    }
+}
+
+/// Waits until no process is left in the lab's client namespace (a killed agent's `nft` may
+/// outlive it briefly).
+fn wait_netns_empty(lab: &Lab) {
+    let t0 = Instant::now();
+    let pids = || {
+        let out = std::process::Command::new("ip").args(["netns", "pids", &lab.client.name]).output().expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    while !pids().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "orphaned nft never finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn sigkill_mid_sync_then_restart_converges_without_resetting_connections() {
     skip_unless_capable!();
@@ -188,60 +229,69 @@ fn sigkill_mid_sync_then_restart_converges_without_resetting_connections() {
     let who_before = who(&mut conn).expect("ask");
 
     const EXTRA: usize = 4000;
-    lab.write_config(&big_config(EXTRA));
-    let mut agent = lab.spawn_agent(&[]);
-    let stderr = agent.stderr.take().expect("piped stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let t0 = Instant::now();
-    loop {
-        let line = lines.next().expect("agent log ended before applying").expect("read log");
-        if line.contains("applying transaction") {
+    // Each attempt starts the agent on the big configuration and freezes it and its `nft` while
+    // the batch is on its way; the attempt counts only if the table is still the old one once
+    // both are stopped (a stopped process is in no syscall, and nft's batch commits within one
+    // sendmsg), so the kill below provably lands mid-sync. A machine fast enough to commit first
+    // gets the old table back and another attempt.
+    let mut caught = false;
+    for attempt in 1..=5 {
+        lab.write_config(&big_config(EXTRA));
+        let mut agent = lab.spawn_agent(&[]);
+        let stderr = agent.stderr.take().expect("piped stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let t0 = Instant::now();
+        loop {
+            let line = lines.next().expect("agent log ended before applying").expect("read log");
+            if line.contains("applying transaction") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "agent never started a sync");
+        }
+        // The log line comes just before `nft` is spawned; catch it once it runs `nft` (not
+        // between fork and exec, where the agent itself waits on the child in `vfork`), while it
+        // takes the batch.
+        let t1 = Instant::now();
+        let mut children = children_of(agent.id());
+        while !children.iter().any(|c| comm(*c).as_deref() == Some("nft")) && t1.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
+            children = children_of(agent.id());
+        }
+        let pids: Vec<i32> = children.iter().copied().chain([agent.id() as i32]).collect();
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::SIGSTOP);
+        }
+        let t2 = Instant::now();
+        while !pids.iter().all(|p| stopped_or_gone(*p)) {
+            assert!(t2.elapsed() < Duration::from_secs(30), "the agent and its nft never stopped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mid_sync = children.iter().any(|c| comm(*c).as_deref() == Some("nft")) && service_count(&lab) == before;
+        // Kill the agent and the `nft` it is feeding, as a node crash would: whatever of the
+        // batch reached the kernel uncommitted is discarded with the socket.
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::SIGKILL);
+        }
+        let _ = agent.wait();
+        wait_netns_empty(&lab);
+        eprintln!("attempt {attempt}: killed the agent and its children {children:?}; mid-sync: {mid_sync}");
+        if mid_sync {
+            caught = true;
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "agent never started a sync");
+        // Too late: the batch had committed. Put the old table back and try again.
+        lab.write_config(&config("nftables", &[0, 1, 2], &[0, 1, 2]));
+        lab.agent_ok(&["--once"]);
+        assert_eq!(service_count(&lab), before, "the old table is back");
     }
-    // Kill the agent and the `nft` it is feeding, as a node crash would: whatever of the batch
-    // reached the kernel uncommitted is discarded with the socket.
-    let children_of = |pid: u32| -> Vec<i32> {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-                    .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    // The log line comes just before `nft` is spawned; catch it while it parses the batch.
-    let t1 = Instant::now();
-    let mut children = children_of(agent.id());
-    while children.is_empty() && t1.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(1));
-        children = children_of(agent.id());
-    }
-    for pid in children.iter().copied().chain([agent.id() as i32]) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-    }
-    eprintln!("killed the agent and its children {children:?} mid-sync");
-    let _ = agent.wait();
-    // The agent's `nft` child may outlive it; let it finish (it commits all or nothing either way).
-    let t0 = Instant::now();
-    let pids = || {
-        let out = std::process::Command::new("ip").args(["netns", "pids", &lab.client.name]).output().expect("ip netns pids");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    while !pids().is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "orphaned nft never finished");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(caught, "nft committed {EXTRA} services before it could be stopped, five times");
 
-    // All or nothing: the table is the old one or the new one, never a mix.
+    // All or nothing: the kill landed before the commit, so the table is the old one, not a mix.
     let after_kill = service_count(&lab);
-    eprintln!("after the kill the table holds {after_kill} services (before: {before}, target: {})", before + EXTRA);
-    assert!(after_kill == before || after_kill == before + EXTRA, "half-applied table: {after_kill} services");
+    assert_eq!(after_kill, before, "a sync killed before its commit left {after_kill} services");
     assert_eq!(who(&mut conn).expect("connection survives the crash"), who_before);
 
+    lab.write_config(&big_config(EXTRA));
     lab.agent_ok(&["--once"]);
     assert_eq!(service_count(&lab), before + EXTRA, "restart converges");
     assert_eq!(lab.agent_ok(&["--dry-run"]), "", "converged: nothing left to write");
