@@ -513,7 +513,7 @@ where
             }
             () = hedge_due => {
                 // No endpoint left untried: no hedge (and nothing taken from the budget).
-                let healthy = client.endpoints().iter().filter(|e| e.healthy).count();
+                let healthy = client.pool().snapshot().healthy();
                 if attempted.len() >= healthy || !plan.budget.withdraw(Extra::Hedge) {
                     next = None;
                     if in_flight.is_empty() {
