@@ -23,14 +23,19 @@ impl Attempted {
         Attempted::default()
     }
 
+    /// The list; a panic elsewhere while it was held leaves it as it was, still usable.
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<EndpointId>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The endpoints tried so far, in the order the attempts were sent.
     pub fn endpoints(&self) -> Vec<EndpointId> {
-        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+        self.list().clone()
     }
 
     /// How many attempts were sent.
     pub fn len(&self) -> usize {
-        self.0.lock().map(|v| v.len()).unwrap_or(0)
+        self.list().len()
     }
 
     /// Whether no attempt was sent yet.
@@ -39,13 +44,11 @@ impl Attempted {
     }
 
     pub(crate) fn contains(&self, id: &EndpointId) -> bool {
-        self.0.lock().map(|v| v.contains(id)).unwrap_or(false)
+        self.list().contains(id)
     }
 
     pub(crate) fn push(&self, id: &EndpointId) {
-        if let Ok(mut v) = self.0.lock() {
-            v.push(id.clone());
-        }
+        self.list().push(id.clone());
     }
 }
 
