@@ -42,9 +42,9 @@ impl<K: Connect> PoolTask<K> {
         }
     }
 
-    fn penalize(&mut self, id: &EndpointId, duration: Duration) {
-        let cfg = self.shared.config.outlier.clone().unwrap_or_default();
-        let target = Arc::clone(&self.shared.config.target);
+    /// Endpoints in rotation (not terminating), and those out as outliers or for overload: what
+    /// the ejection cap is judged on.
+    fn ejection_counts(&self) -> (usize, usize) {
         let in_rotation = self
             .slots
             .values()
@@ -55,6 +55,13 @@ impl<K: Connect> PoolTask<K> {
             .values()
             .filter(|s| matches!(s.phase, Phase::Ejected { outlier: true, .. }))
             .count();
+        (in_rotation, ejected)
+    }
+
+    fn penalize(&mut self, id: &EndpointId, duration: Duration) {
+        let cfg = self.shared.config.outlier.clone().unwrap_or_default();
+        let target = Arc::clone(&self.shared.config.target);
+        let (in_rotation, ejected) = self.ejection_counts();
         let Some(slot) = self.slots.get_mut(id) else { return };
         let until = Instant::now() + duration;
         match &mut slot.phase {
@@ -105,16 +112,7 @@ impl<K: Connect> PoolTask<K> {
     pub(super) fn eject(&mut self, id: &EndpointId, reason: &'static str) {
         let Some(cfg) = self.shared.config.outlier.clone() else { return };
         let target = Arc::clone(&self.shared.config.target);
-        let in_rotation = self
-            .slots
-            .values()
-            .filter(|s| s.endpoint.state() != EndpointState::Terminating)
-            .count();
-        let ejected = self
-            .slots
-            .values()
-            .filter(|s| matches!(s.phase, Phase::Ejected { outlier: true, .. }))
-            .count();
+        let (in_rotation, ejected) = self.ejection_counts();
         let Some(slot) = self.slots.get_mut(id) else { return };
         if ejected >= cfg.max_ejected(in_rotation) {
             slot.load.reset_failures();
